@@ -1,0 +1,3 @@
+"""resedis: referring search and discovery over image collections."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from resedis.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""Shared fixtures. Tests run offline: no download may ever be attempted."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random-init checkpoints, one directory per backend (``{"owlv2": Path, ...}``)."""
+    from resedis.testing.tiny import make_tiny_checkpoints
+
+    return make_tiny_checkpoints(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> Path:
+    """A small synthetic ReSeDis-format corpus (24 images, 30 queries, 4 absent)."""
+    from resedis.synth import generate
+
+    out = tmp_path_factory.mktemp("synth_small")
+    generate(out, images=24, queries=30, absent=4, seed=1234)
+    return out
