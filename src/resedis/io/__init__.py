@@ -1,0 +1,75 @@
+"""Dataset formats and prediction files.
+
+``load_dataset(path)`` recognises:
+
+* **ReSeDis** (also the synthetic benchmark): a folder with ``expressions/`` (or
+  ``expressions.json``/``.jsonl``) and ``instances.json`` (or
+  ``annotations/instances*.json``) -> :func:`resedis.io.resedis_format.load_resedis`;
+* **RefCOCO family**: a folder holding ``refs(<split_by>).p`` (directly, or in a
+  ``refcoco``/``refcoco+``/``refcocog`` subfolder) -> :func:`resedis.io.refcoco.load_refcoco`.
+  The dataset name is the folder's name when it is one of those three.
+
+Image decoding for indexing lives in ``resedis.io.images``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from resedis.io.predictions import read_predictions, write_predictions
+from resedis.io.refcoco import DEFAULT_SPLIT_BY, load_refcoco
+from resedis.io.resedis_format import load_resedis
+from resedis.types import Dataset, FormatError
+
+FORMATS = ("auto", "resedis", "refcoco")
+_REF_NAMES = ("refcoco", "refcoco+", "refcocog")
+_SPLIT_BY_PREFERENCE = ("unc", "umd", "google")
+
+
+def _is_resedis(root: Path) -> bool:
+    has_expr = any((root / n).exists() for n in ("expressions", "expressions.json", "expressions.jsonl"))
+    has_inst = (root / "instances.json").is_file() or any((root / "annotations").glob("instances*.json"))
+    return has_expr and has_inst
+
+
+def _refcoco_location(root: Path) -> tuple[Path, str, str] | None:
+    """(parent root, dataset name, split_by) for a RefCOCO-family folder, else None."""
+    candidates = [root] + [root / n for n in _REF_NAMES if (root / n).is_dir()]
+    for folder in candidates:
+        found = {p.name[len("refs("):-len(").p")] for p in folder.glob("refs(*).p")}
+        if not found:
+            continue
+        name = folder.name if folder.name in _REF_NAMES else "refcoco"
+        preferred = DEFAULT_SPLIT_BY.get(name)
+        if preferred in found:
+            split_by = preferred
+        else:
+            split_by = next((s for s in _SPLIT_BY_PREFERENCE if s in found), sorted(found)[0])
+        return folder, name, split_by
+    return None
+
+
+def load_dataset(path: str | Path, *, format: str = "auto", strict: bool = True) -> Dataset:
+    """Load a benchmark folder into a :class:`Dataset`.
+
+    ``format``: ``auto`` (detect), ``resedis`` or ``refcoco``. ``strict=False`` skips
+    malformed records into ``Dataset.skipped`` instead of raising :class:`FormatError`.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown dataset format {format!r}; choose one of {', '.join(FORMATS)}")
+    root = Path(path)
+    if not root.is_dir():
+        raise FormatError(str(root), "<root>", "dataset directory not found")
+    if format in ("auto", "resedis") and (format == "resedis" or _is_resedis(root)):
+        return load_resedis(root, strict=strict)
+    ref = _refcoco_location(root)
+    if ref is not None:
+        folder, name, split_by = ref
+        return load_refcoco(folder, dataset=name, split_by=split_by, strict=strict)
+    if format == "refcoco":
+        raise FormatError(str(root), "refs", "no refs(*).p file found (RefCOCO layout)")
+    raise FormatError(str(root), "<root>", "not a recognised dataset: expected expressions/ + instances.json "
+                      "(ReSeDis) or refs(*).p + instances.json (RefCOCO family)")
+
+
+__all__ = ["load_dataset", "load_resedis", "load_refcoco", "read_predictions", "write_predictions", "FORMATS"]
