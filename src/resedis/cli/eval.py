@@ -1,0 +1,101 @@
+"""``resedis eval``: score predictions (a JSONL file, or a search index) on a benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from resedis.errors import ResedisError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="score predictions on a benchmark (metrics table, metrics.json, HTML report)",
+        description=(
+            "Score predictions against a benchmark with the metric suite of DESIGN.md §5 and print "
+            "a metrics table. Predictions come from a JSONL file (--predictions) or are produced by "
+            "searching an index for every query (--db). Prediction lines naming unknown queries or "
+            "images are reported as warnings and excluded."
+        ),
+    )
+    p.add_argument("--dataset", required=True, metavar="DIR", help="benchmark folder (ReSeDis or RefCOCO layout)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--predictions", metavar="P", help="predictions JSONL file (one line per query)")
+    src.add_argument("--db", metavar="DB", help="search this index for every query of the dataset and score the results")
+    p.add_argument("--json", metavar="M", help="write the metrics (plus breakdown and warnings) to this JSON file")
+    p.add_argument("--report", metavar="R", help="write a self-contained HTML report to this file")
+    p.add_argument("--iou", choices=("box", "mask"), default="box", help="IoU used for matching (default: box)")
+    p.add_argument(
+        "--out-predictions",
+        metavar="P",
+        help="with --db: where to write the predictions that were scored (default: next to --json, "
+        "else next to --report, as <name>.predictions.jsonl; required when neither is given)",
+    )
+    p.add_argument("--top-k", type=int, metavar="K", help="with --db: detections kept per query (default 20)")
+    p.add_argument(
+        "--lenient",
+        action="store_true",
+        help="skip malformed dataset records (each skip is reported) instead of stopping at the first one",
+    )
+    p.set_defaults(func=run)
+
+
+def _default_out_predictions(args: argparse.Namespace) -> Path:
+    if args.out_predictions:
+        return Path(args.out_predictions)
+    anchor = args.json or args.report
+    if anchor is None:
+        raise ResedisError("--db needs --out-predictions (or --json / --report, next to which they are written)")
+    anchor = Path(anchor)
+    return anchor.with_name(anchor.stem + ".predictions.jsonl")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top_k is not None and args.db is None:
+        raise ResedisError("--top-k only applies with --db (a predictions file is scored as it is)")
+    if args.out_predictions and args.db is None:
+        raise ResedisError("--out-predictions only applies with --db")
+    if args.top_k is not None and args.top_k < 1:
+        raise ResedisError(f"--top-k must be ≥ 1, got {args.top_k}")
+
+    from resedis.eval import evaluate_predictions, format_metrics_table
+    from resedis.io import load_dataset, read_predictions, write_predictions
+
+    dataset = load_dataset(args.dataset, strict=not args.lenient)
+    for s in dataset.skipped:
+        print(f"skipped: {s.source}: {s.reason}", file=sys.stderr)
+
+    if args.db is not None:
+        out_preds = _default_out_predictions(args)
+        if not Path(args.db).exists():
+            raise ResedisError(f"--db {args.db}: no index there (build one with `resedis index`)")
+        from resedis.search import search_dataset
+
+        results = search_dataset(args.db, dataset, top_k=args.top_k or 20)
+        write_predictions(out_preds, results)
+        print(f"predictions written to {out_preds}", file=sys.stderr)
+    else:
+        if not Path(args.predictions).is_file():
+            raise ResedisError(f"--predictions {args.predictions}: file not found")
+        results = read_predictions(args.predictions)
+
+    ev = evaluate_predictions(dataset, results, iou=args.iou)
+    for w in ev.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"dataset {dataset.name} · IoU {args.iou}")
+    print(format_metrics_table(ev.metrics))
+
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(ev.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"metrics written to {path}", file=sys.stderr)
+    if args.report:
+        from resedis.report import write_report
+
+        out = write_report(args.report, dataset, results, ev)
+        print(f"report written to {out}", file=sys.stderr)
+    return 0
