@@ -98,9 +98,6 @@ def render_thumbnail(
             arr[tint] = arr[tint] * 0.55 + np.array(GT_COLOR, dtype=np.float32) * 0.45
             img = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for inst in targets:
-        x0, y0, x1, y1 = inst.box
-        _dashed_rect(draw, (x0 * sx, y0 * sy, x1 * sx, y1 * sy), GT_COLOR, 2, 5)
     # Lowest-ranked first so the best detections end up on top.
     for b in reversed(list(boxes)):
         color = TP_COLOR if b.is_tp else FP_COLOR
@@ -114,6 +111,10 @@ def render_thumbnail(
         text_w = 6 * len(b.label) + 4
         draw.rectangle((tx - 2, ty, tx - 2 + text_w, ty + 11), fill=color)
         draw.text((tx, ty), b.label, fill=(255, 255, 255))
+    # Ground truth last, 2 px outside the object, so labels never hide it.
+    for inst in targets:
+        x0, y0, x1, y1 = inst.box
+        _dashed_rect(draw, (x0 * sx - 2, y0 * sy - 2, x1 * sx + 2, y1 * sy + 2), GT_COLOR, 2, 4)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

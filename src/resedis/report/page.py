@@ -49,7 +49,7 @@ th{background:#eef1f4;font-weight:600}td.l,th.l{text-align:left;white-space:norm
 figcaption{font-size:12px;color:#52606d;max-width:460px;padding:4px}
 .q{background:#fff;border:1px solid #d9dde3;border-radius:6px;padding:10px 12px;margin:12px 0}
 .q .expr{font-size:16px;font-weight:600}.q .meta{color:#52606d;font-size:12px;margin:2px 0 8px}
-.imgs{display:flex;flex-wrap:wrap;gap:10px}.imgs figure{margin:0}.imgs img{display:block;border:1px solid #ccc}
+.imgs{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:10px}.imgs figure{margin:0}.imgs img{display:block;max-width:100%;height:auto;border:1px solid #ccc}
 .legend span{display:inline-block;margin-right:16px}.sw{display:inline-block;width:14px;height:10px;margin-right:5px;vertical-align:middle}
 """
 
@@ -145,7 +145,6 @@ def _plots_section(dataset: Dataset, ev: EvalResult, matches: dict) -> str:
         xlabel="recall",
         ylabel="precision",
         markers=[svg.Marker("presence decision", float(m["recall"]), float(m["precision"]), "#f59e0b")],
-        note=f"{int(precision.size)} detections",
     )
     sep = analysis.separation(matches)
     auc = "n/a" if sep.auc is None else f"{sep.auc:.3f}"
@@ -153,15 +152,15 @@ def _plots_section(dataset: Dataset, ev: EvalResult, matches: dict) -> str:
         "Scores: target vs other detections",
         [
             ("target (TP at IoU 0.5)", sep.target_scores, _rgb(TP_COLOR)),
-            ("other detections", sep.other_scores, _rgb(FP_COLOR)),
+            ("other", sep.other_scores, _rgb(FP_COLOR)),
         ],
-        note=f"rank AUC {auc}",
+        note=f"AUC {auc}",
     )
     tp_line = "n/a" if sep.target_present is None else f"{sep.target_present:.1%}"
     fp_line = "n/a" if sep.other_absent is None else f"{sep.other_absent:.1%}"
     return (
         '<div class="plots">'
-        f"<figure>{pr}<figcaption>All detections of all queries pooled and sorted by score; each is "
+        f"<figure>{pr}<figcaption>All {int(precision.size)} detections of all queries pooled and sorted by score; each is "
         "matched to the targets of its own query and image as for mAP50. The dot is the operating point "
         "of the predictions' own <code>present</code> decisions.</figcaption></figure>"
         f"<figure>{hist}<figcaption>Each group normalised to its own total. Rank AUC {auc} = chance that a "
@@ -170,13 +169,21 @@ def _plots_section(dataset: Dataset, ev: EvalResult, matches: dict) -> str:
     )
 
 
+# Averages over non-absent queries (and recall, over target instances): meaningless for
+# a group of absent queries only, where resedis.metrics reports 0.0.
+_NEEDS_TARGETS = {"IR@1", "IR@5", "Pr@50", "BR@1@0.5", "BR@5@0.5", "mAP50", "recall"}
+
+
 def _breakdown_table(name: str, groups: dict[str, dict]) -> str:
     head = "".join(f"<th>{escape(c)}</th>" for c in BREAKDOWN_COLUMNS)
     out = [f"<h3>{escape(BREAKDOWN_TITLES.get(name, name))}</h3><table>"]
     out.append(f'<tr><th class="l">{escape(name)}</th><th>queries</th><th>absent</th>{head}</tr>')
     for label, m in groups.items():
+        only_absent = m["queries"] == m["absent_queries"]
         cells = "".join(
-            f"<td{_shade(m.get(c), lower_is_better=c == 'FA_per_query')}>{_fmt(m.get(c))}</td>"
+            '<td title="no target in this group">—</td>'
+            if only_absent and c in _NEEDS_TARGETS
+            else f"<td{_shade(m.get(c), lower_is_better=c == 'FA_per_query')}>{_fmt(m.get(c))}</td>"
             for c in BREAKDOWN_COLUMNS
         )
         out.append(f'<tr><td class="l">{escape(label)}</td><td>{m["queries"]}</td><td>{m["absent_queries"]}</td>{cells}</tr>')

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 WIDTH, HEIGHT = 460, 320
-MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 56, 16, 30, 46
+MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 56, 16, 50, 46
 
 
 @dataclass(frozen=True)
@@ -99,13 +99,16 @@ def _svg(parts: list[str], label: str) -> str:
     )
 
 
-def _legend(frame: _Frame, items: Sequence[tuple[str, str]], *, right: bool = True) -> list[str]:
+def _legend(items: Sequence[tuple[str, str]], note: str | None = None) -> list[str]:
+    """One row of colour swatches between the title and the plot area."""
     out = []
-    for i, (label, color) in enumerate(items):
-        y = frame.top + 14 + 16 * i
-        x = frame.right - 150 if right else frame.left + 10
-        out.append(f'<rect x="{x}" y="{y - 9}" width="12" height="10" fill="{color}" fill-opacity="0.8"/>')
-        out.append(f'<text x="{x + 17}" y="{y}">{escape(label)}</text>')
+    x = MARGIN_L
+    for label, color in items:
+        out.append(f'<rect x="{x}" y="29" width="12" height="10" fill="{color}" fill-opacity="0.8"/>')
+        out.append(f'<text x="{x + 17}" y="38">{escape(label)}</text>')
+        x += 17 + 6 * len(label) + 18
+    if note:
+        out.append(f'<text x="{WIDTH - MARGIN_R}" y="38" text-anchor="end">{escape(note)}</text>')
     return out
 
 
@@ -137,9 +140,7 @@ def line_chart(
         cx, cy = frame.px(m.x), frame.py(m.y)
         parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{m.color}" stroke="#fff"/>')
     items = [(s.label, s.color) for s in series] + [(m.label, m.color) for m in markers]
-    parts += _legend(frame, items, right=False)
-    if note:
-        parts.append(f'<text x="{frame.right - 4}" y="{frame.bottom - 8}" text-anchor="end">{escape(note)}</text>')
+    parts += _legend(items, note)
     return _svg(parts, title)
 
 
@@ -191,7 +192,5 @@ def histogram(
                 f'height="{frame.bottom - y:.1f}" fill="{color}" fill-opacity="0.5"/>'
             )
     items = [(f"{label} (n={len(values)})", color) for label, values, color in groups]
-    parts += _legend(frame, items)
-    if note:
-        parts.append(f'<text x="{frame.right - 4}" y="{frame.top + 14 + 16 * len(items)}" text-anchor="end">{escape(note)}</text>')
+    parts += _legend(items, note)
     return _svg(parts, title)
