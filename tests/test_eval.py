@@ -198,3 +198,22 @@ def test_cli_validation_errors(synth_small, tmp_path, capsys):
 
     with pytest.raises(SystemExit):  # argparse: exactly one of --predictions / --db
         main(["eval", "--dataset", str(synth_small)])
+
+
+def test_cli_lenient_reports_skipped_dataset_records(synth_small, tmp_path, capsys):
+    import shutil
+
+    from resedis.cli import main
+
+    bench = tmp_path / "bench"
+    shutil.copytree(synth_small, bench)
+    (bench / "expressions" / "zz_broken.json").write_text('{"image_id": 1, "expression": "x"}')
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("")
+    rc = main(["eval", "--dataset", str(bench), "--predictions", str(preds)])
+    assert rc == 2 and "zz_broken.json" in capsys.readouterr().err
+    rc = main(["eval", "--dataset", str(bench), "--predictions", str(preds), "--lenient",
+               "--report", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "skipped:" in err and "zz_broken.json" in err
+    assert "zz_broken.json" in (tmp_path / "r.html").read_text()  # listed in the report's warnings
