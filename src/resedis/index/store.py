@@ -1,0 +1,346 @@
+"""The region store: one LanceDB directory plus a JSON manifest.
+
+Layout of ``DB/``::
+
+    resedis.json        manifest (model spec, preprocessing, vector dim/dtype, schema
+                        version, package version, created/updated, root, calibration)
+    images.lance/       one row per indexed image
+    regions.lance/      one row per kept region (box + augmented class vector)
+    skipped.lance/      one row per file that could not be indexed, with its reason
+    .lock               held (flock) by the one process writing the index
+
+Consistency rule (what makes a batch atomic): an image is *indexed* iff its row exists
+in ``images``. Its regions are written before that row, carry the same ``batch`` id,
+and a region whose ``(image_id, batch)`` has no ``images`` row is an orphan left by an
+interrupted batch: readers ignore it and the writer deletes it before resuming.
+Boxes are xyxy in original-image (EXIF-rotated) pixels.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from resedis.errors import IndexMismatchError, ResedisError
+from resedis.types import Skipped
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "resedis.json"
+IMAGES, REGIONS, SKIPPED = "images", "regions", "skipped"
+VECTOR_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec as ``family:source``, a bare family given its default source and a local
+    directory made absolute, so that one model has one spelling (for comparison)."""
+    from resedis.models import _canonical, parse_spec
+
+    return str(_canonical(parse_spec(spec)))
+
+
+def images_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),  # POSIX path relative to root
+            pa.field("root", pa.string(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),  # absolute path when indexed
+            pa.field("sha256", pa.string(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("mtime_ns", pa.int64(), nullable=False),
+            pa.field("size_bytes", pa.int64(), nullable=False),
+            pa.field("n_regions", pa.int32(), nullable=False),
+            pa.field("batch", pa.int64(), nullable=False),
+            pa.field("image_vector", pa.list_(pa.float32()), nullable=True),
+        ]
+    )
+
+
+def regions_schema(vector_dim: int, vector_dtype: str) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("region", pa.int32(), nullable=False),  # rank within the image (objectness order)
+            pa.field("box", pa.list_(pa.float32(), 4), nullable=False),  # xyxy original pixels
+            pa.field("objectness", pa.float32(), nullable=False),
+            pa.field("vector", pa.list_(VECTOR_DTYPES[vector_dtype], vector_dim), nullable=False),
+            pa.field("batch", pa.int64(), nullable=False),
+        ]
+    )
+
+
+def skipped_schema() -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),  # POSIX path relative to root
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("reason", pa.string(), nullable=False),
+            pa.field("size_bytes", pa.int64(), nullable=False),
+            pa.field("mtime_ns", pa.int64(), nullable=False),
+            pa.field("batch", pa.int64(), nullable=False),
+        ]
+    )
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Manifest:
+    """The self-description of an index (``DB/resedis.json``).
+
+    ``calibration`` (optional) is ``{"threshold": float, ...}`` written by calibration;
+    keys this version does not know are kept in ``extra`` and written back unchanged.
+    """
+
+    model: str
+    vector_dim: int
+    vector_dtype: str
+    preprocessing: dict
+    root: str
+    max_regions: int
+    nms_iou: float
+    schema_version: int = SCHEMA_VERSION
+    package_version: str = ""
+    created: str = field(default_factory=_now)
+    updated: str = field(default_factory=_now)
+    calibration: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    _KEYS = (
+        "model", "vector_dim", "vector_dtype", "preprocessing", "root", "max_regions", "nms_iou",
+        "schema_version", "package_version", "created", "updated", "calibration",
+    )
+
+    def to_json(self) -> dict:
+        out = {key: getattr(self, key) for key in self._KEYS}
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> Manifest:
+        if not isinstance(data, dict):
+            raise ResedisError(f"{source}: manifest must be a JSON object")
+        version = data.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ResedisError(f"{source}: field 'schema_version' missing or not an integer ({version!r}); not a resedis index manifest")
+        if version > SCHEMA_VERSION:
+            raise ResedisError(
+                f"{source}: index schema version {version} was written by a newer resedis "
+                f"(package {data.get('package_version', '?')}); this version reads schema <= {SCHEMA_VERSION}. Upgrade resedis."
+            )
+        if version < 1:
+            raise ResedisError(f"{source}: unknown index schema version {version}")
+        missing = [k for k in ("model", "vector_dim", "vector_dtype", "root") if k not in data]
+        if missing:
+            raise ResedisError(f"{source}: manifest lacks field(s) {', '.join(missing)}")
+        if data["vector_dtype"] not in VECTOR_DTYPES:
+            raise ResedisError(f"{source}: field 'vector_dtype' must be one of {sorted(VECTOR_DTYPES)}, got {data['vector_dtype']!r}")
+        known = {k: data[k] for k in cls._KEYS if k in data}
+        extra = {k: v for k, v in data.items() if k not in cls._KEYS}
+        known.setdefault("preprocessing", {})
+        known.setdefault("max_regions", 0)
+        known.setdefault("nms_iou", 0.0)
+        return cls(**known, extra=extra)
+
+    @property
+    def threshold(self) -> float | None:
+        """The calibrated presence threshold, when calibration stored one."""
+        if isinstance(self.calibration, dict) and isinstance(self.calibration.get("threshold"), (int, float)):
+            return float(self.calibration["threshold"])
+        return None
+
+
+def read_manifest(db: Path) -> Manifest:
+    path = Path(db) / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ResedisError(
+            f"{db}: not a resedis index (no {MANIFEST_NAME}); build one with: resedis index IMAGES_DIR --db {db}"
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResedisError(f"{path}: manifest is not valid JSON ({exc})") from None
+    return Manifest.from_json(data, str(path))
+
+
+def write_manifest(db: Path, manifest: Manifest) -> None:
+    """Write ``DB/resedis.json`` atomically (temp file, fsync, rename)."""
+    db = Path(db)
+    db.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".resedis-", suffix=".json.tmp", dir=db)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; the manifest is as readable as the tables
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(manifest.to_json(), fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, db / MANIFEST_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(db, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def check_model(manifest: Manifest, requested: str | None, db: Path) -> None:
+    """Raise IndexMismatchError when ``requested`` is not the model the index was built with."""
+    if requested is None:
+        return
+    if canonical_spec(requested) != canonical_spec(manifest.model):
+        raise IndexMismatchError(
+            f"{db}: the index was built with model {manifest.model!r}, but {requested!r} was asked for. "
+            "Region vectors of different models are not comparable: use the index's model "
+            "(omit --model), or build a separate index with --db NEW_DIR."
+        )
+
+
+def sql_quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def in_list(column: str, values: list[str]) -> str:
+    return f"{column} IN ({', '.join(sql_quote(v) for v in values)})"
+
+
+def _disk_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(dirpath) / name).stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+class Index:
+    """An opened index: manifest + the three tables. Cheap to open; read-mostly.
+
+    Use :func:`open_index`; the writer (:func:`resedis.index.build_index`) opens it for
+    writing. Tables are read at their latest committed version on every access.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest):
+        import lancedb
+
+        self.path = Path(path)
+        self.manifest = manifest
+        self._db = lancedb.connect(str(self.path), read_consistency_interval=_dt.timedelta(0))
+        schemas = {
+            IMAGES: images_schema(),
+            REGIONS: regions_schema(manifest.vector_dim, manifest.vector_dtype),
+            SKIPPED: skipped_schema(),
+        }
+        self._tables = {}
+        for name, schema in schemas.items():
+            try:
+                self._tables[name] = self._db.open_table(name)
+            except ValueError:  # not created yet (new index, or killed before its first batch)
+                self._tables[name] = self._db.create_table(name, schema=schema, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Index({str(self.path)!r}, model={self.manifest.model!r})"
+
+    @property
+    def images_table(self):
+        return self._tables[IMAGES]
+
+    @property
+    def regions_table(self):
+        return self._tables[REGIONS]
+
+    @property
+    def skipped_table(self):
+        return self._tables[SKIPPED]
+
+    def version(self) -> tuple[int, int]:
+        """(images, regions) table versions: changes whenever either is written."""
+        return (self.images_table.version, self.regions_table.version)
+
+    def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        """A table (or some of its columns) at its latest version, as Arrow."""
+        tbl = self._tables[table]
+        if columns is None:
+            return tbl.to_arrow()
+        return tbl.search().select(columns).limit(None).to_arrow()
+
+    def orphan_keys(self) -> set[tuple[str, int]]:
+        """``(image_id, batch)`` of regions with no images row (left by an interrupted batch)."""
+        done = self.read(IMAGES, ["image_id", "batch"])
+        regions = self.read(REGIONS, ["image_id", "batch"])
+        done_keys = set(zip(done["image_id"].to_pylist(), done["batch"].to_pylist()))
+        region_keys = set(zip(regions["image_id"].to_pylist(), regions["batch"].to_pylist()))
+        return region_keys - done_keys
+
+    def stats(self) -> dict:
+        """``images, regions, skipped, model, schema_version, bytes`` (+ vector facts)."""
+        n_images = self.images_table.count_rows()
+        orphans = self.orphan_keys()
+        n_orphan = 0
+        if orphans:
+            regions = self.read(REGIONS, ["image_id", "batch"])
+            keys = zip(regions["image_id"].to_pylist(), regions["batch"].to_pylist())
+            n_orphan = sum(1 for key in keys if key in orphans)
+        return {
+            "images": n_images,
+            "regions": self.regions_table.count_rows() - n_orphan,
+            "skipped": self.skipped_table.count_rows(),
+            "model": self.manifest.model,
+            "schema_version": self.manifest.schema_version,
+            "bytes": _disk_bytes(self.path),
+            "vector_dim": self.manifest.vector_dim,
+            "vector_dtype": self.manifest.vector_dtype,
+            "root": self.manifest.root,
+            "orphan_regions": n_orphan,
+            "created": self.manifest.created,
+            "updated": self.manifest.updated,
+        }
+
+    def skipped(self) -> list[Skipped]:
+        """Every recorded skip, ``Skipped(path, reason)``, sorted by path."""
+        rows = self.read(SKIPPED, ["path", "reason"]).to_pylist()
+        return sorted((Skipped(r["path"], r["reason"]) for r in rows), key=lambda s: s.source)
+
+    def searcher(self, *, device: str | None = None):
+        """A :class:`resedis.search.Searcher` over this index (loads the text encoder)."""
+        from resedis.search import Searcher
+
+        return Searcher(self, device=device)
+
+
+def open_index(db: str | os.PathLike, *, model: str | None = None) -> Index:
+    """Open an existing index. ``model`` (optional) must match the index's model spec.
+
+    Raises ResedisError when ``db`` is not an index or has an unsupported schema, and
+    IndexMismatchError when ``model`` differs from the one the index was built with.
+    """
+    path = Path(db).expanduser().resolve()
+    if not path.is_dir():
+        raise ResedisError(f"{db}: no such index directory; build one with: resedis index IMAGES_DIR --db {db}")
+    manifest = read_manifest(path)
+    check_model(manifest, model, path)
+    return Index(path, manifest)
+
+
+def column_matrix(column: pa.ChunkedArray | pa.Array, width: int, dtype: Any) -> np.ndarray:
+    """A fixed-size-list Arrow column -> (N, width) numpy array of ``dtype``."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], type=column.type)
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=dtype).reshape(-1, width)

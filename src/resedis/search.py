@@ -1,0 +1,368 @@
+"""Query an index: text -> ``[q̂, 1]`` -> exact MIPS over every region vector -> hits.
+
+For OWL-family indexes the inner product of a stored region vector ``[s·ê, s·b]`` with
+the query vector ``[q̂, 1]`` *is* the detector's logit for that box and query, so
+``score = sigmoid(logit)`` is the detector's own score, computed for the whole corpus
+with one text encoding and one matrix product. Hits are then suppressed per image
+(greedy NMS at ``nms_iou`` on the hits' own scores, boxes of different images never
+interact) and ranked by score. ``present = score >= threshold``; the threshold is the
+argument when given, else the calibrated one stored in the index manifest
+(``calibration.threshold``), else :data:`DEFAULT_THRESHOLD`.
+
+>>> from resedis.search import Searcher
+>>> searcher = Searcher("photos.db")                     # doctest: +SKIP
+>>> result = searcher.search("a red mug", top_k=10)      # doctest: +SKIP
+>>> [(h.image_id, h.box, round(h.score, 3)) for h in result.hits]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from resedis.errors import ResedisError
+from resedis.index.store import IMAGES, MANIFEST_NAME, REGIONS, Index, check_model, column_matrix, open_index, read_manifest
+from resedis.masks import box_iou
+from resedis.types import Dataset, Hit, ImageId, QueryResult
+
+log = logging.getLogger(__name__)
+
+# OWL-ViT's published examples keep detections with sigmoid score >= 0.1; used until
+# `resedis calibrate` stores a threshold fitted on labelled data in the manifest.
+DEFAULT_THRESHOLD = 0.1
+DEFAULT_NMS_IOU = 0.5
+# Region rows multiplied per matrix-product chunk (bounds the float32 temporary).
+_CHUNK_ROWS = 1 << 18
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def normalize_text(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@dataclass
+class Corpus:
+    """Every committed region of an index, in memory (orphans of interrupted batches excluded).
+
+    image_ids / paths: per image row; region_image (N,) int64 image row of each region;
+    boxes (N, 4) float32 xyxy original px; vectors (N, D) as stored (float16/float32).
+    """
+
+    version: tuple[int, int]
+    image_ids: list[str]
+    paths: list[str]
+    region_image: np.ndarray
+    boxes: np.ndarray
+    vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.region_image.shape[0])
+
+    def logits(self, queries: np.ndarray) -> np.ndarray:
+        """(Q, D) query vectors -> (N, Q) float32 logits, computed in float32 chunks."""
+        queries = np.asarray(queries, dtype=np.float32)
+        out = np.empty((len(self), queries.shape[0]), dtype=np.float32)
+        for start in range(0, len(self), _CHUNK_ROWS):
+            block = self.vectors[start : start + _CHUNK_ROWS].astype(np.float32, copy=False)
+            out[start : start + _CHUNK_ROWS] = block @ queries.T
+        return out
+
+
+def load_corpus(index: Index) -> Corpus:
+    """Read images + regions and keep regions whose ``(image_id, batch)`` has an images row."""
+    import pyarrow as pa
+
+    version = index.version()
+    images = index.read(IMAGES, ["image_id", "path", "batch"])
+    regions = index.read(REGIONS, ["image_id", "batch", "box", "vector"])
+    keys_img = pa.table(
+        {"image_id": images["image_id"], "batch": images["batch"], "img_row": pa.array(np.arange(images.num_rows, dtype=np.int64))}
+    )
+    keys_reg = pa.table(
+        {"image_id": regions["image_id"], "batch": regions["batch"], "reg_row": pa.array(np.arange(regions.num_rows, dtype=np.int64))}
+    )
+    joined = keys_reg.join(keys_img, keys=["image_id", "batch"], join_type="inner").sort_by("reg_row")
+    reg_rows = joined["reg_row"].to_numpy()
+    dtype = np.float16 if index.manifest.vector_dtype == "float16" else np.float32
+    vectors = column_matrix(regions["vector"], index.manifest.vector_dim, dtype)
+    boxes = column_matrix(regions["box"], 4, np.float32)
+    if len(reg_rows) != regions.num_rows:
+        vectors, boxes = vectors[reg_rows], boxes[reg_rows]
+    return Corpus(
+        version=version,
+        image_ids=images["image_id"].to_pylist(),
+        paths=images["path"].to_pylist(),
+        region_image=joined["img_row"].to_numpy().astype(np.int64),
+        boxes=boxes,
+        vectors=np.ascontiguousarray(vectors),
+    )
+
+
+def rank_hits(
+    logits: np.ndarray, region_image: np.ndarray, boxes: np.ndarray, top_k: int, nms_iou: float
+) -> list[tuple[int, float]]:
+    """Greedy per-image NMS over regions in descending logit order -> [(region, logit)].
+
+    Exactly equal to running greedy NMS inside every image and then taking the global
+    top ``top_k`` (a box is decided by higher-scored boxes of its own image only), but
+    only a growing prefix of the ranking is examined. ``-inf`` logits are excluded.
+    """
+    n = logits.shape[0]
+    if n == 0 or top_k <= 0:
+        return []
+    k = min(n, max(4 * top_k, 256))
+    while True:
+        cand = np.argpartition(-logits, k - 1)[:k] if k < n else np.arange(n)
+        order = cand[np.argsort(-logits[cand], kind="stable")]
+        kept: list[tuple[int, float]] = []
+        kept_boxes: dict[int, list[int]] = {}
+        for i in order:
+            value = float(logits[i])
+            if value == -np.inf:
+                break
+            img = int(region_image[i])
+            prev = kept_boxes.get(img)
+            if prev and nms_iou < 1.0 and float(box_iou(boxes[i], boxes[prev]).max()) > nms_iou:
+                continue
+            kept_boxes.setdefault(img, []).append(int(i))
+            kept.append((int(i), value))
+            if len(kept) == top_k:
+                return kept
+        if k == n:
+            return kept
+        k = min(n, 2 * k)
+
+
+class Searcher:
+    """Holds an index's text encoder and its region matrix; answers text queries.
+
+    ``index``: an :class:`~resedis.index.Index` or a DB path. ``model`` (optional) is
+    checked against the index's model (IndexMismatchError). ``encoder``: an already
+    loaded text encoder to reuse. The region matrix is loaded on first use and reloaded
+    whenever the index's tables change.
+    """
+
+    def __init__(
+        self,
+        index: Index | str | os.PathLike,
+        *,
+        device: str | None = None,
+        model: str | None = None,
+        encoder=None,
+        nms_iou: float = DEFAULT_NMS_IOU,
+    ):
+        self.index = index if isinstance(index, Index) else open_index(index)
+        check_model(self.index.manifest, model, self.index.path)
+        if encoder is None:
+            from resedis.models import load_model
+
+            encoder = load_model(self.index.manifest.model, device)
+        else:
+            check_model(self.index.manifest, encoder.spec, self.index.path)
+        if not hasattr(encoder, "encode_texts") or getattr(encoder, "vector_dim", None) != self.index.manifest.vector_dim:
+            raise ResedisError(
+                f"{encoder.spec}: not a text encoder for this index (vector dim "
+                f"{getattr(encoder, 'vector_dim', '?')} vs the index's {self.index.manifest.vector_dim})"
+            )
+        if not 0.0 < nms_iou <= 1.0:
+            raise ResedisError(f"nms_iou must be in (0, 1] (1 disables NMS), got {nms_iou}")
+        self.encoder = encoder
+        self.nms_iou = nms_iou
+        self._corpus: Corpus | None = None
+        self._manifest_mtime = self._stat_manifest()
+
+    def _stat_manifest(self) -> int:
+        try:
+            return (self.index.path / MANIFEST_NAME).stat().st_mtime_ns
+        except OSError:
+            return -1
+
+    def corpus(self) -> Corpus:
+        """The region matrix, reloaded when the index changed since it was read."""
+        mtime = self._stat_manifest()
+        if mtime != self._manifest_mtime:  # e.g. calibration stored a threshold
+            self.index.manifest = read_manifest(self.index.path)
+            self._manifest_mtime = mtime
+        if self._corpus is None or self._corpus.version != self.index.version():
+            self._corpus = load_corpus(self.index)
+        return self._corpus
+
+    @property
+    def threshold(self) -> float:
+        """Default presence threshold: calibrated (manifest) or :data:`DEFAULT_THRESHOLD`."""
+        calibrated = self.index.manifest.threshold
+        return DEFAULT_THRESHOLD if calibrated is None else calibrated
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (Q, D) float32 query vectors. Empty/whitespace text -> ResedisError."""
+        for text in texts:
+            if not isinstance(text, str) or not text.strip():
+                raise ResedisError(f"empty query {text!r}: describe the object to search for")
+        return np.asarray(self.encoder.encode_texts([normalize_text(t) for t in texts]), dtype=np.float32)
+
+    def search(self, text: str, *, top_k: int = 20, threshold: float | None = None) -> QueryResult:
+        """One text query -> QueryResult (hits ranked by score, ``query_id`` = the normalised text)."""
+        return self.search_many([text], top_k=top_k, threshold=threshold)[0]
+
+    def search_many(
+        self,
+        texts: Sequence[str],
+        *,
+        top_k: int = 20,
+        threshold: float | None = None,
+        query_ids: Sequence[str] | None = None,
+        batch_size: int = 32,
+    ) -> list[QueryResult]:
+        """Several queries, text-encoded in batches of ``batch_size``; one QueryResult each."""
+        return self._search(texts, top_k=top_k, threshold=threshold, query_ids=query_ids, batch_size=batch_size)
+
+    def _search(self, texts, *, top_k, threshold, query_ids=None, batch_size=32, allowed=None, id_map=None, corpus=None):
+        if isinstance(texts, str):
+            raise TypeError("search_many takes a list of strings; use search() for one")
+        if top_k < 1:
+            raise ResedisError(f"top_k must be >= 1, got {top_k}")
+        if batch_size < 1:
+            raise ResedisError(f"batch_size must be >= 1, got {batch_size}")
+        if query_ids is not None and len(query_ids) != len(texts):
+            raise ResedisError(f"{len(query_ids)} query ids for {len(texts)} texts")
+        threshold = self.threshold if threshold is None else float(threshold)
+        corpus = corpus if corpus is not None else self.corpus()
+        results: list[QueryResult] = []
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start : start + batch_size])
+            t0 = time.perf_counter()
+            queries = self.encode(chunk)
+            t1 = time.perf_counter()
+            logits = corpus.logits(queries)
+            if allowed is not None:
+                logits[~allowed] = -np.inf
+            t2 = time.perf_counter()
+            for j, text in enumerate(chunk):
+                t3 = time.perf_counter()
+                ranked = rank_hits(logits[:, j], corpus.region_image, corpus.boxes, top_k, self.nms_iou)
+                hits = []
+                for region, logit in ranked:
+                    img = int(corpus.region_image[region])
+                    score = float(sigmoid(logit))
+                    hits.append(
+                        Hit(
+                            image_id=corpus.image_ids[img] if id_map is None else id_map[img],
+                            box=tuple(float(v) for v in corpus.boxes[region]),
+                            score=score,
+                            present=score >= threshold,
+                            mask=None,
+                            path=corpus.paths[img],
+                        )
+                    )
+                qid = query_ids[start + j] if query_ids is not None else normalize_text(text)
+                timings = {
+                    "encode_ms": 1000 * (t1 - t0) / len(chunk),
+                    "search_ms": 1000 * ((t2 - t1) / len(chunk) + time.perf_counter() - t3),
+                }
+                results.append(QueryResult(query_id=qid, expression=text, hits=hits, timings=timings))
+        return results
+
+
+def search(
+    text: str,
+    db: str | os.PathLike | Index,
+    *,
+    top_k: int = 20,
+    threshold: float | None = None,
+    device: str | None = None,
+) -> QueryResult:
+    """One-off query (loads the text encoder each call; keep a :class:`Searcher` for many)."""
+    return Searcher(db, device=device).search(text, top_k=top_k, threshold=threshold)
+
+
+def map_dataset_images(corpus: Corpus, root: str, dataset: Dataset) -> tuple[list[ImageId | None], int]:
+    """Index image rows -> dataset image ids.
+
+    Rule, per dataset image, first that applies: (1) its absolute ``path`` equals the
+    indexed file's absolute path (symlinks resolved); (2) its ``file_name`` equals the
+    index image id (the POSIX path relative to the indexed folder); (3) exactly one index
+    image id ends with ``/<file_name>`` (folder indexed one level above the dataset's
+    image root). Returns (dataset id or None per index row, number of dataset images
+    not found in the index).
+    """
+    by_path: dict[str, int] = {}
+    for row, p in enumerate(corpus.paths):
+        by_path.setdefault(os.path.realpath(p), row)
+    by_id = {image_id: row for row, image_id in enumerate(corpus.image_ids)}
+    by_suffix: dict[str, list[int]] = {}
+    for row, image_id in enumerate(corpus.image_ids):
+        parts = image_id.split("/")
+        for cut in range(1, len(parts)):
+            by_suffix.setdefault("/".join(parts[cut:]), []).append(row)
+    mapping: list[ImageId | None] = [None] * len(corpus.image_ids)
+    missing = 0
+    for ds_id, info in dataset.images.items():
+        row = None
+        if info.path:
+            row = by_path.get(os.path.realpath(info.path))
+        name = Path(info.file_name).as_posix() if info.file_name else None
+        if row is None and name:
+            row = by_id.get(name)
+            if row is None and len(by_suffix.get(name, [])) == 1:
+                row = by_suffix[name][0]
+        if row is None:
+            missing += 1
+        elif mapping[row] is None:
+            mapping[row] = ds_id
+    return mapping, missing
+
+
+def search_dataset(
+    db: str | os.PathLike | Index | Searcher,
+    dataset: Dataset,
+    *,
+    top_k: int = 20,
+    threshold: float | None = None,
+    device: str | None = None,
+    batch_size: int = 32,
+) -> list[QueryResult]:
+    """Every query of ``dataset`` (in order) -> QueryResults whose hit ``image_id`` are
+    the DATASET's ids (see :func:`map_dataset_images` for the matching rule). Only the
+    index's images that belong to the dataset are searched. ``db`` may be a ready
+    :class:`Searcher` (its encoder is reused). Raises ResedisError when index and
+    dataset share no image.
+    """
+    searcher = db if isinstance(db, Searcher) else Searcher(db, device=device)
+    corpus = searcher.corpus()
+    mapping, missing = map_dataset_images(corpus, searcher.index.manifest.root, dataset)
+    shared = sum(m is not None for m in mapping)
+    if shared == 0:
+        example_index = corpus.image_ids[0] if corpus.image_ids else "(index is empty)"
+        example_ds = next((i.file_name for i in dataset.images.values()), "(no images)")
+        raise ResedisError(
+            f"index {searcher.index.path} (images of {searcher.index.manifest.root}, e.g. {example_index!r}) and "
+            f"dataset {dataset.name!r} (root {dataset.root}, e.g. {example_ds!r}) share no images; "
+            "index the dataset's image folder"
+        )
+    if missing:
+        log.warning("%d of %d dataset images are not in the index %s; they can never be found",
+                    missing, len(dataset.images), searcher.index.path)
+    allowed_rows = np.array([m is not None for m in mapping], dtype=bool)
+    allowed = allowed_rows[corpus.region_image] if len(corpus) else np.zeros(0, dtype=bool)
+    queries = dataset.queries
+    return searcher._search(
+        [q.expression for q in queries],
+        top_k=top_k,
+        threshold=threshold,
+        query_ids=[q.query_id for q in queries],
+        batch_size=batch_size,
+        allowed=allowed,
+        id_map=mapping,
+        corpus=corpus,
+    )
