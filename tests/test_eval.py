@@ -217,3 +217,29 @@ def test_cli_lenient_reports_skipped_dataset_records(synth_small, tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 0 and "skipped:" in err and "zz_broken.json" in err
     assert "zz_broken.json" in (tmp_path / "r.html").read_text()  # listed in the report's warnings
+
+
+def test_cli_db_mode_searches_scores_and_writes_predictions(synth_small, tiny_models, tmp_path, capsys):
+    """--db: every query is searched in an index of the benchmark's images (tiny random
+    OWLv2, so scores are meaningless) and exactly the written predictions are scored."""
+    from resedis.cli import main
+    from resedis.index import IndexConfig, build_index
+    from resedis.io import load_dataset, read_predictions
+
+    db = tmp_path / "db"
+    build_index(synth_small / "images", db, config=IndexConfig(model=f"owlv2:{tiny_models['owlv2']}",
+                                                              max_regions=8, workers=1), progress=False)
+    out_json = tmp_path / "m.json"
+    rc = main(["eval", "--dataset", str(synth_small), "--db", str(db), "--json", str(out_json), "--top-k", "5"])
+    assert rc == 0, capsys.readouterr().err
+    preds_path = tmp_path / "m.predictions.jsonl"
+    preds = read_predictions(preds_path)
+    ds = load_dataset(synth_small)
+    assert [p.query_id for p in preds] == [q.query_id for q in ds.queries]
+    assert all(1 <= len(p.hits) <= 5 for p in preds)
+    assert all(h.image_id in ds.images for p in preds for h in p.hits)  # dataset ids, not index paths
+    data = json.loads(out_json.read_text())
+    assert data["warnings"] == []
+    expected = evaluate_predictions(ds, preds).metrics
+    for key in REQUIRED_METRIC_KEYS:
+        assert data[key] == pytest.approx(expected[key]) if expected[key] is not None else data[key] is None
