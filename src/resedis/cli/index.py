@@ -1,0 +1,86 @@
+"""``resedis index``: build or update a region index from a folder of images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _iou(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1 disables NMS), got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "index",
+        help="index a folder of images (incremental; resumable after a crash)",
+        description=(
+            "Walk IMAGES_DIR recursively (jpg, png, webp, bmp, gif, tiff), run the region encoder on "
+            "every image and store, per kept box, its augmented vector, box and objectness in a LanceDB "
+            "directory. Re-running adds new or changed files only; an interrupted run is resumed. "
+            "Unreadable, truncated, non-image and over-large files are skipped and recorded."
+        ),
+    )
+    p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (searched recursively; hidden entries ignored)")
+    p.add_argument("--db", required=True, metavar="DB", help="index directory (created if missing)")
+    p.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="region encoder, e.g. owlv2:google/owlv2-base-patch16-ensemble or owlv2:/local/dir "
+        "(default: the index's model, or OWLv2 base for a new index); must match an existing index",
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per encoder batch and per commit (default 8)")
+    p.add_argument("--max-regions", type=_positive_int, default=100, metavar="N", help="boxes kept per image, by objectness after NMS (default 100)")
+    p.add_argument("--nms-iou", type=_iou, default=0.5, metavar="F", help="IoU above which a lower-objectness box is dropped (default 0.5; 1 = no NMS)")
+    p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--prune", action="store_true", help="remove entries of files no longer present in IMAGES_DIR")
+    p.add_argument("--report", action="store_true", help="print every skipped file with its reason")
+    p.add_argument("--vector-dtype", choices=("float16", "float32"), help="storage of region vectors for a new index (default float16)")
+    p.add_argument("--max-pixels", type=_positive_int, metavar="PX", help="skip images with more pixels (decompression-bomb guard; default 89478485)")
+    p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from resedis.index import IndexConfig, build_index
+
+    config = IndexConfig(
+        model=args.model,
+        batch_size=args.batch_size,
+        max_regions=args.max_regions,
+        nms_iou=args.nms_iou,
+        device=args.device,
+        prune=args.prune,
+        vector_dtype=args.vector_dtype,
+    )
+    if args.max_pixels is not None:
+        config.max_pixels = args.max_pixels
+    report = build_index(args.images_dir, args.db, config=config, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(f"{report.db}: {report.summary()}")
+        if report.skipped and not args.report:
+            print(f"{len(report.skipped)} file(s) skipped; list them with --report or `resedis stats --db {args.db}`", file=sys.stderr)
+    if args.report and not args.json:
+        for s in report.skipped:
+            print(f"skipped: {s.source}: {s.reason}")
+    return 0

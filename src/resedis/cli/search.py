@@ -1,0 +1,80 @@
+"""``resedis search``: find a described object across an indexed image collection."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _unit(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "search",
+        help="search an index for a described object",
+        description=(
+            "Encode TEXT with the index's model, score every stored region (exact inner product = the "
+            "detector's logit), suppress overlapping boxes per image and print the best hits with "
+            "score = sigmoid(logit) and present = score >= threshold."
+        ),
+    )
+    p.add_argument("text", metavar="TEXT", help="description of the object, e.g. \"a small red circle\"")
+    p.add_argument("--db", required=True, metavar="DB", help="index directory built by `resedis index`")
+    p.add_argument("--top-k", type=_positive_int, default=20, metavar="K", help="number of hits (default 20)")
+    p.add_argument(
+        "--threshold",
+        type=_unit,
+        metavar="T",
+        help="presence threshold on the score (default: the calibrated one stored in the index, else 0.1)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON lines, one hit each (the shared hit schema)")
+    p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--model", metavar="SPEC", help="refuse to search unless the index was built with this model")
+    p.add_argument("--nms-iou", type=_unit, default=0.5, metavar="F", help="per-image NMS IoU for hits (default 0.5; 1 = none)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from resedis.errors import ResedisError
+    from resedis.index import open_index
+    from resedis.search import Searcher
+
+    if not args.text.strip():
+        raise ResedisError("empty query: describe the object to search for")
+    if args.nms_iou <= 0:
+        raise ResedisError("--nms-iou must be > 0")
+    index = open_index(args.db, model=args.model)
+    searcher = Searcher(index, device=args.device, nms_iou=args.nms_iou)
+    result = searcher.search(args.text, top_k=args.top_k, threshold=args.threshold)
+    if args.json:
+        for hit in result.hits:
+            print(json.dumps(hit.to_json()))
+        return 0
+    threshold = searcher.threshold if args.threshold is None else args.threshold
+    print(f"{len(result.hits)} hits for {result.expression!r} (threshold {threshold:.3g}; * = present)")
+    if result.hits:
+        width = max(len(str(h.image_id)) for h in result.hits)
+        print(f"{'rank':>4}  {'score':>6}    {'image':<{width}}  box [x0, y0, x1, y1]")
+        for rank, h in enumerate(result.hits, 1):
+            box = ", ".join(f"{v:.1f}" for v in h.box)
+            mark = "*" if h.present else " "
+            print(f"{rank:>4}  {h.score:6.4f} {mark}  {str(h.image_id):<{width}}  [{box}]")
+    return 0
