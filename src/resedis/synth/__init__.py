@@ -33,7 +33,7 @@ from tqdm import tqdm
 from resedis.errors import ResedisError
 from resedis.masks import encode_mask, rle_area, rle_to_box
 from resedis.synth.grammar import NEXT_TO_FRACTION, SUPERLATIVE_RATIO, VOCABULARY, Expression, ObjectTable, evaluate
-from resedis.synth.queries import MAX_TARGET_IMAGES, SelectedQuery, select_queries
+from resedis.synth.queries import SelectedQuery, select_queries
 from resedis.synth.scene import COLORS, SHAPES, SIZES, render_scene, sample_image_size
 from resedis.synth.writer import check_out_dir, staged_dir, write_json
 
@@ -102,7 +102,7 @@ def generate(
         "single_image": sum(1 for imgs, _ in per_image if len(imgs) == 1),
         "multi_image": sum(1 for imgs, _ in per_image if len(imgs) >= 2),
         "multi_instance": sum(1 for _, counts in per_image if counts.max() >= 2),
-        "max_target_images": MAX_TARGET_IMAGES,
+        "max_target_images": mix["max_target_images"],
         "quotas": mix["requested"],
         "shortfalls": mix["shortfalls"],
         "seconds": round(time.perf_counter() - start, 3),

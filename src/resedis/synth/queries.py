@@ -10,11 +10,14 @@ denote nothing. Two selected queries never share an expression text or a meaning
 
 Buckets of a non-absent query (disjoint, by its targets): ``multi_instance`` (some image
 holds >= 2 targets), else ``multi_image`` (>= 2 target images), else ``single``.
-Queries with more than ``MAX_TARGET_IMAGES`` target images are not used.
+At most ``MAX_QUERIES_PER_TARGET_SET`` queries may denote exactly the same set of
+objects (so a small corpus is not flooded with paraphrases). Queries with more than :func:`max_target_images` target images (8, or 5% of the
+images for corpora over 160 images) are not used.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +26,13 @@ from resedis.errors import ResedisError
 from resedis.synth.grammar import POSITIONS, RELATIONS, SUPERLATIVES, Expression, NounPhrase, ObjectTable, evaluate
 from resedis.synth.scene import COLORS, SHAPES, SIZES
 
-MAX_TARGET_IMAGES = 8
+MIN_TARGET_IMAGE_CAP = 8
+TARGET_IMAGE_CAP_SHARE = 0.05
 MULTI_IMAGE_SHARE = 0.2
 MULTI_INSTANCE_SHARE = 0.15
 BUCKETS = ("single", "multi_image", "multi_instance")
 TYPES = ("attribute", "position", "relation")
+MAX_QUERIES_PER_TARGET_SET = 2
 ATTEMPTS_PER_QUERY = 60
 MIN_ATTEMPTS = 3000
 
@@ -40,6 +45,11 @@ class SelectedQuery:
     type: str  # attribute / position / relation / absent
     targets: np.ndarray  # (T,) int, sorted; empty for absent
     bucket: str | None  # None for absent
+
+
+def max_target_images(n_images: int) -> int:
+    """The most target images a query may have: max(8, ceil(5% of the corpus))."""
+    return max(MIN_TARGET_IMAGE_CAP, math.ceil(TARGET_IMAGE_CAP_SHARE * n_images))
 
 
 def quotas(n: int) -> dict[str, int]:
@@ -136,7 +146,9 @@ def select_queries(
     seen_keys: set[tuple] = set()
     seen_texts: set[str] = set()
     pools: dict[tuple[str, str], list[SelectedQuery]] = {(b, t): [] for b in BUCKETS for t in TYPES}
+    per_target_set: dict[bytes, int] = {}
     n_images = len(np.unique(table.image))
+    cap = max_target_images(n_images)
 
     def enough() -> bool:
         return all(sum(len(pools[(b, t)]) for t in TYPES) >= want[b] and
@@ -150,8 +162,12 @@ def select_queries(
         if expr is None or expr.key in seen_keys or expr.text() in seen_texts:
             continue
         targets = np.flatnonzero(evaluate(expr, table))
-        if len(np.unique(table.image[targets])) > MAX_TARGET_IMAGES:
+        if len(np.unique(table.image[targets])) > cap:
             continue
+        signature = targets.tobytes()
+        if per_target_set.get(signature, 0) >= MAX_QUERIES_PER_TARGET_SET:
+            continue
+        per_target_set[signature] = per_target_set.get(signature, 0) + 1
         seen_keys.add(expr.key)
         seen_texts.add(expr.text())
         bucket = bucket_of(targets, table)
@@ -172,7 +188,8 @@ def select_queries(
     if len(chosen) < n_present:
         raise ResedisError(
             f"the corpus ({n_images} images, {len(table)} objects) yields only {len(chosen)} distinct "
-            f"non-absent queries with at most {MAX_TARGET_IMAGES} target images; {n_present} were asked "
+            f"non-absent queries (at most {cap} target images, at most {MAX_QUERIES_PER_TARGET_SET} queries per "
+            f"target set); {n_present} were asked "
             f"for (--queries {queries} minus --absent {absent}). Use more images or fewer queries."
         )
 
@@ -199,6 +216,7 @@ def select_queries(
         "requested": {"queries": queries, "absent": absent, **{f"quota_{b}": want[b] for b in BUCKETS}},
         "buckets": {b: sum(1 for q in out if q.bucket == b) for b in BUCKETS},
         "shortfalls": shortfalls,
+        "max_target_images": cap,
     }
     return out, summary
 
