@@ -223,7 +223,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     except PermissionError:
         return Skipped(source, "unreadable: permission denied")
     except FileNotFoundError:
-        return Skipped(source, "unreadable: file vanished before it could be read")
+        return Skipped(source, "unreadable: file not found (vanished, or a broken symlink)")
     except IsADirectoryError:
         return Skipped(source, "unreadable: is a directory")
     except OSError as exc:
