@@ -11,6 +11,14 @@
          "query_id", "type"}; an absent query has one file q00007_absent.json with
          image_id null and an empty target_annotation.
 
+Query mix (see :mod:`resedis.synth.queries`): of the non-absent queries, ~20% aim to be
+multi-image (2+ target images), ~15% multi-instance (2+ targets in one image), the rest
+single-image; types are balanced round-robin within each kind as far as the corpus
+allows (large corpora favour relations: few attribute-only phrases pick out a single
+image among thousands). A kind the corpus cannot supply is reported in ``shortfalls``
+and its places are filled by the others; if the corpus cannot give enough distinct
+queries at all, :class:`ResedisError` says how many it could give.
+
 The targets of every query are exactly the objects of the whole corpus that satisfy
 it under the semantics in :mod:`resedis.synth.grammar`. Same seed -> byte-identical
 files (for the same package version).
