@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import string
 import sys
 from pathlib import Path
@@ -194,7 +195,11 @@ def _make_siglip(out: Path, tokenizer) -> None:
 
     config = tf.SiglipConfig(text_config=_text_config(tokenizer), vision_config=_vision_config(32, 8))
     torch.manual_seed(SEED)
-    tf.SiglipModel(config).eval().save_pretrained(out)
+    model = tf.SiglipModel(config).eval()
+    with torch.no_grad():  # SigLIP's published init (scale log 10, bias -10), so the bias is exercised
+        model.logit_scale.fill_(math.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    model.save_pretrained(out)
     image_processor = tf.SiglipImageProcessorPil(size={"height": 32, "width": 32})
     tf.SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
 
@@ -208,9 +213,11 @@ TINY_BUILDERS: dict[str, Callable[[Path, object], None]] = {
 }
 
 
-def check_owl_checkpoint(path: Path, family: str) -> None:
+def check_owl_checkpoint(
+    path: Path, family: str, queries: Sequence[str] = ("a red circle", "a blue square")
+) -> None:
     """Load a tiny OWL checkpoint through the model's own forward and raise RuntimeError
-    unless two different queries give finite, different logits."""
+    unless the (different) ``queries`` give finite, different logits."""
     import numpy as np
     import torch
     import transformers as tf
@@ -220,15 +227,18 @@ def check_owl_checkpoint(path: Path, family: str) -> None:
     model = model_cls.from_pretrained(path).eval()
     processor = tf.AutoProcessor.from_pretrained(path)
     image = Image.fromarray(np.random.default_rng(SEED).integers(0, 255, (40, 60, 3), dtype=np.uint8))
-    inputs = processor(text=[["a red circle", "a blue square"]], images=image, return_tensors="pt")
+    inputs = processor(text=[list(queries)], images=image, return_tensors="pt")
     if int(inputs["input_ids"][:, 0].min()) == 0:
         raise RuntimeError(f"{path}: first token id 0; OWL masks such queries")
     with torch.inference_mode():
         logits = model(**inputs).logits[0]
     if not torch.isfinite(logits).all():
         raise RuntimeError(f"{path}: non-finite logits from the tiny model")
-    if torch.allclose(logits[:, 0], logits[:, 1]):
-        raise RuntimeError(f"{path}: two different queries gave identical logits")
+    if not (logits.max() > torch.finfo(logits.dtype).min / 2):
+        raise RuntimeError(f"{path}: every logit is masked to the dtype minimum")
+    for j in range(1, logits.shape[1]):
+        if torch.allclose(logits[:, 0], logits[:, j]):
+            raise RuntimeError(f"{path}: different queries {queries[0]!r}, {queries[j]!r} gave identical logits")
 
 
 def make_tiny_checkpoints(out_dir: str | Path, families: Sequence[str] | None = None) -> dict[str, Path]:
