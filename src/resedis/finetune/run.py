@@ -1,0 +1,251 @@
+"""``finetune(...)``: the public entry point — data, model, loop, validation, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resedis.errors import ResedisError
+from resedis.finetune import checkpoint as ckpt
+from resedis.finetune.data import PixelStore, TrainingSet, build_training_set, make_batch
+from resedis.finetune.scratch import ScratchConfig, build_scratch_owlv2
+from resedis.finetune.train import (
+    RESUME_KEYS, FinetuneConfig, StepRunner, config_dict, epoch_order, lr_factor, rng_state, set_rng_state,
+    steps_per_epoch, trainable_parameters,
+)
+from resedis.finetune.validate import HISTORY_METRICS, validate_model
+from resedis.types import Dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: Path
+    steps: int  # optimizer steps done in total (all sessions)
+    resumed_from_step: int | None
+    best_epoch: int | None
+    best_score: float | None
+    presence_threshold: float | None
+    history: list[dict] = field(default_factory=list)
+    train_losses: list[float] = field(default_factory=list)  # per step, this session only
+    stopped_early: bool = False  # max_steps reached before the last epoch ended
+
+
+def _load_dataset(ds) -> Dataset:
+    if isinstance(ds, Dataset):
+        return ds
+    from resedis.io import load_dataset
+
+    return load_dataset(ds)
+
+
+def load_detector(spec_or_dir: str | Path):
+    """``owlv2:DIR`` / ``owlvit:DIR`` / hub id spec / plain directory -> (model, processor)."""
+    import transformers
+    from transformers import AutoProcessor
+
+    spec = str(spec_or_dir)
+    if Path(spec).is_dir():
+        path = Path(spec)
+    else:
+        from resedis.models import parse_spec
+        from resedis.models.resolver import resolve_weights
+
+        parsed = parse_spec(spec)
+        if parsed.family not in ("owlv2", "owlvit"):
+            raise ResedisError(f"finetune trains OWL detectors (owlv2:..., owlvit:...), not {parsed.family!r}")
+        path = resolve_weights(parsed)
+    config = json.loads((path / "config.json").read_text())
+    cls = {"owlv2": "Owlv2ForObjectDetection", "owlvit": "OwlViTForObjectDetection"}.get(config.get("model_type"))
+    if cls is None:
+        raise ResedisError(f"{path}/config.json: model_type {config.get('model_type')!r} is not owlv2/owlvit")
+    model = getattr(transformers, cls).from_pretrained(str(path), dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(str(path))
+    return model, processor
+
+
+def _check_resume(saved: dict, config: FinetuneConfig, out_dir: Path) -> None:
+    diff = {k: (saved.get(k), getattr(config, k)) for k in RESUME_KEYS if saved.get(k) != getattr(config, k)}
+    if diff:
+        detail = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ResedisError(f"{out_dir}/last holds a run with other settings ({detail}); "
+                           "rerun with the same settings to resume, or choose another --out")
+
+
+def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConfig | None = None,
+             val_dataset=None, config: FinetuneConfig | None = None) -> FinetuneResult:
+    """Train an OWL detector on ``dataset`` (a Dataset or a path ``load_dataset`` reads,
+    or a list of them: trained on together, each its own pool of negatives).
+
+    Exactly one of ``model`` (spec or directory of a checkpoint to start from) and
+    ``scratch`` (architecture of a randomly initialised OWLv2) is needed — unless
+    ``OUT_DIR/last`` exists, in which case the run resumes from it. See
+    :mod:`resedis.finetune.checkpoint` for what is written where.
+    """
+    from tqdm import tqdm
+
+    from resedis.models.resolver import resolve_device
+
+    config = config or FinetuneConfig()
+    config.validate()
+    out_dir = Path(out_dir)
+    device = resolve_device(config.device)
+    train_list = [_load_dataset(d) for d in (dataset if isinstance(dataset, (list, tuple)) else [dataset])]
+    if not train_list:
+        raise ResedisError("no training dataset given")
+    val_ds = _load_dataset(val_dataset) if val_dataset is not None else None
+    parts = [build_training_set(d) for d in train_list]
+    ts = TrainingSet.concat(parts)
+    vs = build_training_set(val_ds) if val_ds is not None else None
+
+    last = ckpt.find_last(out_dir)
+    state = None
+    if last is not None:
+        state = ckpt.load_state(last)
+        _check_resume(state["config"], config, out_dir)
+        net, processor = load_detector(last)
+        log.info("resuming from %s at step %d", last, state["step"])
+    elif model is not None and scratch is not None:
+        raise ResedisError("give either a model to start from or a from-scratch config, not both")
+    elif model is not None:
+        net, processor = load_detector(model)
+    elif scratch is not None:
+        net, processor = build_scratch_owlv2(scratch, texts=ts.texts, seed=config.seed)
+    else:
+        raise ResedisError("no model: pass --model SPEC or --from-scratch-config JSON")
+    net.to(device).train()
+    max_length = int(net.config.text_config.max_position_embeddings)
+
+    params = trainable_parameters(net, config.freeze_backbone)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    spe = steps_per_epoch(len(ts.images), config.batch_size)
+    total = config.epochs * spe
+    step = 0
+    history: list[dict] = []
+    best_score = None
+    best_epoch = None
+    threshold = None
+    epoch_sums = {"loss": 0.0, "n": 0}
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step, history = state["step"], state["history"]
+        best_score, best_epoch, threshold = state["best_score"], state["best_epoch"], state["presence_threshold"]
+        epoch_sums = state["epoch_sums"]
+    resumed_from = step if state is not None else None
+
+    pixels = PixelStore(processor, ts.images)
+    val_pixels = PixelStore(processor, vs.images) if vs is not None else None
+    runner = StepRunner(net, processor, ts, pixels, config.loss)
+    meta_base = {
+        "config": config_dict(config),
+        "scratch": scratch.to_dict() if scratch is not None else (state or {}).get("scratch"),
+        "base_model": model if model is not None else (state or {}).get("base_model"),
+        "train_datasets": [{"name": d.name, "root": d.root, "images": len(p.images), "texts": len(p.texts),
+                            "skipped": len(p.skipped)} for d, p in zip(train_list, parts)],
+        "val_dataset": None if val_ds is None else {"name": val_ds.name, "root": val_ds.root,
+                                                    "images": len(vs.images), "queries": len(val_ds.queries)},
+    }
+
+    def save_last() -> None:
+        ckpt.save_last(out_dir, net, processor, {
+            "config": config_dict(config), "step": step, "optimizer": opt.state_dict(), "rng": rng_state(),
+            "history": history, "best_score": best_score, "best_epoch": best_epoch,
+            "presence_threshold": threshold, "epoch_sums": epoch_sums,
+            "scratch": meta_base["scratch"], "base_model": meta_base["base_model"],
+        })
+
+    losses: list[float] = []
+    stopped = False
+    start_epoch = step // spe
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            order = epoch_order(config.seed, epoch, len(ts.images))
+            first = step - epoch * spe
+            bar = tqdm(total=spe, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+                       disable=not config.progress, dynamic_ncols=True)
+            t0 = time.time()
+            for b in range(first, spe):
+                if config.max_steps is not None and step >= config.max_steps:
+                    stopped = True
+                    break
+                idx = [int(i) for i in order[b * config.batch_size : (b + 1) * config.batch_size]]
+                batch = make_batch(ts, idx, config.negatives_per_image, np.random.default_rng([config.seed, step]))
+                for g in opt.param_groups:
+                    g["lr"] = config.lr * lr_factor(step, config.warmup_steps, total)
+                parts = runner.loss(batch)
+                opt.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                opt.step()
+                step += 1
+                value = float(parts["loss"].detach())
+                losses.append(value)
+                epoch_sums["loss"] += value
+                epoch_sums["n"] += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.3f}", cls=f"{float(parts['cls'].detach()):.3f}",
+                                giou=f"{float(parts['giou'].detach()):.3f}")
+                if config.checkpoint_every and step % config.checkpoint_every == 0 and step % spe != 0:
+                    save_last()
+            bar.close()
+            if stopped:
+                break
+            entry = {"epoch": epoch + 1, "step": step, "train_loss": epoch_sums["loss"] / max(epoch_sums["n"], 1),
+                     "epoch_wall_s": round(time.time() - t0, 1)}
+            epoch_sums = {"loss": 0.0, "n": 0}
+            if vs is not None:
+                runner_val = StepRunner(net, processor, vs, val_pixels, config.loss)
+                entry["val_loss"] = runner_val.mean_loss(config.batch_size, config.negatives_per_image, config.seed)["loss"]
+                res = validate_model(net, processor, vs, val_ds.queries, val_pixels, batch_size=config.batch_size,
+                                     top_k=config.top_k, max_regions=config.max_regions, max_length=max_length,
+                                     progress=config.progress)
+                entry["metrics"] = {k: res["metrics"].get(k) for k in HISTORY_METRICS}
+                entry["presence_threshold"] = res["presence_threshold"]
+                score = -entry["val_loss"] if config.select_metric == "val_loss" else res["metrics"][config.select_metric]
+                log.info("epoch %d: train %.4f val %.4f %s", epoch + 1, entry["train_loss"], entry["val_loss"],
+                         json.dumps(entry["metrics"]))
+                if best_score is None or score > best_score:
+                    best_score, best_epoch, threshold = float(score), epoch + 1, res["presence_threshold"]
+                    ckpt.save_best(out_dir, net, processor, {
+                        **meta_base, "presence_threshold": threshold, "threshold_source": "validation",
+                        "threshold_fit": res["threshold_fit"], "selected_by": config.select_metric,
+                        "best_epoch": best_epoch, "best_step": step, "val_metrics": res["metrics"],
+                        "history": history + [entry],
+                    })
+            history.append(entry)
+            save_last()
+    except KeyboardInterrupt:
+        save_last()
+        raise
+    if stopped:
+        save_last()
+    elif vs is None and history:
+        # no validation split: the final model is the result; its threshold is fitted on
+        # the (first) TRAINING dataset (optimistic; recorded as such)
+        first = parts[0] if len(parts) > 1 else ts
+        res = validate_model(net, processor, first, train_list[0].queries,
+                             pixels if first is ts else PixelStore(processor, first.images),
+                             batch_size=config.batch_size, top_k=config.top_k, max_regions=config.max_regions,
+                             max_length=max_length)
+        threshold = res["presence_threshold"]
+        ckpt.save_best(out_dir, net, processor, {
+            **meta_base, "presence_threshold": threshold, "threshold_source": "training",
+            "threshold_fit": res["threshold_fit"], "selected_by": "last epoch (no validation split)",
+            "best_epoch": history[-1]["epoch"], "best_step": step, "train_metrics": res["metrics"],
+            "history": history,
+        })
+    elif history and (meta := ckpt.read_meta(out_dir)) is not None:
+        meta["history"] = history  # full history, also epochs after the best one
+        ckpt.write_meta(out_dir, meta)
+    return FinetuneResult(out_dir=out_dir, steps=step, resumed_from_step=resumed_from, best_epoch=best_epoch,
+                          best_score=best_score, presence_threshold=threshold, history=history,
+                          train_losses=losses, stopped_early=stopped)
