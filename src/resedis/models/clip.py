@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from resedis.errors import ResedisError
+from resedis.models.resolver import quiet_transformers
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,11 @@ class DualEncoderBackend:
                 f"use the matching family prefix (e.g. {model_type}:{path})"
             )
         model_cls = getattr(transformers, DUAL_FAMILIES[family])
-        model = model_cls.from_pretrained(str(path), dtype=dtype or torch.float32).to(device).eval()
-        processor = AutoProcessor.from_pretrained(str(path))
+        with quiet_transformers():
+            model = model_cls.from_pretrained(str(path), dtype=dtype or torch.float32).to(device).eval()
+            # Pinned to the PIL image processors: identical pixels whether or not torchvision is
+            # installed, so an index's preprocessing does not depend on the environment.
+            processor = AutoProcessor.from_pretrained(str(path), backend="pil")
         return cls(spec, family, model, processor, device)
 
     def preprocessing(self) -> dict:

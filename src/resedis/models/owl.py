@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from resedis.errors import ResedisError
+from resedis.models.resolver import quiet_transformers
 from resedis.masks import nms
 from resedis.types import ImageRegions
 
@@ -66,6 +67,12 @@ def select_regions(boxes: np.ndarray, objectness: np.ndarray, max_regions: int, 
         if len(keep) >= max_regions or k == len(order):
             return keep[:max_regions]
         k = min(len(order), 2 * k)
+
+
+def keep_top_regions(regions: ImageRegions, max_regions: int, nms_iou: float) -> ImageRegions:
+    """The rows of ``regions`` that :func:`select_regions` keeps, highest objectness first
+    (e.g. on :meth:`OwlBackend.encode_preprocessed` output)."""
+    return regions[select_regions(regions.boxes, regions.objectness, max_regions, nms_iou)]
 
 
 class OwlBackend:
@@ -119,8 +126,11 @@ class OwlBackend:
                 f"use the matching family prefix (e.g. {model_type}:{path})"
             )
         model_cls = getattr(transformers, OWL_FAMILIES[family])
-        model = model_cls.from_pretrained(str(path), dtype=dtype or torch.float32).to(device).eval()
-        processor = AutoProcessor.from_pretrained(str(path))
+        with quiet_transformers():
+            model = model_cls.from_pretrained(str(path), dtype=dtype or torch.float32).to(device).eval()
+            # Pinned to the PIL image processors: identical pixels whether or not torchvision is
+            # installed, so an index's preprocessing does not depend on the environment.
+            processor = AutoProcessor.from_pretrained(str(path), backend="pil")
         return cls(spec, family, model, processor, device)
 
     # ------------------------------------------------------------------ metadata
@@ -142,10 +152,14 @@ class OwlBackend:
         }
 
     # ------------------------------------------------------------------ images
-    def _pixel_values(self, images: Sequence[Image.Image]):
+    def preprocess(self, images: Sequence[Image.Image]):
+        """RGB PIL images -> (pixel_values (B, 3, S, S) float32 CPU tensor, sizes [(H, W)]).
+
+        CPU-only and model-free, so callers may run it in worker processes / threads and
+        feed :meth:`encode_preprocessed`; ``encode_patches(images)`` does both."""
         rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
-        pv = self.processor.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
-        return pv.to(self.device, dtype=next(self.model.parameters()).dtype)
+        pixel_values = self.processor.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        return pixel_values, [(im.height, im.width) for im in rgb]
 
     def _to_pixels(self, boxes_cxcywh, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
         """(B, P, 4) normalised cxcywh -> (B, P, 4) xyxy original pixels, clipped."""
@@ -171,14 +185,22 @@ class OwlBackend:
         boxes (P, 4) xyxy original px, objectness (P,), vectors (P, E+1) = [s·ê, s·b],
         image_vector (E_proj,) the L2-normalised image-level embedding.
         """
-        import torch
-
         if len(images) == 0:
             return []
-        sizes = [(im.height, im.width) for im in images]
+        return self.encode_preprocessed(*self.preprocess(images))
+
+    def encode_preprocessed(self, pixel_values, sizes: Sequence[tuple[int, int]]) -> list[ImageRegions]:
+        """:meth:`encode_patches` on the output of :meth:`preprocess` (one forward)."""
+        import torch
+
+        if len(sizes) != len(pixel_values):
+            raise ValueError(f"{len(pixel_values)} images but {len(sizes)} sizes")
+        if len(sizes) == 0:
+            return []
         model, head = self.model, self.model.class_head
+        pixel_values = pixel_values.to(self.device, dtype=next(model.parameters()).dtype)
         with torch.inference_mode():
-            feature_map, vision_outputs = model.image_embedder(pixel_values=self._pixel_values(images))
+            feature_map, vision_outputs = model.image_embedder(pixel_values=pixel_values)
             bsz, ph, pw, hid = feature_map.shape
             feats = feature_map.reshape(bsz, ph * pw, hid)
             boxes = model.box_predictor(feats, feature_map)
@@ -206,11 +228,7 @@ class OwlBackend:
         """RGB PIL images -> one ImageRegions per image: at most ``max_regions`` boxes,
         kept by objectness after greedy NMS at ``nms_iou``, highest objectness first.
         Shapes as in :meth:`encode_patches` with N <= max_regions rows."""
-        out = []
-        for regions in self.encode_patches(images):
-            keep = select_regions(regions.boxes, regions.objectness, max_regions, nms_iou)
-            out.append(regions[keep])
-        return out
+        return [keep_top_regions(r, max_regions, nms_iou) for r in self.encode_patches(images)]
 
     # ------------------------------------------------------------------ texts
     def _tokenize(self, texts: Sequence[str]):

@@ -14,6 +14,7 @@ imported inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,3 +155,20 @@ def resolve_device(device: "str | torch.device | None" = None) -> "torch.device"
     if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise ResedisError(f"device {device!r} requested but MPS is not available here; use --device cpu")
     return dev
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' per-load progress bars and info chatter (warnings and errors stay)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_warning()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
