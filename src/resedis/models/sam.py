@@ -1,0 +1,123 @@
+"""SAM (transformers ``SamModel`` + ``SamProcessor``) as a box-prompted
+:class:`resedis.models.base.Segmenter`.
+
+``segment(image, boxes)`` runs the image encoder ONCE and the mask decoder on all boxes
+of that image in one batch (``multimask_output=False``: one mask per box, as SAM's own
+predictor does for box prompts), upsamples with the processor's ``post_process_masks``
+to the original size and binarises at logit 0.
+
+Box-prompted SAM may spill outside its prompt box; the returned mask is intersected
+with the box dilated by :func:`box_margin` pixels (``max(2, 5 %`` of the box's longer
+side``)``), so a mask always lies inside its box up to that stated margin.
+Masks are (N, H, W) bool in original-image pixels; boxes xyxy original pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from resedis.errors import ResedisError
+
+MARGIN_FRACTION = 0.05
+MARGIN_MIN_PX = 2.0
+
+
+def box_margin(box: Sequence[float]) -> float:
+    """Pixels a mask may extend beyond its xyxy prompt ``box``: ``max(2, 0.05 * longer side)``."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return max(MARGIN_MIN_PX, MARGIN_FRACTION * max(x1 - x0, y1 - y0))
+
+
+def box_window(box: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:
+    """Integer pixel window ``(r0, r1, c0, c1)`` (rows/cols, end exclusive) of the box
+    dilated by :func:`box_margin`, clipped to the image. A pixel (r, c) is inside iff
+    ``r0 <= r < r1 and c0 <= c < c1``."""
+    m = box_margin(box)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    c0 = int(np.clip(np.floor(x0 - m), 0, width))
+    c1 = int(np.clip(np.ceil(x1 + m), 0, width))
+    r0 = int(np.clip(np.floor(y0 - m), 0, height))
+    r1 = int(np.clip(np.ceil(y1 + m), 0, height))
+    return r0, r1, c0, c1
+
+
+def restrict_to_boxes(masks: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool masks -> the same masks with every pixel outside the dilated box cleared."""
+    out = np.zeros_like(masks, dtype=bool)
+    h, w = masks.shape[1:]
+    for i, box in enumerate(np.asarray(boxes).reshape(-1, 4)):
+        r0, r1, c0, c1 = box_window(box, h, w)
+        out[i, r0:r1, c0:c1] = masks[i, r0:r1, c0:c1]
+    return out
+
+
+class SamBackend:
+    """Segmenter for ``sam`` checkpoints. ``image_calls`` counts image-encoder runs and
+    ``boxes_segmented`` the boxes decoded (to make the cost of masks observable)."""
+
+    kind = "segmenter"
+
+    def __init__(self, spec: str, model, processor, device) -> None:
+        self.spec = spec
+        self.model = model
+        self.processor = processor
+        self.device = device
+        self.image_calls = 0
+        self.boxes_segmented = 0
+
+    @classmethod
+    def from_pretrained(cls, spec: str, path: Path, device, dtype=None) -> "SamBackend":
+        import torch
+        from transformers import SamModel, SamProcessor
+
+        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+        if model_type != "sam":
+            raise ResedisError(f"{spec}: {path}/config.json is a {model_type!r} checkpoint, not 'sam'")
+        model = SamModel.from_pretrained(str(path), dtype=dtype or torch.float32).to(device).eval()
+        return cls(spec, model, SamProcessor.from_pretrained(str(path)), device)
+
+    def preprocessing(self) -> dict:
+        ip = self.processor.image_processor
+        return {"family": "sam", "longest_edge": int(ip.size["longest_edge"]), "multimask_output": False,
+                "margin": {"fraction": MARGIN_FRACTION, "min_px": MARGIN_MIN_PX}}
+
+    def raw_masks(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
+        """SAM's own masks for ``boxes`` (N, 4) xyxy px: (N, H, W) bool, before box restriction."""
+        import torch
+
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        if len(boxes) == 0:
+            return np.zeros((0, rgb.height, rgb.width), dtype=bool)
+        inputs = self.processor(images=rgb, input_boxes=[boxes.tolist()], return_tensors="pt")
+        dtype = next(self.model.parameters()).dtype
+        with torch.inference_mode():
+            out = self.model(
+                pixel_values=inputs["pixel_values"].to(self.device, dtype=dtype),
+                input_boxes=inputs["input_boxes"].to(self.device, dtype=dtype),
+                multimask_output=False,
+            )
+        self.image_calls += 1
+        self.boxes_segmented += len(boxes)
+        masks = self.processor.post_process_masks(
+            out.pred_masks.float().cpu(), inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )[0]  # (N, 1, H, W) bool
+        return masks[:, 0].numpy().astype(bool)
+
+    def segment(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray:
+        """boxes (N, 4) xyxy px -> (N, H, W) bool masks, each inside its box up to :func:`box_margin`."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        return restrict_to_boxes(self.raw_masks(image, boxes), boxes)
+
+
+def load_sam(spec, device, dtype=None) -> SamBackend:
+    """Registry factory ``(ModelSpec, torch.device, dtype) -> SamBackend``."""
+    from resedis.models import _canonical
+    from resedis.models.resolver import resolve_weights
+
+    return SamBackend.from_pretrained(str(_canonical(spec)), resolve_weights(spec), device, dtype)
