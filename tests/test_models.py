@@ -68,7 +68,10 @@ def test_parse_spec(spec, expected):
     assert parse_spec(spec) == ModelSpec(*expected)
 
 
-@pytest.mark.parametrize("spec, fragment", [("", "empty"), ("yolo:x", "unknown model family 'yolo'"), ("google/owlv2", "did you mean owlv2:google/owlv2")])
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [("", "empty"), ("yolo:x", "unknown model family 'yolo'"), ("google/owlv2", "did you mean owlv2:google/owlv2")],
+)
 def test_parse_spec_errors(spec, fragment):
     with pytest.raises(ResedisError, match=fragment):
         parse_spec(spec)
@@ -116,7 +119,8 @@ def test_resolve_hf_cache_offline(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError) as err:
         resolve_weights("owlv2:org/absent-model")
     msg = str(err.value)
-    for fragment in ("owlv2:org/absent-model", str(tmp_path), "HF_HUB_OFFLINE", "HF_HOME", "--model owlv2:/path/to/dir"):
+    expected = ("owlv2:org/absent-model", str(tmp_path), "HF_HUB_OFFLINE", "HF_HOME", "--model owlv2:/path/to/dir")
+    for fragment in expected:
         assert fragment in msg
 
 
@@ -366,3 +370,15 @@ def test_encode_crops(dual):
     crops = model.encode_crops(image, boxes)
     ref = model.encode_images([image.crop((0, 0, 20, 10)), image.crop((10, 5, 61, 50)), image.crop((70, 40, 80, 50))])
     np.testing.assert_allclose(crops, ref, atol=1e-6)
+
+
+def test_half_precision_model_stays_close(tiny_models):
+    """dtype="float16" (meant for GPUs; runs on CPU too): outputs are float32 arrays, and the
+    [s·ê, s·b]·[q̂, 1] identity still holds against the same half-precision forward within 1e-2."""
+    model = load_model(f"owlv2:{tiny_models['owlv2']}", device="cpu", dtype="float16")
+    image = _images()[0]
+    regions = model.encode_patches([image])[0]
+    assert regions.vectors.dtype == np.float32 and model.preprocessing()["dtype"] == "float16"
+    boxes, logits, _ = model.detector_logits(image, QUERIES)
+    np.testing.assert_allclose(regions.vectors @ model.encode_texts(QUERIES).T, logits, atol=1e-2)
+    np.testing.assert_allclose(regions.boxes, boxes, atol=1e-2)

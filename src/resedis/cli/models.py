@@ -53,10 +53,9 @@ def run(args) -> int:
             print(json.dumps(record))
         return 0
     rows = [("FAMILY", "KIND", "DEFAULT SOURCE", "DESCRIPTION")]
-    rows += [
-        (e.name + (" *" if f"{e.name}:{e.default_source}" == DEFAULT_MODEL else ""), e.kind, e.default_source, e.description)
-        for e in entries
-    ]
+    for e in entries:
+        star = " *" if f"{e.name}:{e.default_source}" == DEFAULT_MODEL else ""
+        rows.append((e.name + star, e.kind, e.default_source, e.description))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for r in rows:
         print("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])

@@ -72,7 +72,8 @@ class DualEncoderBackend:
     def preprocessing(self) -> dict:
         """JSON-serialisable description of preprocessing (index manifest)."""
         ip = self.processor.image_processor
-        size = ip.size if isinstance(ip.size, dict) else {k: getattr(ip.size, k, None) for k in ("height", "width", "shortest_edge")}
+        keys = ("height", "width", "shortest_edge")
+        size = ip.size if isinstance(ip.size, dict) else {k: getattr(ip.size, k, None) for k in keys}
         return {
             "family": self.family,
             "image_processor": type(ip).__name__,
@@ -180,6 +181,9 @@ class DualEncoderBackend:
         if self.family == "siglip":
             inputs.pop("attention_mask", None)  # SigLIP is used without a text attention mask
         dtype = next(self.model.parameters()).dtype
-        inputs = {k: (v.to(self.device, dtype=dtype) if k == "pixel_values" else v.to(self.device)) for k, v in inputs.items()}
+        inputs = {
+            k: (v.to(self.device, dtype=dtype) if k == "pixel_values" else v.to(self.device))
+            for k, v in inputs.items()
+        }
         with torch.inference_mode():
             return self.model(**inputs).logits_per_image.float().cpu().numpy()

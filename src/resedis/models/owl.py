@@ -280,7 +280,10 @@ class OwlBackend:
             text=[list(texts)], images=rgb, return_tensors="pt", truncation=True, max_length=self.max_text_tokens
         )
         dtype = next(self.model.parameters()).dtype
-        inputs = {k: (v.to(self.device, dtype=dtype) if k == "pixel_values" else v.to(self.device)) for k, v in inputs.items()}
+        inputs = {
+            k: (v.to(self.device, dtype=dtype) if k == "pixel_values" else v.to(self.device))
+            for k, v in inputs.items()
+        }
         with torch.inference_mode():
             out = self.model(**inputs)
             if self.has_objectness_head:

@@ -159,13 +159,15 @@ def _make_owl(out: Path, tokenizer, family: str) -> None:
     if family == "owlv2":
         # 96 px / patch 16 -> 36 patches (boxes, objectness head)
         image_processor = tf.Owlv2ImageProcessorPil(size={"height": 96, "width": 96})
-        config_cls, model_cls, proc_cls, vision = tf.Owlv2Config, tf.Owlv2ForObjectDetection, tf.Owlv2Processor, (96, 16)
+        config_cls, model_cls, proc_cls = tf.Owlv2Config, tf.Owlv2ForObjectDetection, tf.Owlv2Processor
+        vision = (96, 16)
     else:
         # 64 px / patch 16 -> 16 patches, resized without aspect preservation
         image_processor = tf.OwlViTImageProcessorPil(
             size={"height": 64, "width": 64}, crop_size={"height": 64, "width": 64}, do_center_crop=False
         )
-        config_cls, model_cls, proc_cls, vision = tf.OwlViTConfig, tf.OwlViTForObjectDetection, tf.OwlViTProcessor, (64, 16)
+        config_cls, model_cls, proc_cls = tf.OwlViTConfig, tf.OwlViTForObjectDetection, tf.OwlViTProcessor
+        vision = (64, 16)
     config = config_cls(
         text_config=_text_config(tokenizer), vision_config=_vision_config(*vision), projection_dim=HIDDEN
     )
