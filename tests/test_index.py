@@ -205,6 +205,8 @@ def test_refusals(tmp_path, encoder, owlv2_spec, tiny_models):
         open_index(db, model=other)
     with pytest.raises(IndexMismatchError):
         build_index(images, db, config=IndexConfig(vector_dtype="float32"), progress=False, encoder=encoder)
+    with pytest.raises(IndexMismatchError, match="max_regions=3"):
+        build_index(images, db, config=IndexConfig(max_regions=50), progress=False, encoder=encoder)
     other_root = tmp_path / "other"
     draw_corpus(other_root, 1, seed=4)
     with pytest.raises(ResedisError, match="separate --db"):

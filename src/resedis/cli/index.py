@@ -47,8 +47,8 @@ def register(subparsers) -> None:
         "(default: the index's model, or OWLv2 base for a new index); must match an existing index",
     )
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per encoder batch and per commit (default 8)")
-    p.add_argument("--max-regions", type=_positive_int, default=100, metavar="N", help="boxes kept per image, by objectness after NMS (default 100)")
-    p.add_argument("--nms-iou", type=_iou, default=0.5, metavar="F", help="IoU above which a lower-objectness box is dropped (default 0.5; 1 = no NMS)")
+    p.add_argument("--max-regions", type=_positive_int, metavar="N", help="boxes kept per image, by objectness after NMS (default: the index's setting; 100 for a new index)")
+    p.add_argument("--nms-iou", type=_iou, metavar="F", help="IoU above which a lower-objectness box is dropped (default: the index's setting; 0.5 for a new index; 1 = no NMS)")
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--prune", action="store_true", help="remove entries of files no longer present in IMAGES_DIR")
     p.add_argument("--report", action="store_true", help="print every skipped file with its reason")

@@ -53,13 +53,17 @@ log = logging.getLogger(__name__)
 
 # Deletes with an IN list are chunked to keep the SQL predicate small.
 _DELETE_CHUNK = 500
+DEFAULT_MAX_REGIONS = 100
+DEFAULT_NMS_IOU = 0.5
 # Every batch adds a few table versions; compact (and drop old versions) this often.
 _COMPACT_EVERY = 200
 
 
 @dataclass
 class IndexConfig:
-    """How to build an index. ``model=None``: the index's own model, or the default for a new one.
+    """How to build an index. ``model``, ``max_regions``, ``nms_iou`` and ``vector_dtype``
+    left at None mean: the index's own setting, or for a new index the default model,
+    100 regions, NMS IoU 0.5 and float16. An explicit value must match an existing index.
 
     vector_dtype: storage type of region vectors, ``float16`` (default: half the disk and
     memory; logits within about 1e-3 relative, see tests/test_index.py) or ``float32``.
@@ -69,8 +73,8 @@ class IndexConfig:
 
     model: str | None = None
     batch_size: int = 8
-    max_regions: int = 100
-    nms_iou: float = 0.5
+    max_regions: int | None = None
+    nms_iou: float | None = None
     device: str | None = None
     prune: bool = False
     vector_dtype: str | None = None
@@ -81,9 +85,9 @@ class IndexConfig:
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ResedisError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_regions < 1:
+        if self.max_regions is not None and self.max_regions < 1:
             raise ResedisError(f"max_regions must be >= 1, got {self.max_regions}")
-        if not 0.0 < self.nms_iou <= 1.0:
+        if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
             raise ResedisError(f"nms_iou must be in (0, 1] (1 disables NMS), got {self.nms_iou}")
         if self.vector_dtype is not None and self.vector_dtype not in VECTOR_DTYPES:
             raise ResedisError(f"vector_dtype must be one of {sorted(VECTOR_DTYPES)}, got {self.vector_dtype!r}")
@@ -202,10 +206,16 @@ def _open_for_write(db: Path, root: Path, config: IndexConfig, encoder):
                 f"{db}: this index holds images of {manifest.root}, not {root}; "
                 "use a separate --db for another folder"
             )
-        if config.vector_dtype is not None and config.vector_dtype != manifest.vector_dtype:
-            raise IndexMismatchError(
-                f"{db}: the index stores {manifest.vector_dtype} vectors, but vector_dtype={config.vector_dtype!r} was asked for"
-            )
+        for name, asked, stored in (
+            ("vector_dtype", config.vector_dtype, manifest.vector_dtype),
+            ("max_regions", config.max_regions, manifest.max_regions),
+            ("nms_iou", config.nms_iou, manifest.nms_iou),
+        ):
+            if asked is not None and asked != stored:
+                raise IndexMismatchError(
+                    f"{db}: the index was built with {name}={stored!r}, but {name}={asked!r} was asked for; "
+                    "omit it to keep the index's setting, or build a new index with --db NEW_DIR"
+                )
         return Index(db, manifest), manifest.model, encoder
     if any(p.name != ".lock" for p in db.iterdir()):
         raise ResedisError(f"{db}: exists, is not empty, and has no {MANIFEST_NAME}; refusing to write an index into it")
@@ -224,8 +234,8 @@ def _open_for_write(db: Path, root: Path, config: IndexConfig, encoder):
         vector_dtype=config.vector_dtype or "float16",
         preprocessing=encoder.preprocessing(),
         root=str(root),
-        max_regions=config.max_regions,
-        nms_iou=config.nms_iou,
+        max_regions=config.max_regions or DEFAULT_MAX_REGIONS,
+        nms_iou=config.nms_iou or DEFAULT_NMS_IOU,
         package_version=__version__,
     )
     write_manifest(db, manifest)
@@ -301,7 +311,8 @@ class _Writer:
             return
         idx, m = self.index, self.index.manifest
         ids = [job.rel for job, _ in self.images]
-        regions = self.backend.encode_images([li.image for _, li in self.images], self.config.max_regions, self.config.nms_iou) if self.images else []
+        images = [li.image for _, li in self.images]
+        regions = self.backend.encode_images(images, m.max_regions, m.nms_iou) if images else []
         if len(regions) != len(ids):
             raise ResedisError(f"model returned {len(regions)} results for {len(ids)} images")
         if self.replaced:
