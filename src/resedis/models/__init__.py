@@ -64,6 +64,18 @@ def _load_dual(spec: ModelSpec, device, dtype):
     return DualEncoderBackend.from_pretrained(str(_canonical(spec)), spec.family, resolve_weights(spec), device, dtype)
 
 
+def _load_gdino(spec: ModelSpec, device, dtype):
+    from resedis.models.gdino import load_gdino
+
+    return load_gdino(spec, device, dtype)
+
+
+def _load_sam(spec: ModelSpec, device, dtype):
+    from resedis.models.sam import load_sam
+
+    return load_sam(spec, device, dtype)
+
+
 MODELS: dict[str, ModelEntry] = {}
 
 
@@ -101,6 +113,20 @@ for _entry in (
         "google/siglip-base-patch16-224",
         "SigLIP dual encoder: normalised image/crop and text embeddings with a sigmoid logit bias",
         _load_dual,
+    ),
+    ModelEntry(
+        "gdino",
+        GROUNDER,
+        "IDEA-Research/grounding-dino-tiny",
+        "Grounding DINO / MM-Grounding-DINO: boxes grounded on a whole expression (owl+rerank pipeline)",
+        _load_gdino,
+    ),
+    ModelEntry(
+        "sam",
+        SEGMENTER,
+        "facebook/sam-vit-base",
+        "Segment Anything: box-prompted masks for hits (--masks)",
+        _load_sam,
     ),
 ):
     register_model(_entry)
