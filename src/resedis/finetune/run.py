@@ -180,20 +180,20 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
                 batch = make_batch(ts, idx, config.negatives_per_image, np.random.default_rng([config.seed, step]))
                 for g in opt.param_groups:
                     g["lr"] = config.lr * lr_factor(step, config.warmup_steps, total)
-                parts = runner.loss(batch)
+                terms = runner.loss(batch)
                 opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
+                terms["loss"].backward()
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 opt.step()
                 step += 1
-                value = float(parts["loss"].detach())
+                value = float(terms["loss"].detach())
                 losses.append(value)
                 epoch_sums["loss"] += value
                 epoch_sums["n"] += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{value:.3f}", cls=f"{float(parts['cls'].detach()):.3f}",
-                                giou=f"{float(parts['giou'].detach()):.3f}")
+                bar.set_postfix(loss=f"{value:.3f}", cls=f"{float(terms['cls'].detach()):.3f}",
+                                giou=f"{float(terms['giou'].detach()):.3f}")
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and step % spe != 0:
                     save_last()
             bar.close()
