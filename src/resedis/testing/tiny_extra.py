@@ -110,7 +110,7 @@ def gdino_config(vocab_size: int):
         encoder_ffn_dim=32,
         decoder_ffn_dim=32,
         num_queries=16,
-        num_feature_levels=4,
+        num_feature_levels=3,  # no extra stride-2 level: a 1x1 map breaks GroupNorm on small inputs
         encoder_n_points=2,
         decoder_n_points=2,
         use_timm_backbone=False,
@@ -131,7 +131,7 @@ def make_gdino(out: Path, words: Iterable[str]) -> None:
     with torch.no_grad():  # random init gives |logit| ~ 5 (sigmoid saturates); scale to O(0.5)
         model.model.decoder.layer_norm.weight.fill_(0.1)
     model.save_pretrained(out)
-    image_processor = tf.GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96})
+    image_processor = tf.GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 128})
     tf.GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
 
 

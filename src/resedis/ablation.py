@@ -1,0 +1,190 @@
+"""Ablation: every pipeline on the same queries, side by side (``resedis eval --pipeline all``).
+
+Per pipeline: the metric suite over the reported queries (the same for every pipeline:
+presence is decided by the same :func:`resedis.calibrate.evaluate_with_calibration`
+split), mean query latency (model forwards + search + one fusion/ranking pass, per
+query; threshold fitting excluded; masks included when asked for), and index cost per
+image (disk bytes of the tables it reads, and indexing seconds per image where the
+index recorded them). A pipeline that cannot run on this index (e.g. ``clip-crops``
+without crop embeddings, ``owl+rerank`` without grounding weights) is listed with the
+reason instead of numbers.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from resedis.errors import ResedisError
+from resedis.types import Dataset, QueryResult
+
+TABLE_KEYS = ("IR@1", "IR@10", "Pr@50", "BR@1@0.5", "BR@10@0.5", "mAP50", "precision", "recall", "F1", "FA_per_query", "N_acc")
+# tables each pipeline reads at query time (index cost)
+TABLES = {"owl": ("images", "regions"), "owl+rerank": ("images", "regions"), "clip-crops": ("images", "regions", "crops")}
+
+
+@dataclass
+class AblationRow:
+    pipeline: str
+    status: str  # "ok" or the reason it could not run
+    metrics: dict = field(default_factory=dict)
+    query_ms: float | None = None
+    index_bytes_per_image: float | None = None
+    index_seconds_per_image: float | None = None
+    split: dict = field(default_factory=dict)
+    results: list[QueryResult] = field(default_factory=list)
+    eval_result: object | None = None
+
+    def to_json(self) -> dict:
+        return {"pipeline": self.pipeline, "status": self.status, "metrics": self.metrics, "query_ms": self.query_ms,
+                "index_bytes_per_image": self.index_bytes_per_image,
+                "index_seconds_per_image": self.index_seconds_per_image,
+                "split": {k: v for k, v in self.split.items() if k != "calibration_query_ids"}}
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(dirpath) / name).stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def index_cost(index, pipeline: str) -> tuple[float | None, float | None]:
+    """(disk bytes per image of the tables ``pipeline`` reads, indexing seconds per image
+    when recorded in the manifest — ``index_seconds_per_image`` and, for crops,
+    ``crops.seconds_per_image``)."""
+    n = index.images_table.count_rows()
+    if n == 0:
+        return None, None
+    size = sum(_dir_bytes(index.path / f"{t}.lance") for t in TABLES.get(pipeline, ("images", "regions")))
+    extra = index.manifest.extra
+    secs = extra.get("index_seconds_per_image")
+    if pipeline == "clip-crops" and isinstance(secs, (int, float)):
+        crop_secs = (extra.get("crops") or {}).get("seconds_per_image")
+        secs = secs + crop_secs if isinstance(crop_secs, (int, float)) else None
+    return size / n, (float(secs) if isinstance(secs, (int, float)) else None)
+
+
+def run_ablation(
+    dataset: Dataset,
+    db,
+    *,
+    pipelines: Sequence[str] | None = None,
+    config=None,
+    models=None,
+    split: str | float | None = None,
+    iou: str = "box",
+    masks: bool = False,
+    segmenter: str | None = None,
+) -> list[AblationRow]:
+    """Score each pipeline (default: all registered) on ``dataset``; one row each."""
+    from resedis.calibrate import evaluate_with_calibration
+    from resedis.eval import evaluate_predictions
+    from resedis.index.store import open_index
+    from resedis.pipelines import DEFAULT_SEGMENTER, PIPELINES, Models, get_pipeline
+
+    index = open_index(db)
+    models = models or Models(getattr(config, "device", None))
+    rows = []
+    for name in pipelines or list(PIPELINES):
+        try:
+            pipeline = get_pipeline(name, index, config, models)
+            results, reported, split_report = evaluate_with_calibration(pipeline, dataset, split, iou=iou)
+            query_ms = split_report["query_ms"]
+            if masks:
+                from resedis.masks_cache import attach_masks
+
+                t0 = time.perf_counter()
+                results = attach_masks(results, index, models.get(segmenter or DEFAULT_SEGMENTER))
+                query_ms += 1000 * (time.perf_counter() - t0) / max(1, len(results))
+        except (ResedisError, OSError) as exc:
+            rows.append(AblationRow(name, f"not run: {exc}".splitlines()[0]))
+            continue
+        ev = evaluate_predictions(reported, results, iou=iou)
+        b, s = index_cost(index, name)
+        rows.append(AblationRow(name, "ok", dict(ev.metrics), query_ms, b, s,
+                                split_report, results, ev))
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def format_table(rows: Sequence[AblationRow]) -> str:
+    """Plain-text side-by-side table (one line per pipeline)."""
+    head = ["pipeline", *TABLE_KEYS, "query ms", "index B/img"]
+    lines = [head]
+    for r in rows:
+        if r.status != "ok":
+            lines.append([r.pipeline, r.status])
+            continue
+        lines.append([r.pipeline, *(_fmt(r.metrics.get(k)) for k in TABLE_KEYS), _fmt(r.query_ms),
+                      _fmt(None if r.index_bytes_per_image is None else round(r.index_bytes_per_image))])
+    width = [max(len(line[i]) for line in lines if len(line) > i and len(line) == len(head)) for i in range(len(head))]
+    out = []
+    for line in lines:
+        if len(line) != len(head):
+            out.append(f"{line[0].ljust(width[0])}  {line[1]}")
+        else:
+            out.append("  ".join(c.ljust(w) for c, w in zip(line, width)))
+    return "\n".join(out)
+
+
+def write_ablation(path, dataset: Dataset, rows: Sequence[AblationRow], *, title: str | None = None) -> Path:
+    """Self-contained HTML: the side-by-side table, split handling, and links to per-pipeline
+    reports written next to it (``<stem>.<pipeline>.html``) via :func:`resedis.report.write_report`."""
+    from resedis.report import write_report
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    links = {}
+    for r in rows:
+        if r.status == "ok" and r.eval_result is not None:
+            sub = path.with_name(f"{path.stem}.{r.pipeline.replace('+', '-')}.html")
+            write_report(sub, dataset, r.results, r.eval_result, title=f"{dataset.name} · {r.pipeline}")
+            links[r.pipeline] = sub.name
+    e = html.escape
+    head = "".join(f"<th>{e(k)}</th>" for k in ("pipeline", *TABLE_KEYS, "mean query ms", "index bytes/image", "index s/image", "presence"))
+    body = []
+    for r in rows:
+        name = f'<a href="{e(links[r.pipeline])}">{e(r.pipeline)}</a>' if r.pipeline in links else e(r.pipeline)
+        if r.status != "ok":
+            body.append(f"<tr><td>{name}</td><td colspan='{len(TABLE_KEYS) + 4}' class='skip'>{e(r.status)}</td></tr>")
+            continue
+        sp = r.split
+        presence = f"{sp.get('mode')}; threshold {_fmt(sp.get('threshold'))}; params {json.dumps(sp.get('params', {}))}"
+        if sp.get("mode") == "holdout":
+            presence += f"; fitted on {sp.get('calibration_queries')} held-out queries"
+        if sp.get("warning"):
+            presence += f"; WARNING: {sp['warning']}"
+        cells = "".join(f"<td>{_fmt(r.metrics.get(k))}</td>" for k in TABLE_KEYS)
+        body.append(f"<tr><td>{name}</td>{cells}<td>{_fmt(r.query_ms)}</td><td>{_fmt(r.index_bytes_per_image)}</td>"
+                    f"<td>{_fmt(r.index_seconds_per_image)}</td><td class='small'>{e(presence)}</td></tr>")
+    ok = [r for r in rows if r.status == "ok"]
+    n_eval = ok[0].split.get("evaluated_queries") if ok else None
+    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(title or 'resedis ablation')}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+.skip{{color:#a00;text-align:left}}.small{{font-size:80%;text-align:left}}</style></head><body>
+<h1>{e(title or 'Pipeline ablation')}</h1>
+<p>Dataset <b>{e(dataset.name)}</b>: {len(dataset.queries)} queries, {len(dataset.images)} images;
+metrics over {e(str(n_eval))} reported queries (the same for every pipeline). Latency = wall time of the
+pipeline (model forwards + search + fusion) per query on this machine.</p>
+<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
+</body></html>"""
+    path.write_text(doc, encoding="utf-8")
+    return path

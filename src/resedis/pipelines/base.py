@@ -1,0 +1,204 @@
+"""What every named pipeline shares: configuration, the model pool, the two-phase run.
+
+A pipeline answers a list of queries in two phases so calibration can re-use the
+expensive part:
+
+* ``prepare(queries, dataset)`` — model forwards (text encoding, vector search, the
+  grounding model, crop scoring); returns an opaque "prepared" object;
+* ``finish(prepared, params, threshold)`` — cheap: fuse / re-score with ``params``, rank,
+  keep ``top_k`` detections per query, set ``present = score >= threshold``.
+
+``run(...)`` = prepare + finish with the resolved parameters: ``config.threshold`` when
+given, else the calibrated values stored in the index manifest for this pipeline
+(``manifest.calibration[<pipeline>]``, see :mod:`resedis.calibrate`), else the pipeline's
+documented defaults.
+
+With a ``dataset``, only the dataset's images are searched and hit ``image_id`` are the
+dataset's ids (as :func:`resedis.search.search_dataset`); without, the index's ids.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+from resedis.errors import ResedisError
+from resedis.types import Dataset, Hit, QueryResult
+
+DEFAULT_GROUNDER = "gdino:IDEA-Research/grounding-dino-tiny"
+DEFAULT_SEGMENTER = "sam:facebook/sam-vit-base"
+PROPOSALS = ("index", "gt")
+
+
+@dataclass
+class PipelineConfig:
+    """Options shared by the pipelines.
+
+    top_k: detections kept per query; threshold: presence threshold (None: calibrated or
+    default); rerank_k: images re-scored by the grounding model (``owl+rerank``);
+    grounder: its spec; proposals: ``index`` (crops stored in the index) or ``gt`` (the
+    dataset's ground-truth boxes, an oracle; needs a dataset) for ``clip-crops``;
+    crop_model: the crop encoder for ``proposals="gt"`` when the index has no crops
+    (with index crops it must match the index's crop model).
+    """
+
+    top_k: int = 20
+    threshold: float | None = None
+    device: str | None = None
+    batch_size: int = 32
+    rerank_k: int = 10
+    grounder: str = DEFAULT_GROUNDER
+    proposals: str = "index"
+    crop_model: str | None = None
+    progress: bool = False
+
+    def validate(self) -> None:
+        if self.top_k < 1:
+            raise ResedisError(f"top_k must be >= 1, got {self.top_k}")
+        if self.batch_size < 1:
+            raise ResedisError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.rerank_k < 1:
+            raise ResedisError(f"rerank_k must be >= 1, got {self.rerank_k}")
+        if self.proposals not in PROPOSALS:
+            raise ResedisError(f"proposals must be one of {', '.join(PROPOSALS)}, got {self.proposals!r}")
+
+
+class Models:
+    """The loaded backends of one run, shared by its pipelines (held explicitly by the
+    caller, never a hidden global). ``put`` injects an already loaded backend."""
+
+    def __init__(self, device: str | None = None):
+        self.device = device
+        self._backends: dict[str, Any] = {}
+        self._searchers: dict[str, Any] = {}
+
+    def get(self, spec: str):
+        """The backend for ``spec`` (loaded on first use)."""
+        from resedis.index.store import canonical_spec
+
+        key = canonical_spec(spec)
+        if key not in self._backends:
+            from resedis.models import load_model
+
+            self._backends[key] = load_model(key, self.device)
+        return self._backends[key]
+
+    def put(self, spec: str, backend) -> None:
+        from resedis.index.store import canonical_spec
+
+        self._backends[canonical_spec(spec)] = backend
+
+    def searcher(self, index):
+        """A :class:`resedis.search.Searcher` over ``index`` (one per index, encoder shared)."""
+        key = str(index.path)
+        if key not in self._searchers:
+            from resedis.search import Searcher
+
+            self._searchers[key] = Searcher(index, encoder=self.get(index.manifest.model))
+        return self._searchers[key]
+
+
+@dataclass(frozen=True)
+class QueryText:
+    query_id: str
+    text: str
+
+
+def as_queries(texts: Sequence[str] | None = None, dataset: Dataset | None = None,
+               query_ids: Sequence[str] | None = None) -> list[QueryText]:
+    """Texts (ids = normalised text, or ``query_ids``) or a dataset's queries -> QueryText list."""
+    from resedis.search import normalize_text
+
+    if dataset is not None and texts is None:
+        return [QueryText(q.query_id, q.expression) for q in dataset.queries]
+    if texts is None or isinstance(texts, str):
+        raise ResedisError("give a list of query texts or a dataset")
+    for t in texts:
+        if not isinstance(t, str) or not t.strip():
+            raise ResedisError(f"empty query {t!r}: describe the object to search for")
+    ids = list(query_ids) if query_ids is not None else [normalize_text(t) for t in texts]
+    if len(ids) != len(texts):
+        raise ResedisError(f"{len(ids)} query ids for {len(texts)} texts")
+    return [QueryText(i, t) for i, t in zip(ids, texts)]
+
+
+def subset_dataset(dataset: Dataset, query_ids: Sequence[str]) -> Dataset:
+    """The dataset with only these queries (same images)."""
+    keep = set(query_ids)
+    return replace(dataset, queries=[q for q in dataset.queries if q.query_id in keep])
+
+
+def finalize_hits(scored: list[tuple[float, Hit]], top_k: int, threshold: float) -> list[Hit]:
+    """(score, hit template) pairs -> the ``top_k`` best hits, score set, ``present = score >= threshold``.
+    Sort is by score descending, stable (ties keep input order)."""
+    scored = sorted(scored, key=lambda sh: -sh[0])[:top_k]
+    return [replace(h, score=float(s), present=bool(s >= threshold)) for s, h in scored]
+
+
+class Pipeline:
+    """Base class; subclasses set ``name``/``description``/``cost`` and implement
+    ``prepare``/``finish`` (see the module docstring)."""
+
+    name = ""
+    description = ""
+    cost = ""
+    default_threshold = 0.1
+
+    def __init__(self, index, config: PipelineConfig | None = None, models: Models | None = None):
+        from resedis.index.store import Index, open_index
+
+        self.index = index if isinstance(index, Index) else open_index(index)
+        self.config = config or PipelineConfig()
+        self.config.validate()
+        self.models = models or Models(self.config.device)
+        self.last_timing: dict[str, float] = {}
+
+    # -- parameters ---------------------------------------------------------------
+    def default_params(self) -> dict:
+        return {}
+
+    def param_grid(self) -> list[dict]:
+        """Parameter settings :mod:`resedis.calibrate` tries (each with its best threshold)."""
+        return [self.default_params()]
+
+    def calibration(self) -> dict | None:
+        """This pipeline's entry of ``manifest.calibration`` (re-read from disk), or None."""
+        from resedis.index.store import read_manifest
+
+        self.index.manifest = read_manifest(self.index.path)
+        cal = self.index.manifest.calibration
+        entry = cal.get(self.name) if isinstance(cal, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    def resolved(self) -> tuple[dict, float, str]:
+        """(params, threshold, where they came from: "argument" / "calibrated" / "default")."""
+        params = dict(self.default_params())
+        entry = self.calibration()
+        source = "default"
+        threshold = self.default_threshold
+        if entry is not None:
+            params.update({k: v for k, v in (entry.get("params") or {}).items() if k in params})
+            if isinstance(entry.get("threshold"), (int, float)):
+                threshold, source = float(entry["threshold"]), "calibrated"
+        if self.config.threshold is not None:
+            threshold, source = float(self.config.threshold), "argument"
+        return params, threshold, source
+
+    # -- running ------------------------------------------------------------------
+    def prepare(self, queries: list[QueryText], dataset: Dataset | None = None) -> Any:
+        raise NotImplementedError
+
+    def finish(self, prepared: Any, params: dict | None = None, threshold: float | None = None) -> list[QueryResult]:
+        raise NotImplementedError
+
+    def run(self, queries: list[QueryText], dataset: Dataset | None = None) -> list[QueryResult]:
+        """prepare + finish with the resolved parameters; ``last_timing`` holds the seconds."""
+        params, threshold, _ = self.resolved()
+        t0 = time.perf_counter()
+        prepared = self.prepare(queries, dataset)
+        t1 = time.perf_counter()
+        results = self.finish(prepared, params, threshold)
+        t2 = time.perf_counter()
+        self.last_timing = {"prepare_s": t1 - t0, "finish_s": t2 - t1, "queries": len(queries)}
+        return results

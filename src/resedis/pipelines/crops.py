@@ -1,0 +1,418 @@
+"""Crop embeddings for the ``clip-crops`` baseline: proposals, the ``crops`` table, readers.
+
+Each candidate box of an image is cropped and embedded ONCE by a CLIP/SigLIP encoder
+(``clip:`` / ``siglip:`` spec) and stored in the index's LanceDB directory, table
+``crops`` (one row per crop)::
+
+    image_id  str      the index's image id (POSIX path relative to the root)
+    batch     int64    the images row's batch (same consistency rule as ``regions``:
+                       a crop whose (image_id, batch) has no images row is ignored)
+    crop      int32    rank within the image (proposal score order)
+    box       float32[4]  xyxy original-image pixels
+    source    str      "owl" (the index's own OWL boxes, top by objectness) or "yolo"
+    score     float32  the proposal's objectness logit / detector confidence
+    vector    float16[E]  L2-normalised crop embedding
+
+The manifest's ``crops`` entry records ``model``, ``embed_dim``, ``proposals``,
+``max_crops``. Crops are written by the index writer in the same batch as the regions
+(images decoded once: ``resedis index --crop-model clip:...``), or afterwards for an
+existing index by :func:`add_crops` (which has to decode the images again).
+
+Proposal sources: ``owl`` (default), ``yolo[:WEIGHTS]`` (Ultralytics YOLOv8, extra
+``[yolo]``, imported lazily; ``WEIGHTS`` a local ``.pt`` file), and — at query time,
+not stored — ``gt`` (the dataset's ground-truth boxes, an oracle; see
+:func:`gt_proposals`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from resedis.errors import MissingExtraError, ResedisError
+from resedis.types import Dataset, ImageId, ImageRegions
+
+log = logging.getLogger(__name__)
+
+CROPS = "crops"
+MANIFEST_KEY = "crops"
+DEFAULT_MAX_CROPS = 20
+DEFAULT_YOLO_WEIGHTS = "yolov8n.pt"
+
+
+def crops_schema(embed_dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("batch", pa.int64(), nullable=False),
+            pa.field("crop", pa.int32(), nullable=False),
+            pa.field("box", pa.list_(pa.float32(), 4), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("score", pa.float32(), nullable=False),
+            pa.field("vector", pa.list_(pa.float16(), embed_dim), nullable=False),
+        ]
+    )
+
+
+@dataclass
+class CropConfig:
+    """How crops are proposed and embedded at index time.
+
+    model: ``clip:...`` / ``siglip:...`` spec; proposals: ``owl`` or ``yolo[:WEIGHTS]``;
+    max_crops: boxes embedded per image (top by proposal score).
+    """
+
+    model: str
+    proposals: str = "owl"
+    max_crops: int = DEFAULT_MAX_CROPS
+
+    def validate(self) -> None:
+        if self.max_crops < 1:
+            raise ResedisError(f"max_crops must be >= 1, got {self.max_crops}")
+        if not (self.proposals == "owl" or self.proposals == "yolo" or self.proposals.startswith("yolo:")):
+            raise ResedisError(f"crop proposals must be 'owl' or 'yolo[:WEIGHTS]', got {self.proposals!r} ('gt' is query-time only)")
+        family = self.model.partition(":")[0].strip().lower()
+        if family not in ("clip", "siglip"):
+            raise ResedisError(f"crop model must be a clip: or siglip: spec, got {self.model!r}")
+
+
+def load_yolo(weights: str):
+    """Ultralytics YOLO from a local weights file; MissingExtraError without the extra."""
+    try:
+        from ultralytics import YOLO  # type: ignore[import-not-found]
+    except ImportError:
+        raise MissingExtraError("ultralytics (YOLOv8 proposals)", "yolo") from None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ResedisError(f"YOLO weights {weights!r} not found; pass a local file: --crop-proposals yolo:/path/to/yolov8n.pt")
+    return YOLO(str(path))
+
+
+def yolo_boxes(model, images: Sequence[Image.Image], max_crops: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """YOLO detections per image -> [(boxes (N, 4) xyxy px, confidences (N,))], best first."""
+    out = []
+    for result in model.predict(list(images), verbose=False):
+        boxes = result.boxes.xyxy.cpu().numpy().astype(np.float32)
+        conf = result.boxes.conf.cpu().numpy().astype(np.float32)
+        order = np.argsort(-conf, kind="stable")[:max_crops]
+        out.append((boxes[order], conf[order]))
+    return out
+
+
+def owl_boxes(regions: ImageRegions, max_crops: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``max_crops`` OWL boxes of one image by objectness -> (boxes, objectness)."""
+    order = np.argsort(-np.asarray(regions.objectness), kind="stable")[:max_crops]
+    return np.asarray(regions.boxes, np.float32)[order], np.asarray(regions.objectness, np.float32)[order]
+
+
+class CropWriter:
+    """Embeds and writes one batch's crops (called by the index writer before the batch's
+    images rows — the commit point — or by :func:`add_crops`)."""
+
+    def __init__(self, index, config: CropConfig, encoder=None, device: str | None = None):
+        config.validate()
+        self.index = index
+        self.config = config
+        if encoder is None:
+            from resedis.models import load_model
+
+            encoder = load_model(config.model, device)
+        if not hasattr(encoder, "encode_crops"):
+            raise ResedisError(f"{config.model}: not an image-text encoder (clip:/siglip:)")
+        self.encoder = encoder
+        self._yolo = None
+        if config.proposals != "owl":
+            self._yolo = load_yolo(config.proposals.partition(":")[2] or DEFAULT_YOLO_WEIGHTS)
+        self.table = open_crops_table(index, int(encoder.embed_dim), create=True)
+        self.seconds, self.images = 0.0, 0  # crop cost, see save_stats
+        self._check_manifest()
+
+    def _check_manifest(self) -> None:
+        from resedis.index.store import read_manifest, write_manifest
+        from resedis.models import _canonical, parse_spec
+
+        spec = str(_canonical(parse_spec(self.encoder.spec)))
+        entry = {"model": spec, "embed_dim": int(self.encoder.embed_dim), "proposals": self.config.proposals,
+                 "max_crops": self.config.max_crops}
+        manifest = read_manifest(self.index.path)
+        old = manifest.extra.get(MANIFEST_KEY)
+        if old:
+            entry.update({k: v for k, v in old.items() if k in ("seconds_per_image", "timed_images")})
+        if old and (old.get("model"), old.get("proposals"), old.get("max_crops")) != (spec, entry["proposals"], entry["max_crops"]):
+            if self.table.count_rows():
+                raise ResedisError(
+                    f"{self.index.path}: its crops were made with {old.get('model')} ({old.get('proposals')}, "
+                    f"{old.get('max_crops')} per image), not {spec} ({entry['proposals']}, {entry['max_crops']}); "
+                    "use a separate index for another crop model"
+                )
+        if old != entry:
+            manifest.extra[MANIFEST_KEY] = entry
+            write_manifest(self.index.path, manifest)
+            self.index.manifest = manifest
+
+    def proposals(self, images: Sequence[Image.Image], regions: Sequence[ImageRegions] | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self._yolo is not None:
+            return yolo_boxes(self._yolo, images, self.config.max_crops)
+        if regions is None:
+            raise ResedisError("owl crop proposals need the images' OWL regions")
+        return [owl_boxes(r, self.config.max_crops) for r in regions]
+
+    def rows(self, ids: Sequence[str], images: Sequence[Image.Image], regions: Sequence[ImageRegions] | None, batch: int) -> pa.Table:
+        """Crop rows of one batch (images decoded by the caller; regions from the same batch)."""
+        source = "owl" if self._yolo is None else "yolo"
+        cols: dict[str, list] = {k: [] for k in ("image_id", "crop", "box", "score", "vector")}
+        for image_id, image, (boxes, scores) in zip(ids, images, self.proposals(images, regions)):
+            vectors = self.encoder.encode_crops(image, boxes) if len(boxes) else np.zeros((0, self.encoder.embed_dim))
+            cols["image_id"] += [image_id] * len(boxes)
+            cols["crop"] += list(range(len(boxes)))
+            cols["box"].append(np.asarray(boxes, np.float32).reshape(-1, 4))
+            cols["score"].append(np.asarray(scores, np.float32))
+            cols["vector"].append(np.asarray(vectors, np.float16).reshape(-1, self.encoder.embed_dim))
+        n = len(cols["image_id"])
+        dim = int(self.encoder.embed_dim)
+        box = np.concatenate(cols["box"]) if n else np.zeros((0, 4), np.float32)
+        vec = np.concatenate(cols["vector"]) if n else np.zeros((0, dim), np.float16)
+        return pa.table(
+            {
+                "image_id": pa.array(cols["image_id"], pa.string()),
+                "batch": pa.array(np.full(n, batch, np.int64)),
+                "crop": pa.array(np.asarray(cols["crop"], np.int32)),
+                "box": pa.FixedSizeListArray.from_arrays(pa.array(box.ravel(), pa.float32()), 4),
+                "source": pa.array([source] * n, pa.string()),
+                "score": pa.array(np.concatenate(cols["score"]) if n else np.zeros(0, np.float32), pa.float32()),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel(), pa.float16()), dim),
+            },
+            schema=crops_schema(dim),
+        )
+
+    def add(self, ids: Sequence[str], images: Sequence[Image.Image], regions: Sequence[ImageRegions] | None, batch: int) -> int:
+        """Embed and append one batch's crops; returns the number of rows written."""
+        t0 = time.perf_counter()
+        rows = self.rows(ids, images, regions, batch)
+        if rows.num_rows:
+            self.table.add(rows)
+        self.seconds += time.perf_counter() - t0
+        self.images += len(ids)
+        return rows.num_rows
+
+    def save_stats(self) -> None:
+        """Record the crop cost (``crops.seconds_per_image``, running mean) in the manifest."""
+        from resedis.index.store import read_manifest, write_manifest
+
+        if not self.images:
+            return
+        manifest = read_manifest(self.index.path)
+        entry = dict(manifest.extra.get(MANIFEST_KEY) or {})
+        n_old = int(entry.get("timed_images", 0))
+        old = float(entry.get("seconds_per_image", 0.0))
+        entry["timed_images"] = n_old + self.images
+        entry["seconds_per_image"] = (old * n_old + self.seconds) / (n_old + self.images)
+        manifest.extra[MANIFEST_KEY] = entry
+        write_manifest(self.index.path, manifest)
+        self.index.manifest = manifest
+        self.seconds, self.images = 0.0, 0
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Remove the crops of these image ids (replaced or pruned files)."""
+        delete_crops(self.table, ids)
+
+
+def delete_crops(table, ids: Sequence[str]) -> None:
+    from resedis.index.store import in_list
+
+    ids = list(ids)
+    for start in range(0, len(ids), 500):
+        table.delete(in_list("image_id", ids[start : start + 500]))
+
+
+def open_crops_table(index, embed_dim: int | None = None, *, create: bool = False):
+    """The index's ``crops`` table, or None when it has none (``create``: make it)."""
+    try:
+        return index._db.open_table(CROPS)
+    except ValueError:
+        if not create:
+            return None
+        return index._db.create_table(CROPS, schema=crops_schema(int(embed_dim)), exist_ok=True)
+
+
+@dataclass
+class CropCorpus:
+    """Every committed crop of an index (or the GT proposals of a dataset), in memory.
+
+    image_ids / paths / sizes (W, H): per image row; crop_image (N,) int64 image row of each
+    crop; boxes (N, 4) float32 xyxy px; vectors (N, E) float32 L2-normalised.
+    """
+
+    image_ids: list
+    paths: list[str]
+    sizes: list[tuple[int, int]]
+    crop_image: np.ndarray
+    boxes: np.ndarray
+    vectors: np.ndarray
+    model: str = ""
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.crop_image.shape[0])
+
+
+def load_crops(index) -> CropCorpus:
+    """The index's crops joined with its images rows (orphans of interrupted batches excluded).
+    Raises ResedisError when the index has no crops."""
+    from resedis.index.store import IMAGES, column_matrix
+
+    entry = index.manifest.extra.get(MANIFEST_KEY)
+    table = open_crops_table(index)
+    if not entry or table is None:
+        raise ResedisError(
+            f"{index.path}: the index has no crop embeddings; the clip-crops pipeline needs them: "
+            "rebuild with `resedis index IMAGES_DIR --db DB --crop-model clip:SPEC` "
+            "(or use --proposals gt with a dataset)"
+        )
+    images = index.read(IMAGES, ["image_id", "path", "batch", "width", "height"])
+    crops = table.search().select(["image_id", "batch", "box", "vector"]).limit(None).to_arrow()
+    img_row = {(i, b): r for r, (i, b) in enumerate(zip(images["image_id"].to_pylist(), images["batch"].to_pylist()))}
+    rows = [img_row.get(key, -1) for key in zip(crops["image_id"].to_pylist(), crops["batch"].to_pylist())]
+    rows = np.asarray(rows, np.int64)
+    keep = rows >= 0
+    dim = int(entry["embed_dim"])
+    vectors = column_matrix(crops["vector"], dim, np.float32)[keep]
+    boxes = column_matrix(crops["box"], 4, np.float32)[keep]
+    return CropCorpus(
+        image_ids=images["image_id"].to_pylist(),
+        paths=images["path"].to_pylist(),
+        sizes=list(zip(images["width"].to_pylist(), images["height"].to_pylist())),
+        crop_image=rows[keep],
+        boxes=boxes,
+        vectors=vectors,
+        model=str(entry["model"]),
+        source=str(entry.get("proposals", "")),
+    )
+
+
+def _all_annotation_boxes(dataset: Dataset) -> dict[ImageId, list[tuple[float, ...]]] | None:
+    """Every annotation box of the dataset's instances file (None when it can't be found)."""
+    if not dataset.root:
+        return None
+    root = Path(dataset.root)
+    candidates = [root / "instances.json"] + sorted((root / "annotations").glob("instances*.json")) if root.is_dir() else []
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        return None
+    from resedis.io.coco import load_coco_instances
+
+    coco = load_coco_instances(path)
+    out: dict[ImageId, list[tuple[float, ...]]] = {}
+    for ann in coco.annotations.values():
+        info = coco.lookup_image(ann.get("image_id"))
+        bbox = ann.get("bbox")
+        if info is None or info.id not in dataset.images or not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            continue
+        x, y, w, h = (float(v) for v in bbox)
+        out.setdefault(info.id, []).append((x, y, x + w, y + h))
+    return out
+
+
+def gt_proposals(dataset: Dataset) -> dict[ImageId, np.ndarray]:
+    """The oracle proposals: per dataset image, every ground-truth box (N, 4) xyxy px.
+
+    From the dataset's COCO instances file (every annotated object, ``bbox`` as
+    ``[x, y, x + w, y + h]``) when found under ``dataset.root``; otherwise the union of the
+    queries' target instance boxes. Duplicates removed, dataset order kept.
+    """
+    boxes = _all_annotation_boxes(dataset)
+    if boxes is None:
+        boxes = {}
+        for q in dataset.queries:
+            for inst in q.instances:
+                boxes.setdefault(inst.image_id, []).append(tuple(float(v) for v in inst.box))
+    out: dict[ImageId, np.ndarray] = {}
+    for image_id in dataset.images:
+        seen: dict[tuple, None] = {}
+        for b in boxes.get(image_id, []):
+            seen.setdefault(tuple(round(v, 4) for v in b), None)
+        out[image_id] = np.asarray(list(seen), np.float32).reshape(-1, 4)
+    return out
+
+
+def embed_gt_crops(dataset: Dataset, encoder, *, progress: bool = True) -> CropCorpus:
+    """Decode every dataset image that has a file and GT boxes, and embed its GT crops with
+    ``encoder.encode_crops`` (query-time oracle; nothing is stored)."""
+    from tqdm.auto import tqdm
+
+    from resedis.io.images import open_rgb
+
+    proposals = gt_proposals(dataset)
+    ids, paths, sizes, rows, all_boxes, all_vecs = [], [], [], [], [], []
+    todo = [(i, info) for i, info in dataset.images.items() if info.path and len(proposals.get(i, ()))]
+    missing = sum(1 for info in dataset.images.values() if not info.path)
+    if missing:
+        log.warning("%d dataset images have no file; their GT crops cannot be embedded", missing)
+    for image_id, info in tqdm(todo, desc="GT crops", unit="img", disable=not progress, dynamic_ncols=True):
+        image = open_rgb(info.path)
+        boxes = proposals[image_id]
+        vecs = np.asarray(encoder.encode_crops(image, boxes), np.float32)
+        row = len(ids)
+        ids.append(image_id)
+        paths.append(os.path.realpath(info.path))
+        sizes.append((image.width, image.height))
+        rows.append(np.full(len(boxes), row, np.int64))
+        all_boxes.append(boxes)
+        all_vecs.append(vecs)
+    dim = int(encoder.embed_dim)
+    return CropCorpus(
+        image_ids=ids,
+        paths=paths,
+        sizes=sizes,
+        crop_image=np.concatenate(rows) if rows else np.zeros(0, np.int64),
+        boxes=np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4), np.float32),
+        vectors=np.concatenate(all_vecs) if all_vecs else np.zeros((0, dim), np.float32),
+        model=str(encoder.spec),
+        source="gt",
+    )
+
+
+def add_crops(db, config: CropConfig, *, device: str | None = None, progress: bool = True, encoder=None) -> int:
+    """Embed crops for every image of an existing index that has none yet (decodes those
+    images again; index with ``--crop-model`` to avoid that). Returns crops written."""
+    from resedis.index.store import open_index
+    from resedis.index.writer import _Lock
+
+    index = open_index(db)
+    with _Lock(index.path):  # the index's writer lock: no concurrent `resedis index`
+        return _add_crops_locked(index, config, encoder, device, progress)
+
+
+def _add_crops_locked(index, config: CropConfig, encoder, device, progress: bool) -> int:
+    from tqdm.auto import tqdm
+
+    from resedis.index.store import IMAGES, REGIONS, column_matrix
+    from resedis.io.images import open_rgb
+
+    writer = CropWriter(index, config, encoder=encoder, device=device)
+    images = index.read(IMAGES, ["image_id", "path", "batch"]).to_pylist()
+    done = set(zip(*[writer.table.search().select(["image_id", "batch"]).limit(None).to_arrow()[c].to_pylist() for c in ("image_id", "batch")]))
+    todo = [r for r in images if (r["image_id"], r["batch"]) not in done]
+    regions_tbl = index.read(REGIONS, ["image_id", "batch", "box", "objectness"])
+    by_key: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(regions_tbl["image_id"].to_pylist(), regions_tbl["batch"].to_pylist())):
+        by_key.setdefault(key, []).append(i)
+    all_boxes = column_matrix(regions_tbl["box"], 4, np.float32)
+    objectness = regions_tbl["objectness"].to_numpy()
+    written = 0
+    for r in tqdm(todo, desc="crops", unit="img", disable=not (progress and todo), dynamic_ncols=True):
+        sel = np.asarray(by_key.get((r["image_id"], r["batch"]), []), np.int64)
+        regions = ImageRegions(boxes=all_boxes[sel], objectness=objectness[sel].astype(np.float32),
+                               vectors=np.zeros((len(sel), 0), np.float32))
+        written += writer.add([r["image_id"]], [open_rgb(r["path"])], [regions], int(r["batch"]))
+    writer.save_stats()
+    return written
