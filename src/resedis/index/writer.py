@@ -26,6 +26,7 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.store import (
@@ -251,21 +252,55 @@ def _load_backend(spec: str, device: str | None):
     return backend
 
 
-def _prefetch(jobs: list[_Job], max_pixels: int, workers: int, window: int) -> Iterator[tuple[_Job, LoadedImage | Skipped]]:
-    """Decode jobs on a thread pool, yielding in job order with ``window`` decodes in flight."""
+def _load_and_prepare(job: _Job, max_pixels: int, prepare) -> tuple[LoadedImage | Skipped, object]:
+    loaded = load_image(job.path, max_pixels)
+    if prepare is None or isinstance(loaded, Skipped):
+        return loaded, None
+    return loaded, prepare([loaded.image])
+
+
+def _prefetch(
+    jobs: list[_Job], max_pixels: int, workers: int, window: int, prepare=None
+) -> Iterator[tuple[_Job, LoadedImage | Skipped, object]]:
+    """Decode (and, with ``prepare``, preprocess for the model) on a thread pool, yielding
+    in job order with ``window`` jobs in flight, so the model never waits on the disk."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resedis-decode") as pool:
         pending: deque[tuple[_Job, Future]] = deque()
         it = iter(jobs)
         for job in it:
-            pending.append((job, pool.submit(load_image, job.path, max_pixels)))
+            pending.append((job, pool.submit(_load_and_prepare, job, max_pixels, prepare)))
             if len(pending) >= window:
                 break
         while pending:
             job, fut = pending.popleft()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(load_image, nxt.path, max_pixels)))
-            yield job, fut.result()
+                pending.append((nxt, pool.submit(_load_and_prepare, nxt, max_pixels, prepare)))
+            loaded, prepared = fut.result()
+            yield job, loaded, prepared
+
+
+def _preprocessor(backend):
+    """``backend.preprocess`` when the backend splits preprocessing from the forward pass
+    (OWL: ``preprocess`` + ``encode_preprocessed``), so it can run in the decode threads."""
+    if callable(getattr(backend, "preprocess", None)) and callable(getattr(backend, "encode_preprocessed", None)):
+        return backend.preprocess
+    return None
+
+
+def _encode(backend, images: list[Image.Image], prepared: list, max_regions: int, nms_iou: float) -> list[ImageRegions]:
+    """One batched forward. Uses the preprocessed tensors when every image has them."""
+    if not images:
+        return []
+    if prepared and all(p is not None for p in prepared):
+        import torch
+
+        from resedis.models.owl import keep_top_regions
+
+        pixel_values = torch.cat([p[0] for p in prepared])
+        sizes = [size for p in prepared for size in p[1]]
+        return [keep_top_regions(r, max_regions, nms_iou) for r in backend.encode_preprocessed(pixel_values, sizes)]
+    return backend.encode_images(images, max_regions, nms_iou)
 
 
 def _region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: int, dtype: str) -> pa.Table:
@@ -300,6 +335,7 @@ class _Writer:
         self.config = config
         self.batch = first_batch
         self.images: list[tuple[_Job, LoadedImage]] = []
+        self.prepared: list = []  # per image: backend.preprocess output, or None
         self.skips: list[tuple[_Job, Skipped]] = []
         self.replaced: list[str] = []  # ids whose old rows must go (changed or now-bad files)
 
@@ -312,7 +348,7 @@ class _Writer:
         idx, m = self.index, self.index.manifest
         ids = [job.rel for job, _ in self.images]
         images = [li.image for _, li in self.images]
-        regions = self.backend.encode_images(images, m.max_regions, m.nms_iou) if images else []
+        regions = _encode(self.backend, images, self.prepared, m.max_regions, m.nms_iou)
         if len(regions) != len(ids):
             raise ResedisError(f"model returned {len(regions)} results for {len(ids)} images")
         if self.replaced:
@@ -359,7 +395,7 @@ class _Writer:
                 )
             )
         self.batch += 1
-        self.images, self.skips, self.replaced = [], [], []
+        self.images, self.prepared, self.skips, self.replaced = [], [], [], []
 
 
 def _existing(index: Index) -> tuple[dict[str, tuple], dict[str, tuple]]:
@@ -450,7 +486,8 @@ def build_index(
             bar = tqdm(total=len(jobs), unit="img", desc="indexing", disable=not (progress and jobs), dynamic_ncols=True)
             encode_started = time.perf_counter()
             window = max(2 * config.batch_size, 2 * config.workers)
-            for job, result in _prefetch(jobs, config.max_pixels, config.workers, window):
+            prefetch = _prefetch(jobs, config.max_pixels, config.workers, window, _preprocessor(backend))
+            for job, result, prepared in prefetch:
                 if isinstance(result, Skipped):
                     writer.skips.append((job, Skipped(str(job.path), result.reason)))
                     if job.known_sha is not None:
@@ -469,6 +506,7 @@ def build_index(
                     else:
                         report.added += 1
                     writer.images.append((job, result))
+                    writer.prepared.append(prepared)
                 if writer.pending() >= config.batch_size:
                     report.encoded += writer.pending()
                     writer.commit()
