@@ -1,59 +1,40 @@
-"""Build or update an index: discover -> decode (background threads) -> encode -> commit.
+"""Build or update an index: discover -> decode + preprocess (threads) -> encode -> commit.
 
-Each batch is committed in this order, so that killing the process at any instant
-leaves a consistent index (see :mod:`resedis.index.store` for the rule):
-
-1. delete the ``images`` rows of files being replaced (their regions become orphans);
-2. delete those files' regions and their old skip records;
-3. append skip records for files of the batch that could not be decoded;
-4. append the batch's regions (tagged with the batch id);
-5. append the batch's ``images`` rows — the commit point.
-
-A rerun first deletes orphan regions, then redoes whatever has no ``images`` row.
+:func:`build_index` decides what to do per file (new, changed, unchanged, known bad,
+gone), then streams the work through :mod:`resedis.index.pipeline` and commits one batch
+at a time with :mod:`resedis.index.commit` (atomic per batch, resumable after a kill).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
-
-import numpy as np
-import pyarrow as pa
-from PIL import Image
 
 from resedis.errors import IndexMismatchError, ResedisError
+from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
+from resedis.index.pipeline import Job, prefetch, preprocessor
 from resedis.index.store import (
-    IMAGES,
-    REGIONS,
-    SKIPPED,
+    MANIFEST_NAME,
     VECTOR_DTYPES,
     Index,
     Manifest,
+    _now,
     canonical_spec,
     check_model,
     in_list,
-    images_schema,
     read_manifest,
-    regions_schema,
-    skipped_schema,
     write_manifest,
-    MANIFEST_NAME,
-    _now,
 )
-from resedis.io.images import DEFAULT_MAX_PIXELS, LoadedImage, discover_images, load_image, pixel_limit
-from resedis.types import ImageRegions, Skipped
+from resedis.io.images import DEFAULT_MAX_PIXELS, discover_images, pixel_limit
+from resedis.types import Skipped
 
 log = logging.getLogger(__name__)
 
-# Deletes with an IN list are chunked to keep the SQL predicate small.
-_DELETE_CHUNK = 500
+_Lock = Lock  # kept for callers that took the writer lock by this name
+
 DEFAULT_MAX_REGIONS = 100
 DEFAULT_NMS_IOU = 0.5
 # Every batch adds a few table versions; compact (and drop old versions) this often.
@@ -141,59 +122,6 @@ class IndexReport:
         )
 
 
-@dataclass
-class _Job:
-    rel: str
-    path: Path
-    size: int
-    mtime_ns: int
-    known_sha: str | None  # sha256 of the indexed version, when the file was indexed before
-
-
-class _Lock:
-    """Exclusive advisory lock on ``DB/.lock``; released by the kernel if the process dies."""
-
-    def __init__(self, db: Path):
-        self.path = db / ".lock"
-        self.fh = None
-
-    def __enter__(self) -> _Lock:
-        self.fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.fh.close()
-            raise ResedisError(f"{self.path.parent}: another process is writing this index; wait for it to finish") from None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
-        self.fh.close()
-
-
-def _delete_ids(table, column: str, ids: list[str]) -> None:
-    for start in range(0, len(ids), _DELETE_CHUNK):
-        table.delete(in_list(column, ids[start : start + _DELETE_CHUNK]))
-
-
-def repair(index: Index) -> int:
-    """Delete orphan regions (no ``images`` row for their ``(image_id, batch)``). Returns rows deleted."""
-    orphans = index.orphan_keys()
-    if not orphans:
-        return 0
-    before = index.regions_table.count_rows()
-    by_batch: dict[int, list[str]] = {}
-    for image_id, batch in orphans:
-        by_batch.setdefault(batch, []).append(image_id)
-    for batch, ids in by_batch.items():
-        for start in range(0, len(ids), _DELETE_CHUNK):
-            chunk = ids[start : start + _DELETE_CHUNK]
-            index.regions_table.delete(f"batch = {int(batch)} AND {in_list('image_id', chunk)}")
-    removed = before - index.regions_table.count_rows()
-    log.info("removed %d orphan regions left by an interrupted batch", removed)
-    return removed
-
-
 def _open_for_write(db: Path, root: Path, config: IndexConfig, encoder):
     """-> (Index, model spec, encoder or None). Creates the manifest of a new index (loading ``encoder``
     if not given); refuses a model/root/dtype mismatch with an existing one."""
@@ -252,170 +180,6 @@ def _load_backend(spec: str, device: str | None):
     return backend
 
 
-def _load_and_prepare(job: _Job, max_pixels: int, prepare) -> tuple[LoadedImage | Skipped, object]:
-    loaded = load_image(job.path, max_pixels)
-    if prepare is None or isinstance(loaded, Skipped):
-        return loaded, None
-    return loaded, prepare([loaded.image])
-
-
-def _prefetch(
-    jobs: list[_Job], max_pixels: int, workers: int, window: int, prepare=None
-) -> Iterator[tuple[_Job, LoadedImage | Skipped, object]]:
-    """Decode (and, with ``prepare``, preprocess for the model) on a thread pool, yielding
-    in job order with ``window`` jobs in flight, so the model never waits on the disk."""
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resedis-decode") as pool:
-        pending: deque[tuple[_Job, Future]] = deque()
-        it = iter(jobs)
-        for job in it:
-            pending.append((job, pool.submit(_load_and_prepare, job, max_pixels, prepare)))
-            if len(pending) >= window:
-                break
-        while pending:
-            job, fut = pending.popleft()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_load_and_prepare, nxt, max_pixels, prepare)))
-            loaded, prepared = fut.result()
-            yield job, loaded, prepared
-
-
-def _preprocessor(backend):
-    """``backend.preprocess`` when the backend splits preprocessing from the forward pass
-    (OWL: ``preprocess`` + ``encode_preprocessed``), so it can run in the decode threads."""
-    if callable(getattr(backend, "preprocess", None)) and callable(getattr(backend, "encode_preprocessed", None)):
-        return backend.preprocess
-    return None
-
-
-def _encode(backend, images: list[Image.Image], prepared: list, max_regions: int, nms_iou: float) -> list[ImageRegions]:
-    """One batched forward. Uses the preprocessed tensors when every image has them."""
-    if not images:
-        return []
-    if prepared and all(p is not None for p in prepared):
-        import torch
-
-        from resedis.models.owl import keep_top_regions
-
-        pixel_values = torch.cat([p[0] for p in prepared])
-        sizes = [size for p in prepared for size in p[1]]
-        return [keep_top_regions(r, max_regions, nms_iou) for r in backend.encode_preprocessed(pixel_values, sizes)]
-    return backend.encode_images(images, max_regions, nms_iou)
-
-
-def _region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: int, dtype: str) -> pa.Table:
-    counts = [len(r) for r in regions]
-    n = sum(counts)
-    boxes = np.concatenate([r.boxes for r in regions]).astype(np.float32) if n else np.zeros((0, 4), np.float32)
-    vectors = np.concatenate([r.vectors for r in regions]) if n else np.zeros((0, dim))
-    if vectors.shape[1] != dim:
-        raise ResedisError(f"model returned vectors of dimension {vectors.shape[1]}, the index stores {dim}")
-    vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32)
-    objectness = np.concatenate([r.objectness for r in regions]).astype(np.float32) if n else np.zeros(0, np.float32)
-    return pa.table(
-        {
-            "image_id": pa.array([i for i, c in zip(ids, counts) for _ in range(c)], pa.string()),
-            "region": pa.array(np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if n else [], pa.int32()),
-            "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes.ravel(), pa.float32()), 4),
-            "objectness": pa.array(objectness, pa.float32()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), VECTOR_DTYPES[dtype]), dim),
-            "batch": pa.array(np.full(n, batch, np.int64), pa.int64()),
-        },
-        schema=regions_schema(dim, dtype),
-    )
-
-
-class _Writer:
-    """Accumulates one batch and commits it in the safe order."""
-
-    def __init__(self, index: Index, backend, root: Path, config: IndexConfig, first_batch: int):
-        self.index = index
-        self.backend = backend
-        self.root = root
-        self.config = config
-        self.batch = first_batch
-        self.images: list[tuple[_Job, LoadedImage]] = []
-        self.prepared: list = []  # per image: backend.preprocess output, or None
-        self.skips: list[tuple[_Job, Skipped]] = []
-        self.replaced: list[str] = []  # ids whose old rows must go (changed or now-bad files)
-
-    def pending(self) -> int:
-        return len(self.images)
-
-    def commit(self) -> None:
-        if not (self.images or self.skips or self.replaced):
-            return
-        idx, m = self.index, self.index.manifest
-        ids = [job.rel for job, _ in self.images]
-        images = [li.image for _, li in self.images]
-        regions = _encode(self.backend, images, self.prepared, m.max_regions, m.nms_iou)
-        if len(regions) != len(ids):
-            raise ResedisError(f"model returned {len(regions)} results for {len(ids)} images")
-        if self.replaced:
-            _delete_ids(idx.images_table, "image_id", self.replaced)
-            _delete_ids(idx.regions_table, "image_id", self.replaced)
-        touched = ids + [job.rel for job, _ in self.skips]
-        if touched:
-            _delete_ids(idx.skipped_table, "image_id", touched)
-        if self.skips:
-            idx.skipped_table.add(
-                pa.table(
-                    {
-                        "image_id": [job.rel for job, _ in self.skips],
-                        "path": [str(job.path) for job, _ in self.skips],
-                        "reason": [s.reason for _, s in self.skips],
-                        "size_bytes": pa.array([job.size for job, _ in self.skips], pa.int64()),
-                        "mtime_ns": pa.array([job.mtime_ns for job, _ in self.skips], pa.int64()),
-                        "batch": pa.array([self.batch] * len(self.skips), pa.int64()),
-                    },
-                    schema=skipped_schema(),
-                )
-            )
-        if ids:
-            idx.regions_table.add(_region_rows(ids, regions, self.batch, m.vector_dim, m.vector_dtype))
-            image_vectors = [
-                None if r.image_vector is None else np.asarray(r.image_vector, np.float32).tolist() for r in regions
-            ]
-            idx.images_table.add(
-                pa.table(
-                    {
-                        "image_id": ids,
-                        "root": [str(self.root)] * len(ids),
-                        "path": [str(job.path.resolve()) for job, _ in self.images],
-                        "sha256": [li.sha256 for _, li in self.images],
-                        "width": pa.array([li.width for _, li in self.images], pa.int32()),
-                        "height": pa.array([li.height for _, li in self.images], pa.int32()),
-                        "mtime_ns": pa.array([li.mtime_ns for _, li in self.images], pa.int64()),
-                        "size_bytes": pa.array([li.size_bytes for _, li in self.images], pa.int64()),
-                        "n_regions": pa.array([len(r) for r in regions], pa.int32()),
-                        "batch": pa.array([self.batch] * len(ids), pa.int64()),
-                        "image_vector": pa.array(image_vectors, pa.list_(pa.float32())),
-                    },
-                    schema=images_schema(),
-                )
-            )
-        self.batch += 1
-        self.images, self.prepared, self.skips, self.replaced = [], [], [], []
-
-
-def _existing(index: Index) -> tuple[dict[str, tuple], dict[str, tuple]]:
-    """image_id -> (sha256, size, mtime_ns) for indexed images; image_id -> (size, mtime_ns) for skips."""
-    img = index.read(IMAGES, ["image_id", "sha256", "size_bytes", "mtime_ns"]).to_pydict()
-    indexed = {i: (s, b, m) for i, s, b, m in zip(img["image_id"], img["sha256"], img["size_bytes"], img["mtime_ns"])}
-    sk = index.read(SKIPPED, ["image_id", "size_bytes", "mtime_ns"]).to_pydict()
-    skipped = {i: (b, m) for i, b, m in zip(sk["image_id"], sk["size_bytes"], sk["mtime_ns"])}
-    return indexed, skipped
-
-
-def _next_batch(index: Index) -> int:
-    top = 0
-    for name in (IMAGES, REGIONS, SKIPPED):
-        col = index.read(name, ["batch"])["batch"]
-        if len(col):
-            top = max(top, int(pa.compute.max(col).as_py()))
-    return top + 1
-
-
 def build_index(
     images_dir: str | os.PathLike,
     db: str | os.PathLike,
@@ -436,7 +200,6 @@ def build_index(
     ``encoder`` (optional): an already loaded RegionEncoder to use instead of loading
     ``config.model``; its ``spec`` must match the index's model.
     """
-    import pyarrow.compute  # noqa: F401  (used via pa.compute)
     from tqdm.auto import tqdm
 
     config = config or IndexConfig()
@@ -450,13 +213,13 @@ def build_index(
         raise ResedisError(f"{db_path}: exists and is not a directory")
     db_path.mkdir(parents=True, exist_ok=True)
 
-    with _Lock(db_path):
+    with Lock(db_path):
         index, spec, backend = _open_for_write(db_path, root, config, encoder)
         repair(index)
-        indexed, skipped_before = _existing(index)
+        indexed, skipped_before = existing_entries(index)
         report = IndexReport(db=str(db_path), root=str(root), model=spec)
 
-        jobs: list[_Job] = []
+        jobs: list[Job] = []
         present: set[str] = set()
         for path in files:
             rel = path.relative_to(root).as_posix()
@@ -472,7 +235,7 @@ def build_index(
                 continue
             if old is None and skipped_before.get(rel) == (size, mtime) and not config.rehash:
                 continue  # known bad file, unchanged: not retried, still reported
-            jobs.append(_Job(rel, path, size, mtime, old[0] if old else None))
+            jobs.append(Job(rel, path, size, mtime, old[0] if old else None))
 
         with pixel_limit(config.max_pixels):
             if jobs and backend is None:
@@ -482,12 +245,12 @@ def build_index(
                         f"{db_path}: index vectors have dimension {index.manifest.vector_dim}, "
                         f"model {index.manifest.model} gives {backend.vector_dim}"
                     )
-            writer = _Writer(index, backend, root, config, _next_batch(index))
+            writer = BatchWriter(index, backend, root, next_batch(index))
             bar = tqdm(total=len(jobs), unit="img", desc="indexing", disable=not (progress and jobs), dynamic_ncols=True)
             encode_started = time.perf_counter()
             window = max(2 * config.batch_size, 2 * config.workers)
-            prefetch = _prefetch(jobs, config.max_pixels, config.workers, window, _preprocessor(backend))
-            for job, result, prepared in prefetch:
+            stream = prefetch(jobs, config.max_pixels, config.workers, window, preprocessor(backend))
+            for job, result, prepared in stream:
                 if isinstance(result, Skipped):
                     writer.skips.append((job, Skipped(str(job.path), result.reason)))
                     if job.known_sha is not None:
@@ -511,7 +274,7 @@ def build_index(
                     report.encoded += writer.pending()
                     writer.commit()
                     if writer.batch % _COMPACT_EVERY == 0:
-                        _compact(index)
+                        compact(index)
                 bar.update(1)
             report.encoded += writer.pending()
             writer.commit()
@@ -521,15 +284,15 @@ def build_index(
         if config.prune:
             gone = sorted(set(indexed) - present)
             if gone:
-                _delete_ids(index.images_table, "image_id", gone)
-                _delete_ids(index.regions_table, "image_id", gone)
+                delete_ids(index.images_table, "image_id", gone)
+                delete_ids(index.regions_table, "image_id", gone)
                 report.removed += len(gone)
             gone_skips = sorted(set(skipped_before) - present)
             if gone_skips:
-                _delete_ids(index.skipped_table, "image_id", gone_skips)
+                delete_ids(index.skipped_table, "image_id", gone_skips)
 
         if jobs or (config.prune and report.removed):
-            _compact(index)
+            compact(index)
             manifest = read_manifest(db_path)  # keep keys written by others (calibration)
             manifest.updated = _now()
             write_manifest(db_path, manifest)
@@ -542,13 +305,3 @@ def build_index(
         return report
 
 
-def _compact(index: Index) -> None:
-    """Merge the small per-batch fragments and drop superseded versions."""
-    import datetime as dt
-
-    for table in (index.images_table, index.regions_table, index.skipped_table):
-        try:
-            # Versions younger than a minute stay, so a concurrent reader never loses its files.
-            table.optimize(cleanup_older_than=dt.timedelta(minutes=1))
-        except Exception as exc:  # compaction is an optimisation; never fail the build on it
-            log.warning("could not compact table %s: %s", table.name, exc)

@@ -1,0 +1,213 @@
+"""Committing batches to the store, and keeping it tidy.
+
+Each batch is committed in this order, so that killing the process at any instant
+leaves a consistent index (see :mod:`resedis.index.store` for the rule):
+
+1. delete the ``images`` rows of files being replaced (their regions become orphans);
+2. delete those files' regions and their old skip records;
+3. append skip records for files of the batch that could not be decoded;
+4. append the batch's regions (tagged with the batch id);
+5. append the batch's ``images`` rows — the commit point.
+
+A rerun first deletes orphan regions (:func:`repair`), then redoes whatever has no
+``images`` row. One writer at a time: :class:`Lock`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from resedis.errors import ResedisError
+from resedis.index.pipeline import Job, encode_batch
+from resedis.index.store import (
+    IMAGES,
+    REGIONS,
+    SKIPPED,
+    VECTOR_DTYPES,
+    Index,
+    images_schema,
+    in_list,
+    regions_schema,
+    skipped_schema,
+)
+from resedis.io.images import LoadedImage
+from resedis.types import ImageRegions, Skipped
+
+log = logging.getLogger(__name__)
+
+# Deletes with an IN list are chunked to keep the SQL predicate small.
+_DELETE_CHUNK = 500
+
+
+class Lock:
+    """Exclusive advisory lock on ``DB/.lock``; released by the kernel if the process dies."""
+
+    def __init__(self, db: Path):
+        self.path = db / ".lock"
+        self.fh = None
+
+    def __enter__(self) -> Lock:
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.close()
+            raise ResedisError(f"{self.path.parent}: another process is writing this index; wait for it to finish") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def delete_ids(table, column: str, ids: list[str]) -> None:
+    for start in range(0, len(ids), _DELETE_CHUNK):
+        table.delete(in_list(column, ids[start : start + _DELETE_CHUNK]))
+
+
+def repair(index: Index) -> int:
+    """Delete orphan regions (no ``images`` row for their ``(image_id, batch)``). Returns rows deleted."""
+    orphans = index.orphan_keys()
+    if not orphans:
+        return 0
+    before = index.regions_table.count_rows()
+    by_batch: dict[int, list[str]] = {}
+    for image_id, batch in orphans:
+        by_batch.setdefault(batch, []).append(image_id)
+    for batch, ids in by_batch.items():
+        for start in range(0, len(ids), _DELETE_CHUNK):
+            chunk = ids[start : start + _DELETE_CHUNK]
+            index.regions_table.delete(f"batch = {int(batch)} AND {in_list('image_id', chunk)}")
+    removed = before - index.regions_table.count_rows()
+    log.info("removed %d orphan regions left by an interrupted batch", removed)
+    return removed
+
+
+def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: int, dtype: str) -> pa.Table:
+    counts = [len(r) for r in regions]
+    n = sum(counts)
+    boxes = np.concatenate([r.boxes for r in regions]).astype(np.float32) if n else np.zeros((0, 4), np.float32)
+    vectors = np.concatenate([r.vectors for r in regions]) if n else np.zeros((0, dim))
+    if vectors.shape[1] != dim:
+        raise ResedisError(f"model returned vectors of dimension {vectors.shape[1]}, the index stores {dim}")
+    vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32)
+    objectness = np.concatenate([r.objectness for r in regions]).astype(np.float32) if n else np.zeros(0, np.float32)
+    return pa.table(
+        {
+            "image_id": pa.array([i for i, c in zip(ids, counts) for _ in range(c)], pa.string()),
+            "region": pa.array(np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if n else [], pa.int32()),
+            "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes.ravel(), pa.float32()), 4),
+            "objectness": pa.array(objectness, pa.float32()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), VECTOR_DTYPES[dtype]), dim),
+            "batch": pa.array(np.full(n, batch, np.int64), pa.int64()),
+        },
+        schema=regions_schema(dim, dtype),
+    )
+
+
+class BatchWriter:
+    """Accumulates one batch (decoded images, skips, ids to replace) and commits it in the
+    safe order; encodes with the index's own ``max_regions`` / ``nms_iou``."""
+
+    def __init__(self, index: Index, backend, root: Path, first_batch: int):
+        self.index = index
+        self.backend = backend
+        self.root = root
+        self.batch = first_batch
+        self.images: list[tuple[Job, LoadedImage]] = []
+        self.prepared: list = []  # per image: backend.preprocess output, or None
+        self.skips: list[tuple[Job, Skipped]] = []
+        self.replaced: list[str] = []  # ids whose old rows must go (changed or now-bad files)
+
+    def pending(self) -> int:
+        return len(self.images)
+
+    def commit(self) -> None:
+        if not (self.images or self.skips or self.replaced):
+            return
+        idx, m = self.index, self.index.manifest
+        ids = [job.rel for job, _ in self.images]
+        images = [li.image for _, li in self.images]
+        regions = encode_batch(self.backend, images, self.prepared, m.max_regions, m.nms_iou)
+        if len(regions) != len(ids):
+            raise ResedisError(f"model returned {len(regions)} results for {len(ids)} images")
+        if self.replaced:
+            delete_ids(idx.images_table, "image_id", self.replaced)
+            delete_ids(idx.regions_table, "image_id", self.replaced)
+        touched = ids + [job.rel for job, _ in self.skips]
+        if touched:
+            delete_ids(idx.skipped_table, "image_id", touched)
+        if self.skips:
+            idx.skipped_table.add(
+                pa.table(
+                    {
+                        "image_id": [job.rel for job, _ in self.skips],
+                        "path": [str(job.path) for job, _ in self.skips],
+                        "reason": [s.reason for _, s in self.skips],
+                        "size_bytes": pa.array([job.size for job, _ in self.skips], pa.int64()),
+                        "mtime_ns": pa.array([job.mtime_ns for job, _ in self.skips], pa.int64()),
+                        "batch": pa.array([self.batch] * len(self.skips), pa.int64()),
+                    },
+                    schema=skipped_schema(),
+                )
+            )
+        if ids:
+            idx.regions_table.add(region_rows(ids, regions, self.batch, m.vector_dim, m.vector_dtype))
+            image_vectors = [
+                None if r.image_vector is None else np.asarray(r.image_vector, np.float32).tolist() for r in regions
+            ]
+            idx.images_table.add(
+                pa.table(
+                    {
+                        "image_id": ids,
+                        "root": [str(self.root)] * len(ids),
+                        "path": [str(job.path.resolve()) for job, _ in self.images],
+                        "sha256": [li.sha256 for _, li in self.images],
+                        "width": pa.array([li.width for _, li in self.images], pa.int32()),
+                        "height": pa.array([li.height for _, li in self.images], pa.int32()),
+                        "mtime_ns": pa.array([li.mtime_ns for _, li in self.images], pa.int64()),
+                        "size_bytes": pa.array([li.size_bytes for _, li in self.images], pa.int64()),
+                        "n_regions": pa.array([len(r) for r in regions], pa.int32()),
+                        "batch": pa.array([self.batch] * len(ids), pa.int64()),
+                        "image_vector": pa.array(image_vectors, pa.list_(pa.float32())),
+                    },
+                    schema=images_schema(),
+                )
+            )
+        self.batch += 1
+        self.images, self.prepared, self.skips, self.replaced = [], [], [], []
+
+
+def existing_entries(index: Index) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """image_id -> (sha256, size, mtime_ns) for indexed images; image_id -> (size, mtime_ns) for skips."""
+    img = index.read(IMAGES, ["image_id", "sha256", "size_bytes", "mtime_ns"]).to_pydict()
+    indexed = {i: (s, b, m) for i, s, b, m in zip(img["image_id"], img["sha256"], img["size_bytes"], img["mtime_ns"])}
+    sk = index.read(SKIPPED, ["image_id", "size_bytes", "mtime_ns"]).to_pydict()
+    skipped = {i: (b, m) for i, b, m in zip(sk["image_id"], sk["size_bytes"], sk["mtime_ns"])}
+    return indexed, skipped
+
+
+def next_batch(index: Index) -> int:
+    top = 0
+    for name in (IMAGES, REGIONS, SKIPPED):
+        col = index.read(name, ["batch"])["batch"]
+        if len(col):
+            top = max(top, int(pc.max(col).as_py()))
+    return top + 1
+
+
+def compact(index: Index) -> None:
+    """Merge the small per-batch fragments and drop superseded versions."""
+    for table in (index.images_table, index.regions_table, index.skipped_table):
+        try:
+            # Versions younger than a minute stay, so a concurrent reader never loses its files.
+            table.optimize(cleanup_older_than=dt.timedelta(minutes=1))
+        except Exception as exc:  # compaction is an optimisation; never fail the build on it
+            log.warning("could not compact table %s: %s", table.name, exc)
