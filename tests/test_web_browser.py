@@ -1,0 +1,335 @@
+"""The web page in a real browser: Debian's Chromium driven by Playwright.
+
+The server is the real ``resedis serve`` command (a subprocess on a free loopback port)
+over a tiny random OWLv2 index of a synthetic corpus. Screenshots go to
+``test-artifacts/``; with ``RESEDIS_UPDATE_DOCS=1`` the results view is also written to
+``docs/screenshot.png``.
+
+Needs: ``pip install playwright`` (no ``playwright install``) and ``apt-get install
+chromium`` (``/usr/bin/chromium``); skipped with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("RESEDIS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+KEY = "browser-test-key"
+QUERY = "red circle"
+TOP_K = 20
+TOLERANCE_PX = 2.0
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
+
+import httpx  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``resedis serve`` in a subprocess; ``url`` once ``/healthz`` answers."""
+
+    def __init__(self, db: Path, log: Path, *extra: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env.pop("RESEDIS_API_KEY", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "resedis", "serve", "--db", str(db), "--port", str(self.port), *extra],
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"resedis serve exited with {self.proc.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"resedis serve did not start:\n{log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, synth_small, tiny_models):
+    """Images (one non-square, two in a nested folder) and their tiny-OWLv2 index."""
+    from resedis.index import IndexConfig, build_index
+
+    base = tmp_path_factory.mktemp("web")
+    root = base / "photos"
+    (root / "more" / "shots").mkdir(parents=True)
+    src = sorted((synth_small / "images").glob("*.jpg"))
+    for p in src[:6]:
+        shutil.copy(p, root / p.name)
+    for p in src[6:8]:
+        shutil.copy(p, root / "more" / "shots" / p.name)
+    with Image.open(src[8]) as im:  # a wide image, so scaling differs per axis from a square one
+        im.crop((0, 0, im.width, im.height * 2 // 5)).save(root / "more" / "wide.png")
+    with Image.open(src[9]) as im:  # and a tall one
+        im.crop((0, 0, im.width // 3, im.height)).save(root / "tall.png")
+    db = base / "db"
+    build_index(root, db, config=IndexConfig(model=f"owlv2:{tiny_models['owlv2']}", max_regions=12), progress=False)
+    return {"root": root, "db": db, "base": base}
+
+
+@pytest.fixture(scope="module")
+def server(corpus):
+    srv = Server(corpus["db"], corpus["base"] / "serve.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
+    yield pg
+    context.close()
+
+
+def _shot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path))
+    return path
+
+
+def _wait_images_loaded(page, selector: str) -> None:
+    page.wait_for_function(
+        """(sel) => { const imgs = [...document.querySelectorAll(sel)];
+                      return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        arg=selector,
+        timeout=30_000,
+    )
+
+
+def _geometry(page, card_selector: str) -> list[dict]:
+    """Per card: displayed image rect and the on-screen rect of its drawn box."""
+    return page.eval_on_selector_all(
+        card_selector,
+        """cards => cards.map(card => {
+             const img = card.querySelector('.frame img').getBoundingClientRect();
+             const box = card.querySelector('path.box').getBoundingClientRect();
+             return {index: Number(card.dataset.index),
+                     img: [img.left, img.top, img.width, img.height],
+                     box: [box.left, box.top, box.right, box.bottom]};
+           })""",
+    )
+
+
+def _assert_box_matches(geom: dict, box: list[float], size: tuple[int, int]) -> None:
+    left, top, width, height = geom["img"]
+    w, h = size
+    # The displayed image keeps the file's aspect ratio ...
+    assert width / w == pytest.approx(height / h, abs=TOLERANCE_PX / min(w, h))
+    sx, sy = width / w, height / h
+    expected = [left + box[0] * sx, top + box[1] * sy, left + box[2] * sx, top + box[3] * sy]
+    # ... and the drawn box is the returned box scaled to it.
+    for got, want in zip(geom["box"], expected):
+        assert abs(got - want) <= TOLERANCE_PX, (geom, box, size, expected)
+
+
+def test_search_draw_filter_open(page, server, corpus):
+    api = httpx.get(f"{server.url}/api/search", params={"q": QUERY, "top_k": TOP_K}).json()
+    hits = api["hits"]
+    assert hits, "the tiny index returned no hit"
+    sizes = {}
+    for h in hits:
+        with Image.open(corpus["root"] / h["image_id"]) as im:  # ground truth for the scaling
+            sizes[h["image_id"]] = im.size
+
+    page.goto(server.url + "/")
+    assert page.locator("#empty").is_visible()
+    page.wait_for_function("document.getElementById('index-info').textContent.includes('images')")
+    assert "10 images" in page.locator("#index-info").inner_text()
+
+    # Search with the keyboard.
+    page.select_option("#top-k", str(TOP_K))
+    page.fill("#q", QUERY)
+    page.press("#q", "Enter")
+    page.wait_for_selector(".card")
+    assert not page.locator("#empty").is_visible()
+    cards = page.locator(".card")
+    assert cards.count() == len(hits)
+    _wait_images_loaded(page, ".card .frame img")
+    texts = cards.locator(".score").all_inner_texts()
+    assert texts == [f"{h['score']:.3f}" for h in hits]
+    assert cards.locator(".name").all_inner_texts() == [h["image_id"] for h in hits]
+
+    # Every drawn box sits on the returned coordinates, scaled to the displayed image.
+    geoms = _geometry(page, ".card")
+    assert len(geoms) == len(hits)
+    for g in geoms:
+        hit = hits[g["index"]]
+        _assert_box_matches(g, hit["box"], sizes[hit["image_id"]])
+    _shot(page, "serve-results.png")
+
+    # The slider re-labels cards from the scores, without a new request.
+    requests = []
+    page.on("request", lambda r: requests.append(r.url) if "/api/search" in r.url else None)
+    scores = sorted({h["score"] for h in hits})
+    assert len(scores) >= 3, "need distinct scores to test the slider"
+    for k in (len(scores) // 3, 2 * len(scores) // 3):
+        t = (scores[k - 1] + scores[k]) / 2  # between two scores: no rounding ambiguity
+        page.locator("#threshold").fill(repr(t))
+        expected = sum(h["score"] >= t for h in hits)
+        present = page.locator('.card[data-present="true"]')
+        assert present.count() == expected
+        assert 0 < expected < len(hits)
+        assert page.locator("#status").get_attribute("data-present") == str(expected)
+        assert page.locator(".card.below").count() == len(hits) - expected
+        labels = cards.locator(".badge").all_inner_texts()
+        assert labels == [("present" if h["score"] >= t else "below threshold") for h in hits]
+        assert cards.locator("path.box.below").count() == len(hits) - expected
+        page.uncheck("#show-below")
+        assert page.locator(".cell:visible").count() == expected
+        page.check("#show-below")
+        assert page.locator(".cell:visible").count() == len(hits)
+    shot = _shot(page, "serve-threshold.png")  # present and below-threshold hits side by side
+    if os.environ.get("RESEDIS_UPDATE_DOCS") == "1":
+        (REPO / "docs").mkdir(exist_ok=True)
+        shutil.copy(shot, REPO / "docs" / "screenshot.png")
+    page.locator("#threshold").fill("0")
+    assert page.locator('.card[data-present="true"]').count() == len(hits)
+    assert requests == []
+
+    # Open a hit with the keyboard: the large view shows every hit of that image.
+    target = max(range(len(hits)), key=lambda i: sum(h["image_id"] == hits[i]["image_id"] for h in hits))
+    image_id = hits[target]["image_id"]
+    same = [i for i, h in enumerate(hits) if h["image_id"] == image_id]
+    cards.nth(target).focus()
+    page.keyboard.press("Enter")
+    dialog = page.locator("#viewer")
+    dialog.wait_for(state="visible")
+    assert image_id in page.locator("#viewer-title").inner_text()
+    assert page.locator("#viewer path.box").count() == len(same)
+    assert page.locator("#viewer-list li").count() == len(same)
+    _wait_images_loaded(page, "#viewer .frame img")
+    big = page.eval_on_selector_all(
+        "#viewer .overlay g",
+        """gs => gs.map(g => { const img = g.closest('.frame').querySelector('img').getBoundingClientRect();
+                               const b = g.querySelector('path.box').getBoundingClientRect();
+                               return {index: Number(g.dataset.index), img: [img.left, img.top, img.width, img.height],
+                                       box: [b.left, b.top, b.right, b.bottom]}; })""",
+    )
+    assert sorted(g["index"] for g in big) == same
+    for g in big:
+        _assert_box_matches(g, hits[g["index"]]["box"], sizes[image_id])
+    assert big[0]["img"][2] > geoms[0]["img"][2]  # really larger than the card
+    assert page.locator("#viewer path.box.selected").count() == 1
+    _shot(page, "serve-viewer.png")
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
+    assert page.evaluate("document.activeElement.dataset.index") == str(target)
+    assert page.errors == []
+
+
+def test_error_and_empty_states(page, server):
+    page.goto(server.url + "/?q=" + "x" * 600)  # longer than the server accepts
+    error = page.locator("#error")
+    error.wait_for(state="visible")
+    assert "HTTP 422" in error.inner_text() and "at most 500" in error.inner_text()
+    assert page.locator(".card").count() == 0
+    _shot(page, "serve-error.png")
+    page.fill("#q", "   ")
+    page.press("#q", "Enter")
+    assert "Type a description" in error.inner_text()
+    page.fill("#q", "blue square")
+    page.press("#q", "Enter")
+    page.wait_for_selector(".card")
+    assert not error.is_visible()
+    assert page.errors == []
+
+
+def test_rle_decoder_matches_pycocotools(page, server):
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    page.goto(server.url + "/")
+    for h, w in ((7, 5), (40, 64), (33, 17)):
+        m = np.zeros((h, w), dtype=np.uint8)
+        m[rng.integers(0, h, 30), rng.integers(0, w, 30)] = 1
+        m[h // 4 : h // 2, w // 3 : w // 2] = 1
+        rle = mask_utils.encode(np.asfortranarray(m))
+        rle = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()}
+        got = page.evaluate("rle => Array.from(window.resedis.decodeRle(rle))", rle)
+        assert np.array_equal(np.array(got, dtype=np.uint8).reshape(h, w), mask_utils.decode(rle))
+
+
+def test_page_with_api_key(browser, corpus):
+    srv = Server(corpus["db"], corpus["base"] / "serve-key.log", "--api-key", KEY)
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(srv.url + "/")
+        key_form = page.locator("#key-form")
+        key_form.wait_for(state="visible")  # /api/stats answered 401
+        page.fill("#api-key", KEY)
+        page.press("#api-key", "Enter")
+        key_form.wait_for(state="hidden")
+        page.select_option("#top-k", "10")
+        page.fill("#q", QUERY)
+        page.press("#q", "Enter")
+        page.wait_for_selector(".card")
+        _wait_images_loaded(page, ".card .frame img")  # fetched with the key header, shown as blobs
+        assert page.eval_on_selector(".card img", "img => img.src.startsWith('blob:')")
+        context.close()
+    finally:
+        srv.stop()
+    assert "X-API-Key" in (corpus["base"] / "serve-key.log").read_text()
+
+
+def test_cli_says_it_binds_loopback(server):
+    log = server.log.read_text()
+    assert f"http://127.0.0.1:{server.port}/" in log and "loopback only" in log
