@@ -329,3 +329,40 @@ def test_sigkill_mid_indexing_then_resume(tmp_path, owlv2_spec, encoder):
     assert set(reasons) == set(bad)
     for name, word in bad.items():
         assert word in reasons[name]
+
+
+class _BreaksOnWidth13:
+    """Test double: the real tiny encoder, except that it raises on 13-pixel-wide images
+    (stands in for an image that crashes a model); no preprocess split, so the writer
+    goes through encode_images."""
+
+    def __init__(self, inner, always: bool = False):
+        self.inner, self.always = inner, always
+        self.spec, self.vector_dim = inner.spec, inner.vector_dim
+
+    def preprocessing(self):
+        return self.inner.preprocessing()
+
+    def encode_images(self, images, max_regions=100, nms_iou=0.5):
+        if self.always or any(im.width == 13 for im in images):
+            raise RuntimeError("simulated model failure")
+        return self.inner.encode_images(images, max_regions, nms_iou)
+
+
+def test_image_that_breaks_the_model_is_skipped_not_fatal(tmp_path, encoder):
+    images = tmp_path / "images"
+    draw_corpus(images, 4, seed=8)
+    Image.new("RGB", (13, 40), (5, 5, 5)).save(images / "img001b.png")  # lands inside a batch
+    db = tmp_path / "db"
+    report = build_index(images, db, config=IndexConfig(batch_size=3, max_regions=3), progress=False,
+                         encoder=_BreaksOnWidth13(encoder))
+    assert (report.added, report.new_skipped) == (4, 1)
+    reasons = {Path(s.source).name: s.reason for s in report.skipped}
+    assert list(reasons) == ["img001b.png"] and "model failed" in reasons["img001b.png"]
+    index = open_index(db)
+    assert index.stats()["images"] == 4
+    check_consistent(index)
+
+    with pytest.raises(ResedisError, match="3 images in a row"):
+        build_index(images, tmp_path / "db2", config=IndexConfig(batch_size=2), progress=False,
+                    encoder=_BreaksOnWidth13(encoder, always=True))

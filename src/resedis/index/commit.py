@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Deletes with an IN list are chunked to keep the SQL predicate small.
 _DELETE_CHUNK = 500
+# The model failing on this many images in a row (no success between) stops the run.
+MAX_MODEL_FAILURES_IN_A_ROW = 3
 
 
 class Lock:
@@ -125,19 +127,52 @@ class BatchWriter:
         self.prepared: list = []  # per image: backend.preprocess output, or None
         self.skips: list[tuple[Job, Skipped]] = []
         self.replaced: list[str] = []  # ids whose old rows must go (changed or now-bad files)
+        self.failures_in_a_row = 0  # images the model failed on since its last success
 
     def pending(self) -> int:
         return len(self.images)
 
-    def commit(self) -> None:
-        if not (self.images or self.skips or self.replaced):
-            return
-        idx, m = self.index, self.index.manifest
-        ids = [job.rel for job, _ in self.images]
+    def _encode(self) -> tuple[list[ImageRegions], list[tuple[Job, Skipped]]]:
+        """Encode the batch; if the model raises, retry image by image and turn the images
+        it still fails on into skips. Repeated failures with no success in between mean
+        the model (not the images) is broken: then the error is raised."""
+        m = self.index.manifest
         images = [li.image for _, li in self.images]
-        regions = encode_batch(self.backend, images, self.prepared, m.max_regions, m.nms_iou)
-        if len(regions) != len(ids):
-            raise ResedisError(f"model returned {len(regions)} results for {len(ids)} images")
+        try:
+            regions = encode_batch(self.backend, images, self.prepared, m.max_regions, m.nms_iou)
+            if len(regions) != len(images):
+                raise ResedisError(f"model returned {len(regions)} results for {len(images)} images")
+            self.failures_in_a_row = 0 if images else self.failures_in_a_row
+            return regions, []
+        except ResedisError:
+            raise
+        except Exception as batch_error:  # noqa: BLE001 - isolate the image that breaks the model
+            log.warning("model failed on a batch (%s: %s); retrying image by image", type(batch_error).__name__, batch_error)
+        kept, regions, failed = [], [], []
+        for (job, loaded), prepared in zip(self.images, self.prepared):
+            try:
+                regions.extend(encode_batch(self.backend, [loaded.image], [prepared], m.max_regions, m.nms_iou))
+                kept.append((job, loaded))
+                self.failures_in_a_row = 0
+            except Exception as exc:  # noqa: BLE001
+                self.failures_in_a_row += 1
+                if self.failures_in_a_row >= MAX_MODEL_FAILURES_IN_A_ROW:
+                    raise ResedisError(
+                        f"the model failed on {self.failures_in_a_row} images in a row (last: {job.path}: "
+                        f"{type(exc).__name__}: {exc}); stopping — this looks like a model/device problem"
+                    ) from exc
+                failed.append((job, Skipped(str(job.path), f"model failed on this image ({type(exc).__name__}: {exc})")))
+        self.images = kept
+        return regions, failed
+
+    def commit(self) -> list[tuple[Job, Skipped]]:
+        """Write the batch; returns the images the model failed on (recorded as skips)."""
+        if not (self.images or self.skips or self.replaced):
+            return []
+        idx, m = self.index, self.index.manifest
+        regions, failed = self._encode()
+        self.skips.extend(failed)
+        ids = [job.rel for job, _ in self.images]
         if self.replaced:
             delete_ids(idx.images_table, "image_id", self.replaced)
             delete_ids(idx.regions_table, "image_id", self.replaced)
@@ -183,6 +218,7 @@ class BatchWriter:
             )
         self.batch += 1
         self.images, self.prepared, self.skips, self.replaced = [], [], [], []
+        return failed
 
 
 def existing_entries(index: Index) -> tuple[dict[str, tuple], dict[str, tuple]]:

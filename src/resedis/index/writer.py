@@ -180,6 +180,18 @@ def _load_backend(spec: str, device: str | None):
     return backend
 
 
+def _count_model_failures(report: IndexReport, failed: list[tuple[Job, Skipped]]) -> None:
+    """Images counted as added/updated that the model then failed on become skips."""
+    for job, _ in failed:
+        report.encoded -= 1
+        report.new_skipped += 1
+        if job.known_sha is not None:
+            report.updated -= 1
+            report.removed += 1
+        else:
+            report.added -= 1
+
+
 def build_index(
     images_dir: str | os.PathLike,
     db: str | os.PathLike,
@@ -272,12 +284,12 @@ def build_index(
                     writer.prepared.append(prepared)
                 if writer.pending() >= config.batch_size:
                     report.encoded += writer.pending()
-                    writer.commit()
+                    _count_model_failures(report, writer.commit())
                     if writer.batch % _COMPACT_EVERY == 0:
                         compact(index)
                 bar.update(1)
             report.encoded += writer.pending()
-            writer.commit()
+            _count_model_failures(report, writer.commit())
             bar.close()
             encode_seconds = time.perf_counter() - encode_started
 
