@@ -85,6 +85,10 @@ def fuse_image(
         return np.zeros((0, 4)), empty, empty, empty
     owl_ev = evidence(candidates, owl_boxes, owl_scores, params.match_iou)
     gd_ev = evidence(candidates, gd_boxes, gd_scores, params.match_iou)
+    # a box is its own match even when degenerate (zero area has IoU 0 with itself)
+    n = len(owl_boxes)
+    owl_ev[:n] = np.maximum(owl_ev[:n], owl_scores)
+    gd_ev[n:] = np.maximum(gd_ev[n:], gd_scores[top])
     fused = (1.0 - params.weight) * owl_ev + params.weight * gd_ev
     keep = nms(candidates, fused, params.nms_iou)
     return candidates[keep], fused[keep], owl_ev[keep], gd_ev[keep]
