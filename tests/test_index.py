@@ -148,21 +148,23 @@ def test_build_writes_model_outputs_manifest_and_skips(tmp_path, encoder, owlv2_
 def test_incremental_update_prune_and_retry(tmp_path, encoder):
     images = tmp_path / "images"
     paths = draw_corpus(images, 4, seed=2)
+    quoted = images / "it's ünïcode.jpg"  # quotes and non-ASCII in ids go through SQL deletes
+    Image.new("RGB", (30, 30), (7, 7, 7)).save(quoted)
     plant_bad_files(images)
     db = tmp_path / "db"
     config = IndexConfig(batch_size=3, max_regions=4, max_pixels=BOMB_LIMIT)
     first = build_index(images, db, config=config, progress=False, encoder=encoder)
-    assert first.added == 4 and len(first.skipped) == 4
+    assert first.added == 5 and len(first.skipped) == 4
     index = open_index(db)
     version = index.version()
 
     again = build_index(images, db, config=config, progress=False, encoder=encoder)
-    assert (again.added, again.updated, again.unchanged, again.encoded, again.new_skipped) == (0, 0, 4, 0, 0)
+    assert (again.added, again.updated, again.unchanged, again.encoded, again.new_skipped) == (0, 0, 5, 0, 0)
     assert len(again.skipped) == 4  # known bad files stay reported without being retried
     assert index.version() == version  # nothing written
 
     # Changed content -> re-encoded, old rows replaced; same content touched -> kept.
-    changed, touched = paths[0], paths[1]
+    changed, touched = quoted, paths[1]
     Image.new("RGB", (77, 55), (9, 200, 9)).save(changed)
     os.utime(touched, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
     # A bad file fixed, a new file added, a good file deleted.
@@ -170,7 +172,7 @@ def test_incremental_update_prune_and_retry(tmp_path, encoder):
     Image.new("RGB", (60, 40), (250, 1, 1)).save(images / "new.jpg")
     paths[2].unlink()
     report = build_index(images, db, config=config, progress=False, encoder=encoder)
-    assert (report.added, report.updated, report.unchanged, report.removed) == (2, 1, 2, 0)
+    assert (report.added, report.updated, report.unchanged, report.removed) == (2, 1, 3, 0)
     assert report.encoded == 3
     assert "text.png" not in {Path(s.source).name for s in report.skipped}
     index = open_index(db)
@@ -183,11 +185,11 @@ def test_incremental_update_prune_and_retry(tmp_path, encoder):
 
     (images / "zero.jpg").unlink()
     pruned = build_index(images, db, config=IndexConfig(prune=True, max_pixels=BOMB_LIMIT), progress=False, encoder=encoder)
-    assert pruned.removed == 1 and pruned.unchanged == 5
+    assert pruned.removed == 1 and pruned.unchanged == 6
     index = open_index(db)
     assert rel(paths[2]) not in set(index.read("images", ["image_id"])["image_id"].to_pylist())
     assert "zero.jpg" not in {Path(s.source).name for s in index.skipped()}
-    assert index.stats()["images"] == 5
+    assert index.stats()["images"] == 6
     check_consistent(index)
 
 
