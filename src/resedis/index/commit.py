@@ -128,6 +128,7 @@ class BatchWriter:
         self.skips: list[tuple[Job, Skipped]] = []
         self.replaced: list[str] = []  # ids whose old rows must go (changed or now-bad files)
         self.failures_in_a_row = 0  # images the model failed on since its last success
+        self.crops = None  # resedis.pipelines.crops.CropWriter: crop embeddings of the same batch
 
     def pending(self) -> int:
         return len(self.images)
@@ -176,6 +177,8 @@ class BatchWriter:
         if self.replaced:
             delete_ids(idx.images_table, "image_id", self.replaced)
             delete_ids(idx.regions_table, "image_id", self.replaced)
+            if self.crops is not None:
+                self.crops.delete(self.replaced)
         touched = ids + [job.rel for job, _ in self.skips]
         if touched:
             delete_ids(idx.skipped_table, "image_id", touched)
@@ -195,6 +198,8 @@ class BatchWriter:
             )
         if ids:
             idx.regions_table.add(region_rows(ids, regions, self.batch, m.vector_dim, m.vector_dtype))
+            if self.crops is not None:  # same decoded images, before the commit point
+                self.crops.add(ids, [li.image for _, li in self.images], regions, self.batch)
             image_vectors = [
                 None if r.image_vector is None else np.asarray(r.image_vector, np.float32).tolist() for r in regions
             ]

@@ -51,6 +51,9 @@ class IndexConfig:
     memory; logits within about 1e-3 relative, see tests/test_index.py) or ``float32``.
     max_pixels: decompression-bomb guard (images with more pixels are skipped).
     rehash: hash every file even when its size and mtime are unchanged.
+    crops: also embed crops for the clip-crops pipeline (``resedis.pipelines.crops.CropConfig``),
+    written in the same batches from the same decoded images; an index that has crops keeps
+    them in sync on later runs even without it.
     """
 
     model: str | None = None
@@ -63,8 +66,11 @@ class IndexConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int = 4
     rehash: bool = False
+    crops: object | None = None
 
     def validate(self) -> None:
+        if self.crops is not None:
+            self.crops.validate()
         if self.batch_size < 1:
             raise ResedisError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_regions is not None and self.max_regions < 1:
@@ -192,6 +198,12 @@ def _count_model_failures(report: IndexReport, failed: list[tuple[Job, Skipped]]
             report.added -= 1
 
 
+def _stored_crop_config(index):
+    from resedis.pipelines.crops import stored_crop_config
+
+    return stored_crop_config(index)
+
+
 def build_index(
     images_dir: str | os.PathLike,
     db: str | os.PathLike,
@@ -258,6 +270,12 @@ def build_index(
                         f"model {index.manifest.model} gives {backend.vector_dim}"
                     )
             writer = BatchWriter(index, backend, root, next_batch(index))
+            crop_config = config.crops or _stored_crop_config(index)
+            if crop_config is not None:
+                from resedis.pipelines.crops import CropWriter, repair_crops
+
+                writer.crops = CropWriter(index, crop_config, device=config.device)
+                repair_crops(index)
             bar = tqdm(total=len(jobs), unit="img", desc="indexing", disable=not (progress and jobs), dynamic_ncols=True)
             encode_started = time.perf_counter()
             window = max(2 * config.batch_size, 2 * config.workers)
@@ -292,12 +310,18 @@ def build_index(
             _count_model_failures(report, writer.commit())
             bar.close()
             encode_seconds = time.perf_counter() - encode_started
+            if writer.crops is not None:  # images indexed before crops were asked for
+                from resedis.pipelines.crops import backfill_crops
+
+                backfill_crops(index, writer.crops, progress=progress)
 
         if config.prune:
             gone = sorted(set(indexed) - present)
             if gone:
                 delete_ids(index.images_table, "image_id", gone)
                 delete_ids(index.regions_table, "image_id", gone)
+                if writer.crops is not None:
+                    writer.crops.delete(gone)
                 report.removed += len(gone)
             gone_skips = sorted(set(skipped_before) - present)
             if gone_skips:

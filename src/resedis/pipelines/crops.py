@@ -384,35 +384,74 @@ def embed_gt_crops(dataset: Dataset, encoder, *, progress: bool = True) -> CropC
 def add_crops(db, config: CropConfig, *, device: str | None = None, progress: bool = True, encoder=None) -> int:
     """Embed crops for every image of an existing index that has none yet (decodes those
     images again; index with ``--crop-model`` to avoid that). Returns crops written."""
+    from resedis.index.commit import Lock
     from resedis.index.store import open_index
-    from resedis.index.writer import _Lock
 
     index = open_index(db)
-    with _Lock(index.path):  # the index's writer lock: no concurrent `resedis index`
-        return _add_crops_locked(index, config, encoder, device, progress)
+    with Lock(index.path):  # the index's writer lock: no concurrent `resedis index`
+        writer = CropWriter(index, config, encoder=encoder, device=device)
+        repair_crops(index)
+        return backfill_crops(index, writer, progress=progress)
 
 
-def _add_crops_locked(index, config: CropConfig, encoder, device, progress: bool) -> int:
+def stored_crop_config(index) -> CropConfig | None:
+    """The crop settings recorded in the manifest (so incremental index runs keep crops in sync)."""
+    entry = index.manifest.extra.get(MANIFEST_KEY)
+    if not entry or not entry.get("model"):
+        return None
+    return CropConfig(model=str(entry["model"]), proposals=str(entry.get("proposals", "owl")),
+                      max_crops=int(entry.get("max_crops", DEFAULT_MAX_CROPS)))
+
+
+def repair_crops(index) -> int:
+    """Delete crops whose (image_id, batch) has no images row (interrupted batches, replaced
+    files). Returns rows deleted. Call with the index's writer lock held."""
+    from resedis.index.store import IMAGES
+
+    table = open_crops_table(index)
+    if table is None:
+        return 0
+    done = set(zip(*[index.read(IMAGES, ["image_id", "batch"])[c].to_pylist() for c in ("image_id", "batch")]))
+    keys = table.search().select(["image_id", "batch"]).limit(None).to_arrow()
+    orphans: dict[int, set[str]] = {}
+    for key in zip(keys["image_id"].to_pylist(), keys["batch"].to_pylist()):
+        if key not in done:
+            orphans.setdefault(int(key[1]), set()).add(key[0])
+    before = table.count_rows()
+    from resedis.index.store import in_list
+
+    for batch, ids in orphans.items():
+        ids = sorted(ids)
+        for start in range(0, len(ids), 500):
+            table.delete(f"batch = {batch} AND {in_list('image_id', ids[start:start + 500])}")
+    return before - table.count_rows()
+
+
+def backfill_crops(index, writer: CropWriter, *, progress: bool = True) -> int:
+    """Embed crops for indexed images that have none (images with no OWL regions are
+    skipped under ``owl`` proposals); records the cost. Returns crops written."""
     from tqdm.auto import tqdm
 
     from resedis.index.store import IMAGES, REGIONS, column_matrix
     from resedis.io.images import open_rgb
 
-    writer = CropWriter(index, config, encoder=encoder, device=device)
-    images = index.read(IMAGES, ["image_id", "path", "batch"]).to_pylist()
-    done = set(zip(*[writer.table.search().select(["image_id", "batch"]).limit(None).to_arrow()[c].to_pylist() for c in ("image_id", "batch")]))
-    todo = [r for r in images if (r["image_id"], r["batch"]) not in done]
-    regions_tbl = index.read(REGIONS, ["image_id", "batch", "box", "objectness"])
-    by_key: dict[tuple, list[int]] = {}
-    for i, key in enumerate(zip(regions_tbl["image_id"].to_pylist(), regions_tbl["batch"].to_pylist())):
-        by_key.setdefault(key, []).append(i)
-    all_boxes = column_matrix(regions_tbl["box"], 4, np.float32)
-    objectness = regions_tbl["objectness"].to_numpy()
+    images = index.read(IMAGES, ["image_id", "path", "batch", "n_regions"]).to_pylist()
+    keys = writer.table.search().select(["image_id", "batch"]).limit(None).to_arrow()
+    done = set(zip(keys["image_id"].to_pylist(), keys["batch"].to_pylist()))
+    todo = [r for r in images if (r["image_id"], r["batch"]) not in done
+            and (writer.config.proposals != "owl" or r["n_regions"] > 0)]
     written = 0
-    for r in tqdm(todo, desc="crops", unit="img", disable=not (progress and todo), dynamic_ncols=True):
-        sel = np.asarray(by_key.get((r["image_id"], r["batch"]), []), np.int64)
-        regions = ImageRegions(boxes=all_boxes[sel], objectness=objectness[sel].astype(np.float32),
-                               vectors=np.zeros((len(sel), 0), np.float32))
-        written += writer.add([r["image_id"]], [open_rgb(r["path"])], [regions], int(r["batch"]))
+    if todo:
+        regions_tbl = index.read(REGIONS, ["image_id", "batch", "box", "objectness"])
+        by_key: dict[tuple, list[int]] = {}
+        for i, key in enumerate(zip(regions_tbl["image_id"].to_pylist(), regions_tbl["batch"].to_pylist())):
+            by_key.setdefault(key, []).append(i)
+        all_boxes = column_matrix(regions_tbl["box"], 4, np.float32)
+        objectness = regions_tbl["objectness"].to_numpy()
+        for r in tqdm(todo, desc="crops", unit="img", disable=not progress, dynamic_ncols=True):
+            sel = np.asarray(by_key.get((r["image_id"], r["batch"]), []), np.int64)
+            regions = ImageRegions(boxes=all_boxes[sel], objectness=objectness[sel].astype(np.float32),
+                                   vectors=np.zeros((len(sel), 0), np.float32))
+            written += writer.add([r["image_id"]], [open_rgb(r["path"])], [regions], int(r["batch"]))
     writer.save_stats()
     return written
