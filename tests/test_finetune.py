@@ -109,6 +109,25 @@ def test_hungarian_assignment_is_optimal():
         assert sum(cost(p, k) for p, k in zip(pred_idx, gt_idx)) == pytest.approx(best, abs=1e-4)
 
 
+def test_one_to_many_assignment_is_optimal():
+    rng = np.random.default_rng(5)
+    w = LossWeights(matches_per_object=2)
+    pred = torch.tensor(np.c_[rng.uniform(0.2, 0.8, (6, 2)), rng.uniform(0.05, 0.3, (6, 2))], dtype=torch.float32)
+    gt = torch.tensor(np.c_[rng.uniform(0.2, 0.8, (2, 2)), rng.uniform(0.05, 0.3, (2, 2))], dtype=torch.float32)
+    pb, gb = cxcywh_to_xyxy(pred), cxcywh_to_xyxy(gt)
+    cost = [[w.match_l1 * float((pred[p] - gt[k]).abs().sum()) - w.match_giou * slow_giou(pb[p].tolist(), gb[k].tolist())
+             for k in range(2)] for p in range(6)]
+    # brute force: 2 distinct patches for object 0, 2 others for object 1
+    best = min(cost[a][0] + cost[b][0] + cost[c][1] + cost[d][1]
+               for a, b, c, d in itertools.permutations(range(6), 4) if a < b and c < d)
+    pred_idx, gt_idx = match_boxes(pred, gt, weights=w)
+    assert gt_idx.tolist() == [0, 0, 1, 1] and len(set(pred_idx.tolist())) == 4
+    assert sum(cost[p][k] for p, k in zip(pred_idx, gt_idx)) == pytest.approx(best, abs=1e-4)
+    # more copies than patches allow: lowered to P // K
+    pred_idx, gt_idx = match_boxes(pred[:3], gt, weights=LossWeights(matches_per_object=5))
+    assert gt_idx.tolist() == [0, 1]
+
+
 def test_tokenizer_ids():
     from resedis.synth import VOCABULARY
 
@@ -176,10 +195,12 @@ def test_negatives_have_presence_target_zero(corpora):
     with torch.no_grad():
         out = detect(model, pixels.get(idx), ids["input_ids"], ids["attention_mask"])
     gt = [normalised_boxes(ts.images[i], True) for i in idx]
-    tg = assign_targets(out.logits, out.boxes, out.objectness, gt, batch.refs)
+    tg = assign_targets(out.logits, out.boxes, out.objectness, gt, batch.refs, LossWeights(matches_per_object=2))
     seen = {"neg": 0, "pos": 0, "unlabelled": 0}
     for b, i in enumerate(idx):
-        pred_of = dict(zip(tg.matches[b][1].tolist(), tg.matches[b][0].tolist()))
+        preds_of = {}
+        for p_, g_ in zip(tg.matches[b][0].tolist(), tg.matches[b][1].tolist()):
+            preds_of.setdefault(g_, []).append(p_)
         for j, t in enumerate(batch.texts):
             ref = batch.refs[b][j]
             if ref is None:
@@ -190,10 +211,12 @@ def test_negatives_have_presence_target_zero(corpora):
                 seen["neg"] += 1
             else:
                 want = torch.zeros(tg.cls.shape[1])
-                want[[pred_of[k] for k in ref]] = 1
+                want[[p_ for k in ref for p_ in preds_of[k]]] = 1
                 assert torch.equal(tg.cls[b, :, j], want)
                 seen["pos"] += 1
-        assert tg.objectness[b].sum() == len(ts.images[i].objects)
+        k = len(ts.images[i].objects)
+        m = min(2, tg.cls.shape[1] // k) if k else 0  # two patches per object when there are enough
+        assert tg.objectness[b].sum() == m * k
     assert all(v > 0 for v in seen.values()), seen
 
 
@@ -336,3 +359,36 @@ def test_cli_needs_a_model(corpora, tmp_path, capsys):
 
     assert main(["finetune", "--dataset", str(corpora / "train"), "--out", str(tmp_path / "x")]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_presence_threshold_maximises_f1():
+    """The prefix-sum fit equals a brute-force search with the metric suite."""
+    from resedis.finetune.validate import fit_presence_threshold
+    from resedis.metrics import evaluate
+    from resedis.types import Hit, Instance, Query, QueryResult
+
+    rng = np.random.default_rng(11)
+    queries, results = [], []
+    for qi in range(12):
+        insts = [Instance(image_id=int(i), rle={}, box=(10.0 * i, 0.0, 10.0 * i + 10, 10.0))
+                 for i in rng.choice(8, size=int(rng.integers(0, 3)), replace=False)]
+        queries.append(Query(query_id=f"q{qi}", expression=f"e{qi}", instances=insts))
+        hits = []
+        for _ in range(int(rng.integers(1, 6))):
+            i = int(rng.integers(0, 8))
+            box = (10.0 * i, 0.0, 10.0 * i + 10, 10.0) if rng.random() < 0.6 else (10.0 * i + 6, 0.0, 10.0 * i + 16, 10.0)
+            hits.append(Hit(image_id=i, box=box, score=float(np.round(rng.uniform(), 2)), present=False))
+        results.append(QueryResult(query_id=f"q{qi}", expression=f"e{qi}", hits=hits))
+
+    def f1_at(t):
+        res = {r.query_id: [Hit(h.image_id, h.box, h.score, h.score >= t) for h in r.hits] for r in results}
+        m = evaluate(queries, res)
+        return m["F1"], m["N_acc"]
+
+    threshold, fit = fit_presence_threshold(queries, results)
+    scores = sorted({h.score for r in results for h in r.hits})
+    best = max(f1_at(s)[0] for s in scores + [1.01])
+    assert best > 0
+    f1, n_acc = f1_at(threshold)
+    assert f1 == pytest.approx(best) and fit["F1"] == pytest.approx(best)
+    assert fit["N_acc"] == pytest.approx(n_acc)

@@ -64,6 +64,12 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=_positive_float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="images per step (default: 8)")
     p.add_argument("--negatives", type=_non_negative_int, default=8, help="absent expressions sampled per image per step (default: 8)")
+    p.add_argument("--hard-negatives", type=float, default=0.5, metavar="FRACTION",
+                   help="share of the sampled negatives taken from absent expressions sharing the most words with "
+                        "the image's positives (default: 0.5)")
+    p.add_argument("--matches-per-object", type=_positive_int, default=1,
+                   help="patches assigned to each object by the Hungarian matching (1: one-to-one as in DETR/OWL; "
+                        ">1: one-to-many, faster convergence from scratch) (default: 1)")
     p.add_argument("--warmup-steps", type=_non_negative_int, default=100, help="linear warm-up steps before cosine decay (default: 100)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the detection heads; image and text towers frozen")
@@ -80,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from resedis.errors import ResedisError
-    from resedis.finetune import FinetuneConfig, ScratchConfig, finetune
+    from resedis.finetune import FinetuneConfig, LossWeights, ScratchConfig, finetune
     from resedis.finetune.checkpoint import find_last
 
     for d in args.dataset:
@@ -98,9 +104,11 @@ def run(args: argparse.Namespace) -> int:
         raise ResedisError("give --model SPEC or --from-scratch-config JSON (or an --out holding a run to resume)")
     config = FinetuneConfig(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, negatives_per_image=args.negatives,
+        hard_negative_fraction=args.hard_negatives,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, freeze_backbone=args.freeze_backbone,
         seed=args.seed, device=args.device, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every,
         select_metric=args.select_metric, progress=not args.no_progress,
+        loss=LossWeights(matches_per_object=args.matches_per_object),
     )
     try:
         config.validate()

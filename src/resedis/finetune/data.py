@@ -10,7 +10,10 @@ An example is one image with
   with the indices of the objects it denotes;
 * **negative** texts, sampled per step from the dataset's expressions whose targets
   do NOT lie in this image (absent queries included): their class targets are 0 on
-  every patch, which is how the model learns presence, not only location.
+  every patch, which is how the model learns presence, not only location. A share of
+  them are *hard* negatives: among the image's absent texts, the HARD_POOL with the
+  highest word overlap (Jaccard of lower-cased word sets) with one of its positives —
+  "the red circle on the left" for an image whose red circle is on the right.
 
 A query's instance list is taken as exhaustive over the corpus (true of ReSeDis and
 the synthetic benchmark): an expression with no instance in an image is absent there.
@@ -38,6 +41,7 @@ from resedis.types import Dataset, ImageId, Skipped
 log = logging.getLogger(__name__)
 
 DUPLICATE_IOU = 0.95
+HARD_POOL = 32
 
 
 @dataclass
@@ -75,6 +79,27 @@ class TrainingSet:
         img = self.images[index]
         pool = self._group_texts.get(img.group, np.zeros(0, dtype=np.int64))
         return np.array([t for t in pool if int(t) not in img.positives], dtype=np.int64)
+
+    def hard_negatives_for(self, index: int) -> np.ndarray:
+        """Up to HARD_POOL absent texts most similar in words to one of the image's
+        positives (best first; empty for an image without positives). Cached."""
+        cache = self.__dict__.setdefault("_hard", {})
+        if index not in cache:
+            img = self.images[index]
+            if not img.positives:
+                cache[index] = np.zeros(0, dtype=np.int64)
+            else:
+                words = self.__dict__.setdefault("_words", {})
+                def ws(t: int) -> frozenset:
+                    if t not in words:
+                        words[t] = frozenset(self.texts[t].lower().split())
+                    return words[t]
+                pos = [ws(t) for t in img.positives]
+                neg = self.negatives_for(index)
+                sim = np.array([max(len(ws(int(t)) & p) / max(len(ws(int(t)) | p), 1) for p in pos) for t in neg])
+                order = np.argsort(-sim, kind="stable")[:HARD_POOL]
+                cache[index] = neg[order]
+        return cache[index]
 
     @classmethod
     def concat(cls, parts: list["TrainingSet"]) -> "TrainingSet":
@@ -201,20 +226,32 @@ class Batch:
     refs: list[list[list[int] | None]]
 
 
-def make_batch(ts: TrainingSet, indices: list[int], negatives_per_image: int, rng: np.random.Generator) -> Batch:
+def make_batch(ts: TrainingSet, indices: list[int], negatives_per_image: int, rng: np.random.Generator,
+               hard_fraction: float = 0.0) -> Batch:
     """Texts = positives of every image + ``negatives_per_image`` sampled negatives per
-    image; every (image, text) pair of the batch is labelled, so another image's
-    positive is a further negative wherever it is absent."""
+    image (``round(hard_fraction * n)`` of them from the image's hard negatives, the
+    rest uniformly from all its negatives); every (image, text) pair of the batch from
+    the same dataset is labelled, so another image's positive is a further negative
+    wherever it is absent."""
     chosen: dict[int, None] = {}
     for i in indices:
         for t in ts.images[i].positives:
             chosen.setdefault(t, None)
     for i in indices:
+        if negatives_per_image <= 0:
+            continue
+        picked: set[int] = set()
+        n_hard = int(round(hard_fraction * negatives_per_image))
+        hard = ts.hard_negatives_for(i) if n_hard > 0 else np.zeros(0, dtype=np.int64)
+        if len(hard):
+            picked.update(int(v) for v in rng.choice(hard, size=min(n_hard, len(hard)), replace=False))
         neg = ts.negatives_for(i)
-        if len(neg) and negatives_per_image > 0:
-            pick = rng.choice(neg, size=min(negatives_per_image, len(neg)), replace=False)
-            for t in sorted(int(v) for v in pick):
-                chosen.setdefault(t, None)
+        rest = np.array([t for t in neg if int(t) not in picked], dtype=np.int64)
+        n_rest = min(negatives_per_image - len(picked), len(rest))
+        if n_rest > 0:
+            picked.update(int(v) for v in rng.choice(rest, size=n_rest, replace=False))
+        for t in sorted(picked):
+            chosen.setdefault(t, None)
     texts = list(chosen)
     refs = [
         [list(ts.images[i].positives.get(t, [])) if ts.text_groups[t] == ts.images[i].group else None for t in texts]

@@ -16,6 +16,13 @@ the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``) on the cost
 where the last mean runs over the texts that refer to object k in this batch (0 when
 none do). Each object takes exactly one patch (P >= K is required); unmatched
 patches are background for every text and for objectness.
+
+One-to-many option (``LossWeights.matches_per_object = m > 1``, as in the one-to-many
+branch of H-DETR): every object is repeated m times in the cost matrix, so it takes
+its m cheapest distinct patches (m is lowered for an image where P < K * m). All m
+are positives of the object's texts and of objectness and all regress its box. Dense
+targets make training from scratch converge much faster; at search time the
+per-image NMS removes the duplicates.
 """
 
 from __future__ import annotations
@@ -97,6 +104,7 @@ class LossWeights:
     match_giou: float = 2.0
     match_obj: float = 1.0
     match_cls: float = 2.0
+    matches_per_object: int = 1
 
 
 def match_boxes(
@@ -112,7 +120,8 @@ def match_boxes(
     pred_boxes (P, 4) and gt_boxes (K, 4): normalised cxcywh. objectness (P,) logits
     or None. class_prob (P, K): mean sigmoid class probability of the texts referring
     to each object (0 where none does) or None. Returns (pred_idx, gt_idx), int64
-    arrays of length K (every object is assigned; needs P >= K), sorted by gt_idx.
+    arrays of length K * m (every object is assigned m patches, m =
+    ``weights.matches_per_object`` lowered to P // K), sorted by gt_idx.
     """
     w = weights or LossWeights()
     k = gt_boxes.shape[0]
@@ -130,8 +139,13 @@ def match_boxes(
             cost = cost - w.match_cls * class_prob.float()
     from scipy.optimize import linear_sum_assignment
 
-    rows, cols = linear_sum_assignment(cost.cpu().numpy())
-    order = np.argsort(cols)
+    m = max(1, min(int(w.matches_per_object), pred_boxes.shape[0] // k))
+    c = cost.cpu().numpy()
+    if m > 1:
+        c = np.repeat(c, m, axis=1)  # column j*m + r = copy r of object j
+    rows, cols = linear_sum_assignment(c)
+    cols = cols // m
+    order = np.argsort(cols, kind="stable")
     return rows[order].astype(np.int64), cols[order].astype(np.int64)
 
 
@@ -201,10 +215,12 @@ def assign_targets(
             class_prob=class_prob,
             weights=w,
         )
-        pred_of = dict(zip(gt_idx.tolist(), pred_idx.tolist()))
+        preds_of: dict[int, list[int]] = {}
+        for p, g in zip(pred_idx.tolist(), gt_idx.tolist()):
+            preds_of.setdefault(g, []).append(p)
         for t, objs in enumerate(refs[b]):
             for k in objs or ():
-                cls_targets[b, pred_of[k], t] = 1.0
+                cls_targets[b, preds_of[k], t] = 1.0
         obj_targets[b, torch.as_tensor(pred_idx, device=logits.device)] = 1.0
         matches.append((pred_idx, gt_idx))
     return Targets(cls=cls_targets, labelled=labelled, objectness=obj_targets, matches=matches)

@@ -16,7 +16,7 @@ from resedis.finetune import checkpoint as ckpt
 from resedis.finetune.data import PixelStore, TrainingSet, build_training_set, make_batch
 from resedis.finetune.scratch import ScratchConfig, build_scratch_owlv2
 from resedis.finetune.train import (
-    RESUME_KEYS, FinetuneConfig, StepRunner, config_dict, epoch_order, lr_factor, rng_state, set_rng_state,
+    RESUME_KEYS, FinetuneConfig, StepRunner, config_dict, epoch_batches, lr_factor, rng_state, set_rng_state,
     steps_per_epoch, trainable_parameters,
 )
 from resedis.finetune.validate import HISTORY_METRICS, validate_model
@@ -125,7 +125,8 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
 
     params = trainable_parameters(net, config.freeze_backbone)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    spe = steps_per_epoch(len(ts.images), config.batch_size)
+    groups = [img.group for img in ts.images]
+    spe = steps_per_epoch(groups, config.batch_size)
     total = config.epochs * spe
     step = 0
     history: list[dict] = []
@@ -167,7 +168,7 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
     start_epoch = step // spe
     try:
         for epoch in range(start_epoch, config.epochs):
-            order = epoch_order(config.seed, epoch, len(ts.images))
+            batches = epoch_batches(config.seed, epoch, groups, config.batch_size)
             first = step - epoch * spe
             bar = tqdm(total=spe, initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
                        disable=not config.progress, dynamic_ncols=True)
@@ -176,8 +177,9 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
                 if config.max_steps is not None and step >= config.max_steps:
                     stopped = True
                     break
-                idx = [int(i) for i in order[b * config.batch_size : (b + 1) * config.batch_size]]
-                batch = make_batch(ts, idx, config.negatives_per_image, np.random.default_rng([config.seed, step]))
+                idx = batches[b]
+                batch = make_batch(ts, idx, config.negatives_per_image, np.random.default_rng([config.seed, step]),
+                                   config.hard_negative_fraction)
                 for g in opt.param_groups:
                     g["lr"] = config.lr * lr_factor(step, config.warmup_steps, total)
                 terms = runner.loss(batch)

@@ -146,6 +146,8 @@ def build_scratch_owlv2(config: ScratchConfig, texts=(), seed: int = 0):
 
 #: prior probability of the class and objectness heads at initialisation (RetinaNet-style)
 PRIOR_PROB = 0.01
+#: initial class-logit scale s (logit = (cos + shift) * s)
+INIT_LOGIT_SCALE = 10.0
 
 
 def init_detection_heads(model) -> None:
@@ -155,8 +157,10 @@ def init_detection_heads(model) -> None:
     (1.0), which gives logits of magnitude ~100 and a useless first phase of training.
     Here: hidden layers ~ N(0, 1/fan_in); the last box layer ~ N(0, 1e-3) so each patch
     starts with the box of its own grid cell (the model's box bias); the objectness
-    bias and the class logit shift start at logit(PRIOR_PROB) with logit scale 1, so
-    every score starts near PRIOR_PROB.
+    bias starts at logit(PRIOR_PROB); the class logit scale ``s = elu(.) + 1`` starts at
+    INIT_LOGIT_SCALE (a CLIP-like temperature: with s = 1 a cosine in [-1, 1] moves the
+    logit too little to learn the text-image alignment quickly) and the shift at
+    logit(PRIOR_PROB) / s, so every score starts near PRIOR_PROB.
     """
     import math
 
@@ -181,6 +185,6 @@ def init_detection_heads(model) -> None:
         ch = model.class_head
         hidden(ch.dense0)
         nn.init.normal_(ch.logit_shift.weight, std=1e-3)
-        nn.init.constant_(ch.logit_shift.bias, prior)
+        nn.init.constant_(ch.logit_shift.bias, prior / INIT_LOGIT_SCALE)
         nn.init.normal_(ch.logit_scale.weight, std=1e-3)
-        nn.init.zeros_(ch.logit_scale.bias)
+        nn.init.constant_(ch.logit_scale.bias, INIT_LOGIT_SCALE - 1.0)  # elu(x) + 1 = x + 1 for x > 0

@@ -1,10 +1,12 @@
 """The training loop of ``resedis finetune``: steps, validation, best/last checkpoints, resume.
 
-Determinism: the image order of epoch ``e`` is a permutation drawn from
-``numpy.random.default_rng([seed, e])`` and the negatives of step ``s`` from
-``default_rng([seed, s])``; nothing else is random (OWL has no dropout). A run
-resumed from ``OUT_DIR/last`` therefore replays exactly the batches the uninterrupted
-run would have seen, from the saved step on.
+Batches: each batch holds images of ONE dataset (so every (image, text) pair of the
+step is labelled: the other images' expressions are extra, often hard, negatives).
+Epoch ``e`` permutes each dataset's images with ``default_rng([seed, e, dataset])``,
+cuts them into batches and shuffles the batches with ``default_rng([seed, e])``; the
+negatives of step ``s`` come from ``default_rng([seed, s])``. Nothing else is random
+(OWL has no dropout), so a run resumed from ``OUT_DIR/last`` replays exactly the
+batches the uninterrupted run would have seen, from the saved step on.
 
 Learning rate: linear warm-up over ``warmup_steps``, then cosine decay to 0 at the
 last step (``epochs * steps_per_epoch``); AdamW with gradient-norm clipping.
@@ -41,6 +43,7 @@ class FinetuneConfig:
     lr: float = 1e-4
     batch_size: int = 8
     negatives_per_image: int = 8
+    hard_negative_fraction: float = 0.5  # share of negatives drawn from word-similar absent texts
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     grad_clip: float = 1.0
@@ -62,6 +65,8 @@ class FinetuneConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.hard_negative_fraction <= 1.0:
+            raise ValueError(f"hard_negative_fraction must be in [0, 1], got {self.hard_negative_fraction}")
         if self.negatives_per_image < 0:
             raise ValueError(f"negatives_per_image must be >= 0, got {self.negatives_per_image}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -143,12 +148,20 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def steps_per_epoch(n_images: int, batch_size: int) -> int:
-    return math.ceil(n_images / batch_size)
+def epoch_batches(seed: int, epoch: int, groups: list[int], batch_size: int) -> list[list[int]]:
+    """The batches (image indices) of one epoch: one dataset per batch, see the module doc."""
+    groups_arr = np.asarray(groups)
+    batches: list[list[int]] = []
+    for g in np.unique(groups_arr):
+        members = np.flatnonzero(groups_arr == g)
+        members = members[np.random.default_rng([seed, epoch, int(g)]).permutation(len(members))]
+        batches += [[int(i) for i in members[s : s + batch_size]] for s in range(0, len(members), batch_size)]
+    order = np.random.default_rng([seed, epoch]).permutation(len(batches))
+    return [batches[i] for i in order]
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def steps_per_epoch(groups: list[int], batch_size: int) -> int:
+    return sum(math.ceil(c / batch_size) for c in np.unique(np.asarray(groups), return_counts=True)[1])
 
 
 def now() -> float:
