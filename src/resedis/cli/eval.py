@@ -35,6 +35,10 @@ def register(subparsers) -> None:
         "else next to --report, as <name>.predictions.jsonl; required when neither is given)",
     )
     p.add_argument("--top-k", type=int, metavar="K", help="with --db: detections kept per query (default 20)")
+    from resedis.cli.pipelines import add_calibration_split_option, add_pipeline_options
+
+    add_pipeline_options(p, allow_all=True)  # with --db: which pipeline, masks, 'all' = ablation table
+    add_calibration_split_option(p)
     p.add_argument(
         "--lenient",
         action="store_true",
@@ -60,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise ResedisError("--out-predictions only applies with --db")
     if args.top_k is not None and args.top_k < 1:
         raise ResedisError(f"--top-k must be ≥ 1, got {args.top_k}")
+    if args.db is None and (args.pipeline or args.masks or args.calibration_split is not None):
+        raise ResedisError("--pipeline, --masks and --calibration-split apply with --db (a predictions file is scored as it is)")
 
     from resedis.eval import evaluate_predictions, format_metrics_table
     from resedis.io import load_dataset, read_predictions, write_predictions
@@ -67,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset, strict=not args.lenient)
     for s in dataset.skipped:
         print(f"skipped: {s.source}: {s.reason}", file=sys.stderr)
+
+    if args.db is not None and (args.pipeline or args.masks or args.calibration_split is not None):
+        from resedis.cli.pipelines import run_eval_pipelines
+
+        return run_eval_pipelines(args, dataset, _default_out_predictions(args))
 
     if args.db is not None:
         out_preds = _default_out_predictions(args)

@@ -54,6 +54,11 @@ def register(subparsers) -> None:
     p.add_argument("--report", action="store_true", help="print every skipped file with its reason")
     p.add_argument("--vector-dtype", choices=("float16", "float32"), help="storage of region vectors for a new index (default float16)")
     p.add_argument("--max-pixels", type=_positive_int, metavar="PX", help="skip images with more pixels (decompression-bomb guard; default 89478485)")
+    p.add_argument("--crop-model", metavar="SPEC", help="also embed crops for the clip-crops pipeline with this "
+                   "clip:/siglip: model, from the same decoded images (kept in sync on later runs)")
+    p.add_argument("--crop-proposals", default="owl", metavar="SRC", help="with --crop-model: crop boxes from 'owl' "
+                   "(the index's boxes, top by objectness; default) or 'yolo[:WEIGHTS.pt]' (extra [yolo])")
+    p.add_argument("--max-crops", type=_positive_int, default=20, metavar="N", help="with --crop-model: crops per image (default 20)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -73,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.max_pixels is not None:
         config.max_pixels = args.max_pixels
+    if args.crop_model:
+        from resedis.pipelines.crops import CropConfig
+
+        config.crops = CropConfig(model=args.crop_model, proposals=args.crop_proposals, max_crops=args.max_crops)
     report = build_index(args.images_dir, args.db, config=config, progress=not args.quiet)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

@@ -63,6 +63,94 @@ def pipeline_config(args: argparse.Namespace, *, top_k: int | None = None, thres
     )
 
 
+def add_calibration_split_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--calibration-split",
+        metavar="S",
+        default=None,
+        help="how presence is calibrated without fitting on reported queries: 'stored' (default: the "
+        "index's calibration, flagged if fitted on these very queries), 'none' (pipeline defaults), a "
+        "fraction F in (0,1) (fit on a seeded share F of the queries, report the others), or kfold:K "
+        "(each query scored with parameters fitted on the other folds)",
+    )
+
+
+def run_eval_pipelines(args: argparse.Namespace, dataset, out_preds) -> int:
+    """``resedis eval --db`` with ``--pipeline`` / ``--masks`` / ``--calibration-split``."""
+    import sys
+    from pathlib import Path
+
+    from resedis.errors import ResedisError
+    from resedis.eval import evaluate_predictions, format_metrics_table
+    from resedis.io import write_predictions
+    from resedis.pipelines import DEFAULT_SEGMENTER, Models
+
+    from resedis.calibrate import parse_split
+
+    parse_split(args.calibration_split)  # a bad value fails before any model is loaded
+    if not Path(args.db).exists():
+        raise ResedisError(f"--db {args.db}: no index there (build one with `resedis index`)")
+    config = pipeline_config(args, top_k=args.top_k)
+    models = Models(config.device)
+    segmenter = args.segmenter or DEFAULT_SEGMENTER
+    if args.pipeline == "all":
+        from resedis.ablation import format_table, run_ablation, write_ablation
+
+        rows = run_ablation(dataset, args.db, config=config, models=models, split=args.calibration_split,
+                            iou=args.iou, masks=args.masks, segmenter=segmenter)
+        print(f"dataset {dataset.name} · IoU {args.iou} · presence: {args.calibration_split or 'stored'}")
+        print(format_table(rows))
+        for r in rows:
+            if r.status == "ok":
+                path = out_preds.with_name(f"{out_preds.stem}.{r.pipeline.replace('+', '-')}{out_preds.suffix}")
+                write_predictions(path, r.results)
+                print(f"{r.pipeline}: predictions written to {path}", file=sys.stderr)
+            if r.split.get("warning"):
+                print(f"warning: {r.pipeline}: {r.split['warning']}", file=sys.stderr)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"dataset": dataset.name, "iou": args.iou,
+                                                   "pipelines": [r.to_json() for r in rows]}, indent=2) + "\n")
+        if args.report:
+            print(f"report written to {write_ablation(args.report, dataset, rows)}", file=sys.stderr)
+        return 0
+
+    from resedis.calibrate import evaluate_with_calibration
+    from resedis.pipelines import get_pipeline
+
+    pipeline = get_pipeline(args.pipeline or "owl", args.db, config, models)
+    results, reported, split = evaluate_with_calibration(pipeline, dataset, args.calibration_split, iou=args.iou)
+    if args.masks:
+        from resedis.masks_cache import attach_masks
+
+        results = attach_masks(results, pipeline.index, models.get(segmenter), progress=True)
+    write_predictions(out_preds, results)
+    print(f"predictions written to {out_preds}", file=sys.stderr)
+    ev = evaluate_predictions(reported, results, iou=args.iou)
+    for w in ev.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if split.get("warning"):
+        print(f"warning: {split['warning']}", file=sys.stderr)
+    held = (f"fitted on {split['calibration_queries']} held-out queries, reporting the other {split['evaluated_queries']}"
+            if split["mode"] == "holdout" else f"{split['mode']}")
+    print(f"dataset {dataset.name} · pipeline {pipeline.name} · IoU {args.iou} · presence: {held}"
+          f" (threshold {split.get('threshold', 'per fold')})")
+    print(format_metrics_table(ev.metrics))
+    if args.json:
+        out = ev.to_json()
+        out["pipeline"] = pipeline.name
+        out["calibration"] = split
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        print(f"metrics written to {args.json}", file=sys.stderr)
+    if args.report:
+        from resedis.report import write_report
+
+        out = write_report(args.report, reported, results, ev, title=f"{dataset.name} · {pipeline.name}")
+        print(f"report written to {out}", file=sys.stderr)
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "pipelines",

@@ -49,6 +49,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--model", metavar="SPEC", help="refuse to search unless the index was built with this model")
     p.add_argument("--nms-iou", type=_unit, default=0.5, metavar="F", help="per-image NMS IoU for hits (default 0.5; 1 = none)")
+    from resedis.cli.pipelines import add_pipeline_options
+
+    add_pipeline_options(p)
     p.set_defaults(func=run)
 
 
@@ -62,13 +65,27 @@ def run(args: argparse.Namespace) -> int:
     if args.nms_iou <= 0:
         raise ResedisError("--nms-iou must be > 0")
     index = open_index(args.db, model=args.model)
-    searcher = Searcher(index, device=args.device, nms_iou=args.nms_iou)
-    result = searcher.search(args.text, top_k=args.top_k, threshold=args.threshold)
+    if args.pipeline not in (None, "owl"):
+        from resedis.cli.pipelines import pipeline_config
+        from resedis.pipelines import as_queries, get_pipeline
+
+        pipeline = get_pipeline(args.pipeline, index, pipeline_config(args, top_k=args.top_k, threshold=args.threshold))
+        result = pipeline.run(as_queries([args.text]))[0]
+        threshold = pipeline.resolved()[1]
+    else:
+        searcher = Searcher(index, device=args.device, nms_iou=args.nms_iou)
+        result = searcher.search(args.text, top_k=args.top_k, threshold=args.threshold)
+        threshold = searcher.threshold if args.threshold is None else args.threshold
+    if args.masks:
+        from resedis.masks_cache import attach_masks
+        from resedis.models import load_model
+        from resedis.pipelines import DEFAULT_SEGMENTER
+
+        result = attach_masks([result], index, load_model(args.segmenter or DEFAULT_SEGMENTER, args.device))[0]
     if args.json:
         for hit in result.hits:
             print(json.dumps(hit.to_json()))
         return 0
-    threshold = searcher.threshold if args.threshold is None else args.threshold
     print(f"{len(result.hits)} hits for {result.expression!r} (threshold {threshold:.3g}; * = present)")
     if result.hits:
         width = max(len(str(h.image_id)) for h in result.hits)

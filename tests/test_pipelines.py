@@ -1,0 +1,154 @@
+"""Named pipelines end to end through the CLI on a synthetic corpus with tiny checkpoints:
+each writes a valid predictions file, `--pipeline all` puts every pipeline in one report,
+`search --pipeline ... --masks` returns hits with RLE masks, `index --crop-model` stores
+crops in the same run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import pipekit
+from resedis.cli import main
+from resedis.io import read_predictions
+from resedis.masks import decode_rle
+
+
+@pytest.fixture(scope="module")
+def env():
+    return pipekit.env()
+
+
+def test_pipelines_command_lists_every_pipeline_with_its_cost(capsys):
+    from resedis.pipelines import PIPELINES
+
+    assert main(["pipelines"]) == 0
+    out = capsys.readouterr().out
+    for name in ("owl", "owl+rerank", "clip-crops"):
+        assert name in out
+    assert out.count("cost:") == len(PIPELINES) == 3
+    assert main(["pipelines", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["name"] for r in rows] == ["owl", "owl+rerank", "clip-crops"]
+    assert [r["default"] for r in rows] == [True, False, False] and all(r["cost"] for r in rows)
+
+
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("owl", []),
+        ("owl+rerank", ["--rerank-k", "2"]),
+        ("clip-crops", []),
+        ("clip-crops", ["--proposals", "gt"]),
+    ],
+)
+def test_each_pipeline_end_to_end_writes_valid_predictions(env, tmp_path, name, extra, capsys):
+    preds, metrics_json = tmp_path / "p.jsonl", tmp_path / "m.json"
+    argv = ["eval", "--dataset", str(env.synth), "--db", str(env.db), "--pipeline", name, "--top-k", "6",
+            "--grounder", env.spec("gdino"), "--out-predictions", str(preds), "--json", str(metrics_json), *extra]
+    assert main(argv) == 0
+    results = read_predictions(preds)  # validates every line
+    ds = env.dataset
+    assert [r.query_id for r in results] == [q.query_id for q in ds.queries]
+    assert any(r.hits for r in results)
+    for r in results:
+        assert len(r.hits) <= 6
+        for h in r.hits:
+            info = ds.images[h.image_id]
+            assert 0 <= h.box[0] <= h.box[2] <= info.width and 0 <= h.box[1] <= h.box[3] <= info.height
+    m = json.loads(metrics_json.read_text())
+    assert m["pipeline"] == name and m["calibration"]["mode"] == "stored"
+    assert {"IR@1", "BR@1@0.5", "mAP50", "F1", "N_acc"} <= set(m)
+    assert f"pipeline {name}" in capsys.readouterr().out
+
+
+def test_eval_holdout_reports_the_split_it_held_out(env, tmp_path, capsys):
+    from resedis.calibrate import split_queries
+
+    mj = tmp_path / "m.json"
+    assert main(["eval", "--dataset", str(env.synth), "--db", str(env.db), "--calibration-split", "0.5",
+                 "--json", str(mj)]) == 0
+    m = json.loads(mj.read_text())
+    calib, rest = split_queries(env.dataset, 0.5)
+    cal = m["calibration"]
+    assert cal["mode"] == "holdout" and cal["calibration_query_ids"] == calib
+    assert cal["evaluated_queries"] == len(rest) == m["queries"]
+    preds = read_predictions(tmp_path / "m.predictions.jsonl")
+    assert {r.query_id for r in preds} == set(rest)  # the fitted queries are not reported
+    capsys.readouterr()
+    assert main(["eval", "--dataset", str(env.synth), "--predictions", str(tmp_path / "m.predictions.jsonl"),
+                 "--calibration-split", "0.5"]) == 2
+    assert "apply with --db" in capsys.readouterr().err
+    assert main(["eval", "--dataset", str(env.synth), "--db", str(env.db), "--calibration-split", "1.5",
+                 "--json", str(mj)]) == 2
+    assert "fraction must be in (0, 1)" in capsys.readouterr().err
+
+
+def test_ablation_report_lists_every_pipeline(env, tmp_path, capsys):
+    report, mj = tmp_path / "ablation.html", tmp_path / "ablation.json"
+    assert main(["eval", "--dataset", str(env.synth), "--db", str(env.db), "--pipeline", "all", "--top-k", "5",
+                 "--rerank-k", "2", "--grounder", env.spec("gdino"), "--calibration-split", "kfold:2",
+                 "--report", str(report), "--json", str(mj)]) == 0
+    out = capsys.readouterr().out
+    page = report.read_text()
+    data = json.loads(mj.read_text())
+    names = ["owl", "owl+rerank", "clip-crops"]
+    assert [p["pipeline"] for p in data["pipelines"]] == names
+    for p in data["pipelines"]:
+        assert p["status"] == "ok", p
+        assert p["query_ms"] > 0 and p["index_bytes_per_image"] > 0
+        assert p["split"]["mode"] == "kfold" and p["split"]["evaluated_queries"] == len(env.dataset.queries)
+        assert set(p["metrics"]) >= {"IR@1", "mAP50", "F1"}
+        assert p["pipeline"] in out
+        assert f">{p['pipeline']}</a>" in page  # table row linking the pipeline's own report
+        assert (tmp_path / f"ablation.{p['pipeline'].replace('+', '-')}.html").is_file()
+        assert read_predictions(tmp_path / f"ablation.predictions.{p['pipeline'].replace('+', '-')}.jsonl")
+    clip = next(p for p in data["pipelines"] if p["pipeline"] == "clip-crops")
+    owl = next(p for p in data["pipelines"] if p["pipeline"] == "owl")
+    assert clip["index_bytes_per_image"] > owl["index_bytes_per_image"]  # crops cost disk
+
+
+def test_ablation_lists_a_pipeline_that_cannot_run_with_its_reason(env, tmp_path):
+    from resedis.ablation import run_ablation
+    from resedis.pipelines import PipelineConfig
+
+    rows = run_ablation(env.dataset, env.db, config=PipelineConfig(top_k=3, grounder="gdino:/nonexistent/dir"),
+                        models=pipekit.models(env), pipelines=["owl", "owl+rerank"])
+    assert rows[0].status == "ok"
+    assert rows[1].status.startswith("not run:") and "/nonexistent/dir" in rows[1].status
+
+
+def test_search_cli_pipeline_with_masks(env, tmp_path, capsys):
+    db = pipekit.copy_db(env, tmp_path)
+    assert main(["search", "the red circle on the left", "--db", str(db), "--pipeline", "owl+rerank", "--rerank-k", "2",
+                 "--grounder", env.spec("gdino"), "--top-k", "4", "--masks", "--segmenter", env.spec("sam"),
+                 "--json"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert 0 < len(hits) <= 4
+    from resedis.index.store import open_index
+
+    sizes = {r["image_id"]: (r["height"], r["width"]) for r in open_index(db).read("images", ["image_id", "width", "height"]).to_pylist()}
+    for h in hits:
+        assert decode_rle(h["mask"]).shape == sizes[h["image_id"]]
+        assert h["mask"]["size"] == list(sizes[h["image_id"]])
+    assert main(["search", "a red circle", "--db", str(db), "--pipeline", "clip-crops", "--top-k", "3"]) == 0
+    assert "hits for 'a red circle'" in capsys.readouterr().out
+
+
+def test_index_cli_crop_model_writes_crops_in_the_same_run(env, tmp_path, capsys):
+    import shutil
+
+    from resedis.index.store import open_index
+    from resedis.pipelines.crops import load_crops
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for p in sorted((env.synth / "images").iterdir())[:3]:
+        shutil.copy(p, images / p.name)
+    db = tmp_path / "db"
+    assert main(["index", str(images), "--db", str(db), "--model", env.spec("owlv2"), "--max-regions", "6",
+                 "--crop-model", env.spec("siglip"), "--max-crops", "2", "--quiet"]) == 0
+    crops = load_crops(open_index(db))
+    assert len(crops.image_ids) == 3 and len(crops) == 6
+    assert open_index(db).manifest.extra["crops"]["model"] == env.spec("siglip")
