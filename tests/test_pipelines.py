@@ -107,6 +107,8 @@ def test_ablation_report_lists_every_pipeline(env, tmp_path, capsys):
     clip = next(p for p in data["pipelines"] if p["pipeline"] == "clip-crops")
     owl = next(p for p in data["pipelines"] if p["pipeline"] == "owl")
     assert clip["index_bytes_per_image"] > owl["index_bytes_per_image"]  # crops cost disk
+    assert owl["index_seconds_per_image"] > 0  # recorded by the writer
+    assert clip["index_seconds_per_image"] > owl["index_seconds_per_image"]  # + the recorded crop time
 
 
 def test_ablation_lists_a_pipeline_that_cannot_run_with_its_reason(env, tmp_path):

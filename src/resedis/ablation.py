@@ -58,6 +58,15 @@ def _dir_bytes(path: Path) -> int:
     return total
 
 
+def record_index_cost(manifest, seconds: float, images: int) -> None:
+    """Fold one indexing run (``seconds`` of wall time for ``images`` images) into the
+    manifest's running mean ``index_seconds_per_image`` (``index_timed_images`` counts)."""
+    n_old = int(manifest.extra.get("index_timed_images", 0))
+    old = float(manifest.extra.get("index_seconds_per_image", 0.0))
+    manifest.extra["index_timed_images"] = n_old + images
+    manifest.extra["index_seconds_per_image"] = (old * n_old + seconds) / (n_old + images)
+
+
 def index_cost(index, pipeline: str) -> tuple[float | None, float | None]:
     """(disk bytes per image of the tables ``pipeline`` reads, indexing seconds per image
     when recorded in the manifest — ``index_seconds_per_image`` and, for crops,

@@ -310,6 +310,7 @@ def build_index(
             _count_model_failures(report, writer.commit())
             bar.close()
             encode_seconds = time.perf_counter() - encode_started
+            crop_seconds = writer.crops.seconds if writer.crops is not None else 0.0
             if writer.crops is not None:  # images indexed before crops were asked for
                 from resedis.pipelines.crops import backfill_crops
 
@@ -331,6 +332,10 @@ def build_index(
             compact(index)
             manifest = read_manifest(db_path)  # keep keys written by others (calibration)
             manifest.updated = _now()
+            if report.encoded > 0:  # region-index wall time per image (crop time excluded), for the ablation table
+                from resedis.ablation import record_index_cost
+
+                record_index_cost(manifest, encode_seconds - crop_seconds, report.encoded)
             write_manifest(db_path, manifest)
             index.manifest = manifest
 
