@@ -185,7 +185,7 @@ def test_gt_proposals_need_a_dataset(env):
 def test_yolo_proposals_without_the_extra_is_a_clear_error():
     import importlib.util
 
-    from resedis.pipelines.crops import load_yolo
+    from resedis.pipelines.proposals import load_yolo
 
     if importlib.util.find_spec("ultralytics") is not None:
         pytest.skip("ultralytics is installed")

@@ -25,7 +25,8 @@ import numpy as np
 
 from resedis.errors import ResedisError
 from resedis.pipelines.base import Pipeline, QueryText, finalize_hits
-from resedis.pipelines.crops import CropCorpus, embed_gt_crops, load_crops
+from resedis.pipelines.crops import CropCorpus, load_crops
+from resedis.pipelines.proposals import embed_gt_crops
 from resedis.pipelines.relations import DEFAULT_WEIGHT, ParsedExpression, cue_priors, parse_expression
 from resedis.types import Dataset, Hit, QueryResult
 

@@ -21,31 +21,29 @@ existing index by :func:`add_crops` (which has to decode the images again).
 Proposal sources: ``owl`` (default), ``yolo[:WEIGHTS]`` (Ultralytics YOLOv8, extra
 ``[yolo]``, imported lazily; ``WEIGHTS`` a local ``.pt`` file), and — at query time,
 not stored — ``gt`` (the dataset's ground-truth boxes, an oracle; see
-:func:`gt_proposals`).
+:func:`resedis.pipelines.proposals.gt_proposals`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from resedis.errors import MissingExtraError, ResedisError
-from resedis.types import Dataset, ImageId, ImageRegions
+from resedis.errors import ResedisError
+from resedis.pipelines.proposals import DEFAULT_YOLO_WEIGHTS, load_yolo, owl_boxes, yolo_boxes
+from resedis.types import ImageRegions
 
 log = logging.getLogger(__name__)
 
 CROPS = "crops"
 MANIFEST_KEY = "crops"
 DEFAULT_MAX_CROPS = 20
-DEFAULT_YOLO_WEIGHTS = "yolov8n.pt"
 
 
 def crops_schema(embed_dim: int) -> pa.Schema:
@@ -82,35 +80,6 @@ class CropConfig:
         family = self.model.partition(":")[0].strip().lower()
         if family not in ("clip", "siglip"):
             raise ResedisError(f"crop model must be a clip: or siglip: spec, got {self.model!r}")
-
-
-def load_yolo(weights: str):
-    """Ultralytics YOLO from a local weights file; MissingExtraError without the extra."""
-    try:
-        from ultralytics import YOLO  # type: ignore[import-not-found]
-    except ImportError:
-        raise MissingExtraError("ultralytics (YOLOv8 proposals)", "yolo") from None
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise ResedisError(f"YOLO weights {weights!r} not found; pass a local file: --crop-proposals yolo:/path/to/yolov8n.pt")
-    return YOLO(str(path))
-
-
-def yolo_boxes(model, images: Sequence[Image.Image], max_crops: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """YOLO detections per image -> [(boxes (N, 4) xyxy px, confidences (N,))], best first."""
-    out = []
-    for result in model.predict(list(images), verbose=False):
-        boxes = result.boxes.xyxy.cpu().numpy().astype(np.float32)
-        conf = result.boxes.conf.cpu().numpy().astype(np.float32)
-        order = np.argsort(-conf, kind="stable")[:max_crops]
-        out.append((boxes[order], conf[order]))
-    return out
-
-
-def owl_boxes(regions: ImageRegions, max_crops: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top ``max_crops`` OWL boxes of one image by objectness -> (boxes, objectness)."""
-    order = np.argsort(-np.asarray(regions.objectness), kind="stable")[:max_crops]
-    return np.asarray(regions.boxes, np.float32)[order], np.asarray(regions.objectness, np.float32)[order]
 
 
 class CropWriter:
@@ -296,88 +265,6 @@ def load_crops(index) -> CropCorpus:
         vectors=vectors,
         model=str(entry["model"]),
         source=str(entry.get("proposals", "")),
-    )
-
-
-def _all_annotation_boxes(dataset: Dataset) -> dict[ImageId, list[tuple[float, ...]]] | None:
-    """Every annotation box of the dataset's instances file (None when it can't be found)."""
-    if not dataset.root:
-        return None
-    root = Path(dataset.root)
-    candidates = [root / "instances.json"] + sorted((root / "annotations").glob("instances*.json")) if root.is_dir() else []
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        return None
-    from resedis.io.coco import load_coco_instances
-
-    coco = load_coco_instances(path)
-    out: dict[ImageId, list[tuple[float, ...]]] = {}
-    for ann in coco.annotations.values():
-        info = coco.lookup_image(ann.get("image_id"))
-        bbox = ann.get("bbox")
-        if info is None or info.id not in dataset.images or not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            continue
-        x, y, w, h = (float(v) for v in bbox)
-        out.setdefault(info.id, []).append((x, y, x + w, y + h))
-    return out
-
-
-def gt_proposals(dataset: Dataset) -> dict[ImageId, np.ndarray]:
-    """The oracle proposals: per dataset image, every ground-truth box (N, 4) xyxy px.
-
-    From the dataset's COCO instances file (every annotated object, ``bbox`` as
-    ``[x, y, x + w, y + h]``) when found under ``dataset.root``; otherwise the union of the
-    queries' target instance boxes. Duplicates removed, dataset order kept.
-    """
-    boxes = _all_annotation_boxes(dataset)
-    if boxes is None:
-        boxes = {}
-        for q in dataset.queries:
-            for inst in q.instances:
-                boxes.setdefault(inst.image_id, []).append(tuple(float(v) for v in inst.box))
-    out: dict[ImageId, np.ndarray] = {}
-    for image_id in dataset.images:
-        seen: dict[tuple, None] = {}
-        for b in boxes.get(image_id, []):
-            seen.setdefault(tuple(round(v, 4) for v in b), None)
-        out[image_id] = np.asarray(list(seen), np.float32).reshape(-1, 4)
-    return out
-
-
-def embed_gt_crops(dataset: Dataset, encoder, *, progress: bool = True) -> CropCorpus:
-    """Decode every dataset image that has a file and GT boxes, and embed its GT crops with
-    ``encoder.encode_crops`` (query-time oracle; nothing is stored)."""
-    from tqdm.auto import tqdm
-
-    from resedis.io.images import open_rgb
-
-    proposals = gt_proposals(dataset)
-    ids, paths, sizes, rows, all_boxes, all_vecs = [], [], [], [], [], []
-    todo = [(i, info) for i, info in dataset.images.items() if info.path and len(proposals.get(i, ()))]
-    missing = sum(1 for info in dataset.images.values() if not info.path)
-    if missing:
-        log.warning("%d dataset images have no file; their GT crops cannot be embedded", missing)
-    for image_id, info in tqdm(todo, desc="GT crops", unit="img", disable=not progress, dynamic_ncols=True):
-        image = open_rgb(info.path)
-        boxes = proposals[image_id]
-        vecs = np.asarray(encoder.encode_crops(image, boxes), np.float32)
-        row = len(ids)
-        ids.append(image_id)
-        paths.append(os.path.realpath(info.path))
-        sizes.append((image.width, image.height))
-        rows.append(np.full(len(boxes), row, np.int64))
-        all_boxes.append(boxes)
-        all_vecs.append(vecs)
-    dim = int(encoder.embed_dim)
-    return CropCorpus(
-        image_ids=ids,
-        paths=paths,
-        sizes=sizes,
-        crop_image=np.concatenate(rows) if rows else np.zeros(0, np.int64),
-        boxes=np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4), np.float32),
-        vectors=np.concatenate(all_vecs) if all_vecs else np.zeros((0, dim), np.float32),
-        model=str(encoder.spec),
-        source="gt",
     )
 
 
