@@ -214,10 +214,6 @@ TINY_BUILDERS: dict[str, Callable[[Path, object], None]] = {
     "siglip": _make_siglip,
 }
 
-from resedis.testing.tiny_extra import EXTRA_BUILDERS  # noqa: E402  (gdino, sam)
-
-TINY_BUILDERS.update(EXTRA_BUILDERS)
-
 
 def check_owl_checkpoint(
     path: Path, family: str, queries: Sequence[str] = ("a red circle", "a blue square")
