@@ -220,6 +220,28 @@ def test_negatives_have_presence_target_zero(corpora):
     assert all(v > 0 for v in seen.values()), seen
 
 
+def test_hard_negatives_are_similar_absent_texts(corpora):
+    from resedis.io import load_dataset
+
+    ts = build_training_set(load_dataset(corpora / "train"))
+    i = next(k for k, img in enumerate(ts.images) if img.positives)
+    img = ts.images[i]
+    hard = ts.hard_negatives_for(i)
+    assert len(hard) > 0 and not set(hard.tolist()) & set(img.positives)
+
+    def jaccard(a, b):
+        a, b = set(ts.texts[a].lower().split()), set(ts.texts[b].lower().split())
+        return len(a & b) / len(a | b)
+
+    sim = [max(jaccard(int(t), p) for p in img.positives) for t in hard]
+    assert sim == sorted(sim, reverse=True)  # best first
+    others = set(ts.negatives_for(i).tolist()) - set(hard.tolist())
+    assert all(max(jaccard(t, p) for p in img.positives) <= sim[-1] for t in others)
+    batch = make_batch(ts, [i], 3, np.random.default_rng(0), hard_fraction=1.0)
+    negs = [t for t, ref in zip(batch.texts, batch.refs[0]) if ref == []]
+    assert len(negs) == min(3, len(hard)) and set(negs) <= set(hard.tolist())
+
+
 def test_detect_equals_model_forward(corpora):
     from resedis.io import load_dataset
 
