@@ -215,6 +215,16 @@ TINY_BUILDERS: dict[str, Callable[[Path, object], None]] = {
 }
 
 
+def _register_extra_builders() -> None:
+    # Pipeline backends (Grounding DINO, SAM) live in tiny_extra; one call writes every family.
+    from resedis.testing.tiny_extra import EXTRA_BUILDERS
+
+    TINY_BUILDERS.update(EXTRA_BUILDERS)
+
+
+_register_extra_builders()
+
+
 def check_owl_checkpoint(
     path: Path, family: str, queries: Sequence[str] = ("a red circle", "a blue square")
 ) -> None:
