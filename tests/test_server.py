@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from resedis.server import ServeConfig, create_app  # noqa: E402
+from servekit import tiny_sam  # noqa: E402
 from resedis.server.engine import SearchService  # noqa: E402
 from resedis.types import Hit  # noqa: E402
 
@@ -84,7 +85,7 @@ def test_search_returns_the_engines_hits_in_the_shared_schema(client, service):
     r = client.get("/api/search", params={"q": "red circle", "top_k": 7})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["query"] == "red circle" and body["pipeline"] == "default" and body["top_k"] == 7
+    assert body["query"] == "red circle" and body["pipeline"] == "owl" and body["top_k"] == 7
     hits = body["hits"]
     assert 0 < len(hits) <= 7
     # Exactly what the library returns for the same query (same ids, boxes, scores, order).
@@ -140,8 +141,8 @@ def test_threshold_parameter_sets_presence(client):
         ({"q": "red", "top_k": "many"}, 422, "top_k"),
         ({"q": "red", "threshold": 1.5}, 422, "threshold"),
         ({"q": "red", "threshold": "nan"}, 422, "threshold"),
-        ({"q": "red", "pipeline": "rerank-xyz"}, 400, "available: default"),
-        ({"q": "red", "masks": "true"}, 400, "segmenter"),
+        ({"q": "red", "pipeline": "rerank-xyz"}, 400, "available: owl, owl+rerank, clip-crops"),
+        ({"q": "red", "pipeline": "x" * 65}, 422, "pipeline"),
         ({"q": "red", "masks": "perhaps"}, 422, "masks"),
         ({}, 422, "q:"),
     ],
@@ -151,6 +152,57 @@ def test_bad_search_requests_get_clear_4xx(client, params, status, needle):
     assert r.status_code == status, r.text
     assert needle in r.json()["detail"]
     assert_healthy(client)
+
+
+def test_pipeline_names(client):
+    by_alias = client.get("/api/search", params={"q": "yellow star", "pipeline": "default"}).json()
+    by_name = client.get("/api/search", params={"q": "yellow star", "pipeline": "owl"}).json()
+    assert by_alias["pipeline"] == by_name["pipeline"] == "owl"
+    assert by_alias["hits"] == by_name["hits"]
+    stats = client.get("/api/stats").json()
+    assert list(stats["pipelines"]) == ["owl", "owl+rerank", "clip-crops"] and stats["default_pipeline"] == "owl"
+
+
+def test_unavailable_models_are_a_clear_400(client):
+    # Offline, without the pipeline's weights: the message names the model, the server stays up.
+    r = client.get("/api/search", params={"q": "red", "masks": "true"})
+    assert r.status_code == 400 and "sam" in r.json()["detail"].lower(), r.text
+    r = client.get("/api/search", params={"q": "red", "pipeline": "owl+rerank"})
+    assert r.status_code == 400 and "dino" in r.json()["detail"].lower(), r.text
+    assert_healthy(client)
+    assert client.get("/api/search", params={"q": "red"}).status_code == 200
+
+
+def test_masks_are_the_segmenters_own_and_cached(corpus, tiny_models, tmp_path_factory):
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from resedis.io.images import open_rgb
+
+    spec = f"sam:{tiny_sam(tiny_models, tmp_path_factory.mktemp('sam'))}"
+    svc = SearchService(corpus["db"], segmenter=spec)
+    app = create_app(ServeConfig(db=corpus["db"], segmenter=spec), service=svc)
+    try:
+        with TestClient(app, base_url=BASE) as c:
+            body = c.get("/api/search", params={"q": "orange circle", "top_k": 4, "masks": "true"}).json()
+            assert body["timings"]["masks_ms"] > 0
+            segmenter = svc.models.get(spec)
+            calls = segmenter.image_calls
+            assert calls >= 1
+            for h in body["hits"]:
+                dims = body["images"][h["image_id"]]
+                assert h["mask"]["size"] == [dims["height"], dims["width"]]
+                image = open_rgb(corpus["root"] / h["image_id"])
+                expected = segmenter.segment(image, np.array([h["box"]]))[0]
+                assert np.array_equal(mask_utils.decode(h["mask"]).astype(bool), expected)
+            segmenter.image_calls = calls
+            again = c.get("/api/search", params={"q": "orange circle", "top_k": 3, "masks": "true"}).json()
+            assert [h["mask"] for h in again["hits"]] == [h["mask"] for h in body["hits"][:3]]
+            assert segmenter.image_calls == calls  # served from the index's mask cache
+            plain = c.get("/api/search", params={"q": "orange circle", "top_k": 4}).json()
+            assert all(h["mask"] is None for h in plain["hits"])
+    finally:
+        svc.close()
 
 
 def test_request_body_is_bounded(client):
@@ -255,9 +307,31 @@ def test_stats(client, service, corpus):
     assert s["ready"] is True
     assert s["images"] == service.index.images_table.count_rows() == 7
     assert s["model"] == service.index.manifest.model
-    assert "default" in s["pipelines"] and s["threshold"] == service.searcher.threshold
+    assert "owl" in s["pipelines"] and s["threshold"] == service.searcher.threshold
     assert s["threshold_source"] == "default" and s["indexing_enabled"] is False
     assert "root" not in s and str(corpus["root"]) not in client.get("/api/stats").text
+
+
+def test_calibrated_threshold_is_the_default(client, corpus):
+    from resedis.index.store import read_manifest, write_manifest
+
+    hits = client.get("/api/search", params={"q": "purple ring", "top_k": 10}).json()["hits"]
+    scores = sorted(h["score"] for h in hits)
+    t = (scores[4] + scores[5]) / 2
+    original = read_manifest(corpus["db"])
+    calibrated = read_manifest(corpus["db"])
+    calibrated.calibration = {"owl": {"threshold": t}}
+    write_manifest(corpus["db"], calibrated)
+    try:
+        stats = client.get("/api/stats").json()
+        assert stats["threshold"] == pytest.approx(t) and stats["threshold_source"] == "calibrated"
+        body = client.get("/api/search", params={"q": "purple ring", "top_k": 10}).json()
+        assert body["threshold"] == pytest.approx(t) and body["threshold_source"] == "calibrated"
+        assert [h["present"] for h in body["hits"]] == [h["score"] >= t for h in body["hits"]]
+        assert 0 < sum(h["present"] for h in body["hits"]) < len(body["hits"])
+    finally:
+        write_manifest(corpus["db"], original)
+    assert client.get("/api/stats").json()["threshold_source"] == "default"
 
 
 def test_page_and_static_files(client):

@@ -46,6 +46,7 @@ if not Path(CHROMIUM).exists():
 
 import httpx  # noqa: E402
 from PIL import Image  # noqa: E402
+from servekit import tiny_sam  # noqa: E402
 
 
 def _free_port() -> int:
@@ -110,12 +111,13 @@ def corpus(tmp_path_factory, synth_small, tiny_models):
         im.crop((0, 0, im.width // 3, im.height)).save(root / "tall.png")
     db = base / "db"
     build_index(root, db, config=IndexConfig(model=f"owlv2:{tiny_models['owlv2']}", max_regions=12), progress=False)
-    return {"root": root, "db": db, "base": base}
+    sam = tiny_sam(tiny_models, base / "sam")
+    return {"root": root, "db": db, "base": base, "sam": sam}
 
 
 @pytest.fixture(scope="module")
 def server(corpus):
-    srv = Server(corpus["db"], corpus["base"] / "serve.log")
+    srv = Server(corpus["db"], corpus["base"] / "serve.log", "--segmenter", f"sam:{corpus['sam']}")
     yield srv
     srv.stop()
 
@@ -145,12 +147,22 @@ def _shot(page, name: str) -> Path:
     return path
 
 
+def _wait_js(page, expression: str, arg=None, timeout: float = 30.0) -> None:
+    """Poll a JS predicate with ``page.evaluate`` (not ``wait_for_function``: Playwright
+    polls that with ``eval``, which the page's Content-Security-Policy forbids)."""
+    deadline = time.time() + timeout
+    while not page.evaluate(expression, arg):
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for: {expression}")
+        time.sleep(0.05)
+
+
 def _wait_images_loaded(page, selector: str) -> None:
-    page.wait_for_function(
+    _wait_js(
+        page,
         """(sel) => { const imgs = [...document.querySelectorAll(sel)];
-                      return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
-        arg=selector,
-        timeout=30_000,
+                     return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        selector,
     )
 
 
@@ -191,7 +203,7 @@ def test_search_draw_filter_open(page, server, corpus):
 
     page.goto(server.url + "/")
     assert page.locator("#empty").is_visible()
-    page.wait_for_function("document.getElementById('index-info').textContent.includes('images')")
+    _wait_js(page, "() => document.getElementById('index-info').textContent.includes('images')")
     assert "10 images" in page.locator("#index-info").inner_text()
 
     # Search with the keyboard.
@@ -289,6 +301,28 @@ def test_error_and_empty_states(page, server):
     page.press("#q", "Enter")
     page.wait_for_selector(".card")
     assert not error.is_visible()
+    assert page.errors == []
+
+
+def test_pipeline_choice_and_masks(page, server):
+    page.goto(server.url + "/")
+    select = page.locator("#pipeline")
+    select.wait_for(state="visible")  # more than one pipeline registered
+    assert select.input_value() == "owl"
+    assert "owl+rerank" in select.locator("option").all_inner_texts()
+    page.check("#masks")
+    page.select_option("#top-k", "10")
+    page.fill("#q", QUERY)
+    page.press("#q", "Enter")
+    page.wait_for_selector(".card image.mask", timeout=60_000)
+    api = httpx.get(f"{server.url}/api/search", params={"q": QUERY, "top_k": 10, "masks": "true"}, timeout=60).json()
+    assert page.locator(".card").count() == len(api["hits"])
+    assert page.locator(".card image.mask").count() == sum(h["mask"] is not None for h in api["hits"]) == len(api["hits"])
+    # A pipeline without its weights (offline) shows the server's message, not a broken page.
+    page.select_option("#pipeline", "owl+rerank")
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=60_000)
+    assert "HTTP 400" in error.inner_text() and "not found" in error.inner_text()
     assert page.errors == []
 
 

@@ -42,6 +42,11 @@ def register(subparsers) -> None:
         default=None,
         help="model spec for an index created via POST /api/index when --db does not exist yet",
     )
+    p.add_argument(
+        "--segmenter",
+        default=None,
+        help="model spec for masks=true (default: the pipelines' SAM default, sam:facebook/sam-vit-base)",
+    )
     p.add_argument("--device", default=None, help="device for the text encoder (cpu, cuda, cuda:1; default: auto)")
     p.add_argument("--max-top-k", type=int, default=200, help="largest top_k a search may ask for (default: 200)")
     p.add_argument("--max-query-chars", type=int, default=500, help="longest query accepted (default: 500)")
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         allow_index_roots=args.allow_index_root,
         device=args.device,
         index_model=args.model,
+        segmenter=args.segmenter,
         max_top_k=args.max_top_k,
         default_top_k=min(20, args.max_top_k),
         max_query_chars=args.max_query_chars,

@@ -32,7 +32,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from resedis import __version__
 from resedis.server.config import ServeConfig
-from resedis.server.engine import DEFAULT_PIPELINE, SearchRequest, SearchService
+from resedis.server.engine import PIPELINE_ALIAS, SearchRequest, SearchService
 from resedis.server.images import ThumbnailCache, browser_bytes
 from resedis.server.jobs import JobManager
 from resedis.server.security import (
@@ -76,6 +76,7 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         service = SearchService(
             config.db,
             device=config.device,
+            segmenter=config.segmenter,
             max_pending=config.max_pending_searches,
             cache_entries=config.result_cache_entries,
             allow_missing=config.indexing_enabled,
@@ -127,8 +128,10 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         threshold: float | None = Query(
             None, ge=0.0, le=1.0, description="presence threshold (default: the index's calibrated one)"
         ),
-        pipeline: str = Query(DEFAULT_PIPELINE, max_length=64, description="see /api/stats for the list"),
-        masks: bool = Query(False, description="compute masks for hits (needs a segmenting pipeline)"),
+        pipeline: str = Query(
+            PIPELINE_ALIAS, max_length=64, description="pipeline name (see /api/stats); 'default' = the index's engine"
+        ),
+        masks: bool = Query(False, description="attach a SAM mask (COCO RLE) to every hit; cached in the index"),
     ):
         if not q.strip():
             raise RequestRefused(400, "q: empty query; describe the object to search for")

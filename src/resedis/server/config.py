@@ -31,6 +31,7 @@ class ServeConfig:
     endpoint is disabled when empty.
     ``index_model``: model spec for an index created by ``POST /api/index`` when ``db``
     does not exist yet (an existing index keeps its own model).
+    ``segmenter``: model spec for ``masks=true`` (default: the pipelines' SAM default).
     ``trusted_hosts``: accepted ``Host`` headers (DNS-rebinding guard); ``None`` derives
     them from ``host`` (loopback names when bound to loopback, anything otherwise).
     """
@@ -42,6 +43,7 @@ class ServeConfig:
     allow_index_roots: list[Path] = field(default_factory=list)
     device: str | None = None
     index_model: str | None = None
+    segmenter: str | None = None
     max_query_chars: int = 500
     max_top_k: int = 200
     default_top_k: int = 20

@@ -1,10 +1,14 @@
-"""The search engine as the service uses it: one model, one worker thread, a lock.
+"""The search engine as the service uses it: one model pool, one worker thread, a lock.
 
-All model work (text encoding, the matrix product) runs on a dedicated single worker
-thread, never on the event loop, and under ``model_lock`` (also taken when the index is
-swapped after an indexing job). So a slow query delays other queries but never
-``/healthz`` or image serving. The number of queries waiting is bounded: beyond
-``max_pending`` the service answers ``429`` instead of queueing without limit.
+Searches run through the named pipelines of :mod:`resedis.pipelines` (``owl`` — the
+region index — by default; ``default`` is accepted as its alias) with one
+:class:`resedis.pipelines.Models` pool owned by the service, so each model is loaded
+once. All model work (text encoding, the matrix product, reranking, masks) runs on a
+dedicated single worker thread, never on the event loop, and under ``model_lock`` (also
+taken when the index is swapped after an indexing job). So a slow query delays other
+queries but never ``/healthz`` or image serving. The number of queries waiting is
+bounded: beyond ``max_pending`` the service answers ``429`` instead of queueing without
+limit.
 """
 
 from __future__ import annotations
@@ -21,11 +25,20 @@ from resedis.errors import ResedisError
 from resedis.server.images import ImageCatalog, ImageRecord
 from resedis.server.security import RequestRefused
 
-DEFAULT_PIPELINE = "default"
-PIPELINES = {
-    DEFAULT_PIPELINE: "OWL region index: exact maximum-inner-product search over every stored box "
-    "(score = the detector's sigmoid score), per-image NMS",
-}
+PIPELINE_ALIAS = "default"
+
+
+def available_pipelines() -> dict[str, dict]:
+    """``{name: {description, cost}}`` of the registered pipelines, the default first."""
+    from resedis.pipelines import list_pipelines
+
+    return {e.name: {"description": e.description, "cost": e.cost} for e in list_pipelines()}
+
+
+def default_pipeline() -> str:
+    from resedis.pipelines import DEFAULT_PIPELINE
+
+    return DEFAULT_PIPELINE
 
 
 @dataclass(frozen=True)
@@ -40,10 +53,11 @@ class SearchRequest:
 
 
 class SearchService:
-    """Owns the opened index, the Searcher (text encoder) and the image catalog.
+    """Owns the opened index, the model pool and the image catalog.
 
     ``db`` may not exist yet when ``allow_missing`` (indexing enabled): searches are
-    then refused with ``409`` until an indexing job has created it.
+    then refused with ``409`` until an indexing job has created it. ``segmenter``: the
+    model spec used for ``masks=true``.
     """
 
     def __init__(
@@ -51,15 +65,20 @@ class SearchService:
         db: Path,
         *,
         device: str | None = None,
+        segmenter: str | None = None,
         max_pending: int = 64,
         cache_entries: int = 256,
         allow_missing: bool = False,
     ):
+        from resedis.pipelines import DEFAULT_SEGMENTER, Models
+
         self.db = Path(db)
         self.device = device
+        self.segmenter = segmenter or DEFAULT_SEGMENTER
         self.max_pending = max_pending
         self.cache_entries = cache_entries
         self.model_lock = threading.Lock()
+        self.models = Models(device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resedis-model")
         self._pending = 0
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
@@ -68,7 +87,6 @@ class SearchService:
         self._catalog_checked = 0.0
         self._catalog_lock = threading.Lock()
         self.index = None
-        self.searcher = None
         self.open(allow_missing=allow_missing)
 
     # -- lifecycle -------------------------------------------------------------
@@ -76,17 +94,13 @@ class SearchService:
         """(Re)open the index and load its text encoder. Holds the model lock."""
         from resedis.index import open_index
         from resedis.index.store import MANIFEST_NAME
-        from resedis.search import Searcher
 
         with self.model_lock:
             if allow_missing and not (self.db / MANIFEST_NAME).exists():
-                self.index, self.searcher = None, None
+                self.index = None
                 return
             index = open_index(self.db)
-            encoder = None
-            if self.searcher is not None and self.searcher.index.manifest.model == index.manifest.model:
-                encoder = self.searcher.encoder  # same model: no reload
-            self.searcher = Searcher(index, device=self.device, encoder=encoder)
+            self.models.searcher(index)  # load the text encoder now, not on the first query
             self.index = index
             self._cache.clear()
             self._catalog_version = None
@@ -96,7 +110,12 @@ class SearchService:
 
     @property
     def ready(self) -> bool:
-        return self.searcher is not None
+        return self.index is not None
+
+    @property
+    def searcher(self):
+        """The index's :class:`resedis.search.Searcher` (the ``owl`` pipeline's engine)."""
+        return None if self.index is None else self.models.searcher(self.index)
 
     # -- images ---------------------------------------------------------------
     def catalog(self) -> ImageCatalog:
@@ -116,13 +135,11 @@ class SearchService:
     # -- search ---------------------------------------------------------------
     async def search(self, request: SearchRequest) -> dict:
         """Run a query on the model thread; the API response body."""
-        if request.pipeline not in PIPELINES:
+        pipelines = available_pipelines()
+        name = default_pipeline() if request.pipeline == PIPELINE_ALIAS else request.pipeline
+        if name not in pipelines:
             raise RequestRefused(
-                400, f"unknown pipeline {request.pipeline!r}; available: {', '.join(sorted(PIPELINES))}"
-            )
-        if request.masks:
-            raise RequestRefused(
-                400, f"masks=true needs a pipeline with a segmenter; pipeline {request.pipeline!r} has none"
+                400, f"unknown pipeline {request.pipeline!r}; available: {', '.join(pipelines)} ({PIPELINE_ALIAS!r} = {default_pipeline()!r})"
             )
         if not self.ready:
             raise RequestRefused(409, "the index is empty: start indexing with POST /api/index first")
@@ -132,30 +149,39 @@ class SearchService:
         try:
             loop = asyncio.get_running_loop()
             queued = time.perf_counter()
-            return await loop.run_in_executor(self._executor, self._search_sync, request, queued)
+            return await loop.run_in_executor(self._executor, self._search_sync, request, name, queued)
         finally:
             self._pending -= 1
 
-    def _search_sync(self, request: SearchRequest, queued: float) -> dict:
+    def _search_sync(self, request: SearchRequest, name: str, queued: float) -> dict:
+        from resedis.pipelines import PipelineConfig, as_queries, get_pipeline
+
         with self.model_lock:
             started = time.perf_counter()
-            searcher = self.searcher
-            if searcher is None:
+            if self.index is None:
                 raise RequestRefused(409, "the index is empty: start indexing with POST /api/index first")
-            threshold = searcher.threshold if request.threshold is None else request.threshold
-            corpus_version = searcher.corpus().version  # reloads when the index changed
-            key = (request, corpus_version, threshold)
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                body = dict(cached)
-                body["timings"] = {**cached["timings"], "queue_ms": 1000 * (started - queued), "cached": True}
-                return body
             try:
-                result = searcher.search(request.text, top_k=request.top_k, threshold=threshold)
+                config = PipelineConfig(top_k=request.top_k, threshold=request.threshold, device=self.device)
+                pipeline = get_pipeline(name, self.index, config, self.models)
+                _, threshold, source = pipeline.resolved()
+                corpus_version = self.searcher.corpus().version  # reloads when the index changed
+                key = (request, name, corpus_version, threshold)
+                cached = self._cache.get(key)
+                if cached is not None:
+                    self._cache.move_to_end(key)
+                    body = dict(cached)
+                    body["timings"] = {**cached["timings"], "queue_ms": 1000 * (started - queued), "cached": True}
+                    return body
+                result = pipeline.run(as_queries([request.text]))[0]
+                if request.masks:
+                    from resedis.masks_cache import attach_masks
+
+                    t_masks = time.perf_counter()
+                    result = attach_masks([result], self.index, self.models.get(self.segmenter))[0]
+                    result.timings = {**(result.timings or {}), "masks_ms": 1000 * (time.perf_counter() - t_masks)}
             except ResedisError as exc:
                 raise RequestRefused(400, str(exc)) from None
-            body = self._response(request, result, threshold)
+            body = self._response(request, name, result, threshold, source)
             body["timings"]["queue_ms"] = 1000 * (started - queued)
             body["timings"]["total_ms"] = 1000 * (time.perf_counter() - started)
             self._cache[key] = body
@@ -163,7 +189,7 @@ class SearchService:
                 self._cache.popitem(last=False)
             return body
 
-    def _response(self, request: SearchRequest, result, threshold: float) -> dict:
+    def _response(self, request: SearchRequest, name: str, result, threshold: float, source: str) -> dict:
         catalog = self.catalog()
         hits, images = [], {}
         for hit in result.hits:
@@ -175,9 +201,10 @@ class SearchService:
                 images[record.image_id] = {"width": record.width, "height": record.height}
         return {
             "query": request.text,
-            "pipeline": request.pipeline,
+            "pipeline": name,
             "top_k": request.top_k,
             "threshold": threshold,
+            "threshold_source": source,
             "hits": hits,
             "images": images,
             "timings": {k: float(v) for k, v in (result.timings or {}).items()},
@@ -186,17 +213,20 @@ class SearchService:
     # -- stats ----------------------------------------------------------------
     def stats(self) -> dict:
         """Index statistics plus what the service offers (pipelines, default threshold)."""
-        out: dict = {"ready": self.ready, "pipelines": dict(PIPELINES), "default_pipeline": DEFAULT_PIPELINE}
+        from resedis.pipelines import get_pipeline
+
+        out: dict = {"ready": self.ready, "pipelines": available_pipelines(), "default_pipeline": default_pipeline()}
         if not self.ready:
             out.update({"images": 0, "regions": 0, "skipped": 0, "model": None, "calibration": None})
             return out
         stats = self.index.stats()
         stats.pop("root", None)  # server paths stay on the server
         out.update(stats)
-        manifest = self.index.manifest
-        out["calibration"] = manifest.calibration
-        out["threshold"] = self.searcher.threshold
-        out["threshold_source"] = "calibrated" if manifest.threshold is not None else "default"
+        _, threshold, source = get_pipeline(default_pipeline(), self.index, None, self.models).resolved()
+        out["calibration"] = self.index.manifest.calibration
+        out["threshold"] = threshold
+        out["threshold_source"] = source
+        out["segmenter"] = self.segmenter
         return out
 
 

@@ -132,7 +132,8 @@
     return out;
   }
 
-  function maskImage(rle, cls) {
+  /** A mask as an SVG <image> in original pixels (one colour; presence is shown by the box). */
+  function maskImage(rle) {
     const [h, w] = rle.size;
     const bits = decodeRle(rle);
     const canvas = document.createElement("canvas");
@@ -140,10 +141,8 @@
     canvas.height = h;
     const ctx = canvas.getContext("2d");
     const data = ctx.createImageData(w, h);
-    const rgb = cls === "present" ? [19, 160, 95] : [217, 122, 6];
     for (let i = 0; i < bits.length; i++) {
-      if (!bits[i]) continue;
-      data.data.set([rgb[0], rgb[1], rgb[2], 255], i * 4);
+      if (bits[i]) data.data.set([36, 88, 214, 255], i * 4);
     }
     ctx.putImageData(data, 0, 0);
     return svg("image", { class: "mask", href: canvas.toDataURL(), x: 0, y: 0, width: w, height: h, preserveAspectRatio: "none" });
@@ -182,7 +181,7 @@
     if (dims) {
       const f = frame(dims);
       f.overlay.append(boxPath(hit.box, "present", index));
-      if (hit.mask) f.overlay.prepend(maskImage(hit.mask, "present"));
+      if (hit.mask) f.overlay.prepend(maskImage(hit.mask));
       f.node.append(img, f.overlay);
       stage.append(f.node);
     } else {
@@ -277,7 +276,7 @@
       // Other hits first, the selected one last so it is drawn on top.
       for (const [h, i] of [...same.filter(([, i]) => i !== state.viewerIndex), [hit, state.viewerIndex]]) {
         const cls = `${isPresent(h) ? "present" : "below"} ${i === state.viewerIndex ? "selected" : "other"}`;
-        if (h.mask) f.overlay.append(maskImage(h.mask, isPresent(h) ? "present" : "below"));
+        if (h.mask && i === state.viewerIndex) f.overlay.prepend(maskImage(h.mask));
         f.overlay.append(boxPath(h.box, cls, i));
       }
       f.node.append(img, f.overlay);
@@ -325,6 +324,8 @@
     setLoading(true);
     try {
       const params = new URLSearchParams({ q, top_k: String(topK) });
+      if ($("pipeline").value) params.set("pipeline", $("pipeline").value);
+      if ($("masks").checked) params.set("masks", "true");
       const result = await api(`/api/search?${params}`);
       if (seq !== state.seq) return; // a newer search was started meanwhile
       for (const url of state.blobUrls.values()) URL.revokeObjectURL(url);
@@ -359,6 +360,12 @@
         ? `${s.images} images · ${s.regions} regions indexed · model ${s.model} · threshold ${fmt(s.threshold)} (${s.threshold_source})`
         : "The index is empty.";
       $("index-info").textContent = info;
+      const names = Object.keys(s.pipelines || {});
+      const select = $("pipeline");
+      select.replaceChildren(...names.map((name) => el("option", {
+        value: name, textContent: name, selected: name === s.default_pipeline, title: s.pipelines[name].description,
+      })));
+      select.hidden = names.length < 2;
     } catch (err) {
       $("index-info").textContent = `Index information unavailable: ${err.message}`;
     }
@@ -388,6 +395,9 @@
     applyThreshold();
   });
   $("show-below").addEventListener("change", applyThreshold);
+  for (const id of ["masks", "pipeline"]) {
+    $(id).addEventListener("change", () => { if (state.lastQuery) runSearch(state.lastQuery.q, state.lastQuery.topK); });
+  }
 
   $("viewer-close").addEventListener("click", () => $("viewer").close());
   $("viewer").addEventListener("click", (ev) => {
