@@ -489,3 +489,26 @@ def test_cli_serve_validates_before_starting(tmp_path, capsys):
     out = capsys.readouterr().out
     for option in ("--db", "--host", "--port", "--api-key", "--allow-index-root", "--device"):
         assert option in out
+
+
+def test_cli_serve_warns_when_exposed_without_a_key(corpus, monkeypatch, capsys):
+    import uvicorn
+
+    from resedis.cli import main
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append((app, kw)))
+    monkeypatch.delenv("RESEDIS_API_KEY", raising=False)
+    assert main(["serve", "--db", str(corpus["db"]), "--port", "8123"]) == 0
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:8123/" in err and "loopback only" in err and "WARNING" not in err
+    assert started[-1][1]["host"] == "127.0.0.1" and started[-1][1]["port"] == 8123
+    assert main(["serve", "--db", str(corpus["db"]), "--host", "0.0.0.0"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "WITHOUT an API key" in err
+    app, kw = started[-1]
+    assert kw["host"] == "0.0.0.0" and app.state.config.effective_trusted_hosts() == ["*"]
+    assert main(["serve", "--db", str(corpus["db"]), "--host", "0.0.0.0", "--api-key", KEY]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" not in err and "X-API-Key" in err
+    assert started[-1][0].state.config.api_key == KEY

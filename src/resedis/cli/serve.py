@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--db", required=True, type=Path, help="index directory (built with `resedis index`)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 picks a free one)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument(
         "--api-key",
         default=None,
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from resedis.server import ServeConfig, create_app
     from resedis.server.config import is_loopback
 
-    if not 0 <= args.port <= 65535:
-        raise ResedisError(f"--port must be in [0, 65535], got {args.port}")
+    if not 1 <= args.port <= 65535:
+        raise ResedisError(f"--port must be in [1, 65535], got {args.port}")
     if args.max_top_k < 1:
         raise ResedisError(f"--max-top-k must be >= 1, got {args.max_top_k}")
     if args.max_query_chars < 1:
