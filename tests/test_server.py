@@ -299,6 +299,9 @@ def test_unknown_ids_are_404(client):
         r = client.get(url)
         assert r.status_code == 404 and r.json()["detail"] == "unknown image id"
     assert client.get("/api/nothing-here").status_code == 404
+    for url in ("/api/jobs/..%2F", "/api/stats/", "/api/search/?q=red", "/api/images/a.jpg/"):
+        r = client.get(url, follow_redirects=False)
+        assert 400 <= r.status_code < 500, (url, r.status_code)
 
 
 # ---- stats, page, hosts ------------------------------------------------------------

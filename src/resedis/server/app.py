@@ -96,6 +96,7 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         version=__version__,
         description="Referring search and discovery over an indexed image collection.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a traversal attempt gets a 4xx, never a redirect to follow
     )
     app.state.service = service
     app.state.jobs = jobs
