@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from evalkit import make_dataset, oracle
 
 from resedis import metrics
 from resedis.eval import REQUIRED_METRIC_KEYS, evaluate_predictions, format_metrics_table
-from resedis.types import Hit, QueryResult
+from resedis.masks import decode_rle, encode_mask
+from resedis.types import FormatError, Hit, QueryResult
 
 
 @pytest.fixture
@@ -70,6 +72,41 @@ def test_out_of_bounds_boxes_warn_but_are_kept(tiny):
     assert ev.excluded["out_of_bounds_detections"] == 1
     assert sum(len(h) for h in ev.results.values()) == 7
     assert any("beyond their image" in w for w in ev.warnings)
+
+
+def _uncompressed(mask):
+    """(H, W) bool -> uncompressed COCO RLE (column-major runs, starting with zeros)."""
+    flat = mask.flatten(order="F").astype(np.int8)
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    if flat[0]:
+        runs = [0] + runs
+    return {"size": list(mask.shape), "counts": runs}
+
+
+def test_prediction_masks_are_checked_against_their_image(tiny):
+    gt = tiny.query("q_attr").instances[0]
+    gt_mask = decode_rle(gt.rle)
+
+    def with_mask(mask):
+        return [QueryResult("q_attr", "", [Hit(1, (20, 20, 80, 40), 0.9, True, mask)])]
+
+    # Uncompressed (list counts) masks are valid RLE: accepted, converted, and used in
+    # mask mode (box IoU 1/3 misses, the mask itself is exact).
+    ev = evaluate_predictions(tiny, with_mask(_uncompressed(gt_mask)), iou="mask")
+    assert ev.results["q_attr"][0].mask == gt.rle
+    row = next(r for r in ev.per_query if r["query_id"] == "q_attr")
+    assert row["AP50"] == 1.0 and row["tp"] == 1
+    assert evaluate_predictions(tiny, with_mask(_uncompressed(gt_mask)), iou="box").per_query[0]["tp"] == 0
+
+    small = encode_mask(np.zeros((10, 10), dtype=bool))
+    with pytest.raises(FormatError, match=r"q_attr.*detections\[0\].*mask\.size.*\[160, 200\]"):
+        evaluate_predictions(tiny, with_mask(small), iou="box")
+    truncated = {"size": gt.rle["size"], "counts": gt.rle["counts"][:3]}
+    with pytest.raises(FormatError, match=r"mask\.counts.*runs cover"):
+        evaluate_predictions(tiny, with_mask(truncated), iou="mask")
+    with pytest.raises(FormatError, match=r"mask\.counts"):
+        evaluate_predictions(tiny, with_mask({"size": gt.rle["size"], "counts": [5, 5]}), iou="mask")
 
 
 def _perturbed(tiny):

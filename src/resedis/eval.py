@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from resedis import metrics
+from resedis.io.coco import check_rle
+from resedis.masks import normalize_segmentation
 from resedis.metrics import IOU_MODES, METRIC_KEYS
-from resedis.types import EXPRESSION_TYPES, Dataset, Hit, ImageId, Query, QueryResult
+from resedis.types import EXPRESSION_TYPES, Dataset, FormatError, Hit, ImageId, ImageInfo, Query, QueryResult
 
 # Keys every metrics dict carries at the top level (DESIGN.md §5, API.md).
 REQUIRED_METRIC_KEYS = METRIC_KEYS
@@ -96,6 +98,25 @@ def _id_hint(image_id: ImageId, known: dict[ImageId, Any]) -> str:
     return ""
 
 
+def _checked_mask(hit: Hit, info: ImageInfo, source: str) -> Hit:
+    """``hit`` with its mask validated against the image: ``size`` must be the image's
+    ``[height, width]`` and the runs must cover it exactly; uncompressed (list) counts
+    are converted to compressed RLE. FormatError (field ``mask...``) otherwise."""
+    mask = hit.mask
+    if mask is None:
+        return hit
+    check_rle(mask, info.height, info.width, source, "mask")
+    if isinstance(mask.get("counts"), list):
+        try:
+            mask = normalize_segmentation(mask, info.height, info.width)
+        except ValueError as exc:
+            raise FormatError(source, "mask.counts", str(exc)) from None
+    elif not isinstance(mask.get("counts"), str):
+        raise FormatError(source, "mask.counts", f"expected a string or a list of run lengths, "
+                          f"got {type(mask.get('counts')).__name__}")
+    return Hit(hit.image_id, hit.box, hit.score, hit.present, mask, hit.path)
+
+
 def _check_results(
     dataset: Dataset, results: Sequence[QueryResult]
 ) -> tuple[dict[str, list[Hit]], list[str], dict[str, Any]]:
@@ -117,11 +138,13 @@ def _check_results(
             duplicates.append(res.query_id)
             continue
         hits: list[Hit] = []
-        for hit in res.hits:
+        for i, hit in enumerate(res.hits):
             info = images.get(hit.image_id)
             if info is None:
                 unknown_images[hit.image_id] += 1
                 continue
+            src = f"predictions: query {res.query_id!r} detections[{i}] (image {hit.image_id!r})"
+            hit = _checked_mask(hit, info, src)
             x0, y0, x1, y1 = hit.box
             if x0 < -1 or y0 < -1 or x1 > info.width + 1 or y1 > info.height + 1:
                 out_of_bounds += 1
@@ -207,7 +230,9 @@ def evaluate_predictions(
 
     Prediction lines naming unknown query ids, repeated query ids, and detections naming
     unknown image ids are excluded and reported in ``warnings`` / ``excluded``; dataset
-    queries with no line are scored as empty predictions. Boxes are xyxy pixels.
+    queries with no line are scored as empty predictions. Boxes are xyxy pixels. A
+    detection mask whose size is not its image's ``[H, W]`` or whose runs do not cover
+    it is a :class:`FormatError`; uncompressed RLE masks are accepted (converted).
     ``iou`` is ``"box"`` or ``"mask"`` (mask IoU where both sides have masks).
     """
     if iou not in IOU_MODES:
