@@ -123,3 +123,11 @@ def test_cli_writes_oracle_and_random(tmp_path, capsys):
     assert "skipped" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["baseline", "random", "--dataset", str(root), "--out", str(out), "--detections", "-2"])
+    capsys.readouterr()
+    # bad numbers are argparse errors (exit 2, one line naming the option), not tracebacks
+    for opt, value, says in (("--seed", "-1", "must be >= 0"), ("--detections", "abc", "expected an integer")):
+        with pytest.raises(SystemExit) as exc:
+            main(["baseline", "random", "--dataset", str(root), "--out", str(out2), opt, value])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {opt}: {says}" in err and "Traceback" not in err
