@@ -131,3 +131,9 @@ def test_cli_writes_oracle_and_random(tmp_path, capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err
         assert f"argument {opt}: {says}" in err and "Traceback" not in err
+    # an output path that cannot be created (a file where a folder is needed): one-line error, exit 2
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["baseline", "oracle", "--dataset", str(root), "--lenient", "--out", str(blocker / "p.jsonl")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("skipped")]
+    assert len(err) == 1 and err[0].startswith("error: ") and "a_file" in err[0]

@@ -71,3 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ResedisError, FormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # unwritable output, a file where a folder is needed, disk full...
+        if args.verbose:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
