@@ -1,0 +1,329 @@
+"""Approximate nearest-neighbour search over the ``regions`` table, re-scored exactly.
+
+Above :attr:`AnnConfig.min_rows` region rows, a LanceDB vector index over the
+``vector`` column (``[s·ê, s·b]``, see :mod:`resedis.models.owl`) narrows a query to a
+generous candidate set; every candidate is then re-scored with its stored full vector
+(``vector.astype(float32) @ [q̂, 1]``, the same arithmetic as exact search), so the
+logits — and therefore the scores — of returned regions are exact. Only *which* regions
+make the candidate set is approximate; recall against exact MIPS is measured in
+``tests/test_ann.py`` and by ``resedis bench``.
+
+Why cosine partitions for an inner-product search: the true score is the inner product,
+but an IVF index trained with LanceDB's ``dot`` metric puts most vectors in a few
+partitions (k-means under an inner product rewards long centroids; LanceDB logs empty
+partitions) and recall collapses, while under ``cosine`` the scale ``s`` cancels and the
+partition of a region is decided by its direction ``[ê, b]``, which is what separates
+objects. Candidates ranked by cosine and re-scored by the exact inner product reach
+recall@10 ≥ 0.95 on OWL-like clustered vectors (figures in ``docs/benchmarks.md``).
+
+Rows added after the index was built are not lost: LanceDB searches the unindexed
+fragments exhaustively and merges them with the indexed candidates;
+:func:`optimize_ann` folds them into the index (``rebuild=True`` retrains it).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from resedis.errors import ResedisError
+
+log = logging.getLogger(__name__)
+
+VECTOR_COLUMN = "vector"
+INDEX_NAME = "vector_idx"
+INDEX_TYPES = ("IVF_FLAT", "IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ")
+METRICS = ("cosine", "dot", "l2")
+DEFAULT_MIN_ROWS = 200_000
+
+
+@dataclass
+class AnnConfig:
+    """How the ANN index is built and queried.
+
+    min_rows: build an ANN index only when the regions table has at least this many rows
+        (below it exact search is fast enough and exact by construction).
+    index_type / metric: the LanceDB index (see :data:`INDEX_TYPES`) and its partitioning
+        metric. Candidates are always re-scored by the exact inner product.
+    num_partitions: IVF partitions; None = about ``sqrt(rows) / 2``.
+    nprobes: partitions searched per query; None = ``max(8, num_partitions // 10)``.
+    candidate_factor / min_candidates: candidates per query = ``max(min_candidates,
+        candidate_factor * k)`` for a top-``k`` request.
+    refine_factor: LanceDB re-reads ``refine_factor × limit`` full vectors when the index
+        stores quantised ones (PQ/SQ); None leaves LanceDB's default.
+    sample_rate / max_iterations: k-means training sample (rows per partition) and rounds.
+    """
+
+    min_rows: int = DEFAULT_MIN_ROWS
+    index_type: str = "IVF_SQ"
+    metric: str = "cosine"
+    num_partitions: int | None = None
+    nprobes: int | None = None
+    candidate_factor: int = 4
+    min_candidates: int = 200
+    refine_factor: int | None = None
+    sample_rate: int = 256
+    max_iterations: int = 50
+    num_sub_vectors: int | None = None
+
+    def validate(self) -> None:
+        if self.index_type not in INDEX_TYPES:
+            raise ResedisError(f"ANN index_type must be one of {INDEX_TYPES}, got {self.index_type!r}")
+        if self.metric not in METRICS:
+            raise ResedisError(f"ANN metric must be one of {METRICS}, got {self.metric!r}")
+        for name in ("min_rows", "candidate_factor", "min_candidates", "sample_rate", "max_iterations"):
+            if getattr(self, name) < 1:
+                raise ResedisError(f"ANN {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_partitions", "nprobes", "refine_factor", "num_sub_vectors"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ResedisError(f"ANN {name} must be >= 1 or None, got {value}")
+
+    def partitions_for(self, rows: int) -> int:
+        if self.num_partitions is not None:
+            return self.num_partitions
+        return max(1, min(4096, int(round(math.sqrt(max(rows, 1)) / 2))))
+
+    def nprobes_for(self, partitions: int) -> int:
+        if self.nprobes is not None:
+            return self.nprobes
+        return max(1, min(partitions, max(8, partitions // 10)))
+
+    def candidates_for(self, k: int) -> int:
+        return max(self.min_candidates, self.candidate_factor * k)
+
+
+@dataclass
+class AnnBuild:
+    """What :func:`build_ann_index` did."""
+
+    rows: int
+    index_type: str
+    metric: str
+    num_partitions: int
+    seconds: float
+    index_bytes: int | None = None
+    params: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "rows": self.rows,
+            "index_type": self.index_type,
+            "metric": self.metric,
+            "num_partitions": self.num_partitions,
+            "seconds": round(self.seconds, 3),
+            "index_bytes": self.index_bytes,
+            "params": self.params,
+        }
+
+
+def _vector_index(table):
+    for idx in table.list_indices():
+        if VECTOR_COLUMN in list(idx.columns):
+            return idx
+    return None
+
+
+def has_ann_index(table) -> bool:
+    """True when the table has a vector index on ``vector``."""
+    return _vector_index(table) is not None
+
+
+def ann_status(table) -> dict | None:
+    """``{"name", "index_type", "metric", "indexed_rows", "unindexed_rows"}`` or None (no index)."""
+    idx = _vector_index(table)
+    if idx is None:
+        return None
+    stats = table.index_stats(idx.name)
+    return {
+        "name": idx.name,
+        "index_type": stats.index_type if stats else str(idx.index_type),
+        "metric": stats.distance_type if stats else None,
+        "indexed_rows": int(stats.num_indexed_rows) if stats else None,
+        "unindexed_rows": int(stats.num_unindexed_rows) if stats else None,
+    }
+
+
+def _index_config(config: AnnConfig, partitions: int, dim: int):
+    from lancedb.index import HnswSq, IvfFlat, IvfPq, IvfSq
+
+    common = dict(
+        distance_type=config.metric,
+        num_partitions=partitions,
+        sample_rate=config.sample_rate,
+        max_iterations=config.max_iterations,
+    )
+    if config.index_type == "IVF_FLAT":
+        return IvfFlat(**common)
+    if config.index_type == "IVF_SQ":
+        return IvfSq(**common)
+    if config.index_type == "IVF_PQ":
+        sub = config.num_sub_vectors or _default_sub_vectors(dim)
+        if dim % sub:
+            raise ResedisError(f"ANN num_sub_vectors={sub} must divide the vector dimension {dim}")
+        return IvfPq(num_sub_vectors=sub, **common)
+    return HnswSq(**common)
+
+
+def _default_sub_vectors(dim: int) -> int:
+    """The divisor of ``dim`` closest to ``dim / 8`` (about 8 dimensions per PQ code)."""
+    target = max(1, dim // 8)
+    divisors = [d for d in range(1, dim + 1) if dim % d == 0]
+    return min(divisors, key=lambda d: (abs(d - target), d))
+
+
+def _vector_dim(table) -> int:
+    typ = table.schema.field(VECTOR_COLUMN).type
+    if not pa.types.is_fixed_size_list(typ):
+        raise ResedisError(f"table {table.name}: column {VECTOR_COLUMN!r} is {typ}, not a fixed-size list")
+    return typ.list_size
+
+
+def should_build(rows: int, config: AnnConfig | None = None) -> bool:
+    """The threshold rule: an ANN index pays off from ``config.min_rows`` rows."""
+    return rows >= (config or AnnConfig()).min_rows
+
+
+def build_ann_index(table, config: AnnConfig | None = None) -> AnnBuild:
+    """(Re)train the vector index of ``table`` over all its current rows (replaces any old one).
+
+    ``table``: a LanceDB table with a fixed-size-list ``vector`` column (the ``regions``
+    table of an index). Raises ResedisError for an empty table (k-means needs rows).
+    """
+    config = config or AnnConfig()
+    config.validate()
+    rows = table.count_rows()
+    if rows == 0:
+        raise ResedisError(f"table {table.name}: no rows to build a vector index on")
+    dim = _vector_dim(table)
+    partitions = max(1, min(config.partitions_for(rows), rows))
+    started = time.perf_counter()
+    table.create_index(VECTOR_COLUMN, config=_index_config(config, partitions, dim), replace=True, name=INDEX_NAME)
+    seconds = time.perf_counter() - started
+    status = None
+    index_bytes = None
+    for idx in table.list_indices():
+        if VECTOR_COLUMN in list(idx.columns):
+            status = idx
+            index_bytes = getattr(idx, "size_bytes", None)
+    log.info("built %s (%s) ANN index over %d rows in %.1f s", config.index_type, config.metric, rows, seconds)
+    params = {"sample_rate": config.sample_rate, "max_iterations": config.max_iterations}
+    if config.index_type == "IVF_PQ":
+        params["num_sub_vectors"] = config.num_sub_vectors or _default_sub_vectors(dim)
+    return AnnBuild(
+        rows=rows,
+        index_type=config.index_type,
+        metric=config.metric,
+        num_partitions=partitions,
+        seconds=seconds,
+        index_bytes=int(index_bytes) if index_bytes is not None and status is not None else None,
+        params=params,
+    )
+
+
+def optimize_ann(table, config: AnnConfig | None = None, *, rebuild: bool = False) -> AnnBuild | None:
+    """Bring the ANN index up to date with the threshold rule.
+
+    * no index and ``rows >= min_rows`` (or ``rebuild``): build it;
+    * an index and ``rebuild``: retrain it over all rows (new partitions);
+    * an index otherwise: fold rows added since into it (``table.optimize``, no retraining);
+    * below ``min_rows`` without ``rebuild``: nothing (exact search is used).
+
+    Returns the :class:`AnnBuild` when an index was (re)trained, else None.
+    """
+    config = config or AnnConfig()
+    config.validate()
+    if rebuild or (not has_ann_index(table) and should_build(table.count_rows(), config)):
+        if table.count_rows() == 0:
+            return None
+        return build_ann_index(table, config)
+    if has_ann_index(table):
+        table.optimize()
+    return None
+
+
+@dataclass
+class Candidates:
+    """Re-scored ANN candidates of one query, best first.
+
+    rows: dict of the requested columns (each a numpy array or list, length M);
+    logits (M,) float32: exact ``vector @ query`` for each candidate.
+    """
+
+    columns: dict
+    logits: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.logits.shape[0])
+
+
+def _column_matrix(column, width: int) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], type=column.type)
+    return np.asarray(column.flatten().to_numpy(zero_copy_only=False)).reshape(-1, width)
+
+
+def ann_candidates(
+    table,
+    queries: np.ndarray,
+    k: int,
+    *,
+    config: AnnConfig | None = None,
+    columns: tuple[str, ...] = ("image_id", "region", "batch", "box"),
+) -> list[Candidates]:
+    """Top candidates of each query from the vector index, re-scored exactly.
+
+    ``queries`` (Q, D) float32 ``[q̂, 1]``; for each query, ``config.candidates_for(k)``
+    rows are taken from the index (``nprobes`` partitions, plus every unindexed row) and
+    re-scored with their stored full vectors in float32. Returns Q :class:`Candidates`,
+    each sorted by exact logit, descending (ties: the index's order). ``columns`` are
+    returned alongside (``box`` as (M, 4) float32, ``vector`` as (M, D) when asked).
+    Works on a table without a vector index too (then LanceDB scans every row).
+    """
+    config = config or AnnConfig()
+    config.validate()
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    dim = _vector_dim(table)
+    if queries.shape[1] != dim:
+        raise ResedisError(f"query vectors have dimension {queries.shape[1]}, table {table.name} stores {dim}")
+    if k < 1:
+        raise ResedisError(f"k must be >= 1, got {k}")
+    limit = config.candidates_for(k)
+    idx = _vector_index(table)
+    metric, hnsw = config.metric, False
+    if idx is not None:
+        stats = table.index_stats(idx.name)
+        if stats is not None:
+            metric = stats.distance_type or metric
+            hnsw = "HNSW" in str(stats.index_type).upper()
+    # The partition count of the index is not exposed; the rule that built it gives it.
+    nprobes = config.nprobes_for(config.partitions_for(table.count_rows()))
+    select = list(dict.fromkeys([*columns, VECTOR_COLUMN, "_distance"]))
+    out: list[Candidates] = []
+    for query in queries:
+        builder = table.search(query, vector_column_name=VECTOR_COLUMN).distance_type(metric).limit(limit)
+        if idx is not None:
+            builder = builder.nprobes(nprobes)
+            if hnsw:
+                builder = builder.ef(2 * limit)  # HNSW beam width; must be >= limit
+            if config.refine_factor is not None:
+                builder = builder.refine_factor(config.refine_factor)
+        result = builder.select(select).to_arrow()
+        vectors = _column_matrix(result[VECTOR_COLUMN], dim).astype(np.float32, copy=False)
+        logits = vectors @ query
+        order = np.argsort(-logits, kind="stable")
+        cols: dict = {}
+        for name in columns:
+            if name == "box":
+                cols[name] = _column_matrix(result[name], 4).astype(np.float32, copy=False)[order]
+            elif name == VECTOR_COLUMN:
+                cols[name] = vectors[order]
+            else:
+                cols[name] = result[name].to_numpy(zero_copy_only=False)[order]
+        out.append(Candidates(columns=cols, logits=logits[order].astype(np.float32, copy=False)))
+    return out
