@@ -311,6 +311,24 @@ def test_owl_text_vectors_and_truncation(owl, caplog):
     np.testing.assert_allclose(regions.vectors @ v.T, logits, atol=ATOL, rtol=RTOL)
 
 
+def test_owl_overlong_query_warns_once_in_our_words(tiny_models, caplog):
+    """Truncation is ours (with our warning); transformers' "will result in indexing
+    errors" warning about the untruncated length count must not reach the user."""
+    model = load_model(f"owlv2:{tiny_models['owlv2']}", device="cpu")  # fresh tokenizer: it warns once
+    hf_records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = hf_records.append  # transformers' logger does not propagate to caplog
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="resedis.models.owl"):
+            model.encode_texts([" ".join(["red circle"] * 20)])
+    finally:
+        hf_logger.removeHandler(handler)
+    assert any("truncated" in r.message for r in caplog.records)
+    assert not [r for r in hf_records if "sequence length" in r.getMessage()]
+
+
 def test_owl_preprocessing_is_json(owl):
     for model in owl.values():
         pre = model.preprocessing()

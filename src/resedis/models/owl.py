@@ -233,7 +233,7 @@ class OwlBackend:
     # ------------------------------------------------------------------ texts
     def _tokenize(self, texts: Sequence[str]):
         tok = self.processor.tokenizer
-        lengths = [len(ids) for ids in tok(list(texts), truncation=False)["input_ids"]]
+        lengths = [len(ids) for ids in tok(list(texts), truncation=False, verbose=False)["input_ids"]]
         for text, n in zip(texts, lengths):
             if n > self.max_text_tokens:
                 logger.warning(
