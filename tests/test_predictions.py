@@ -54,6 +54,21 @@ def test_write_is_atomic_and_refuses_duplicates(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["preds.jsonl"]  # no temp files left
 
 
+def test_written_file_has_the_usual_permissions(tmp_path):
+    """Not mkstemp's private 0600: the mode open() would give under the current umask."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_predictions(tmp_path / "preds.jsonl", sample_results())
+        plain2 = tmp_path / "plain2.txt"
+        plain2.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain2.stat().st_mode) == 0o644
+
+
 def test_blank_lines_and_defaults(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('\n{"query_id": "a", "detections": [{"image_id": 1, "box": [0, 0, 1, 1], "score": 1}]}\n\n')

@@ -80,6 +80,12 @@ def read_predictions(path: str | Path) -> list[QueryResult]:
     return results
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_predictions(path: str | Path, results: Iterable[QueryResult]) -> Path:
     """Write results as JSONL atomically (temp file in the same folder + rename).
 
@@ -90,6 +96,7 @@ def write_predictions(path: str | Path, results: Iterable[QueryResult]) -> Path:
     seen: set[str] = set()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s usual mode
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for r in results:
                 if r.query_id in seen:
