@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from resedis.errors import FormatError, ResedisError
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ResedisError, FormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `resedis ... | head`: the reader left; stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush does not complain
+        return 141
     except OSError as exc:  # unwritable output, a file where a folder is needed, disk full...
         if args.verbose:
             raise
