@@ -83,8 +83,22 @@ def machine_info() -> dict:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of THIS process so far, in MiB (Linux ``ru_maxrss`` is KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident set size of THIS process so far, in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status`` (the high-water mark of this address space,
+    which starts afresh at exec). ``ru_maxrss`` is not used there because it survives
+    fork + exec, so a spawned child would report its parent's peak. Elsewhere:
+    ``ru_maxrss`` (KiB on Linux/BSD, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
 def _child(fn: Callable, args: tuple, queue) -> None:
