@@ -55,6 +55,7 @@ class BenchPlan:
     matmul_n: int = 2048
     matmul_seconds: float = 1.5
     threads: int | None = 1
+    tiny_owlv2: str | None = None  # an existing tiny OWLv2 checkpoint dir (else one is written)
 
 
 def quick_plan() -> BenchPlan:
@@ -169,7 +170,7 @@ def run_bench(
         bar.set_postfix_str("naive vs index")
         from resedis.testing.tiny import make_tiny_checkpoints
 
-        tiny = make_tiny_checkpoints(scratch / "tiny", families=["owlv2"])["owlv2"]
+        tiny = plan.tiny_owlv2 or make_tiny_checkpoints(scratch / "tiny", families=["owlv2"])["owlv2"]
         tiny_spec = f"owlv2:{tiny}"
         report["naive_vs_index"] = naive.run_naive_vs_index(scratch / "naive", tiny_spec, plan.naive)
         bar.update(1)
@@ -188,7 +189,7 @@ def run_bench(
             stages = pipeline.stage_rate(spec, folder, batch, min(n_images, 32))
             job.update(
                 serial_stage_sum_images_per_s=stages["serial_images_per_s"],
-                overlap_gain=round(job["images_per_s"] / stages["serial_images_per_s"], 3),
+                overlap_gain=round(job["images_per_s"] / stages["serial_images_per_s"], 4),
                 stages_ms=stages,
                 peak_rss_mb=round(rss, 1),
             )

@@ -20,6 +20,9 @@ preprocess in background threads, so with spare cores the rate approaches
 
 FLOPs per image are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the
 meta device (shapes only, no arithmetic), over the same module calls the backend makes.
+On the meta device attention decomposes into ``bmm`` and is counted; on real CPU
+tensors the counter would miss the fused flash-attention kernel (about 43% of the FLOPs
+of OWLv2 at 960 px: 3600 tokens, 12 layers of two 3600x3600x768 products).
 """
 
 from __future__ import annotations
