@@ -1,0 +1,85 @@
+"""Ray indexing (resedis.distributed) writes the same index as the single-process writer."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+
+from resedis.distributed import index_with_ray  # noqa: E402
+from resedis.index import IndexConfig, build_index, open_index  # noqa: E402
+from resedis.index.store import IMAGES, REGIONS, column_matrix  # noqa: E402
+
+# Same model, same batch size, float32 storage: the two indexes must agree to float
+# round-off (different batch composition changes BLAS blocking, not the maths).
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _by_region(index):
+    images = index.read(IMAGES, ["image_id", "sha256", "width", "height", "n_regions", "size_bytes"]).to_pylist()
+    regions = index.read(REGIONS, ["image_id", "region", "box", "objectness", "vector"])
+    m = index.manifest
+    vectors = column_matrix(regions["vector"], m.vector_dim, np.float32)
+    boxes = column_matrix(regions["box"], 4, np.float32)
+    keys = list(zip(regions["image_id"].to_pylist(), regions["region"].to_pylist()))
+    rows = {k: (boxes[i], float(regions["objectness"][i].as_py()), vectors[i]) for i, k in enumerate(keys)}
+    return {r["image_id"]: r for r in images}, rows
+
+
+@pytest.mark.slow
+def test_ray_index_equals_single_process_index(ray_cluster, synth_small, tiny_models, tmp_path):
+    images_dir = tmp_path / "images"
+    shutil.copytree(synth_small / "images", images_dir)
+    (images_dir / "broken.jpg").write_bytes(b"not an image")  # recorded as a skip both ways
+    config = IndexConfig(model=f"owlv2:{tiny_models['owlv2']}", batch_size=4, vector_dtype="float32", max_regions=20)
+
+    single = build_index(images_dir, tmp_path / "single.db", config=config, progress=False)
+    report = index_with_ray(images_dir, tmp_path / "ray.db", config, num_workers=2, progress=False)
+    assert report.added == single.added == 24
+    assert [s.reason for s in report.skipped] == [s.reason for s in single.skipped] and len(report.skipped) == 1
+
+    a, b = open_index(tmp_path / "single.db"), open_index(tmp_path / "ray.db")
+    assert a.manifest.model == b.manifest.model and a.manifest.vector_dim == b.manifest.vector_dim
+    assert a.manifest.preprocessing == b.manifest.preprocessing
+    images_a, regions_a = _by_region(a)
+    images_b, regions_b = _by_region(b)
+    assert images_a.keys() == images_b.keys() and len(images_a) == 24
+    for image_id, row in images_a.items():
+        other = images_b[image_id]
+        for key in ("sha256", "width", "height", "n_regions", "size_bytes"):
+            assert row[key] == other[key], (image_id, key)
+    assert regions_a.keys() == regions_b.keys() and len(regions_a) == sum(r["n_regions"] for r in images_a.values())
+    for key, (box, obj, vec) in regions_a.items():
+        box_b, obj_b, vec_b = regions_b[key]
+        np.testing.assert_allclose(box_b, box, atol=ATOL, rtol=0)
+        assert abs(obj_b - obj) <= ATOL
+        np.testing.assert_allclose(vec_b, vec, atol=ATOL, rtol=0)
+    assert b.stats()["orphan_regions"] == 0
+
+    # Incremental on Ray: nothing to do the second time; a new file is added alone.
+    again = index_with_ray(images_dir, tmp_path / "ray.db", config, num_workers=2, progress=False)
+    assert again.added == 0 and again.unchanged == 24
+    shutil.copy(images_dir / sorted(images_a)[0], images_dir / "copy.jpg")
+    more = index_with_ray(images_dir, tmp_path / "ray.db", config, num_workers=2, progress=False)
+    assert more.added == 1 and open_index(tmp_path / "ray.db").stats()["images"] == 25
+
+
+def test_bad_arguments(tmp_path, tiny_models):
+    from resedis.errors import ResedisError
+
+    with pytest.raises(ResedisError, match="num_workers"):
+        index_with_ray(tmp_path, tmp_path / "db", IndexConfig(), num_workers=0)
+    with pytest.raises(ResedisError, match="no such image folder"):
+        index_with_ray(tmp_path / "missing", tmp_path / "db", IndexConfig(model=f"owlv2:{tiny_models['owlv2']}"))
