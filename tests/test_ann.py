@@ -45,8 +45,10 @@ def _rows_table(vectors: np.ndarray, first_row: int = 0) -> pa.Table:
 
 
 def _row_numbers(cand, k):
+    """Synthetic row number of the first ``k`` candidates (-1 padded when fewer came back)."""
     ids = cand.columns["image_id"][:k]
-    return np.array([int(i[4:-4]) * RPI for i in ids], np.int64) + np.asarray(cand.columns["region"][:k], np.int64)
+    rows = np.array([int(i[4:-4]) * RPI for i in ids], np.int64) + np.asarray(cand.columns["region"][:k], np.int64)
+    return np.pad(rows, (0, k - len(rows)), constant_values=-1)
 
 
 @pytest.fixture(scope="module")
