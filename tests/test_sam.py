@@ -27,12 +27,38 @@ def sam(env):
 def test_box_margin_and_window_hand_computed():
     assert box_margin([0, 0, 10, 20]) == 2.0  # 5 % of 20 = 1 < 2 px floor
     assert box_margin([0, 0, 100, 300]) == pytest.approx(15.0)
-    # box (10.5, 20.2)-(30.1, 40) in a 50x35 image (H=35, W=50); margin 2
-    assert box_window([10.5, 20.2, 30.1, 40], 35, 50) == (18, 35, 8, 33)
+    # box (10.5, 20.2)-(30.1, 40) in a 50x35 image (H=35, W=50); margin 2: dilated box
+    # (8.5, 18.2)-(32.1, 42); pixels wholly inside: cols 9..31, rows 19..34 (clipped)
+    assert box_window([10.5, 20.2, 30.1, 40], 35, 50) == (19, 35, 9, 32)
     m = np.ones((1, 35, 50), bool)
     out = restrict_to_boxes(m, np.array([[10.5, 20.2, 30.1, 40]]))
-    assert out.sum() == (35 - 18) * (33 - 8)
-    assert not out[0, :18].any() and not out[0, :, 33:].any() and not out[0, :, :8].any()
+    assert out.sum() == (35 - 19) * (32 - 9)
+    assert not out[0, :19].any() and not out[0, :, 32:].any() and not out[0, :, :9].any()
+
+
+def test_restricted_mask_bbox_lies_inside_box_plus_margin():
+    """The stated guarantee, checked the way a consumer would: the mask's pycocotools
+    toBbox ``[x, y, x + w, y + h]`` lies within the box dilated by ``box_margin`` (a floor /
+    ceil window let pixels straddling the dilated edge through: up to 1 px beyond it), and
+    no pixel wholly inside is dropped."""
+    from pycocotools import mask as mask_utils
+
+    from resedis.masks import encode_mask
+
+    rng = np.random.default_rng(11)
+    h, w = 60, 80
+    for _ in range(200):
+        x0, x1 = np.sort(rng.uniform(-5, w + 5, 2))
+        y0, y1 = np.sort(rng.uniform(-5, h + 5, 2))
+        box = np.array([x0, y0, x1, y1])
+        out = restrict_to_boxes(np.ones((1, h, w), bool), box[None])[0]
+        m = box_margin(box)
+        rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
+        wholly_inside = (cols >= x0 - m) & (cols + 1 <= x1 + m) & (rows >= y0 - m) & (rows + 1 <= y1 + m)
+        np.testing.assert_array_equal(out, wholly_inside)
+        if out.any():
+            bx, by, bw, bh = mask_utils.toBbox(encode_mask(out))
+            assert bx >= x0 - m and by >= y0 - m and bx + bw <= x1 + m and by + bh <= y1 + m
 
 
 def test_segment_matches_sam_own_output_inside_margin(sam):

@@ -8,7 +8,9 @@ to the original size and binarises at logit 0.
 
 Box-prompted SAM may spill outside its prompt box; the returned mask is intersected
 with the box dilated by :func:`box_margin` pixels (``max(2, 5 %`` of the box's longer
-side``)``), so a mask always lies inside its box up to that stated margin.
+side``)``), so a mask always lies inside its box up to that stated margin: every kept
+pixel ``[c, c+1) x [r, r+1)`` lies wholly inside ``[x0-m, x1+m] x [y0-m, y1+m]``, hence
+the mask's pycocotools ``toBbox`` does too.
 Masks are (N, H, W) bool in original-image pixels; boxes xyxy original pixels.
 """
 
@@ -34,15 +36,16 @@ def box_margin(box: Sequence[float]) -> float:
 
 
 def box_window(box: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:
-    """Integer pixel window ``(r0, r1, c0, c1)`` (rows/cols, end exclusive) of the box
-    dilated by :func:`box_margin`, clipped to the image. A pixel (r, c) is inside iff
-    ``r0 <= r < r1 and c0 <= c < c1``."""
+    """Integer pixel window ``(r0, r1, c0, c1)`` (rows/cols, end exclusive): the pixels
+    lying WHOLLY inside the box dilated by :func:`box_margin` (pixel (r, c) covers
+    ``[c, c+1) x [r, r+1)``), clipped to the image. A pixel (r, c) is inside iff
+    ``r0 <= r < r1 and c0 <= c < c1``; so ``c0 >= x0 - m`` and ``c1 <= x1 + m``."""
     m = box_margin(box)
     x0, y0, x1, y1 = (float(v) for v in box)
-    c0 = int(np.clip(np.floor(x0 - m), 0, width))
-    c1 = int(np.clip(np.ceil(x1 + m), 0, width))
-    r0 = int(np.clip(np.floor(y0 - m), 0, height))
-    r1 = int(np.clip(np.ceil(y1 + m), 0, height))
+    c0 = int(np.clip(np.ceil(x0 - m), 0, width))
+    c1 = int(np.clip(np.floor(x1 + m), c0, width))
+    r0 = int(np.clip(np.ceil(y0 - m), 0, height))
+    r1 = int(np.clip(np.floor(y1 + m), r0, height))
     return r0, r1, c0, c1
 
 
