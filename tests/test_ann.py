@@ -151,3 +151,64 @@ def test_bad_input_is_refused(corpus):
         AnnConfig(index_type="LSH").validate()
     with pytest.raises(ResedisError, match="nprobes"):
         AnnConfig(nprobes=0).validate()
+
+
+# ---------------------------------------------------------------- integration with the engine
+
+
+def _hits(result):
+    return [(h.image_id, tuple(round(v, 3) for v in h.box), h.score) for h in result.hits]
+
+
+def test_searcher_uses_the_ann_index_and_rescores_exactly(synth_small, tiny_models, tmp_path):
+    from resedis.index import IndexConfig, build_index, open_index
+    from resedis.search import Searcher
+
+    spec = f"owlv2:{tiny_models['owlv2']}"
+    db = tmp_path / "db"
+    build_index(synth_small / "images", db, config=IndexConfig(model=spec, vector_dtype="float32"), progress=False)
+    texts = ["a red circle", "the large blue square at the top", "a small green triangle"]
+    exact = Searcher(db, use_ann=False)
+    expected = [_hits(exact.search(t, top_k=10)) for t in texts]
+    index = open_index(db)
+    assert not has_ann_index(index.regions_table)
+    # Every row a candidate: the ANN path must then give exactly the exact answer.
+    everything = AnnConfig(min_rows=1, num_partitions=4, nprobes=4, min_candidates=100_000)
+    build_ann_index(index.regions_table, everything)
+    searcher = Searcher(db, ann=everything, encoder=exact.encoder)
+    for text, want in zip(texts, expected):
+        got = _hits(searcher.search(text, top_k=10))
+        assert [g[:2] for g in got] == [w[:2] for w in want]
+        np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], rtol=1e-6)
+    assert searcher.ann.queries_answered == len(texts)
+    # A narrow candidate set still returns exact scores, for a subset of the regions.
+    narrow = Searcher(db, ann=AnnConfig(num_partitions=4, nprobes=1, min_candidates=5, candidate_factor=1), encoder=exact.encoder)
+    from resedis.search import sigmoid
+
+    corpus = exact.corpus()
+    keys = [(corpus.image_ids[i], tuple(round(float(v), 3) for v in b)) for i, b in zip(corpus.region_image, corpus.boxes)]
+    for text in texts:
+        logits = corpus.vectors.astype(np.float32) @ exact.encode([text])[0]
+        exact_scores: dict = {}  # (image, box) -> scores (random tiny boxes can coincide)
+        for key, value in zip(keys, sigmoid(logits).tolist()):
+            exact_scores.setdefault(key, []).append(value)
+        for image_id, box, score in _hits(narrow.search(text, top_k=3)):
+            assert min(abs(score - v) for v in exact_scores[(image_id, box)]) <= 1e-6 * score
+    assert narrow.ann.queries_answered == len(texts)
+
+
+def test_build_index_builds_the_ann_index_above_the_threshold(synth_small, tiny_models, tmp_path):
+    from resedis.cli import main
+    from resedis.index import IndexConfig, build_index, open_index
+
+    spec = f"owlv2:{tiny_models['owlv2']}"
+    low = tmp_path / "low"
+    build_index(synth_small / "images", low, config=IndexConfig(model=spec, ann_min_rows=1), progress=False)
+    status = ann_status(open_index(low).regions_table)
+    assert status is not None and status["unindexed_rows"] == 0
+    high = tmp_path / "high"
+    build_index(synth_small / "images", high, config=IndexConfig(model=spec), progress=False)
+    assert not has_ann_index(open_index(high).regions_table)  # default threshold: 200k regions
+    assert main(["index", str(synth_small / "images"), "--db", str(high), "--optimize", "--quiet"]) == 0
+    status = ann_status(open_index(high).regions_table)
+    assert status is not None and status["indexed_rows"] == open_index(high).regions_table.count_rows()

@@ -300,6 +300,9 @@ def index_with_ray(
             manifest.updated = _now()
             write_manifest(db_path, manifest)
             index.manifest = manifest
+        from resedis.index.ann import AnnConfig, optimize_ann
+
+        optimize_ann(index.regions_table, AnnConfig(min_rows=config.ann_min_rows), fold_new_rows=False)
         report.skipped = index.skipped()
         report.seconds = time.perf_counter() - started
         return report

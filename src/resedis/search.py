@@ -150,7 +150,9 @@ class Searcher:
     ``index``: an :class:`~resedis.index.Index` or a DB path. ``model`` (optional) is
     checked against the index's model (IndexMismatchError). ``encoder``: an already
     loaded text encoder to reuse. The region matrix is loaded on first use and reloaded
-    whenever the index's tables change.
+    whenever the index's tables change. When the regions table has an ANN index, each
+    query's candidates come from it and are re-scored exactly (``ann``: an
+    :class:`~resedis.index.ann.AnnConfig`; ``use_ann=False`` forces exact search).
     """
 
     def __init__(
@@ -161,6 +163,8 @@ class Searcher:
         model: str | None = None,
         encoder=None,
         nms_iou: float = DEFAULT_NMS_IOU,
+        ann=None,
+        use_ann: bool = True,
     ):
         self.index = index if isinstance(index, Index) else open_index(index)
         check_model(self.index.manifest, model, self.index.path)
@@ -181,6 +185,11 @@ class Searcher:
         self.nms_iou = nms_iou
         self._corpus: Corpus | None = None
         self._manifest_mtime = self._stat_manifest()
+        # ANN candidates + exact re-scoring when the regions table has a vector index
+        # (resedis.index.ann; built above IndexConfig.ann_min_rows rows); ``ann``: an AnnConfig.
+        from resedis.index.ann import AnnSearch
+
+        self.ann = AnnSearch(self.index, ann) if use_ann else None
 
     def _stat_manifest(self) -> int:
         try:
@@ -244,7 +253,9 @@ class Searcher:
             t0 = time.perf_counter()
             queries = self.encode(chunk)
             t1 = time.perf_counter()
-            logits = corpus.logits(queries)
+            logits = self.ann.logits(corpus, queries, top_k) if self.ann is not None and allowed is None else None
+            if logits is None:
+                logits = corpus.logits(queries)
             if allowed is not None:
                 logits[~allowed] = -np.inf
             t2 = time.perf_counter()

@@ -61,6 +61,27 @@ def register(subparsers) -> None:
     p.add_argument("--max-crops", type=_positive_int, default=20, metavar="N", help="with --crop-model: crops per image (default 20)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="after indexing, (re)build the ANN index over all region vectors (retrains its partitions; "
+        "use after large additions); searches re-score ANN candidates exactly",
+    )
+    p.add_argument(
+        "--ann-min-rows",
+        type=_positive_int,
+        metavar="N",
+        help="build the ANN index automatically once the index holds N regions (default 200000)",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="decode + encode on a Ray cluster (extra [ray]): ADDRESS of the cluster ('auto', "
+        "'ray://head:10001'), or no value for a local one; images must be readable at the same path on every node",
+    )
+    p.add_argument("--ray-workers", type=_positive_int, default=2, metavar="N", help="with --ray: actors, one model each (default 2)")
     p.set_defaults(func=run)
 
 
@@ -82,7 +103,26 @@ def run(args: argparse.Namespace) -> int:
         from resedis.pipelines.crops import CropConfig
 
         config.crops = CropConfig(model=args.crop_model, proposals=args.crop_proposals, max_crops=args.max_crops)
-    report = build_index(args.images_dir, args.db, config=config, progress=not args.quiet)
+    if args.ann_min_rows is not None:
+        config.ann_min_rows = args.ann_min_rows
+    if args.ray is not None:
+        from resedis.distributed import index_with_ray
+
+        address = None if args.ray == "local" else args.ray
+        report = index_with_ray(args.images_dir, args.db, config, address=address, num_workers=args.ray_workers, progress=not args.quiet)
+    else:
+        report = build_index(args.images_dir, args.db, config=config, progress=not args.quiet)
+    if args.optimize:
+        from pathlib import Path
+
+        from resedis.index import open_index
+        from resedis.index.ann import AnnConfig, optimize_ann
+        from resedis.index.commit import Lock
+
+        with Lock(Path(report.db)):  # one writer at a time, as for indexing
+            built = optimize_ann(open_index(report.db).regions_table, AnnConfig(min_rows=config.ann_min_rows), rebuild=True)
+        if built is not None and not args.json:
+            print(f"ANN index: {built.index_type} ({built.metric}) over {built.rows} regions in {built.seconds:.1f} s", file=sys.stderr)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

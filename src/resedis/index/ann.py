@@ -226,23 +226,27 @@ def build_ann_index(table, config: AnnConfig | None = None) -> AnnBuild:
     )
 
 
-def optimize_ann(table, config: AnnConfig | None = None, *, rebuild: bool = False) -> AnnBuild | None:
+def optimize_ann(
+    table, config: AnnConfig | None = None, *, rebuild: bool = False, fold_new_rows: bool = True
+) -> AnnBuild | None:
     """Bring the ANN index up to date with the threshold rule.
 
     * no index and ``rows >= min_rows`` (or ``rebuild``): build it;
     * an index and ``rebuild``: retrain it over all rows (new partitions);
-    * an index otherwise: fold rows added since into it (``table.optimize``, no retraining);
+    * an index otherwise: fold rows added since into it (``table.optimize``, no
+      retraining) when ``fold_new_rows``; until then LanceDB scans them exhaustively;
     * below ``min_rows`` without ``rebuild``: nothing (exact search is used).
 
     Returns the :class:`AnnBuild` when an index was (re)trained, else None.
     """
     config = config or AnnConfig()
     config.validate()
-    if rebuild or (not has_ann_index(table) and should_build(table.count_rows(), config)):
+    indexed = has_ann_index(table)
+    if rebuild or (not indexed and should_build(table.count_rows(), config)):
         if table.count_rows() == 0:
             return None
         return build_ann_index(table, config)
-    if has_ann_index(table):
+    if indexed and fold_new_rows:
         table.optimize()
     return None
 
@@ -327,3 +331,58 @@ def ann_candidates(
                 cols[name] = result[name].to_numpy(zero_copy_only=False)[order]
         out.append(Candidates(columns=cols, logits=logits[order].astype(np.float32, copy=False)))
     return out
+
+
+class AnnSearch:
+    """The Searcher's ANN path: exact logits for each query's ANN candidates, as rows of
+    the Searcher's in-memory region matrix (``resedis.search.Corpus``).
+
+    :meth:`logits` returns None when the regions table has no vector index (the caller
+    then runs exact search). Candidates are matched to matrix rows by ``(image_id,
+    region)`` — an image's regions are stored contiguously in rank order — and checked
+    by their box; their logits are recomputed from the matrix (the exact path's
+    arithmetic on the same rows, up to float round-off). ``queries_answered`` counts queries
+    answered through the index.
+    """
+
+    def __init__(self, index, config: AnnConfig | None = None):
+        self.index = index
+        self.config = config or AnnConfig()
+        self.config.validate()
+        self.queries_answered = 0
+        self._state: tuple | None = None  # (table version, has index)
+        self._rows: tuple | None = None  # (corpus, image_id -> row, first region row per image)
+
+    def available(self) -> bool:
+        version = self.index.regions_table.version
+        if self._state is None or self._state[0] != version:
+            self._state = (version, has_ann_index(self.index.regions_table))
+        return self._state[1]
+
+    def _lookup(self, corpus):
+        if self._rows is None or self._rows[0] is not corpus:
+            first = np.full(len(corpus.image_ids), -1, np.int64)
+            images, starts = np.unique(corpus.region_image, return_index=True)
+            first[images] = starts
+            self._rows = (corpus, {image_id: i for i, image_id in enumerate(corpus.image_ids)}, first)
+        return self._rows[1], self._rows[2]
+
+    def logits(self, corpus, queries: np.ndarray, k: int) -> np.ndarray | None:
+        """(Q, D) queries -> (N, Q) float32: exact logits on each query's candidate rows,
+        ``-inf`` elsewhere; None when there is no vector index."""
+        if len(corpus) == 0 or not self.available():
+            return None
+        image_row, first = self._lookup(corpus)
+        queries = np.asarray(queries, np.float32)
+        out = np.full((len(corpus), queries.shape[0]), -np.inf, np.float32)
+        found = ann_candidates(self.index.regions_table, queries, k, config=self.config, columns=("image_id", "region", "box"))
+        for j, cand in enumerate(found):
+            img = np.array([image_row.get(i, -1) for i in cand.columns["image_id"]], np.int64)
+            rows = np.where(img >= 0, first[np.maximum(img, 0)] + np.asarray(cand.columns["region"], np.int64), -1)
+            ok = (img >= 0) & (rows >= 0) & (rows < len(corpus))
+            rows_ok = rows[ok]
+            same = (corpus.region_image[rows_ok] == img[ok]) & np.all(corpus.boxes[rows_ok] == cand.columns["box"][ok], axis=1)
+            rows_ok = rows_ok[same]  # uncommitted (orphan) or moved rows are dropped
+            out[rows_ok, j] = corpus.vectors[rows_ok].astype(np.float32) @ queries[j]
+        self.queries_answered += queries.shape[0]
+        return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resedis.errors import IndexMismatchError, ResedisError
+from resedis.index.ann import DEFAULT_MIN_ROWS as DEFAULT_ANN_MIN_ROWS, AnnConfig, optimize_ann
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
 from resedis.index.pipeline import Job, prefetch, preprocessor
 from resedis.index.store import (
@@ -54,6 +55,8 @@ class IndexConfig:
     crops: also embed crops for the clip-crops pipeline (``resedis.pipelines.crops.CropConfig``),
     written in the same batches from the same decoded images; an index that has crops keeps
     them in sync on later runs even without it.
+    ann_min_rows: build an ANN index over the region vectors once the index holds this
+    many regions (``resedis.index.ann``; searches then re-score ANN candidates exactly).
     """
 
     model: str | None = None
@@ -67,6 +70,7 @@ class IndexConfig:
     workers: int = 4
     rehash: bool = False
     crops: object | None = None
+    ann_min_rows: int = DEFAULT_ANN_MIN_ROWS
 
     def validate(self) -> None:
         if self.crops is not None:
@@ -83,6 +87,8 @@ class IndexConfig:
             raise ResedisError(f"max_pixels must be >= 1, got {self.max_pixels}")
         if self.workers < 1:
             raise ResedisError(f"workers must be >= 1, got {self.workers}")
+        if self.ann_min_rows < 1:
+            raise ResedisError(f"ann_min_rows must be >= 1, got {self.ann_min_rows}")
 
 
 @dataclass
@@ -338,6 +344,9 @@ def build_index(
                 record_index_cost(manifest, encode_seconds - crop_seconds, report.encoded)
             write_manifest(db_path, manifest)
             index.manifest = manifest
+
+        # An ANN index once the corpus is large enough (rows added later are folded in by compact()).
+        optimize_ann(index.regions_table, AnnConfig(min_rows=config.ann_min_rows), fold_new_rows=False)
 
         report.skipped = index.skipped()
         report.seconds = time.perf_counter() - started
