@@ -83,3 +83,17 @@ def test_bad_arguments(tmp_path, tiny_models):
         index_with_ray(tmp_path, tmp_path / "db", IndexConfig(), num_workers=0)
     with pytest.raises(ResedisError, match="no such image folder"):
         index_with_ray(tmp_path / "missing", tmp_path / "db", IndexConfig(model=f"owlv2:{tiny_models['owlv2']}"))
+
+
+@pytest.mark.slow
+def test_cli_index_with_ray(ray_cluster, synth_small, tiny_models, tmp_path):
+    from resedis.cli import main
+
+    db = tmp_path / "db"
+    args = ["index", str(synth_small / "images"), "--db", str(db), "--model", f"owlv2:{tiny_models['owlv2']}"]
+    assert main(args + ["--ray", "--ray-workers", "2", "--batch-size", "8", "--quiet", "--ann-min-rows", "1"]) == 0
+    index = open_index(db)
+    assert index.stats()["images"] == 24
+    from resedis.index.ann import has_ann_index
+
+    assert has_ann_index(index.regions_table)  # the ANN rule applies to Ray builds too
