@@ -128,6 +128,29 @@ def test_one_to_many_assignment_is_optimal():
     assert gt_idx.tolist() == [0, 1]
 
 
+def test_ranking_loss_matches_reference():
+    from resedis.finetune.losses import ranking_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    targets = torch.zeros(2, 3, 4, dtype=torch.float64)
+    targets[0, 1, 0] = targets[1, 2, 0] = 1  # text 0: two positives in two images
+    targets[1, 0, 2] = 1  # text 2: one positive; texts 1 and 3: none (skipped)
+    labelled = torch.ones(2, 1, 4, dtype=torch.bool)
+    labelled[0, 0, 2] = False  # image 0 is unlabelled for text 2
+
+    def ref_text(t):
+        allv = [math.exp(logits[b, p, t]) for b in range(2) for p in range(3) if labelled[b, 0, t]]
+        posv = [math.exp(logits[b, p, t]) for b in range(2) for p in range(3) if targets[b, p, t] > 0]
+        return -math.log(sum(posv) / sum(allv))
+
+    assert ranking_loss(logits, targets, labelled).item() == pytest.approx((ref_text(0) + ref_text(2)) / 2)
+    # a text whose positives already dominate costs ~0
+    big = logits.clone()
+    big[0, 1, 0] = big[1, 2, 0] = big[1, 0, 2] = 50.0
+    assert ranking_loss(big, targets, labelled).item() < 1e-9
+
+
 def test_tokenizer_ids():
     from resedis.synth import VOCABULARY
 

@@ -67,9 +67,15 @@ def register(subparsers) -> None:
     p.add_argument("--hard-negatives", type=float, default=0.5, metavar="FRACTION",
                    help="share of the sampled negatives taken from absent expressions sharing the most words with "
                         "the image's positives (default: 0.5)")
+    p.add_argument("--category-texts", action="store_true",
+                   help="also train on the category names of the dataset's instances.json as expressions, each "
+                        "denoting every object of its category in the image")
     p.add_argument("--matches-per-object", type=_positive_int, default=1,
                    help="patches assigned to each object by the Hungarian matching (1: one-to-one as in DETR/OWL; "
                         ">1: one-to-many, faster convergence from scratch) (default: 1)")
+    p.add_argument("--rank-loss", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of the retrieval loss (each text's target patches must outscore every patch of "
+                        "every image in the batch; softmax cross-entropy); 0 = off (default: 0)")
     p.add_argument("--warmup-steps", type=_non_negative_int, default=100, help="linear warm-up steps before cosine decay (default: 100)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the detection heads; image and text towers frozen")
@@ -104,11 +110,11 @@ def run(args: argparse.Namespace) -> int:
         raise ResedisError("give --model SPEC or --from-scratch-config JSON (or an --out holding a run to resume)")
     config = FinetuneConfig(
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, negatives_per_image=args.negatives,
-        hard_negative_fraction=args.hard_negatives,
+        hard_negative_fraction=args.hard_negatives, category_texts=args.category_texts,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, freeze_backbone=args.freeze_backbone,
         seed=args.seed, device=args.device, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every,
         select_metric=args.select_metric, progress=not args.no_progress,
-        loss=LossWeights(matches_per_object=args.matches_per_object),
+        loss=LossWeights(matches_per_object=args.matches_per_object, rank=args.rank_loss),
     )
     try:
         config.validate()

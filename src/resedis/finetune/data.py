@@ -116,8 +116,9 @@ class TrainingSet:
         return cls(texts=texts, images=images, skipped=skipped, text_groups=groups)
 
 
-def _all_annotated_objects(dataset: Dataset) -> dict[ImageId, np.ndarray]:
-    """Every annotated object of each image from ``ROOT/instances.json``, when present."""
+def _all_annotated_objects(dataset: Dataset) -> dict[ImageId, list[tuple[list[float], str | None]]]:
+    """Every annotated object of each image from ``ROOT/instances.json``, when present:
+    image id -> [(xyxy box, category name or None)]."""
     if not dataset.root:
         return {}
     path = Path(dataset.root) / "instances.json"
@@ -126,14 +127,14 @@ def _all_annotated_objects(dataset: Dataset) -> dict[ImageId, np.ndarray]:
     from resedis.io.coco import load_coco_instances
 
     coco = load_coco_instances(path)
-    boxes: dict[ImageId, list] = {}
+    out: dict[ImageId, list] = {}
     for ann in coco.annotations.values():
         bbox = ann.get("bbox")
         if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
             continue
         x, y, w, h = (float(v) for v in bbox)
-        boxes.setdefault(ann.get("image_id"), []).append([x, y, x + w, y + h])
-    return {k: np.asarray(v, dtype=np.float32) for k, v in boxes.items()}
+        out.setdefault(ann.get("image_id"), []).append(([x, y, x + w, y + h], coco.categories.get(ann.get("category_id"))))
+    return out
 
 
 def _add_object(objects: list[list[float]], box: tuple | list) -> int:
@@ -147,8 +148,12 @@ def _add_object(objects: list[list[float]], box: tuple | list) -> int:
     return len(objects) - 1
 
 
-def build_training_set(dataset: Dataset, *, use_all_objects: bool = True) -> TrainingSet:
+def build_training_set(dataset: Dataset, *, use_all_objects: bool = True, category_texts: bool = False) -> TrainingSet:
     """Turn a dataset into training examples (see the module docstring).
+
+    ``category_texts``: also train on the COCO category names of ``instances.json`` as
+    expressions, each denoting every annotated object of its category (exhaustive: the
+    way OWL detectors learn from detection data); needs ``use_all_objects``.
 
     Images whose file is missing are left out and listed in ``skipped`` (and logged).
     Expressions are unique in ``texts``; two queries with the same expression text
@@ -164,10 +169,19 @@ def build_training_set(dataset: Dataset, *, use_all_objects: bool = True) -> Tra
     extra = _all_annotated_objects(dataset) if use_all_objects else {}
     objects: dict[ImageId, list[list[float]]] = {}
     positives: dict[ImageId, dict[int, list[int]]] = {}
-    for image_id, boxes in extra.items():
-        if image_id in dataset.images:
-            for box in boxes:
-                _add_object(objects.setdefault(image_id, []), box)
+    for image_id, annotated in extra.items():
+        if image_id not in dataset.images:
+            continue
+        for box, category in annotated:
+            k = _add_object(objects.setdefault(image_id, []), box)
+            if category_texts and category:
+                name = " ".join(category.split())
+                if name not in text_index:
+                    text_index[name] = len(texts)
+                    texts.append(name)
+                ks = positives.setdefault(image_id, {}).setdefault(text_index[name], [])
+                if k not in ks:
+                    ks.append(k)
     for q in dataset.queries:
         t = text_index[q.expression]
         for inst in q.instances:

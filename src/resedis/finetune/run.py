@@ -101,7 +101,7 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
     if not train_list:
         raise ResedisError("no training dataset given")
     val_ds = _load_dataset(val_dataset) if val_dataset is not None else None
-    parts = [build_training_set(d) for d in train_list]
+    parts = [build_training_set(d, category_texts=config.category_texts) for d in train_list]
     ts = TrainingSet.concat(parts)
     vs = build_training_set(val_ds) if val_ds is not None else None
 

@@ -42,6 +42,9 @@ class ScratchConfig:
     max_text_tokens: int = 16
     vocabulary: str | list[str] = "synth"
     extra_words: list[str] = field(default_factory=list)
+    #: std of the word-embedding init (None: transformers' 0.02, under which all texts
+    #: start with near-identical embeddings)
+    text_embed_init_std: float | None = None
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ScratchConfig":
@@ -139,6 +142,9 @@ def build_scratch_owlv2(config: ScratchConfig, texts=(), seed: int = 0):
     torch.manual_seed(seed)
     model = Owlv2ForObjectDetection(hf_config)
     init_detection_heads(model)
+    if config.text_embed_init_std is not None:
+        with torch.no_grad():
+            torch.nn.init.normal_(model.owlv2.text_model.embeddings.token_embedding.weight, std=config.text_embed_init_std)
     image_processor = ImageProcessor(size={"height": config.image_size, "width": config.image_size})
     processor = Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
     return model, processor

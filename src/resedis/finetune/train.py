@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 RESUME_KEYS = ("lr", "batch_size", "negatives_per_image", "seed", "freeze_backbone", "weight_decay", "warmup_steps")
 
 
+#: metrics (higher is better) that can pick the best checkpoint, and the validation loss
+SELECTABLE_METRICS = (
+    "BR@1@0.5", "BR@1@0.7", "BR@5@0.5", "BR@10@0.5", "IR@1", "IR@5", "IR@10", "mAP50", "F1", "precision", "recall",
+    "N_acc", "val_loss",
+)
+
+
 @dataclass
 class FinetuneConfig:
     """Settings of a fine-tuning run (CLI flags of ``resedis finetune`` map 1:1)."""
@@ -44,6 +51,7 @@ class FinetuneConfig:
     batch_size: int = 8
     negatives_per_image: int = 8
     hard_negative_fraction: float = 0.5  # share of negatives drawn from word-similar absent texts
+    category_texts: bool = False  # also train on instances.json category names (see build_training_set)
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     grad_clip: float = 1.0
@@ -69,6 +77,8 @@ class FinetuneConfig:
             raise ValueError(f"hard_negative_fraction must be in [0, 1], got {self.hard_negative_fraction}")
         if self.negatives_per_image < 0:
             raise ValueError(f"negatives_per_image must be >= 0, got {self.negatives_per_image}")
+        if self.select_metric not in SELECTABLE_METRICS:
+            raise ValueError(f"select_metric must be one of {', '.join(SELECTABLE_METRICS)}, got {self.select_metric!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
@@ -132,7 +142,7 @@ class StepRunner:
             idx = list(range(start, min(n, start + batch_size)))
             batch = make_batch(self.ts, idx, negatives_per_image, np.random.default_rng([seed, 2**31, start]))
             parts = self.loss(batch)
-            for k in ("loss", "cls", "l1", "giou", "objectness"):
+            for k in ("loss", "cls", "l1", "giou", "objectness", "rank"):
                 totals[k] = totals.get(k, 0.0) + float(parts[k]) * len(idx)
         self.model.train(was_training)
         return {k: v / n for k, v in totals.items()}
