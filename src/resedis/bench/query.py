@@ -117,6 +117,16 @@ def exact_search_times(vectors: np.ndarray, queries: np.ndarray, k: int) -> tupl
     return times, np.array(tops)
 
 
+def _fits_in_memory(nbytes: int) -> bool:
+    """True when ``nbytes`` is under half of the memory available now (Linux MemAvailable)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            avail = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable"))
+    except (OSError, StopIteration, ValueError):
+        return True
+    return nbytes < avail // 2
+
+
 def exact_f32_times(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> list[float]:
     """The same exact top-k with the matrix converted to float32 once, beforehand (what a
     float32 in-memory copy would cost per query: no per-query float16 conversion)."""
@@ -168,7 +178,7 @@ def run_query_size(rows: int, workdir: Path, config: QueryBenchConfig, ann_confi
     ann10_t, ann10 = ann_search_times(table, queries, 10, ann_config, config.regions_per_image)
     _, ann100 = ann_search_times(table, queries, 100, ann_config, config.regions_per_image)
     e50, e95 = _percentiles(exact_t)
-    f32_t = exact_f32_times(vectors, queries)
+    f32_t = exact_f32_times(vectors, queries) if _fits_in_memory(2 * vectors.size * 4) else None
     a50, a95 = _percentiles(ann10_t)
     entry = {
         "rows": rows,
@@ -179,7 +189,7 @@ def run_query_size(rows: int, workdir: Path, config: QueryBenchConfig, ann_confi
         "exact_p50_ms": round(e50, 3),
         "exact_p95_ms": round(e95, 3),
         "exact_recall_at_10": round(recall_at(truth, exact_top, 10), 4),
-        "exact_f32_matrix_p50_ms": round(_percentiles(f32_t)[0], 3),
+        "exact_f32_matrix_p50_ms": round(_percentiles(f32_t)[0], 3) if f32_t else None,
         "ann_p50_ms": round(a50, 3),
         "ann_p95_ms": round(a95, 3),
         "ann_recall_at_10": round(recall_at(truth, ann10, 10), 4),
