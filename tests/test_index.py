@@ -276,6 +276,27 @@ def test_orphans_are_ignored_then_repaired(tmp_path, encoder):
     check_consistent(index)
 
 
+def test_lost_regions_table_is_reported_and_reencoded(tmp_path, encoder):
+    """Regions lost outside resedis (regions.lance deleted): stats says so, a rerun re-encodes."""
+    import shutil
+
+    images = tmp_path / "images"
+    draw_corpus(images, 4, seed=8)
+    db = tmp_path / "db"
+    build_index(images, db, config=IndexConfig(max_regions=3), progress=False, encoder=encoder)
+    good = open_index(db).stats()
+    assert good["incomplete_images"] == 0 and good["regions"] > 0
+    shutil.rmtree(db / f"{REGIONS}.lance")
+
+    damaged = open_index(db).stats()
+    assert damaged["regions"] == 0 and damaged["incomplete_images"] == 4
+    report = build_index(images, db, progress=False, encoder=encoder)
+    assert report.unchanged == 0 and report.added + report.updated == 4
+    index = open_index(db)
+    assert index.stats()["regions"] == good["regions"] and index.stats()["incomplete_images"] == 0
+    check_consistent(index)
+
+
 def test_sigkill_mid_indexing_then_resume(tmp_path, owlv2_spec, encoder):
     """Kill -9 a real `python -m resedis index` twice mid-run; the rerun completes exactly."""
     images = tmp_path / "images"

@@ -75,7 +75,15 @@ def delete_ids(table, column: str, ids: list[str]) -> None:
 
 
 def repair(index: Index) -> int:
-    """Delete orphan regions (no ``images`` row for their ``(image_id, batch)``). Returns rows deleted."""
+    """Delete orphan regions (no ``images`` row for their ``(image_id, batch)``), and forget
+    images whose regions are incomplete so the run re-encodes them. Returns regions deleted."""
+    incomplete = index.incomplete_images()
+    if incomplete:
+        log.warning(
+            "%d indexed images have missing or extra regions (damaged regions table?); re-encoding them",
+            len(incomplete),
+        )
+        delete_ids(index.images_table, "image_id", incomplete)  # their leftover regions become orphans
     orphans = index.orphan_keys()
     if not orphans:
         return 0

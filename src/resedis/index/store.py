@@ -288,6 +288,20 @@ class Index:
         region_keys = set(zip(regions["image_id"].to_pylist(), regions["batch"].to_pylist()))
         return region_keys - done_keys
 
+    def incomplete_images(self) -> list[str]:
+        """Image ids whose stored region count differs from their ``n_regions`` (regions
+        lost or damaged outside resedis, e.g. a deleted ``regions.lance``). Sorted."""
+        done = self.read(IMAGES, ["image_id", "batch", "n_regions"]).to_pydict()
+        regions = self.read(REGIONS, ["image_id", "batch"])
+        counts: dict[tuple[str, int], int] = {}
+        for key in zip(regions["image_id"].to_pylist(), regions["batch"].to_pylist()):
+            counts[key] = counts.get(key, 0) + 1
+        return sorted(
+            image_id
+            for image_id, batch, n in zip(done["image_id"], done["batch"], done["n_regions"])
+            if counts.get((image_id, batch), 0) != n
+        )
+
     def stats(self) -> dict:
         """``images, regions, skipped, model, schema_version, bytes`` (+ vector facts)."""
         n_images = self.images_table.count_rows()
@@ -308,6 +322,7 @@ class Index:
             "vector_dtype": self.manifest.vector_dtype,
             "root": self.manifest.root,
             "orphan_regions": n_orphan,
+            "incomplete_images": len(self.incomplete_images()),
             "created": self.manifest.created,
             "updated": self.manifest.updated,
         }
