@@ -87,7 +87,10 @@ def write_regions(db_path: Path, rows: int, config: QueryBenchConfig):
             table.add(batch)
         start += m
     if table is not None and table.count_rows() > config.chunk:
-        table.optimize()  # one compacted dataset, as after `resedis index`
+        import datetime as dt
+
+        # One compacted dataset without the superseded fragments, as after `resedis index`.
+        table.optimize(cleanup_older_than=dt.timedelta(0))
     return table, vectors
 
 

@@ -51,7 +51,7 @@ class AnnConfig:
     index_type / metric: the LanceDB index (see :data:`INDEX_TYPES`) and its partitioning
         metric. Candidates are always re-scored by the exact inner product.
     num_partitions: IVF partitions; None = about ``sqrt(rows) / 2``.
-    nprobes: partitions searched per query; None = ``max(8, num_partitions // 10)``.
+    nprobes: partitions searched per query; None = ``max(8, num_partitions // 5)``.
     candidate_factor / min_candidates: candidates per query = ``max(min_candidates,
         candidate_factor * k)`` for a top-``k`` request.
     refine_factor: LanceDB re-reads ``refine_factor × limit`` full vectors when the index
@@ -64,8 +64,8 @@ class AnnConfig:
     metric: str = "cosine"
     num_partitions: int | None = None
     nprobes: int | None = None
-    candidate_factor: int = 4
-    min_candidates: int = 200
+    candidate_factor: int = 10
+    min_candidates: int = 500
     refine_factor: int | None = None
     sample_rate: int = 256
     max_iterations: int = 50
@@ -92,7 +92,7 @@ class AnnConfig:
     def nprobes_for(self, partitions: int) -> int:
         if self.nprobes is not None:
             return self.nprobes
-        return max(1, min(partitions, max(8, partitions // 10)))
+        return max(1, min(partitions, max(8, partitions // 5)))
 
     def candidates_for(self, k: int) -> int:
         return max(self.min_candidates, self.candidate_factor * k)
