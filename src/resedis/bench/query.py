@@ -88,9 +88,13 @@ def write_regions(db_path: Path, rows: int, config: QueryBenchConfig):
         start += m
     if table is not None and table.count_rows() > config.chunk:
         import datetime as dt
+        import warnings
 
-        # One compacted dataset without the superseded fragments, as after `resedis index`.
-        table.optimize(cleanup_older_than=dt.timedelta(0))
+        # One compacted dataset without the superseded fragments, as after `resedis index`
+        # (nobody else reads this scratch table, so dropping every old version is safe).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            table.optimize(cleanup_older_than=dt.timedelta(0))
     return table, vectors
 
 
