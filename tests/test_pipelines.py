@@ -154,3 +154,40 @@ def test_index_cli_crop_model_writes_crops_in_the_same_run(env, tmp_path, capsys
     crops = load_crops(open_index(db))
     assert len(crops.image_ids) == 3 and len(crops) == 6
     assert open_index(db).manifest.extra["crops"]["model"] == env.spec("siglip")
+
+
+@pytest.mark.parametrize("name", ["owl", "owl+rerank", "clip-crops"])
+def test_ablation_latency_excludes_model_loading(env, monkeypatch, name):
+    """A fresh model pool loads every model BEFORE the timed part (``prepare``) starts: the
+    loads show in ``seconds.warm_up``, never in the per-query latency."""
+    import time
+
+    import resedis.models
+    from resedis.ablation import run_ablation
+    from resedis.index.store import canonical_spec
+    from resedis.pipelines import PIPELINES, Models, PipelineConfig
+
+    shared = pipekit.models(env)
+    loaded = {canonical_spec(s): shared.get(s) for s in (env.spec("owlv2"), env.spec("gdino"), env.spec("clip"))}
+    loads, prepares = [], []
+
+    def slow_load(spec, device=None):
+        time.sleep(0.3)
+        loads.append(time.perf_counter())
+        return loaded[canonical_spec(spec)]  # the already loaded tiny backend
+
+    cls = PIPELINES[name].cls
+    original = cls.prepare
+
+    def timed_prepare(self, queries, dataset=None):
+        prepares.append(time.perf_counter())
+        return original(self, queries, dataset)
+
+    monkeypatch.setattr(resedis.models, "load_model", slow_load)
+    monkeypatch.setattr(cls, "prepare", timed_prepare)
+    config = PipelineConfig(top_k=3, rerank_k=1, grounder=env.spec("gdino"))
+    [row] = run_ablation(env.dataset, env.db, config=config, models=Models("cpu"), pipelines=[name], split="none")
+    assert row.status == "ok", row.status
+    assert loads and prepares, "nothing loaded / prepared through the pool: the check would be blind"
+    assert max(loads) < min(prepares), "a model was loaded inside the timed part"
+    assert row.split["seconds"]["warm_up"] >= 0.3 * len(loads)

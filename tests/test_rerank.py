@@ -145,3 +145,28 @@ def test_rerank_weight_zero_keeps_owl_scores(env):
         # NMS at 0.5 on OWL hits that the index already suppressed per image keeps them all
         assert [g[1] for g in got] == pytest.approx([p[1] for p in owl_pairs])
         assert all(h.present == (h.score >= 0.5) for h in res.hits)
+
+
+def test_rerank_reaches_k_images_when_owl_hits_crowd_into_fewer(env, gdino):
+    """When the first ``max(top_k, 5K)`` OWL hits lie in fewer than K images (many boxes of
+    the same images), the stage still grounds the first K distinct images of OWL's ranking."""
+    from resedis.pipelines import Models, PipelineConfig, as_queries, get_pipeline
+
+    models = Models("cpu")
+    models.put(env.spec("owlv2"), pipekit.models(env).get(env.spec("owlv2")))
+    counting = CountingGrounder(gdino)
+    models.put(env.spec("gdino"), counting)
+    ds = env.dataset
+    k = len(ds.images)  # every image of the corpus
+    rerank = get_pipeline("owl+rerank", env.db, PipelineConfig(top_k=1, rerank_k=k, grounder=env.spec("gdino")), models)
+    owl = get_pipeline("owl", env.db, PipelineConfig(top_k=10_000), models)
+    queries = as_queries(dataset=ds)
+    full = owl.run(queries, ds)
+    first_hits = get_pipeline("owl", env.db, PipelineConfig(top_k=5 * k), models).run(queries, ds)
+    crowded = [len({h.image_id for h in r.hits}) < k for r in first_hits]
+    assert any(crowded), "no query's first 5K hits crowd into fewer than K images: the test would be blind"
+    prepared = rerank.prepare(queries, ds)
+    for q, f, cands in zip(queries, full, prepared.images):
+        expected = list(dict.fromkeys(h.image_id for h in f.hits))[:k]
+        assert [c.template.image_id for c in cands] == expected, q.text
+    assert len(counting.seen) == sum(len(list(dict.fromkeys(h.image_id for h in f.hits))[:k]) for f in full)

@@ -72,6 +72,17 @@ class Models:
         self.device = device
         self._backends: dict[str, Any] = {}
         self._searchers: dict[str, Any] = {}
+        self._data: dict[str, tuple[Any, Any]] = {}
+
+    def cached(self, name: str, version: Any, build):
+        """``build()``'s value, kept under ``name`` while ``version`` is unchanged (e.g. an
+        index's crop corpus, keyed by its table versions; rebuilt when they change)."""
+        hit = self._data.get(name)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        value = build()
+        self._data[name] = (version, value)
+        return value
 
     def get(self, spec: str):
         """The backend for ``spec`` (loaded on first use)."""
@@ -186,6 +197,11 @@ class Pipeline:
         return params, threshold, source
 
     # -- running ------------------------------------------------------------------
+    def warm_up(self, dataset: Dataset | None = None) -> None:
+        """Load this pipeline's models and in-memory corpora into ``self.models`` (once per
+        pool), so that timed work (``run``, ablation latency) is per-query work only, as in
+        a running server. Subclasses extend it."""
+
     def prepare(self, queries: list[QueryText], dataset: Dataset | None = None) -> Any:
         raise NotImplementedError
 
@@ -193,8 +209,10 @@ class Pipeline:
         raise NotImplementedError
 
     def run(self, queries: list[QueryText], dataset: Dataset | None = None) -> list[QueryResult]:
-        """prepare + finish with the resolved parameters; ``last_timing`` holds the seconds."""
+        """prepare + finish with the resolved parameters; ``last_timing`` holds the seconds
+        (after :meth:`warm_up`: model loading is not query time)."""
         params, threshold, _ = self.resolved()
+        self.warm_up(dataset)
         t0 = time.perf_counter()
         prepared = self.prepare(queries, dataset)
         t1 = time.perf_counter()

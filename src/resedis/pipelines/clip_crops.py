@@ -107,7 +107,7 @@ class ClipCropsPipeline(Pipeline):
                 self._gt_corpus = (id(dataset), embed_gt_crops(dataset, self.encoder, progress=self.config.progress))
             corpus = self._gt_corpus[1]
             return corpus, list(corpus.image_ids)
-        corpus = load_crops(self.index)
+        corpus = self.index_crops()
         if dataset is None:
             return corpus, list(corpus.image_ids)
         from resedis.search import map_dataset_images
@@ -116,6 +116,23 @@ class ClipCropsPipeline(Pipeline):
         if not any(m is not None for m in mapping):
             raise ResedisError(f"index {self.index.path} and dataset {dataset.name!r} share no images")
         return corpus, mapping
+
+    def index_crops(self) -> CropCorpus:
+        """The index's crop corpus, kept in the model pool until the index's tables change
+        (a server or an ablation does not re-read the crops table for every query)."""
+        from resedis.pipelines.crops import open_crops_table
+
+        table = open_crops_table(self.index)
+        version = (self.index.version(), None if table is None else table.version,
+                   repr(self.index.manifest.extra.get("crops")))
+        return self.models.cached(f"crops:{self.index.path}", version, lambda: load_crops(self.index))
+
+    def warm_up(self, dataset: Dataset | None = None) -> None:
+        self.encoder  # noqa: B018 - loads the crop encoder into the pool
+        if self.config.proposals == "index":
+            self.index_crops()
+        elif dataset is not None:
+            self.corpus(dataset)  # the GT oracle's crops: embedded once, like index-time crops
 
     def _scale_bias(self) -> tuple[float, float] | None:
         if self.encoder_family() != "siglip":

@@ -37,6 +37,9 @@ class OwlPipeline(Pipeline):
             return {"threshold": self.index.manifest.threshold}
         return entry
 
+    def warm_up(self, dataset: Dataset | None = None) -> None:
+        self.models.searcher(self.index).corpus()  # text encoder + region matrix
+
     def owl_results(self, queries: list[QueryText], dataset: Dataset | None, top_k: int) -> list[QueryResult]:
         """Raw OWL hits (``top_k`` per query, present unset) in the order of ``queries``."""
         from resedis.search import search_dataset

@@ -1,6 +1,7 @@
 """``owl+rerank`` — OWL, then the top-K images re-scored by a grounding model.
 
-1. ``owl`` retrieves ``max(top_k, 5·K)`` hits for the query;
+1. ``owl`` retrieves ``max(top_k, 5·K)`` hits for the query (more, when those hits lie
+   in fewer than K distinct images, until K images are found or the index is exhausted);
 2. the first K distinct images of that ranking (``config.rerank_k``) are decoded and
    passed, with the WHOLE expression, to the grounding model (Grounding DINO through
    transformers ``AutoModelForZeroShotObjectDetection``, spec ``config.grounder``) —
@@ -66,13 +67,32 @@ class RerankPipeline(OwlPipeline):
     def grounder(self):
         return self.models.get(self.config.grounder)
 
+    def warm_up(self, dataset: Dataset | None = None) -> None:
+        super().warm_up(dataset)
+        self.grounder  # noqa: B018 - loads the grounding model into the pool
+
+    def owl_candidates(self, queries: list[QueryText], dataset: Dataset | None, k: int) -> list[QueryResult]:
+        """OWL hits per query covering at least ``k`` distinct images where the index has
+        them: ``max(top_k, 5k)`` hits first, then 4x more for the queries whose hits crowd
+        into fewer images (e.g. many boxes of one crowded photo), until done or exhausted."""
+        n = max(self.config.top_k, 5 * k)
+        results = self.owl_results(queries, dataset, n)
+        todo = [i for i, r in enumerate(results) if len(r.hits) >= n and len({h.image_id for h in r.hits}) < k]
+        while todo:
+            n *= 4
+            more = self.owl_results([queries[i] for i in todo], dataset, n)
+            for i, r in zip(todo, more):
+                results[i] = r
+            todo = [i for i, r in zip(todo, more) if len(r.hits) >= n and len({h.image_id for h in r.hits}) < k]
+        return results
+
     def prepare(self, queries: list[QueryText], dataset: Dataset | None = None) -> RerankPrepared:
         from tqdm.auto import tqdm
 
         from resedis.io.images import open_rgb
 
         k = self.config.rerank_k
-        owl = self.owl_results(queries, dataset, max(self.config.top_k, 5 * k))
+        owl = self.owl_candidates(queries, dataset, k)
         grounder = self.grounder
         cache: OrderedDict[str, object] = OrderedDict()
         prepared = RerankPrepared(queries=queries)
