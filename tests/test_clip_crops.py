@@ -208,3 +208,32 @@ def test_index_without_crops_is_explained(env, tmp_path):
     shutil.rmtree(db / "crops.lance")
     with pytest.raises(ResedisError, match="--crop-model"):
         run_pipeline("clip-crops", db, texts=["a red circle"], config=PipelineConfig(), models=pipekit.models(env))
+
+
+def test_crop_corpus_is_read_once_per_pool_until_the_crops_change(env, tmp_path, monkeypatch):
+    """A server makes one pipeline per request over one model pool: the crops table is read
+    once, not per query, and re-read when crops are written."""
+    import shutil
+
+    import resedis.pipelines.clip_crops as cc
+    from resedis.pipelines import Models, PipelineConfig, run_pipeline
+    from resedis.pipelines.crops import CropConfig, CropWriter, load_crops
+
+    db = tmp_path / "db"
+    shutil.copytree(env.db, db)
+    reads = []
+    monkeypatch.setattr(cc, "load_crops", lambda index: reads.append(1) or load_crops(index))
+    models = Models("cpu")
+    models.put(env.spec("clip"), pipekit.models(env).get(env.spec("clip")))
+    first = run_pipeline("clip-crops", db, texts=["a red circle"], config=PipelineConfig(top_k=5), models=models)
+    again = run_pipeline("clip-crops", db, texts=["a red circle"], config=PipelineConfig(top_k=5), models=models)
+    assert len(reads) == 1
+    assert [(h.image_id, h.box, h.score) for h in first[0].hits] == [(h.image_id, h.box, h.score) for h in again[0].hits]
+    # new crop rows (an image embedded again under a fresh batch) invalidate the cached corpus
+    from resedis.index.store import open_index
+
+    index = open_index(db)
+    writer = CropWriter(index, CropConfig(model=env.spec("clip"), max_crops=5), encoder=models.get(env.spec("clip")))
+    writer.delete(["nonexistent.jpg"])
+    run_pipeline("clip-crops", db, texts=["a red circle"], config=PipelineConfig(top_k=5), models=models)
+    assert len(reads) == 2
