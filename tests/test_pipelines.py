@@ -191,3 +191,51 @@ def test_ablation_latency_excludes_model_loading(env, monkeypatch, name):
     assert loads and prepares, "nothing loaded / prepared through the pool: the check would be blind"
     assert max(loads) < min(prepares), "a model was loaded inside the timed part"
     assert row.split["seconds"]["warm_up"] >= 0.3 * len(loads)
+
+
+def _ablation_rows():
+    from resedis.ablation import TABLE_KEYS, AblationRow
+
+    metrics = {k: 0.123456 for k in TABLE_KEYS}
+    split = {"mode": "holdout", "seed": 0, "threshold": 0.25, "calibration_queries": 3, "evaluated_queries": 7,
+             "calibration_query_ids": ["q-calib-1", "q-calib-2", "q-calib-3"],
+             "params": {"weight": 0.3, "match_iou": 0.5, "grounder_boxes": 5, "nms_iou": 0.5}}
+    rows = [AblationRow(name, "ok", dict(metrics), 1234.5678, 98765.4321, 1.2345, dict(split))
+            for name in ("owl", "owl+rerank", "clip-crops")]
+    rows.append(AblationRow("extra", "not run: weights for model gdino:/somewhere not found."))
+    return rows
+
+
+def test_ablation_page_shows_the_held_out_split_and_fits_a_1300px_window(env, tmp_path):
+    """The page names the queries presence was fitted on and every pipeline's operating point,
+    and its tables fit a 1300 px wide window (a long parameters column pushed the latency and
+    index-cost columns off screen)."""
+    import os
+    import re
+
+    from resedis.ablation import write_ablation
+
+    path = write_ablation(tmp_path / "a.html", env.dataset, _ablation_rows())
+    page = path.read_text()
+    assert "q-calib-1, q-calib-2, q-calib-3" in page and "3 calibration queries" in page
+    presence = page[page.index("Presence decision"):]
+    for name in ("owl", "owl+rerank", "clip-crops"):
+        assert re.search(rf"<td>{re.escape(name)}</td><td>hold-out \(3 fitted, 7 reported\)</td><td>0\.250</td>", presence)
+    assert "not run: weights for model gdino:/somewhere" in page
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = os.environ.get("RESEDIS_CHROMIUM", "/usr/bin/chromium")
+    if not os.path.exists(chromium):
+        pytest.skip(f"{chromium} not found (apt-get install chromium)")
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"]
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=args)
+        try:
+            page_ = browser.new_page(viewport={"width": 1300, "height": 900})
+            page_.goto(path.as_uri())
+            width = page_.evaluate("document.documentElement.scrollWidth")
+            cells = page_.locator("table").first.locator("th").all_inner_texts()
+        finally:
+            browser.close()
+    assert width <= 1300, f"the ablation page is {width} px wide: columns are cut off in a 1300 px window"
+    assert [c.replace("\n", " ") for c in cells[-3:]] == ["mean query ms", "index KiB / image", "index s / image"]

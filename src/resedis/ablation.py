@@ -155,6 +155,41 @@ def format_table(rows: Sequence[AblationRow]) -> str:
     return "\n".join(out)
 
 
+_SPLIT_NAMES = {"stored": "stored calibration", "none": "pipeline defaults", "holdout": "hold-out", "kfold": "k-fold"}
+
+
+def _presence_row(r: AblationRow) -> str:
+    """One row of the presence-decision table: how ``r`` decided ``present``."""
+    e = html.escape
+    sp = r.split
+    mode = sp.get("mode")
+    split = _SPLIT_NAMES.get(mode, str(mode))
+    notes = []
+    if mode == "holdout":
+        split += f" ({sp.get('calibration_queries')} fitted, {sp.get('evaluated_queries')} reported)"
+    elif mode == "kfold":
+        split += f" (K = {sp.get('k')})"
+        notes.append("threshold and parameters fitted per fold on the other folds")
+    elif sp.get("source"):
+        notes.append(f"from: {sp['source']}")
+    if sp.get("warning"):
+        notes.append(f"<span class='warn'>WARNING: {e(sp['warning'])}</span>")
+    threshold = "per fold" if mode == "kfold" else _fmt(sp.get("threshold"))
+    params = "per fold" if mode == "kfold" else json.dumps(sp.get("params", {}))
+    return (f"<tr><td>{e(r.pipeline)}</td><td>{e(split)}</td><td>{e(threshold)}</td><td><code>{e(params)}</code></td>"
+            f"<td>{'; '.join(n if n.startswith('<span') else e(n) for n in notes)}</td></tr>")
+
+
+def _held_out(split: dict) -> str:
+    """The queries presence was fitted on (hold-out mode), so a reader can see the split."""
+    ids = split.get("calibration_query_ids")
+    if split.get("mode") != "holdout" or not ids:
+        return ""
+    e = html.escape
+    return (f"<details class='held-out'><summary>{len(ids)} calibration queries (fitted on, not reported; "
+            f"seed {e(str(split.get('seed')))})</summary><p><code>{e(', '.join(map(str, ids)))}</code></p></details>")
+
+
 def write_ablation(path, dataset: Dataset, rows: Sequence[AblationRow], *, title: str | None = None) -> Path:
     """Self-contained HTML: the side-by-side table, split handling, and links to per-pipeline
     reports written next to it (``<stem>.<pipeline>.html``) via :func:`resedis.report.write_report`."""
@@ -169,33 +204,36 @@ def write_ablation(path, dataset: Dataset, rows: Sequence[AblationRow], *, title
             write_report(sub, dataset, r.results, r.eval_result, title=f"{dataset.name} · {r.pipeline}")
             links[r.pipeline] = sub.name
     e = html.escape
-    head = "".join(f"<th>{e(k)}</th>" for k in ("pipeline", *TABLE_KEYS, "mean query ms", "index bytes/image", "index s/image", "presence"))
-    body = []
+    head = "".join(f"<th>{e(k)}</th>" for k in ("pipeline", *TABLE_KEYS)) + (
+        "<th>mean query ms</th><th>index KiB / image</th><th>index s / image</th>")
+    body, presence = [], []
     for r in rows:
         name = f'<a href="{e(links[r.pipeline])}">{e(r.pipeline)}</a>' if r.pipeline in links else e(r.pipeline)
         if r.status != "ok":
-            body.append(f"<tr><td>{name}</td><td colspan='{len(TABLE_KEYS) + 4}' class='skip'>{e(r.status)}</td></tr>")
+            body.append(f"<tr><td>{name}</td><td colspan='{len(TABLE_KEYS) + 3}' class='skip'>{e(r.status)}</td></tr>")
             continue
-        sp = r.split
-        presence = f"{sp.get('mode')}; threshold {_fmt(sp.get('threshold'))}; params {json.dumps(sp.get('params', {}))}"
-        if sp.get("mode") == "holdout":
-            presence += f"; fitted on {sp.get('calibration_queries')} held-out queries"
-        if sp.get("warning"):
-            presence += f"; WARNING: {sp['warning']}"
         cells = "".join(f"<td>{_fmt(r.metrics.get(k))}</td>" for k in TABLE_KEYS)
-        body.append(f"<tr><td>{name}</td>{cells}<td>{_fmt(r.query_ms)}</td><td>{_fmt(r.index_bytes_per_image)}</td>"
-                    f"<td>{_fmt(r.index_seconds_per_image)}</td><td class='small'>{e(presence)}</td></tr>")
+        kib = None if r.index_bytes_per_image is None else r.index_bytes_per_image / 1024
+        body.append(f"<tr><td>{name}</td>{cells}<td>{_fmt(r.query_ms)}</td><td>{_fmt(kib)}</td>"
+                    f"<td>{_fmt(r.index_seconds_per_image)}</td></tr>")
+        presence.append(_presence_row(r))
     ok = [r for r in rows if r.status == "ok"]
     n_eval = ok[0].split.get("evaluated_queries") if ok else None
+    held = _held_out(ok[0].split) if ok else ""
     doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(title or 'resedis ablation')}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
-.skip{{color:#a00;text-align:left}}.small{{font-size:80%;text-align:left}}</style></head><body>
+<style>body{{font-family:system-ui,sans-serif;margin:1.5em;font-size:15px}}table{{border-collapse:collapse;margin-bottom:1.5em}}
+td,th{{border:1px solid #ccc;padding:4px 6px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+th{{font-size:13px}}.skip{{color:#a00;text-align:left}}.text td,.text th{{text-align:left;max-width:40em;overflow-wrap:anywhere}}
+.warn{{color:#a00}}code{{font-size:13px}}</style></head><body>
 <h1>{e(title or 'Pipeline ablation')}</h1>
 <p>Dataset <b>{e(dataset.name)}</b>: {len(dataset.queries)} queries, {len(dataset.images)} images;
-metrics over {e(str(n_eval))} reported queries (the same for every pipeline). Latency = wall time of the
-pipeline (model forwards + search + fusion) per query on this machine.</p>
+metrics over {e(str(n_eval))} reported queries (the same for every pipeline). Mean query ms = wall time of the
+pipeline per query on this machine (model forwards + search + fusion, models already loaded).</p>
 <table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
+<h2>Presence decision</h2>
+<table class="text presence"><thead><tr><th>pipeline</th><th>split</th><th>threshold</th><th>parameters</th><th>notes</th></tr></thead>
+<tbody>{''.join(presence)}</tbody></table>
+{held}
 </body></html>"""
     path.write_text(doc, encoding="utf-8")
     return path
