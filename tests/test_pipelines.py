@@ -76,7 +76,8 @@ def test_eval_holdout_reports_the_split_it_held_out(env, tmp_path, capsys):
     assert cal["evaluated_queries"] == len(rest) == m["queries"]
     preds = read_predictions(tmp_path / "m.predictions.jsonl")
     assert {r.query_id for r in preds} == set(rest)  # the fitted queries are not reported
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    assert f"calibration queries (fitted on, not reported): {', '.join(calib)}" in err
     assert main(["eval", "--dataset", str(env.synth), "--predictions", str(tmp_path / "m.predictions.jsonl"),
                  "--calibration-split", "0.5"]) == 2
     assert "apply with --db" in capsys.readouterr().err

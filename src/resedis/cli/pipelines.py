@@ -133,6 +133,10 @@ def run_eval_pipelines(args: argparse.Namespace, dataset, out_preds) -> int:
         print(f"warning: {split['warning']}", file=sys.stderr)
     held = (f"fitted on {split['calibration_queries']} held-out queries, reporting the other {split['evaluated_queries']}"
             if split["mode"] == "holdout" else f"{split['mode']}")
+    if split["mode"] == "holdout":
+        ids = [str(i) for i in split["calibration_query_ids"]]
+        shown = ", ".join(ids[:20]) + (f", … ({len(ids)} in all; every id in --json)" if len(ids) > 20 else "")
+        print(f"calibration queries (fitted on, not reported): {shown}", file=sys.stderr)
     print(f"dataset {dataset.name} · pipeline {pipeline.name} · IoU {args.iou} · presence: {held}"
           f" (threshold {split.get('threshold', 'per fold')})")
     print(format_metrics_table(ev.metrics))
