@@ -145,12 +145,23 @@ def test_threshold_parameter_sets_presence(client):
         ({"q": "red", "pipeline": "x" * 65}, 422, "pipeline"),
         ({"q": "red", "masks": "perhaps"}, 422, "masks"),
         ({}, 422, "q:"),
+        ({"q": "\x00"}, 400, "control characters"),
+        ({"q": "red\x1b[2J circle"}, 400, "control characters"),
+        ({"q": "red", "pipeline": "owl rerank"}, 400, "pipeline=owl%2Brerank"),
     ],
 )
 def test_bad_search_requests_get_clear_4xx(client, params, status, needle):
     r = client.get("/api/search", params=params)
     assert r.status_code == status, r.text
     assert needle in r.json()["detail"]
+    assert_healthy(client)
+
+
+def test_query_bytes_that_are_not_utf8_are_a_400(client):
+    r = client.get("/api/search?q=%ff%fe&top_k=3")  # raw: percent-encoded non-UTF-8 bytes
+    assert r.status_code == 400 and "UTF-8" in r.json()["detail"]
+    ok = client.get("/api/search?q=caf%C3%A9+cr%C3%A8me&top_k=3")  # UTF-8 text is fine
+    assert ok.status_code == 200 and ok.json()["query"] == "café crème"
     assert_healthy(client)
 
 
@@ -347,6 +358,27 @@ def test_page_and_static_files(client):
     assert client.get("/static/style.css").status_code == 200
     assert client.get("/static/../app.py").status_code == 404
     assert client.get("/openapi.json").json()["paths"]["/api/search"]
+
+
+def test_docs_page_is_self_contained(client):
+    """/docs must work offline: FastAPI's default page loads Swagger UI from a CDN (blank
+    without network). Ours loads only same-origin files and renders /openapi.json."""
+    import re
+
+    r = client.get("/docs")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    refs = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert "/static/docs.js" in refs and "/openapi.json" in refs
+    assert all(u.startswith(("/", "#", "data:")) for u in refs), refs  # nothing from another host
+    assert "<script>" not in r.text  # no inline code (the CSP forbids it)
+    js = client.get("/static/docs.js")
+    assert js.status_code == 200 and 'fetch("/openapi.json"' in js.text and "http" not in js.text.replace("HTTP", "")
+    assert client.get("/static/docs.css").status_code == 200
+    assert client.get("/redoc").status_code == 404  # also CDN-based: not offered
+    spec = client.get("/openapi.json").json()
+    assert {"400", "404", "403"} <= set(spec["paths"]["/api/images/{image_id}"]["get"]["responses"])
+    assert {"400", "429"} <= set(spec["paths"]["/api/search"]["get"]["responses"])
 
 
 def test_untrusted_host_header_is_refused(client):

@@ -364,6 +364,23 @@ def test_page_with_api_key(browser, corpus):
     assert "X-API-Key" in (corpus["base"] / "serve-key.log").read_text()
 
 
+def test_docs_page_renders_every_endpoint_offline(page, server):
+    """/docs in the browser (no network): every operation of /openapi.json is rendered,
+    with the search parameters' limits."""
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    operations = [(m.upper(), path) for path, ops in spec["paths"].items() for m in ops]
+    outside = []
+    page.on("request", lambda r: None if r.url.startswith(server.url) else outside.append(r.url))
+    page.goto(f"{server.url}/docs")
+    _wait_js(page, "() => document.querySelectorAll('section.endpoint').length > 0")
+    rendered = page.eval_on_selector_all("section.endpoint h2", "hs => hs.map(h => [h.querySelector('.method').textContent, h.childNodes[1].textContent])")
+    assert [tuple(r) for r in rendered] == operations
+    search = page.locator("section.endpoint", has_text="/api/search").first.inner_text()
+    assert "top_k" in search and "≤ 200" in search and "length ≤ 500" in search
+    assert not outside and not page.errors, (outside, page.errors)
+    _shot(page, "docs.png")
+
+
 def test_cli_says_it_binds_loopback(server):
     log = server.log.read_text()
     assert f"http://127.0.0.1:{server.port}/" in log and "loopback only" in log

@@ -2,7 +2,8 @@
 
 Routes (OpenAPI at ``/docs`` and ``/openapi.json``):
 
-* ``GET /`` the web page (static files under ``/static``), ``GET /healthz``;
+* ``GET /`` the web page (static files under ``/static``), ``GET /docs`` the API
+  reference (rendered from ``/openapi.json`` by a local script: no CDN), ``GET /healthz``;
 * ``GET /api/search?q=&top_k=&threshold=&pipeline=&masks=`` ->
   ``{query, pipeline, top_k, threshold, hits: [Hit JSON], images: {id: {width, height}}, timings}``;
 * ``GET /api/images/{image_id}`` and ``GET /api/images/{image_id}/thumb?size=``: image
@@ -40,6 +41,7 @@ from resedis.server.security import (
     BodyLimitMiddleware,
     RequestRefused,
     SecurityHeadersMiddleware,
+    check_query_text,
     resolve_index_folder,
 )
 
@@ -57,6 +59,26 @@ class IndexRequest(BaseModel):
 
     folder: str = Field(..., min_length=1, max_length=4096, description="folder under an allowed index root")
     prune: bool = Field(False, description="remove entries of files that no longer exist")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a message for the client."""
+
+    detail: str
+
+
+def _errors(*codes: int) -> dict:
+    """OpenAPI ``responses`` entries for the 4xx answers a route can give."""
+    meaning = {
+        400: "bad request (e.g. an image id that could name a file, an empty query, an unknown pipeline)",
+        401: "missing or wrong X-API-Key (only when the server runs with --api-key)",
+        403: "refused (a file outside the indexed folders, indexing disabled or outside the allowed roots)",
+        404: "unknown image or job id",
+        409: "not possible now (index not built yet, an indexing job already running)",
+        413: "request body too large",
+        429: "too many searches waiting; retry shortly",
+    }
+    return {c: {"model": ErrorBody, "description": meaning[c]} for c in codes}
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, list]:
@@ -97,6 +119,8 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         description="Referring search and discovery over an indexed image collection.",
         lifespan=lifespan,
         redirect_slashes=False,  # a traversal attempt gets a 4xx, never a redirect to follow
+        docs_url=None,  # FastAPI's /docs and /redoc load their scripts from a CDN: blank offline
+        redoc_url=None,
     )
     app.state.service = service
     app.state.jobs = jobs
@@ -116,13 +140,19 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
     async def page():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"content-security-policy": PAGE_CSP})
 
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        """The API reference, rendered from /openapi.json by a local script (works offline)."""
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html", headers={"content-security-policy": PAGE_CSP})
+
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/healthz", tags=["service"], summary="Liveness: answers without touching the model")
     async def healthz():
         return {"status": "ok", "ready": service.ready, "version": __version__}
 
-    @app.get("/api/search", tags=["search"], summary="Find every image region matching a description")
+    @app.get("/api/search", tags=["search"], summary="Find every image region matching a description",
+             responses=_errors(400, 401, 409, 429))
     async def api_search(
         q: str = Query(..., min_length=1, max_length=config.max_query_chars, description="the description"),
         top_k: int = Query(config.default_top_k, ge=1, le=config.max_top_k, description="hits to return"),
@@ -134,8 +164,7 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         ),
         masks: bool = Query(False, description="attach a SAM mask (COCO RLE) to every hit; cached in the index"),
     ):
-        if not q.strip():
-            raise RequestRefused(400, "q: empty query; describe the object to search for")
+        check_query_text(q)
         request = SearchRequest(text=q, top_k=top_k, threshold=threshold, pipeline=pipeline, masks=masks)
         return await service.search(request)
 
@@ -144,7 +173,7 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         tags=["images"],
         summary="A JPEG thumbnail (EXIF-oriented) fitted inside size x size",
         response_class=Response,
-        responses={200: {"content": {"image/jpeg": {}}}},
+        responses={200: {"content": {"image/jpeg": {}}}, **_errors(400, 401, 403, 404)},
     )
     def api_thumb(image_id: str, size: int = Query(config.default_thumb_size, ge=thumb_lo, le=thumb_hi)):
         path = service.catalog().open_path(image_id)
@@ -156,7 +185,7 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         tags=["images"],
         summary="The image file of an indexed image, by id",
         response_class=Response,
-        responses={200: {"content": {"image/*": {}}}},
+        responses={200: {"content": {"image/*": {}}}, **_errors(400, 401, 403, 404)},
     )
     def api_image(image_id: str):
         path = service.catalog().open_path(image_id)
@@ -165,7 +194,7 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
             return Response(converted, media_type=media, headers={"cache-control": IMAGE_CACHE})
         return FileResponse(path, media_type=media, headers={"cache-control": IMAGE_CACHE})
 
-    @app.get("/api/stats", tags=["service"], summary="Index size, model, pipelines, calibration")
+    @app.get("/api/stats", tags=["service"], summary="Index size, model, pipelines, calibration", responses=_errors(401))
     def api_stats():
         with_catalog = service.stats()
         with_catalog["indexing_enabled"] = config.indexing_enabled
@@ -178,7 +207,8 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         }
         return with_catalog
 
-    @app.post("/api/index", tags=["indexing"], status_code=202, summary="Index (or update) a folder in the background")
+    @app.post("/api/index", tags=["indexing"], status_code=202, summary="Index (or update) a folder in the background",
+              responses=_errors(400, 401, 403, 409, 413))
     def api_index(body: IndexRequest):
         if not config.indexing_enabled:
             raise RequestRefused(403, "indexing over HTTP is disabled; start the server with --allow-index-root DIR")
@@ -186,7 +216,7 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         job = jobs.submit(folder, prune=body.prune)
         return jobs.to_json(job)
 
-    @app.get("/api/jobs/{job_id}", tags=["indexing"], summary="State of an indexing job")
+    @app.get("/api/jobs/{job_id}", tags=["indexing"], summary="State of an indexing job", responses=_errors(400, 401, 404))
     def api_job(job_id: str):
         return jobs.to_json(jobs.get(job_id))
 

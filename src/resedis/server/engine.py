@@ -138,8 +138,12 @@ class SearchService:
         pipelines = available_pipelines()
         name = default_pipeline() if request.pipeline == PIPELINE_ALIAS else request.pipeline
         if name not in pipelines:
+            hint = ""
+            if " " in request.pipeline and request.pipeline.replace(" ", "+") in pipelines:
+                hint = f" (a '+' in a URL query string means a space: send pipeline={request.pipeline.replace(' ', '%2B')})"
             raise RequestRefused(
-                400, f"unknown pipeline {request.pipeline!r}; available: {', '.join(pipelines)} ({PIPELINE_ALIAS!r} = {default_pipeline()!r})"
+                400, f"unknown pipeline {request.pipeline!r}; available: {', '.join(pipelines)} "
+                f"({PIPELINE_ALIAS!r} = {default_pipeline()!r}){hint}"
             )
         if not self.ready:
             raise RequestRefused(409, "the index is empty: start indexing with POST /api/index first")

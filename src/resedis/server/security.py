@@ -55,6 +55,19 @@ def check_image_id(image_id: str) -> str:
     return image_id
 
 
+def check_query_text(q: str) -> str:
+    """Return the search text ``q``; ``RequestRefused(400)`` when it is blank, holds control
+    characters (NUL, escapes, ...; tab and newline are whitespace) or U+FFFD, which is what
+    a percent-encoded byte sequence that is not UTF-8 (``%ff``) decodes to."""
+    if not q.strip():
+        raise RequestRefused(400, "q: empty query; describe the object to search for")
+    if any((ord(c) < 32 and c not in "\t\n\r") or 0x7F <= ord(c) < 0xA0 for c in q):
+        raise RequestRefused(400, "q: contains control characters")
+    if "\ufffd" in q:
+        raise RequestRefused(400, "q: not valid UTF-8 (percent-encode the text's UTF-8 bytes)")
+    return q
+
+
 def _is_within(path: str, root: str) -> bool:
     try:
         return os.path.commonpath([path, root]) == root
