@@ -150,3 +150,29 @@ def test_mask_iou_mode_scores_attached_masks(env, sam, tmp_path):
             expected = max((mask_iou([mt.hit.mask], [t.rle])[0, 0] for t in targets), default=0.0)
             assert mt.iou == pytest.approx(expected)
     assert set(ev.metrics) >= {"mAP50", "F1", "BR@1@0.5"}
+
+
+def test_masks_cached_under_another_mask_rule_are_recomputed(env, sam, tmp_path):
+    """A cache row written before the box-restriction rule changed (keyed by the bare spec)
+    is never served: the key carries the segmenter's ``mask_rule``."""
+    from resedis.index.store import canonical_spec, open_index
+    from resedis.masks import encode_mask
+    from resedis.masks_cache import MaskCache, attach_masks, box_key
+
+    db = pipekit.copy_db(env, tmp_path)
+    index = open_index(db)
+    rows, hits = _hits(env, n_images=1, boxes_per_image=1)
+    h = hits[0]
+    cache = MaskCache(index)
+    image_id, sha = cache.image_key(h.path)
+    stale = np.ones((rows[0]["height"], rows[0]["width"]), bool)  # everything: violates the margin
+    rle = encode_mask(stale)
+    cache.store([{"image_id": image_id, "sha256": sha, "box_key": box_key(h.box), "segmenter": canonical_spec(sam.spec),
+                  "height": rle["size"][0], "width": rle["size"][1], "counts": rle["counts"]}])
+    calls0 = sam.image_calls
+    [out] = attach_masks([QueryResult("q", "x", [h])], index, sam)
+    assert sam.image_calls == calls0 + 1  # recomputed, not served from the stale row
+    assert out.hits[0].mask["counts"] != rle["counts"]
+    [again] = attach_masks([QueryResult("q", "x", [h])], index, sam)
+    assert sam.image_calls == calls0 + 1 and again.hits[0].mask == out.hits[0].mask  # now cached
+    np.testing.assert_array_equal(decode_rle(out.hits[0].mask), sam.segment(Image.open(h.path).convert("RGB"), np.array([h.box]))[0])

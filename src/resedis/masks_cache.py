@@ -9,8 +9,9 @@ repeated query therefore costs no segmenter call. Masks are COCO RLE in ``Hit.ma
 Cache key: ``(image_id, sha256, box_key, segmenter)`` where ``image_id``/``sha256`` are
 the index's (a changed file has a new hash, so stale masks are never served),
 ``box_key`` the xyxy box rounded to 0.01 px (``"x0,y0,x1,y1"``) and ``segmenter`` the
-canonical model spec. Hits whose image is not in the index are keyed by their file's
-real path and content hash.
+canonical model spec, followed by ``#`` and the segmenter's ``mask_rule`` when it has one
+(how masks are restricted to their box: a changed rule never serves older masks). Hits
+whose image is not in the index are keyed by their file's real path and content hash.
 """
 
 from __future__ import annotations
@@ -95,15 +96,23 @@ class MaskCache:
             self._table(create=True).add(pa.Table.from_pylist(rows, schema=masks_schema()))
 
 
+def segmenter_key(segmenter) -> str:
+    """The cache's ``segmenter`` value: canonical spec [+ ``#`` + the backend's ``mask_rule``]."""
+    from resedis.index.store import canonical_spec
+
+    spec = canonical_spec(segmenter.spec)
+    rule = getattr(segmenter, "mask_rule", None)
+    return f"{spec}#{rule}" if rule else spec
+
+
 def attach_masks(results: list[QueryResult], index, segmenter, *, progress: bool = False) -> list[QueryResult]:
     """Copies of ``results`` whose hits carry SAM masks (``segmenter.segment(image, boxes)``),
     computed only for (image, box) pairs not in the index's mask cache."""
     from tqdm.auto import tqdm
 
-    from resedis.index.store import canonical_spec
     from resedis.io.images import open_rgb
 
-    spec = canonical_spec(segmenter.spec)
+    spec = segmenter_key(segmenter)
     cache = MaskCache(index)
     wanted: dict[str, list[str]] = {}  # path -> box keys (dedup, first-seen order)
     boxes_of: dict[tuple[str, str], tuple[float, ...]] = {}

@@ -27,6 +27,9 @@ from resedis.errors import ResedisError
 
 MARGIN_FRACTION = 0.05
 MARGIN_MIN_PX = 2.0
+# Names the box-restriction rule; part of the mask-cache key, so masks cached under an
+# earlier rule (e.g. a floor/ceil window that let pixels straddle the margin) are recomputed.
+MASK_RULE = "box+margin:whole-pixels"
 
 
 def box_margin(box: Sequence[float]) -> float:
@@ -64,6 +67,7 @@ class SamBackend:
     ``boxes_segmented`` the boxes decoded (to make the cost of masks observable)."""
 
     kind = "segmenter"
+    mask_rule = MASK_RULE
 
     def __init__(self, spec: str, model, processor, device) -> None:
         self.spec = spec
