@@ -184,6 +184,35 @@ def test_unavailable_models_are_a_clear_400(client):
     assert client.get("/api/search", params={"q": "red"}).status_code == 200
 
 
+def test_rerank_pipeline_uses_the_configured_grounder(corpus, tiny_models, tmp_path_factory, monkeypatch, capsys):
+    """``--grounder`` reaches the owl+rerank pipeline (without it only the hub default could
+    ever be used); hits come only from the images the grounder saw."""
+    import uvicorn
+
+    from resedis.cli import main
+    from resedis.testing.tiny_extra import make_extra_checkpoints
+
+    gdino = make_extra_checkpoints(tmp_path_factory.mktemp("gdino"), ["gdino"])["gdino"]
+    spec = f"gdino:{gdino}"
+    svc = SearchService(corpus["db"], grounder=spec)
+    app = create_app(ServeConfig(db=corpus["db"], grounder=spec), service=svc)
+    try:
+        with TestClient(app, base_url=BASE) as c:
+            r = c.get("/api/search", params={"q": "red circle", "top_k": 5, "pipeline": "owl+rerank"})
+            assert r.status_code == 200, r.text
+            backend = svc.models.get(spec)
+            assert backend.images_seen >= 1
+            assert 0 < len({h["image_id"] for h in r.json()["hits"]}) <= backend.images_seen
+            assert c.get("/api/stats").json()["grounder"] == spec
+    finally:
+        svc.close()
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(app))
+    assert main(["serve", "--db", str(corpus["db"]), "--grounder", spec]) == 0
+    assert started[-1].state.service.grounder == spec
+    capsys.readouterr()
+
+
 def test_masks_are_the_segmenters_own_and_cached(corpus, tiny_models, tmp_path_factory):
     import numpy as np
     from pycocotools import mask as mask_utils

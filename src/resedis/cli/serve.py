@@ -47,6 +47,11 @@ def register(subparsers) -> None:
         default=None,
         help="model spec for masks=true (default: the pipelines' SAM default, sam:facebook/sam-vit-base)",
     )
+    p.add_argument(
+        "--grounder",
+        default=None,
+        help="grounding model spec for pipeline=owl+rerank (default: gdino:IDEA-Research/grounding-dino-tiny)",
+    )
     p.add_argument("--device", default=None, help="device for the text encoder (cpu, cuda, cuda:1; default: auto)")
     p.add_argument("--max-top-k", type=int, default=200, help="largest top_k a search may ask for (default: 200)")
     p.add_argument("--max-query-chars", type=int, default=500, help="longest query accepted (default: 500)")
@@ -78,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         index_model=args.model,
         segmenter=args.segmenter,
+        grounder=args.grounder,
         max_top_k=args.max_top_k,
         default_top_k=min(20, args.max_top_k),
         max_query_chars=args.max_query_chars,

@@ -99,6 +99,7 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
             config.db,
             device=config.device,
             segmenter=config.segmenter,
+            grounder=config.grounder,
             max_pending=config.max_pending_searches,
             cache_entries=config.result_cache_entries,
             allow_missing=config.indexing_enabled,

@@ -32,6 +32,8 @@ class ServeConfig:
     ``index_model``: model spec for an index created by ``POST /api/index`` when ``db``
     does not exist yet (an existing index keeps its own model).
     ``segmenter``: model spec for ``masks=true`` (default: the pipelines' SAM default).
+    ``grounder``: model spec of the ``owl+rerank`` pipeline's grounding model (default:
+    the pipelines' Grounding DINO default).
     ``trusted_hosts``: accepted ``Host`` headers (DNS-rebinding guard); ``None`` derives
     them from ``host`` (loopback names when bound to loopback, anything otherwise).
     """
@@ -44,6 +46,7 @@ class ServeConfig:
     device: str | None = None
     index_model: str | None = None
     segmenter: str | None = None
+    grounder: str | None = None
     max_query_chars: int = 500
     max_top_k: int = 200
     default_top_k: int = 20

@@ -57,7 +57,7 @@ class SearchService:
 
     ``db`` may not exist yet when ``allow_missing`` (indexing enabled): searches are
     then refused with ``409`` until an indexing job has created it. ``segmenter``: the
-    model spec used for ``masks=true``.
+    model spec used for ``masks=true``; ``grounder``: the ``owl+rerank`` grounding model.
     """
 
     def __init__(
@@ -66,15 +66,17 @@ class SearchService:
         *,
         device: str | None = None,
         segmenter: str | None = None,
+        grounder: str | None = None,
         max_pending: int = 64,
         cache_entries: int = 256,
         allow_missing: bool = False,
     ):
-        from resedis.pipelines import DEFAULT_SEGMENTER, Models
+        from resedis.pipelines import DEFAULT_GROUNDER, DEFAULT_SEGMENTER, Models
 
         self.db = Path(db)
         self.device = device
         self.segmenter = segmenter or DEFAULT_SEGMENTER
+        self.grounder = grounder or DEFAULT_GROUNDER
         self.max_pending = max_pending
         self.cache_entries = cache_entries
         self.model_lock = threading.Lock()
@@ -165,7 +167,8 @@ class SearchService:
             if self.index is None:
                 raise RequestRefused(409, "the index is empty: start indexing with POST /api/index first")
             try:
-                config = PipelineConfig(top_k=request.top_k, threshold=request.threshold, device=self.device)
+                config = PipelineConfig(top_k=request.top_k, threshold=request.threshold, device=self.device,
+                                        grounder=self.grounder)
                 pipeline = get_pipeline(name, self.index, config, self.models)
                 _, threshold, source = pipeline.resolved()
                 corpus_version = self.searcher.corpus().version  # reloads when the index changed
@@ -231,6 +234,7 @@ class SearchService:
         out["threshold"] = threshold
         out["threshold_source"] = source
         out["segmenter"] = self.segmenter
+        out["grounder"] = self.grounder
         return out
 
 
