@@ -437,3 +437,23 @@ def test_presence_threshold_maximises_f1():
     f1, n_acc = f1_at(threshold)
     assert f1 == pytest.approx(best) and fit["F1"] == pytest.approx(best)
     assert fit["N_acc"] == pytest.approx(n_acc)
+
+
+@pytest.mark.parametrize("family", ["owlv2", "owlvit"])
+def test_finetune_from_checkpoint_with_frozen_backbone(corpora, tiny_models, tmp_path, family):
+    """Starting from an existing checkpoint (the tiny random ones), OWLv2 and OWL-ViT:
+    --freeze-backbone leaves both towers untouched and trains the heads."""
+    from resedis.finetune.detector import base_model
+
+    before, _ = load_detector(f"{family}:{tiny_models[family]}")
+    cfg = FinetuneConfig(epochs=1, batch_size=4, lr=1e-3, warmup_steps=1, negatives_per_image=2,
+                         freeze_backbone=True, max_steps=2, progress=False)
+    result = finetune(corpora / "train", tmp_path / "ft", model=f"{family}:{tiny_models[family]}", config=cfg)
+    assert result.steps == 2 and all(math.isfinite(v) for v in result.train_losses)
+    after, _ = load_detector(tmp_path / "ft" / "last")
+    base_names = {n for n, _ in base_model(before).named_parameters()}
+    prefix = "owlv2." if family == "owlv2" else "owlvit."
+    changed = {n for (n, a), (_, b) in zip(before.named_parameters(), after.named_parameters()) if not torch.equal(a, b)}
+    assert changed and all(not n.startswith(prefix) for n in changed), changed
+    assert any(n.startswith("class_head.") for n in changed) and any(n.startswith("box_head.") for n in changed)
+    assert base_names  # the towers exist and were left as they were

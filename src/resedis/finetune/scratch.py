@@ -45,6 +45,10 @@ class ScratchConfig:
     #: std of the word-embedding init (None: transformers' 0.02, under which all texts
     #: start with near-identical embeddings)
     text_embed_init_std: float | None = None
+    #: initialise the (learnable) patch position embeddings with 2-D sine-cosine
+    #: embeddings (as MAE does), so the tower knows which patches are neighbours from
+    #: the first step instead of having to learn the 2-D layout from data
+    sincos_positions: bool = False
 
     @classmethod
     def from_json(cls, path: str | Path) -> "ScratchConfig":
@@ -142,6 +146,12 @@ def build_scratch_owlv2(config: ScratchConfig, texts=(), seed: int = 0):
     torch.manual_seed(seed)
     model = Owlv2ForObjectDetection(hf_config)
     init_detection_heads(model)
+    if config.sincos_positions:
+        with torch.no_grad():
+            pe = model.owlv2.vision_model.embeddings.position_embedding.weight
+            grid = config.image_size // config.patch_size
+            pe.zero_()
+            pe[1:] = sincos_2d(grid, pe.shape[1])
     if config.text_embed_init_std is not None:
         with torch.no_grad():
             torch.nn.init.normal_(model.owlv2.text_model.embeddings.token_embedding.weight, std=config.text_embed_init_std)
@@ -194,3 +204,21 @@ def init_detection_heads(model) -> None:
         nn.init.constant_(ch.logit_shift.bias, prior / INIT_LOGIT_SCALE)
         nn.init.normal_(ch.logit_scale.weight, std=1e-3)
         nn.init.constant_(ch.logit_scale.bias, INIT_LOGIT_SCALE - 1.0)  # elu(x) + 1 = x + 1 for x > 0
+
+
+def sincos_2d(grid: int, dim: int):
+    """(grid*grid, dim) 2-D sine-cosine position embeddings (MAE), row-major patch order:
+    half the channels encode the row, half the column, each as sin/cos pairs of
+    geometrically spaced frequencies."""
+    import torch
+
+    if dim % 4:
+        raise ValueError(f"sine-cosine position embeddings need a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                            indexing="ij")
+    def enc(pos):
+        out = pos.reshape(-1, 1) * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+    return torch.cat([enc(ys), enc(xs)], dim=1)
