@@ -166,3 +166,37 @@ def test_stored_calibration_on_the_same_queries_is_flagged(env, tmp_path):
     assert report["source"] == "calibrated" and "warning" in report
     _, _, report = evaluate_with_calibration(pipe, env.dataset, "none")
     assert report["source"] == "default" and report["threshold"] == pipe.default_threshold
+
+
+def test_calibration_fitted_with_another_crop_encoder_or_grounder_is_not_used(env, tmp_path):
+    """A clip-crops threshold fitted on CLIP cosines must not decide presence for SigLIP
+    probabilities (nor rerank weights for another grounder): the entry records the models
+    it was fitted with and is ignored, with a note, under other ones."""
+    from resedis.calibrate import calibrate_prepared, store_calibration
+    from resedis.index.store import read_manifest
+    from resedis.pipelines import PipelineConfig, as_queries, get_pipeline
+
+    db = pipekit.copy_db(env, tmp_path)
+    models = pipekit.models(env)
+    queries = as_queries(dataset=env.dataset)
+    clip = get_pipeline("clip-crops", db, PipelineConfig(top_k=5), models)
+    result = calibrate_prepared(clip, clip.prepare(queries, env.dataset), env.dataset.queries)
+    store_calibration(clip.index, result)
+    entry = read_manifest(db).calibration["clip-crops"]
+    assert entry["context"] == {"crop_model": clip.crop_model()}
+    # the same crop encoder (index crops or GT proposals): the stored values apply
+    for cfg in (PipelineConfig(top_k=5), PipelineConfig(top_k=5, proposals="gt")):
+        _, threshold, source = get_pipeline("clip-crops", db, cfg, models).resolved()
+        assert (threshold, source) == (entry["threshold"], "calibrated")
+    # another encoder: its own documented default, and eval says why
+    siglip = get_pipeline("clip-crops", db, PipelineConfig(top_k=5, proposals="gt", crop_model=env.spec("siglip")), models)
+    _, threshold, source = siglip.resolved()
+    assert source == "default" and threshold == siglip.default_threshold == 0.1
+    _, _, report = evaluate_with_calibration(siglip, env.dataset, None)
+    assert report["source"] == "default" and "siglip" in report["note"] and "not" in report["note"]
+
+    rerank = get_pipeline("owl+rerank", db, PipelineConfig(top_k=5, rerank_k=1, grounder=env.spec("gdino")), models)
+    store_calibration(rerank.index, calibrate_prepared(rerank, rerank.prepare(queries[:4], env.dataset), env.dataset.queries[:4]))
+    assert rerank.resolved()[2] == "calibrated"
+    other = get_pipeline("owl+rerank", db, PipelineConfig(grounder="gdino:/some/other/grounder"), models)
+    assert other.resolved()[2] == "default" and "/some/other/grounder" in other.calibration_note

@@ -172,6 +172,8 @@ def _presence_row(r: AblationRow) -> str:
         notes.append("threshold and parameters fitted per fold on the other folds")
     elif sp.get("source"):
         notes.append(f"from: {sp['source']}")
+    if sp.get("note"):
+        notes.append(sp["note"])
     if sp.get("warning"):
         notes.append(f"<span class='warn'>WARNING: {e(sp['warning'])}</span>")
     threshold = "per fold" if mode == "kfold" else _fmt(sp.get("threshold"))

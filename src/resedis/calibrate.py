@@ -14,7 +14,9 @@ prepared run and given its best threshold; the best F1 wins (ties: grid order).
 
 Storage (:func:`store_calibration`): ``manifest["calibration"][pipeline] = {"threshold",
 "params", "F1", "precision", "recall", "N_acc", "FA_per_query", "queries", "dataset",
-"query_ids_sha256", "iou", "fitted"}``; the ``owl`` threshold is mirrored at
+"query_ids_sha256", "iou", "context", "fitted"}`` (``context``: the grounder / crop
+encoder it was fitted with; an entry fitted with other models than the pipeline's
+current ones is not used); the ``owl`` threshold is mirrored at
 ``manifest["calibration"]["threshold"]``, the key :class:`resedis.search.Searcher` reads.
 
 Evaluation never fits on what it reports (:func:`evaluate_with_calibration`):
@@ -90,6 +92,7 @@ class CalibrationResult:
     query_ids_sha256: str
     iou: str = "box"
     grid: list[dict] = field(default_factory=list)
+    context: dict = field(default_factory=dict)  # models it depends on (Pipeline.calibration_context)
 
     def to_json(self) -> dict:
         out = {
@@ -99,6 +102,7 @@ class CalibrationResult:
             "dataset": self.dataset,
             "query_ids_sha256": self.query_ids_sha256,
             "iou": self.iou,
+            "context": self.context,
             "fitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
         out.update({k: self.metrics.get(k) for k in ("F1", "precision", "recall", "N_acc", "FA_per_query")})
@@ -128,6 +132,7 @@ def calibrate_prepared(pipeline, prepared, queries: Sequence[Query], *, iou: str
     return CalibrationResult(
         pipeline=pipeline.name, threshold=fit.threshold, params=dict(params), metrics=achieved,
         queries=len(queries), dataset=dataset_name, query_ids_sha256=digest_ids(ids), iou=iou, grid=grid,
+        context=pipeline.calibration_context(),
     )
 
 
@@ -225,6 +230,8 @@ def evaluate_with_calibration(pipeline, dataset: Dataset, split: str | float | N
         finish_s = time.perf_counter() - tf
         entry = pipeline.calibration() if source == "calibrated" else None
         report.update(threshold=threshold, params=params, source=source, evaluated_queries=len(dataset.queries))
+        if pipeline.calibration_note and mode == "stored":
+            report["note"] = pipeline.calibration_note
         if entry is not None:
             report["calibrated_on"] = {k: entry.get(k) for k in ("dataset", "queries", "query_ids_sha256", "fitted")}
             if entry.get("dataset") == dataset.name and entry.get("query_ids_sha256") == digest_ids([q.query_id for q in dataset.queries]):

@@ -107,6 +107,8 @@ def run_eval_pipelines(args: argparse.Namespace, dataset, out_preds) -> int:
                 print(f"{r.pipeline}: predictions written to {path}", file=sys.stderr)
             if r.split.get("warning"):
                 print(f"warning: {r.pipeline}: {r.split['warning']}", file=sys.stderr)
+            if r.split.get("note"):
+                print(f"note: {r.pipeline}: {r.split['note']}", file=sys.stderr)
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({"dataset": dataset.name, "iou": args.iou,
@@ -131,6 +133,8 @@ def run_eval_pipelines(args: argparse.Namespace, dataset, out_preds) -> int:
         print(f"warning: {w}", file=sys.stderr)
     if split.get("warning"):
         print(f"warning: {split['warning']}", file=sys.stderr)
+    if split.get("note"):
+        print(f"note: {split['note']}", file=sys.stderr)
     held = (f"fitted on {split['calibration_queries']} held-out queries, reporting the other {split['evaluated_queries']}"
             if split["mode"] == "holdout" else f"{split['mode']}")
     if split["mode"] == "holdout":

@@ -164,6 +164,7 @@ class Pipeline:
         self.config.validate()
         self.models = models or Models(self.config.device)
         self.last_timing: dict[str, float] = {}
+        self.calibration_note: str | None = None  # why a stored calibration was not used
 
     # -- parameters ---------------------------------------------------------------
     def default_params(self) -> dict:
@@ -173,14 +174,31 @@ class Pipeline:
         """Parameter settings :mod:`resedis.calibrate` tries (each with its best threshold)."""
         return [self.default_params()]
 
+    def calibration_context(self) -> dict:
+        """The models a calibration of this pipeline depends on besides the index's own
+        (``owl+rerank``: the grounder; ``clip-crops``: the crop encoder). Stored with the
+        fitted values; a stored entry made with other models is not used."""
+        return {}
+
     def calibration(self) -> dict | None:
-        """This pipeline's entry of ``manifest.calibration`` (re-read from disk), or None."""
+        """This pipeline's entry of ``manifest.calibration`` (re-read from disk), or None
+        (also when it was fitted with other models than this configuration's, see
+        :meth:`calibration_context`; ``calibration_note`` then says so)."""
         from resedis.index.store import read_manifest
 
         self.index.manifest = read_manifest(self.index.path)
         cal = self.index.manifest.calibration
         entry = cal.get(self.name) if isinstance(cal, dict) else None
-        return entry if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
+            return None
+        stored = entry.get("context") if isinstance(entry.get("context"), dict) else {}
+        current = self.calibration_context()
+        differs = {k: (stored[k], v) for k, v in current.items() if k in stored and stored[k] != v}
+        if differs:
+            self.calibration_note = "stored calibration not used: fitted with " + ", ".join(
+                f"{k} {a}, not {b}" for k, (a, b) in differs.items())
+            return None
+        return entry
 
     def resolved(self) -> tuple[dict, float, str]:
         """(params, threshold, where they came from: "argument" / "calibrated" / "default")."""

@@ -88,6 +88,9 @@ class ClipCropsPipeline(Pipeline):
             raise ResedisError("--proposals gt needs a crop encoder: pass --crop-model clip:SPEC (the index has no crops)")
         return asked or str(entry["model"])
 
+    def calibration_context(self) -> dict:
+        return {"crop_model": self.crop_model()}  # CLIP cosines and SigLIP probabilities differ in scale
+
     def encoder_family(self) -> str:
         try:
             return self.crop_model().partition(":")[0]

@@ -63,6 +63,11 @@ class RerankPipeline(OwlPipeline):
     def calibration(self) -> dict | None:  # no fallback to the OWL top-level threshold
         return super(OwlPipeline, self).calibration()
 
+    def calibration_context(self) -> dict:
+        from resedis.index.store import canonical_spec
+
+        return {"grounder": canonical_spec(self.config.grounder)}
+
     @property
     def grounder(self):
         return self.models.get(self.config.grounder)
