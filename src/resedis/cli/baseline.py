@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _positive_or_zero(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+from resedis.cli._args import non_negative_int
 
 
 def register(subparsers) -> None:
@@ -26,8 +18,8 @@ def register(subparsers) -> None:
     p.add_argument("kind", choices=["oracle", "random"], help="which baseline to write")
     p.add_argument("--dataset", required=True, help="dataset folder (ReSeDis layout or RefCOCO refs folder)")
     p.add_argument("--out", required=True, help="predictions JSONL file to write (atomically)")
-    p.add_argument("--seed", type=_positive_or_zero, default=0, help="random seed for 'random', >= 0 (default 0)")
-    p.add_argument("--detections", type=_positive_or_zero, default=10,
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed for 'random', >= 0 (default 0)")
+    p.add_argument("--detections", type=non_negative_int, default=10,
                    help="detections per query for 'random' (default 10)")
     p.add_argument("--format", default="auto", choices=["auto", "resedis", "refcoco"],
                    help="dataset format (default: detect)")

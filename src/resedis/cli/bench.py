@@ -5,17 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from resedis.cli._args import positive_int
 from resedis.errors import ResedisError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -38,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="FILE", default="bench.json", help="JSON report path (default: bench.json)")
     p.add_argument(
         "--max-rows",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         default=1_000_000,
         help="full mode: largest synthetic corpus in region rows, from 10k/100k/1M/10M (default 1000000)",

@@ -5,35 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+from resedis.cli._args import non_negative_int, positive_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -60,29 +32,29 @@ def register(subparsers) -> None:
                           "image_size, patch_size, vision_hidden, vision_layers, ..., vocabulary)")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output directory (best model + OUT_DIR/last resume point)")
     p.add_argument("--val-dataset", metavar="DIR", help="validation dataset: metrics each epoch, best-model selection, presence threshold fit")
-    p.add_argument("--epochs", type=_positive_int, default=10, help="training epochs (default: 10)")
-    p.add_argument("--lr", type=_positive_float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per step (default: 8)")
-    p.add_argument("--negatives", type=_non_negative_int, default=8, help="absent expressions sampled per image per step (default: 8)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: 10)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per step (default: 8)")
+    p.add_argument("--negatives", type=non_negative_int, default=8, help="absent expressions sampled per image per step (default: 8)")
     p.add_argument("--hard-negatives", type=float, default=0.5, metavar="FRACTION",
                    help="share of the sampled negatives taken from absent expressions sharing the most words with "
                         "the image's positives (default: 0.5)")
     p.add_argument("--category-texts", action="store_true",
                    help="also train on the category names of the dataset's instances.json as expressions, each "
                         "denoting every object of its category in the image")
-    p.add_argument("--matches-per-object", type=_positive_int, default=1,
+    p.add_argument("--matches-per-object", type=positive_int, default=1,
                    help="patches assigned to each object by the Hungarian matching (1: one-to-one as in DETR/OWL; "
                         ">1: one-to-many, faster convergence from scratch) (default: 1)")
     p.add_argument("--rank-loss", type=float, default=0.0, metavar="WEIGHT",
                    help="weight of the retrieval loss (each text's target patches must outscore every patch of "
                         "every image in the batch; softmax cross-entropy); 0 = off (default: 0)")
-    p.add_argument("--warmup-steps", type=_non_negative_int, default=100, help="linear warm-up steps before cosine decay (default: 100)")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=100, help="linear warm-up steps before cosine decay (default: 100)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the detection heads; image and text towers frozen")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="seed of initialisation, batch order and negatives (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of initialisation, batch order and negatives (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
-    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many optimizer steps in total (saving a resume point)")
-    p.add_argument("--checkpoint-every", type=_non_negative_int, default=0, help="also save the resume point every N steps (default: end of each epoch only)")
+    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps in total (saving a resume point)")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=0, help="also save the resume point every N steps (default: end of each epoch only)")
     p.add_argument("--select-metric", default="BR@1@0.5", help="validation metric that picks the best model, or val_loss (default: BR@1@0.5)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)

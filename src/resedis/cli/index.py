@@ -6,25 +6,9 @@ import argparse
 import json
 import sys
 
+from resedis.cli._args import float_in, positive_int
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _iou(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1 disables NMS), got {value}")
-    return value
+NMS_IOU = float_in(0.0, 1.0, low_open=True, note=" (1 disables NMS)")
 
 
 def register(subparsers) -> None:
@@ -46,19 +30,19 @@ def register(subparsers) -> None:
         help="region encoder, e.g. owlv2:google/owlv2-base-patch16-ensemble or owlv2:/local/dir "
         "(default: the index's model, or OWLv2 base for a new index); must match an existing index",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per encoder batch and per commit (default 8)")
-    p.add_argument("--max-regions", type=_positive_int, metavar="N", help="boxes kept per image, by objectness after NMS (default: the index's setting; 100 for a new index)")
-    p.add_argument("--nms-iou", type=_iou, metavar="F", help="IoU above which a lower-objectness box is dropped (default: the index's setting; 0.5 for a new index; 1 = no NMS)")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="images per encoder batch and per commit (default 8)")
+    p.add_argument("--max-regions", type=positive_int, metavar="N", help="boxes kept per image, by objectness after NMS (default: the index's setting; 100 for a new index)")
+    p.add_argument("--nms-iou", type=NMS_IOU, metavar="F", help="IoU above which a lower-objectness box is dropped (default: the index's setting; 0.5 for a new index; 1 = no NMS)")
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--prune", action="store_true", help="remove entries of files no longer present in IMAGES_DIR")
     p.add_argument("--report", action="store_true", help="print every skipped file with its reason")
     p.add_argument("--vector-dtype", choices=("float16", "float32"), help="storage of region vectors for a new index (default float16)")
-    p.add_argument("--max-pixels", type=_positive_int, metavar="PX", help="skip images with more pixels (decompression-bomb guard; default 89478485)")
+    p.add_argument("--max-pixels", type=positive_int, metavar="PX", help="skip images with more pixels (decompression-bomb guard; default 89478485)")
     p.add_argument("--crop-model", metavar="SPEC", help="also embed crops for the clip-crops pipeline with this "
                    "clip:/siglip: model, from the same decoded images (kept in sync on later runs)")
     p.add_argument("--crop-proposals", default="owl", metavar="SRC", help="with --crop-model: crop boxes from 'owl' "
                    "(the index's boxes, top by objectness; default) or 'yolo[:WEIGHTS.pt]' (extra [yolo])")
-    p.add_argument("--max-crops", type=_positive_int, default=20, metavar="N", help="with --crop-model: crops per image (default 20)")
+    p.add_argument("--max-crops", type=positive_int, default=20, metavar="N", help="with --crop-model: crops per image (default 20)")
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -69,7 +53,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--ann-min-rows",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="build the ANN index automatically once the index holds N regions (default 200000)",
     )
@@ -81,7 +65,7 @@ def register(subparsers) -> None:
         help="decode + encode on a Ray cluster (extra [ray]): ADDRESS of the cluster ('auto', "
         "'ray://head:10001'), or no value for a local one; images must be readable at the same path on every node",
     )
-    p.add_argument("--ray-workers", type=_positive_int, default=2, metavar="N", help="with --ray: actors, one model each (default 2)")
+    p.add_argument("--ray-workers", type=positive_int, default=2, metavar="N", help="with --ray: actors, one model each (default 2)")
     p.set_defaults(func=run)
 
 

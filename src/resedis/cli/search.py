@@ -5,25 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _unit(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return value
+from resedis.cli._args import positive_int, unit_float
 
 
 def register(subparsers) -> None:
@@ -38,17 +20,17 @@ def register(subparsers) -> None:
     )
     p.add_argument("text", metavar="TEXT", help="description of the object, e.g. \"a small red circle\"")
     p.add_argument("--db", required=True, metavar="DB", help="index directory built by `resedis index`")
-    p.add_argument("--top-k", type=_positive_int, default=20, metavar="K", help="number of hits (default 20)")
+    p.add_argument("--top-k", type=positive_int, default=20, metavar="K", help="number of hits (default 20)")
     p.add_argument(
         "--threshold",
-        type=_unit,
+        type=unit_float,
         metavar="T",
         help="presence threshold on the score (default: the calibrated one stored in the index, else 0.1)",
     )
     p.add_argument("--json", action="store_true", help="print JSON lines, one hit each (the shared hit schema)")
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--model", metavar="SPEC", help="refuse to search unless the index was built with this model")
-    p.add_argument("--nms-iou", type=_unit, default=0.5, metavar="F", help="per-image NMS IoU for hits (default 0.5; 1 = none)")
+    p.add_argument("--nms-iou", type=unit_float, default=0.5, metavar="F", help="per-image NMS IoU for hits (default 0.5; 1 = none)")
     from resedis.cli.pipelines import add_pipeline_options
 
     add_pipeline_options(p)

@@ -5,25 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+from resedis.cli._args import non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -37,10 +19,10 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="output directory (must be empty or absent unless --overwrite)")
-    p.add_argument("--images", type=_positive, default=200, help="number of images to render (default: 200)")
-    p.add_argument("--queries", type=_positive, default=150, help="number of queries, absent ones included (default: 150)")
-    p.add_argument("--absent", type=_non_negative, default=20, help="how many of the queries are absent: satisfied nowhere (default: 20)")
-    p.add_argument("--seed", type=_non_negative, default=0, help="random seed; the same seed gives byte-identical files (default: 0)")
+    p.add_argument("--images", type=positive_int, default=200, help="number of images to render (default: 200)")
+    p.add_argument("--queries", type=positive_int, default=150, help="number of queries, absent ones included (default: 150)")
+    p.add_argument("--absent", type=non_negative_int, default=20, help="how many of the queries are absent: satisfied nowhere (default: 20)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed; the same seed gives byte-identical files (default: 0)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run)
