@@ -291,6 +291,32 @@ def test_thumbnails_are_bounded_and_cached(client, corpus):
         assert client.get("/api/images/a.jpg/thumb", params={"size": size}).status_code == 422
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_files_that_no_longer_decode_are_a_4xx(client, service, tmp_path, monkeypatch):
+    """An indexed file replaced on disk by garbage, a truncated JPEG or a decompression
+    bomb: the thumbnail (and a converted format's image) answer 404 with the reason, not 500."""
+    from resedis.server.images import ImageCatalog, ImageRecord
+
+    good = service.catalog().get("a.jpg")
+    data = Path(good.path).read_bytes()
+    (tmp_path / "garbage.jpg").write_bytes(b"not an image at all")
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")  # 4e8 px > PIL's bomb limit
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.tif")
+    (tmp_path / "garbage.tif").write_bytes(b"II*\x00garbage")
+    names = ["garbage.jpg", "truncated.jpg", "bomb.png", "bomb.tif", "garbage.tif"]
+    catalog = ImageCatalog([ImageRecord(n, str(tmp_path / n), 10, 10, str(tmp_path)) for n in names])
+    monkeypatch.setattr(service, "catalog", lambda: catalog)
+    for name in names:
+        r = client.get(f"/api/images/{name}/thumb", params={"size": 64})
+        assert r.status_code == 404 and "re-run resedis index" in r.json()["detail"], (name, r.status_code, r.text)
+    for name in ("bomb.tif", "garbage.tif"):  # converted to PNG for the browser: decoded too
+        r = client.get(f"/api/images/{name}")
+        assert r.status_code == 404 and "decode" in r.json()["detail"], (name, r.text)
+    assert client.get("/api/images/garbage.jpg").status_code == 200  # browser formats are sent as stored
+    assert_healthy(client)
+
+
 TRAVERSALS = [
     "..%2F..%2F..%2Fetc%2Fpasswd",
     "..%2Foutside%2Fsecret.jpg",

@@ -18,6 +18,17 @@ from PIL import Image, ImageOps
 
 from resedis.server.security import RequestRefused, check_image_id, resolve_inside_roots
 
+# What PIL raises for a file that is not (or no longer) a decodable image, or a
+# decompression bomb: an indexed file changed on disk after indexing.
+UNDECODABLE = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def _undecodable(exc: Exception) -> RequestRefused:
+    if isinstance(exc, Image.DecompressionBombError):
+        return RequestRefused(404, "image file is now too large to decode (changed since it was indexed); re-run resedis index")
+    return RequestRefused(404, "image file can no longer be decoded (changed since it was indexed?); re-run resedis index")
+
+
 # Formats every current browser displays natively; others are converted to PNG.
 BROWSER_TYPES = {
     ".jpg": "image/jpeg",
@@ -72,10 +83,13 @@ def browser_bytes(path: Path) -> tuple[bytes | None, str]:
     media = BROWSER_TYPES.get(path.suffix.lower())
     if media is not None:
         return None, media
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        buf = io.BytesIO()
-        im.convert("RGBA" if "A" in im.getbands() else "RGB").save(buf, format="PNG")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            buf = io.BytesIO()
+            im.convert("RGBA" if "A" in im.getbands() else "RGB").save(buf, format="PNG")
+    except UNDECODABLE as exc:
+        raise _undecodable(exc) from None
     return buf.getvalue(), "image/png"
 
 
@@ -103,7 +117,10 @@ class ThumbnailCache:
                 self.hits += 1
                 return data
             self.misses += 1
-        data = render_thumbnail(path, size)
+        try:
+            data = render_thumbnail(path, size)
+        except UNDECODABLE as exc:
+            raise _undecodable(exc) from None
         with self._lock:
             if key not in self._items and len(data) <= self.max_bytes:
                 self._items[key] = data
