@@ -213,6 +213,32 @@ def test_rerank_pipeline_uses_the_configured_grounder(corpus, tiny_models, tmp_p
     capsys.readouterr()
 
 
+def test_error_messages_do_not_leak_server_paths(corpus, tiny_models, tmp_path_factory):
+    """A hit whose file no longer decodes cannot be segmented: the 400 names the image id,
+    not the server's path to it."""
+    spec = f"sam:{tiny_sam(tiny_models, tmp_path_factory.mktemp('sam'))}"
+    db = tmp_path_factory.mktemp("leak") / "db"
+    shutil.copytree(corpus["db"], db)  # a private mask cache
+    svc = SearchService(db, segmenter=spec)
+    victim = corpus["root"] / "b.jpg"
+    original = victim.read_bytes()
+    try:
+        with TestClient(create_app(ServeConfig(db=db, segmenter=spec), service=svc), base_url=BASE) as c:
+            hits = c.get("/api/search", params={"q": "blue star", "top_k": 200}).json()["hits"]
+            assert any(h["image_id"] == "b.jpg" for h in hits), "b.jpg not among the hits: the test would be blind"
+            victim.write_bytes(b"no longer an image")
+            r = c.get("/api/search", params={"q": "blue star", "top_k": 200, "masks": "true"})
+            assert r.status_code == 400, r.text
+            detail = r.json()["detail"]
+            assert "b.jpg" in detail and "not an image" in detail
+            for secret in (str(corpus["root"]), str(db), str(corpus["root"].resolve())):
+                assert secret not in detail, detail
+            assert_healthy(c)
+    finally:
+        victim.write_bytes(original)
+        svc.close()
+
+
 def test_masks_are_the_segmenters_own_and_cached(corpus, tiny_models, tmp_path_factory):
     import numpy as np
     from pycocotools import mask as mask_utils

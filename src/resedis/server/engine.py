@@ -187,7 +187,7 @@ class SearchService:
                     result = attach_masks([result], self.index, self.models.get(self.segmenter))[0]
                     result.timings = {**(result.timings or {}), "masks_ms": 1000 * (time.perf_counter() - t_masks)}
             except ResedisError as exc:
-                raise RequestRefused(400, str(exc)) from None
+                raise RequestRefused(400, self.redact(str(exc))) from None
             body = self._response(request, name, result, threshold, source)
             body["timings"]["queue_ms"] = 1000 * (started - queued)
             body["timings"]["total_ms"] = 1000 * (time.perf_counter() - started)
@@ -195,6 +195,22 @@ class SearchService:
             while len(self._cache) > self.cache_entries:
                 self._cache.popitem(last=False)
             return body
+
+    def redact(self, message: str) -> str:
+        """``message`` without the indexed folders' and the index's server paths: a file under
+        an indexed root becomes its image id (e.g. an image that no longer decodes), the
+        index directory ``<index>``. Model-resolver messages keep their paths (they say
+        where weights were looked for, for whoever runs the server)."""
+        import os
+
+        roots = set(self.catalog().roots)
+        if self.index is not None:
+            roots.add(str(self.index.manifest.root))
+        for root in sorted({p for r in roots for p in (str(r), os.path.realpath(r))}, key=len, reverse=True):
+            message = message.replace(root.rstrip("/") + "/", "").replace(root, "<indexed folder>")
+        for db in sorted({str(self.db), os.path.realpath(self.db)}, key=len, reverse=True):
+            message = message.replace(db, "<index>")
+        return message
 
     def _response(self, request: SearchRequest, name: str, result, threshold: float, source: str) -> dict:
         catalog = self.catalog()
