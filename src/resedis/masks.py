@@ -88,8 +88,13 @@ def rle_to_box(rle: dict) -> tuple[float, float, float, float]:
     return (x, y, x + w, y + h)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes: (N, 4) x (M, 4) -> (N, M). Empty boxes give 0."""
+def box_iou(a: np.ndarray, b: np.ndarray, *, same_box_is_one: bool = False) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes: (N, 4) x (M, 4) -> (N, M). Empty boxes give 0.
+
+    ``same_box_is_one``: two identical boxes count as IoU 1 even when they have no area
+    (for suppression: a degenerate box must still suppress its own duplicates). Metrics
+    keep the default, the plain IoU.
+    """
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
@@ -102,6 +107,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     union = area_a[:, None] + area_b[None, :] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, inter / union, 0.0)
+    if same_box_is_one:
+        iou = np.where(np.all(a[:, None, :] == b[None, :, :], axis=2), 1.0, iou)
     return iou
 
 
@@ -119,7 +126,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     order = np.argsort(-np.asarray(scores), kind="stable")
     keep: list[int] = []
     suppressed = np.zeros(len(order), dtype=bool)
-    iou = box_iou(boxes, boxes) if len(boxes) else np.zeros((0, 0))
+    iou = box_iou(boxes, boxes, same_box_is_one=True) if len(boxes) else np.zeros((0, 0))
     for i in order:
         if suppressed[i]:
             continue

@@ -133,7 +133,7 @@ def rank_hits(
                 break
             img = int(region_image[i])
             prev = kept_boxes.get(img)
-            if prev and nms_iou < 1.0 and float(box_iou(boxes[i], boxes[prev]).max()) > nms_iou:
+            if prev and nms_iou < 1.0 and float(box_iou(boxes[i], boxes[prev], same_box_is_one=True).max()) > nms_iou:
                 continue
             kept_boxes.setdefault(img, []).append(int(i))
             kept.append((int(i), value))
