@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from resedis.errors import ResedisError
+from resedis.index.store import disk_bytes
 from resedis.types import Dataset, QueryResult
 
 TABLE_KEYS = ("IR@1", "IR@10", "Pr@50", "BR@1@0.5", "BR@10@0.5", "mAP50", "precision", "recall", "F1", "FA_per_query", "N_acc")
@@ -48,15 +48,6 @@ class AblationRow:
                 "split": {k: v for k, v in self.split.items() if k != "calibration_query_ids"}}
 
 
-def _dir_bytes(path: Path) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += (Path(dirpath) / name).stat().st_size
-            except OSError:
-                pass
-    return total
 
 
 def record_index_cost(manifest, seconds: float, images: int) -> None:
@@ -75,7 +66,7 @@ def index_cost(index, pipeline: str) -> tuple[float | None, float | None]:
     n = index.images_table.count_rows()
     if n == 0:
         return None, None
-    size = sum(_dir_bytes(index.path / f"{t}.lance") for t in TABLES.get(pipeline, ("images", "regions")))
+    size = sum(disk_bytes(index.path / f"{t}.lance") for t in TABLES.get(pipeline, ("images", "regions")))
     extra = index.manifest.extra
     secs = extra.get("index_seconds_per_image")
     if pipeline == "clip-crops" and isinstance(secs, (int, float)):

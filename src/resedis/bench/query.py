@@ -7,7 +7,6 @@ schema, so bytes on disk are those of a real index.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from resedis.bench.synthetic import SyntheticSpec, exact_top_k, query_vectors, recall_at, region_vectors
+from resedis.index.store import disk_bytes
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,6 @@ class QueryBenchConfig:
     spec: SyntheticSpec = SyntheticSpec()
 
 
-def dir_bytes(path: Path) -> int:
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += (Path(dirpath) / name).stat().st_size
-            except OSError:
-                pass
-    return total
 
 
 def write_regions(db_path: Path, rows: int, config: QueryBenchConfig):
@@ -175,13 +166,13 @@ def run_query_size(rows: int, workdir: Path, config: QueryBenchConfig, ann_confi
     t0 = time.perf_counter()
     table, vectors = write_regions(path, rows, config)
     write_s = time.perf_counter() - t0
-    data_bytes = dir_bytes(path)
+    data_bytes = disk_bytes(path)
     queries = query_vectors(config.queries, config.spec, seed=rows)
 
     truth = exact_top_k(vectors, queries, 100)
     exact_t, exact_top = exact_search_times(vectors, queries, 10)
     build = build_ann_index(table, ann_config)
-    total_bytes = dir_bytes(path)
+    total_bytes = disk_bytes(path)
     ann10_t, ann10 = ann_search_times(table, queries, 10, ann_config, config.regions_per_image)
     _, ann100 = ann_search_times(table, queries, 100, ann_config, config.regions_per_image)
     e50, e95 = _percentiles(exact_t)
@@ -228,7 +219,7 @@ def compare_ann_variants(rows: int, workdir: Path, config: QueryBenchConfig, var
     queries = query_vectors(config.queries, config.spec, seed=rows + 1)
     truth = exact_top_k(vectors, queries, 100)
     del vectors
-    data_bytes = dir_bytes(path)
+    data_bytes = disk_bytes(path)
     out = []
     for ann_config in variants:
         try:
@@ -236,7 +227,7 @@ def compare_ann_variants(rows: int, workdir: Path, config: QueryBenchConfig, var
         except Exception as exc:  # a variant LanceDB refuses is reported, not fatal
             out.append({"index_type": ann_config.index_type, "metric": ann_config.metric, "error": str(exc)})
             continue
-        index_bytes = build.index_bytes if build.index_bytes is not None else dir_bytes(path) - data_bytes
+        index_bytes = build.index_bytes if build.index_bytes is not None else disk_bytes(path) - data_bytes
         t10, top10 = ann_search_times(table, queries, 10, ann_config, config.regions_per_image)
         _, top100 = ann_search_times(table, queries, 100, ann_config, config.regions_per_image)
         p50, p95 = _percentiles(t10)

@@ -218,7 +218,8 @@ def in_list(column: str, values: list[str]) -> str:
     return f"{column} IN ({', '.join(sql_quote(v) for v in values)})"
 
 
-def _disk_bytes(path: Path) -> int:
+def disk_bytes(path: Path) -> int:
+    """Bytes of every file below ``path`` (files vanishing meanwhile are skipped)."""
     total = 0
     for dirpath, _, files in os.walk(path):
         for name in files:
@@ -317,7 +318,7 @@ class Index:
             "skipped": self.skipped_table.count_rows(),
             "model": self.manifest.model,
             "schema_version": self.manifest.schema_version,
-            "bytes": _disk_bytes(self.path),
+            "bytes": disk_bytes(self.path),
             "vector_dim": self.manifest.vector_dim,
             "vector_dtype": self.manifest.vector_dtype,
             "root": self.manifest.root,
