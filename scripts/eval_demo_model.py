@@ -51,7 +51,8 @@ def main() -> int:
     ap.add_argument("--model", required=True, help="model directory (owlv2 checkpoint with resedis.json)")
     ap.add_argument("--corpus", required=True, help="synthetic corpus directory (generated if missing)")
     ap.add_argument("--seed", type=int, default=7, help="seed used to generate a missing corpus (default 7)")
-    ap.add_argument("--db", required=True, help="index directory to build (reused if it exists)")
+    ap.add_argument("--db", required=True, help="index directory to build (must not exist: an index of the same "
+                    "model directory would keep the vectors of earlier weights)")
     ap.add_argument("--json", required=True, help="where to write the metrics")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -62,6 +63,8 @@ def main() -> int:
     from resedis.search import search_dataset
     from resedis.synth import generate
 
+    if Path(args.db).exists():
+        raise SystemExit(f"--db {args.db} exists; give a new path")
     corpus = Path(args.corpus)
     if not (corpus / "instances.json").is_file():
         generate(corpus, images=200, queries=150, absent=20, seed=args.seed, progress=False)

@@ -414,7 +414,7 @@ def test_presence_threshold_maximises_f1():
 
     rng = np.random.default_rng(11)
     queries, results = [], []
-    for qi in range(12):
+    for qi in range(16):
         insts = [Instance(image_id=int(i), rle={}, box=(10.0 * i, 0.0, 10.0 * i + 10, 10.0))
                  for i in rng.choice(8, size=int(rng.integers(0, 3)), replace=False)]
         queries.append(Query(query_id=f"q{qi}", expression=f"e{qi}", instances=insts))
@@ -432,11 +432,18 @@ def test_presence_threshold_maximises_f1():
 
     threshold, fit = fit_presence_threshold(queries, results)
     scores = sorted({h.score for r in results for h in r.hits})
-    best = max(f1_at(s)[0] for s in scores + [1.01])
+    table = [(t, *f1_at(t)) for t in scores + [1.01]]
+    best = max(f for _, f, _ in table)
     assert best > 0
     f1, n_acc = f1_at(threshold)
     assert f1 == pytest.approx(best) and fit["F1"] == pytest.approx(best)
     assert fit["N_acc"] == pytest.approx(n_acc)
+    # constrained operating point: best F1 among thresholds with N_acc >= m
+    for m in (0.5, 0.75, 1.0):
+        t_m, fit_m = fit_presence_threshold(queries, results, min_n_acc=m)
+        want = max(f for _, f, n in table if n is not None and n >= m)
+        f1_m, n_acc_m = f1_at(t_m)
+        assert n_acc_m >= m and f1_m == pytest.approx(want) and fit_m["F1"] == pytest.approx(want)
 
 
 @pytest.mark.parametrize("family", ["owlv2", "owlvit"])

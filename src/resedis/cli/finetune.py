@@ -22,9 +22,9 @@ def register(subparsers) -> None:
             "OUT_DIR/last: rerunning the same command after an interruption continues from it."
         ),
     )
-    p.add_argument("--dataset", required=True, nargs="+", metavar="DIR",
+    p.add_argument("--dataset", nargs="+", metavar="DIR",
                    help="training dataset(s) (any format `resedis eval` reads); several are trained on together, "
-                        "each its own pool of negatives")
+                        "each its own pool of negatives (required unless --refit-threshold)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="SPEC", help="checkpoint to start from, e.g. owlv2:/path/to/dir or owlv2:google/owlv2-base-patch16-ensemble")
     src.add_argument("--from-scratch-config", metavar="JSON",
@@ -56,6 +56,12 @@ def register(subparsers) -> None:
     p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps in total (saving a resume point)")
     p.add_argument("--checkpoint-every", type=non_negative_int, default=0, help="also save the resume point every N steps (default: end of each epoch only)")
     p.add_argument("--select-metric", default="BR@1@0.5", help="validation metric that picks the best model, or val_loss (default: BR@1@0.5)")
+    p.add_argument("--min-n-acc", type=float, default=None, metavar="X",
+                   help="presence threshold = max F1 among thresholds whose validation N_acc (absent queries with "
+                        "nothing found) is >= X (default: plain max F1)")
+    p.add_argument("--refit-threshold", action="store_true",
+                   help="no training: recompute the presence threshold of the model in --out on --val-dataset "
+                        "(with --min-n-acc) and store it in OUT_DIR/resedis.json")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -67,6 +73,16 @@ def run(args: argparse.Namespace) -> int:
     from resedis.finetune import FinetuneConfig, LossWeights, ScratchConfig, finetune
     from resedis.finetune.checkpoint import find_last
 
+    if args.refit_threshold:
+        from resedis.finetune import refit_threshold
+
+        if args.val_dataset is None:
+            raise ResedisError("--refit-threshold needs --val-dataset")
+        meta = refit_threshold(args.out, args.val_dataset, min_n_acc=args.min_n_acc, device=args.device)
+        print(json.dumps({k: meta[k] for k in ("presence_threshold", "threshold_fit", "min_n_acc")}, indent=2))
+        return 0
+    if not args.dataset:
+        raise ResedisError("--dataset DIR is required (the training data)")
     for d in args.dataset:
         if not Path(d).is_dir():
             raise ResedisError(f"--dataset {d}: not a directory")
@@ -85,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         hard_negative_fraction=args.hard_negatives, category_texts=args.category_texts,
         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, freeze_backbone=args.freeze_backbone,
         seed=args.seed, device=args.device, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every,
-        select_metric=args.select_metric, progress=not args.no_progress,
+        select_metric=args.select_metric, progress=not args.no_progress, min_n_acc=args.min_n_acc,
         loss=LossWeights(matches_per_object=args.matches_per_object, rank=args.rank_loss),
     )
     try:

@@ -10,7 +10,7 @@ model spec ``owlv2:out_dir``; ``out_dir/resedis.json`` holds ``presence_threshol
 
 from resedis.finetune.checkpoint import META_FILE, read_meta
 from resedis.finetune.losses import LossWeights
-from resedis.finetune.run import FinetuneResult, finetune, load_detector
+from resedis.finetune.run import FinetuneResult, finetune, load_detector, refit_threshold
 from resedis.finetune.scratch import ScratchConfig, build_scratch_owlv2, build_word_tokenizer
 from resedis.finetune.train import FinetuneConfig
 
@@ -25,4 +25,5 @@ __all__ = [
     "finetune",
     "load_detector",
     "read_meta",
+    "refit_threshold",
 ]

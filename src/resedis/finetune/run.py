@@ -209,7 +209,7 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
                 entry["val_loss"] = runner_val.mean_loss(config.batch_size, config.negatives_per_image, config.seed)["loss"]
                 res = validate_model(net, processor, vs, val_ds.queries, val_pixels, batch_size=config.batch_size,
                                      top_k=config.top_k, max_regions=config.max_regions, max_length=max_length,
-                                     progress=config.progress)
+                                     progress=config.progress, min_n_acc=config.min_n_acc)
                 entry["metrics"] = {k: res["metrics"].get(k) for k in HISTORY_METRICS}
                 entry["presence_threshold"] = res["presence_threshold"]
                 score = -entry["val_loss"] if config.select_metric == "val_loss" else res["metrics"][config.select_metric]
@@ -219,7 +219,8 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
                     best_score, best_epoch, threshold = float(score), epoch + 1, res["presence_threshold"]
                     ckpt.save_best(out_dir, net, processor, {
                         **meta_base, "presence_threshold": threshold, "threshold_source": "validation",
-                        "threshold_fit": res["threshold_fit"], "selected_by": config.select_metric,
+                        "threshold_fit": res["threshold_fit"], "min_n_acc": config.min_n_acc,
+                        "selected_by": config.select_metric,
                         "best_epoch": best_epoch, "best_step": step, "val_metrics": res["metrics"],
                         "history": history + [entry],
                     })
@@ -237,7 +238,7 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
         res = validate_model(net, processor, first, train_list[0].queries,
                              pixels if first is ts else PixelStore(processor, first.images),
                              batch_size=config.batch_size, top_k=config.top_k, max_regions=config.max_regions,
-                             max_length=max_length)
+                             max_length=max_length, min_n_acc=config.min_n_acc)
         threshold = res["presence_threshold"]
         ckpt.save_best(out_dir, net, processor, {
             **meta_base, "presence_threshold": threshold, "threshold_source": "training",
@@ -251,3 +252,30 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
     return FinetuneResult(out_dir=out_dir, steps=step, resumed_from_step=resumed_from, best_epoch=best_epoch,
                           best_score=best_score, presence_threshold=threshold, history=history,
                           train_losses=losses, stopped_early=stopped)
+
+
+def refit_threshold(model_dir, val_dataset, *, min_n_acc: float | None = None, device: str | None = None,
+                    batch_size: int = 16, top_k: int = 20, max_regions: int = 100) -> dict:
+    """Recompute the presence threshold of the model in ``model_dir`` on ``val_dataset``
+    (max discovery F1, optionally subject to N_acc >= ``min_n_acc``) and store it in
+    ``model_dir/resedis.json`` (the weights are not touched). Returns the new metadata.
+
+    Checkpoint selection by a threshold-free metric (BR@1@0.5, the default) does not
+    depend on the threshold, so this equals training with ``min_n_acc`` set.
+    """
+    from resedis.models.resolver import resolve_device
+
+    model_dir = Path(model_dir)
+    net, processor = load_detector(model_dir)
+    net.to(resolve_device(device)).eval()
+    ds = _load_dataset(val_dataset)
+    vs = build_training_set(ds)
+    res = validate_model(net, processor, vs, ds.queries, PixelStore(processor, vs.images), batch_size=batch_size,
+                         top_k=top_k, max_regions=max_regions,
+                         max_length=int(net.config.text_config.max_position_embeddings), min_n_acc=min_n_acc)
+    meta = ckpt.read_meta(model_dir) or {}
+    meta.update({"presence_threshold": res["presence_threshold"], "threshold_source": "validation",
+                 "threshold_fit": res["threshold_fit"], "min_n_acc": min_n_acc, "val_metrics": res["metrics"],
+                 "threshold_dataset": {"name": ds.name, "root": ds.root, "queries": len(ds.queries)}})
+    ckpt.write_meta(model_dir, meta)
+    return meta

@@ -61,6 +61,7 @@ class FinetuneConfig:
     max_steps: int | None = None  # stop (with a checkpoint) once the global step reaches it
     checkpoint_every: int = 0  # also save OUT_DIR/last every N steps (0: end of epoch only)
     select_metric: str = "BR@1@0.5"  # validation metric that picks the best checkpoint
+    min_n_acc: float | None = None  # presence threshold: max F1 among thresholds with validation N_acc >= this
     top_k: int = 20  # detections per query in validation predictions
     max_regions: int = 100  # regions kept per image (as the index keeps them)
     progress: bool = True
@@ -79,6 +80,8 @@ class FinetuneConfig:
             raise ValueError(f"negatives_per_image must be >= 0, got {self.negatives_per_image}")
         if self.select_metric not in SELECTABLE_METRICS:
             raise ValueError(f"select_metric must be one of {', '.join(SELECTABLE_METRICS)}, got {self.select_metric!r}")
+        if self.min_n_acc is not None and not 0.0 <= self.min_n_acc <= 1.0:
+            raise ValueError(f"min_n_acc must be in [0, 1], got {self.min_n_acc}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 

@@ -137,10 +137,15 @@ def predict(regions, scores, queries: Sequence[Query], *, top_k: int = 20, nms_i
     ]
 
 
-def fit_presence_threshold(queries: Sequence[Query], results: Sequence[QueryResult]) -> tuple[float, dict]:
+def fit_presence_threshold(queries: Sequence[Query], results: Sequence[QueryResult], *,
+                           min_n_acc: float | None = None) -> tuple[float, dict]:
     """The threshold maximising discovery F1 (ties: the higher threshold).
 
-    Returns (threshold, {"F1", "precision", "recall", "N_acc"}) at that threshold.
+    ``min_n_acc``: only thresholds whose N_acc (share of absent queries with nothing
+    decided present) is at least this are candidates — an operating point that
+    trades recall for fewer hallucinated hits; always satisfiable (a threshold above
+    every score has N_acc 1). Returns (threshold, {"F1", "precision", "recall",
+    "N_acc"}) at that threshold.
     """
     from resedis.metrics import match_detections
 
@@ -169,10 +174,18 @@ def fit_presence_threshold(queries: Sequence[Query], results: Sequence[QueryResu
     rec = cum_tp / max(n_targets, 1)
     f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
     f1 = np.where(last_of_run, f1, -1.0)
-    best = int(np.flatnonzero(f1 == f1.max())[0])
-    nxt = s[best + 1] if best + 1 < len(s) else s[best] - 1e-3
-    threshold = float((s[best] + nxt) / 2) if f1[best] > 0 else float(s[0] + 1e-6)
+    nxt_all = np.r_[s[1:], s[-1] - 1e-3]
+    cut = (s + nxt_all) / 2  # the threshold of each cut: between its score and the next
     am = np.asarray(absent_max)
+    if min_n_acc is not None and len(am):
+        n_acc = (am[None, :] < cut[:, None]).mean(axis=1)
+        f1 = np.where(n_acc >= min_n_acc, f1, -1.0)
+    if f1.max() <= 0:  # nothing acceptable is better than deciding nothing present
+        threshold = float(s[0] + 1e-6)
+        return threshold, {"F1": 0.0, "precision": 0.0, "recall": 0.0,
+                           "N_acc": float(np.mean(am < threshold)) if len(am) else None}
+    best = int(np.flatnonzero(f1 == f1.max())[0])
+    threshold = float(cut[best])
     stats = {
         "F1": float(max(f1[best], 0.0)),
         "precision": float(prec[best]) if f1[best] > 0 else 0.0,
@@ -187,7 +200,7 @@ HISTORY_METRICS = ("BR@1@0.5", "IR@1", "mAP50", "F1", "precision", "recall", "N_
 
 
 def validate_model(model, processor, ts, queries: Sequence[Query], pixels, *, batch_size: int, top_k: int,
-                   max_regions: int, max_length: int, progress: bool = False) -> dict:
+                   max_regions: int, max_length: int, progress: bool = False, min_n_acc: float | None = None) -> dict:
     """Predict every query over the corpus, fit the presence threshold, score with the
     metric suite at that threshold. Returns {"metrics", "presence_threshold", "threshold_fit"}."""
     from tqdm import tqdm
@@ -208,7 +221,7 @@ def validate_model(model, processor, ts, queries: Sequence[Query], pixels, *, ba
     scores = query_scores(model, tok, regions, [q.expression for q in queries])
     model.train(was_training)
     results = predict(regions, scores, queries, top_k=top_k, threshold=1.0)
-    threshold, fit = fit_presence_threshold(queries, results)
+    threshold, fit = fit_presence_threshold(queries, results, min_n_acc=min_n_acc)
     for r in results:
         for h in r.hits:
             h.present = h.score >= threshold
