@@ -7,7 +7,9 @@ with one text encoding and one matrix product. Hits are then suppressed per imag
 (greedy NMS at ``nms_iou`` on the hits' own scores, boxes of different images never
 interact) and ranked by score. ``present = score >= threshold``; the threshold is the
 argument when given, else the calibrated one stored in the index manifest
-(``calibration.threshold``), else :data:`DEFAULT_THRESHOLD`.
+(``calibration.threshold``), else the model checkpoint's own ``presence_threshold``
+(a ``resedis finetune`` output or ``demo``), else :data:`DEFAULT_THRESHOLD` — see
+:mod:`resedis.thresholds`.
 
 >>> from resedis.search import Searcher
 >>> searcher = Searcher("photos.db")                     # doctest: +SKIP
@@ -30,13 +32,11 @@ import numpy as np
 from resedis.errors import ResedisError
 from resedis.index.store import IMAGES, MANIFEST_NAME, REGIONS, Index, check_model, column_matrix, open_index, read_manifest
 from resedis.masks import box_iou
+from resedis.thresholds import DEFAULT_THRESHOLD, ThresholdChoice, index_threshold  # noqa: F401 (DEFAULT_THRESHOLD re-exported)
 from resedis.types import Dataset, Hit, ImageId, QueryResult
 
 log = logging.getLogger(__name__)
 
-# OWL-ViT's published examples keep detections with sigmoid score >= 0.1; used until
-# `resedis calibrate` stores a threshold fitted on labelled data in the manifest.
-DEFAULT_THRESHOLD = 0.1
 DEFAULT_NMS_IOU = 0.5
 # Region rows multiplied per matrix-product chunk (bounds the float32 temporary).
 _CHUNK_ROWS = 1 << 18
@@ -209,9 +209,14 @@ class Searcher:
 
     @property
     def threshold(self) -> float:
-        """Default presence threshold: calibrated (manifest) or :data:`DEFAULT_THRESHOLD`."""
-        calibrated = self.index.manifest.threshold
-        return DEFAULT_THRESHOLD if calibrated is None else calibrated
+        """Default presence threshold (see :attr:`threshold_choice`)."""
+        return self.threshold_choice.value
+
+    @property
+    def threshold_choice(self) -> ThresholdChoice:
+        """Default presence threshold and its source: calibrated (manifest), else the model
+        checkpoint's ``presence_threshold``, else :data:`DEFAULT_THRESHOLD`."""
+        return index_threshold(self.index.manifest)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> (Q, D) float32 query vectors. Empty/whitespace text -> ResedisError."""
@@ -245,8 +250,8 @@ class Searcher:
             raise ResedisError(f"batch_size must be >= 1, got {batch_size}")
         if query_ids is not None and len(query_ids) != len(texts):
             raise ResedisError(f"{len(query_ids)} query ids for {len(texts)} texts")
+        corpus = corpus if corpus is not None else self.corpus()  # first: re-reads a changed manifest
         threshold = self.threshold if threshold is None else float(threshold)
-        corpus = corpus if corpus is not None else self.corpus()
         results: list[QueryResult] = []
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
