@@ -2,7 +2,8 @@
 
 A model spec is ``family:source`` — ``owlv2:google/owlv2-base-patch16-ensemble``,
 ``owlv2:/path/to/dir``, ``clip:openai/clip-vit-base-patch32`` — or just ``family``
-for the family's default source. Weights are found by
+for the family's default source, or ``demo``: the bundled from-scratch OWLv2 model
+(``owlv2:<package>/assets/demo_model``, offline; indexes record it as ``demo``). Weights are found by
 :func:`resedis.models.resolver.resolve_weights` (local dir -> HF cache -> hub download
 only when allowed).
 
@@ -137,19 +138,44 @@ def list_models() -> list[ModelEntry]:
     return list(MODELS.values())
 
 
+def _demo_spec() -> ModelSpec:
+    from resedis.demo import demo_model_dir
+
+    return ModelSpec("owlv2", str(demo_model_dir()), alias="demo")
+
+
+#: Short names for whole specs, resolved offline when parsed (``name -> (description,
+#: builder)``). ``demo``: the bundled from-scratch OWLv2 model (``resedis demo``).
+ALIASES: dict[str, tuple[str, Callable[[], ModelSpec]]] = {
+    "demo": ("the bundled from-scratch OWLv2 demo model (owlv2:<package>/assets/demo_model), offline", _demo_spec),
+}
+
+
+def list_aliases() -> dict[str, str]:
+    """``{alias: what it resolves to}`` (e.g. ``{"demo": "owlv2:/.../assets/demo_model"}``)."""
+    specs = {name: build() for name, (_, build) in ALIASES.items()}
+    return {name: f"{s.family}:{s.source}" for name, s in specs.items()}
+
+
 def parse_spec(spec: str) -> ModelSpec:
-    """``"family:source"`` or ``"family"`` -> :class:`ModelSpec`.
+    """``"family:source"``, ``"family"`` or an alias (``"demo"``) -> :class:`ModelSpec`.
 
     The family must be registered; a bare family uses its default source. Only the first
-    ``:`` splits, so sources may contain colons.
+    ``:`` splits, so sources may contain colons. An alias resolves to its full spec and
+    keeps its name (``str(parse_spec("demo")) == "demo"``).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ResedisError(f"empty model spec; expected family:source, e.g. {DEFAULT_MODEL}")
     spec = spec.strip()
     family, sep, source = spec.partition(":")
     family = family.strip().lower()
+    if family in ALIASES and family not in MODELS:
+        if sep:
+            raise ResedisError(f"model spec {spec!r}: {family!r} names one bundled model and takes no ':source'; "
+                               f"write just {family!r}")
+        return ALIASES[family][1]()
     if family not in MODELS:
-        known = ", ".join(MODELS)
+        known = ", ".join(MODELS) + "; or " + ", ".join(ALIASES)
         hint = (
             f" (did you mean owlv2:{spec}?)" if not sep and ("/" in spec or "\\" in spec) else ""
         )
@@ -161,14 +187,21 @@ def parse_spec(spec: str) -> ModelSpec:
 
 
 def _canonical(spec: ModelSpec) -> ModelSpec:
-    """Local sources become absolute paths, so a spec recorded in an index means one thing."""
+    """Local sources become absolute paths, so a spec recorded in an index means one thing;
+    a directory that is an alias's (the bundled demo model's) becomes that alias, so the
+    recorded spec (``demo``) survives the package moving."""
     from pathlib import Path
 
     from resedis.models.resolver import looks_like_path
 
-    if looks_like_path(spec.source):
-        return ModelSpec(spec.family, str(Path(spec.source).expanduser().resolve()))
-    return spec
+    if spec.alias is not None or not looks_like_path(spec.source):
+        return spec
+    path = Path(spec.source).expanduser().resolve()
+    for _, build in ALIASES.values():
+        target = build()
+        if target.family == spec.family and Path(target.source).resolve() == path:
+            return target
+    return ModelSpec(spec.family, str(path))
 
 
 def load_model(spec: str | ModelSpec, device: str | None = None, *, dtype: str | None = None):
@@ -196,6 +229,8 @@ __all__ = [
     "MODELS",
     "ModelEntry",
     "ModelSpec",
+    "ALIASES",
+    "list_aliases",
     "register_model",
     "list_models",
     "parse_spec",

@@ -32,13 +32,19 @@ _DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin", "*
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed model spec: ``family`` (registry key) and ``source`` (hub id or local dir)."""
+    """A parsed model spec: ``family`` (registry key) and ``source`` (hub id or local dir).
+
+    ``alias``: the registered short name this spec was written as (``demo``: the bundled
+    model, ``owlv2:<package>/assets/demo_model``); it is what ``str()`` gives, so an index
+    records ``demo`` and still finds the model after the package moves.
+    """
 
     family: str
     source: str
+    alias: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.family}:{self.source}"
+        return self.alias or f"{self.family}:{self.source}"
 
 
 def hub_offline() -> bool:
@@ -122,6 +128,9 @@ def _not_found_message(spec: ModelSpec, searched: list[str], *, local: bool) -> 
     lines = [f"weights for model {spec} not found.", "Searched:"]
     lines += [f"  - {s}" for s in searched]
     lines.append("To fix, do one of:")
+    if spec.alias == "demo":
+        lines.append("  - reinstall resedis (the bundled demo model ships in resedis/assets/demo_model), "
+                     "or retrain it: INSTALL=1 scripts/train_demo_model.sh")
     lines.append(
         f"  - pass a local directory holding config.json and the weights: --model {spec.family}:/path/to/dir"
     )
