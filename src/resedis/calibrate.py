@@ -23,7 +23,8 @@ Evaluation never fits on what it reports (:func:`evaluate_with_calibration`):
 
 * ``"stored"`` (default) — the manifest's calibration; a warning is raised when it was
   fitted on exactly the queries being evaluated (same dataset name and query-id digest);
-* ``"none"`` — the pipeline's documented defaults;
+* ``"none"`` — no stored calibration: the pipeline's documented defaults (``owl``: the
+  index model's checkpoint ``presence_threshold`` when it has one, see :mod:`resedis.thresholds`);
 * a fraction ``f`` in (0, 1) — hold-out: a seeded, absent/non-absent stratified share ``f``
   of the queries is used to fit, the OTHER queries are scored and reported;
 * ``"kfold:K"`` — every query is scored with parameters fitted on the other K-1 folds.
@@ -224,7 +225,8 @@ def evaluate_with_calibration(pipeline, dataset: Dataset, split: str | float | N
     if mode in ("stored", "none"):
         params, threshold, source = pipeline.resolved()
         if mode == "none" and source == "calibrated":
-            params, threshold, source = pipeline.default_params(), pipeline.default_threshold, "default"
+            uncal = pipeline.uncalibrated_threshold()  # the checkpoint's presence_threshold or the default
+            params, threshold, source = pipeline.default_params(), uncal.value, uncal.source
         tf = time.perf_counter()
         results = pipeline.finish(prepared, params, threshold)
         finish_s = time.perf_counter() - tf

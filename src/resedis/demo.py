@@ -3,8 +3,9 @@
 1. renders a synthetic corpus (``resedis synth``; default seed 2024, never used in
    training — the bundled model was trained on seeds 1000-1019, validated on 101);
 2. indexes it with the bundled demo model (:func:`demo_model_dir`);
-3. runs every query of the corpus through search (stored presence threshold) and
-   scores them with the metric suite;
+3. runs every query of the corpus through search — presence decided by the model's own
+   ``presence_threshold`` (:mod:`resedis.thresholds`; a calibration stored in the index
+   later wins) — and scores them with the metric suite;
 4. writes ``OUT/index.html``: a few example queries (attribute, position, relation,
    absent) with their top hits drawn over the images, and the metrics; plus the full
    evaluation report ``OUT/report.html`` and ``OUT/predictions.jsonl``.
@@ -33,7 +34,8 @@ def demo_model_dir() -> Path:
 
 
 def demo_model_spec() -> str:
-    """``owlv2:<package>/assets/demo_model`` (also registered as the spec ``demo``)."""
+    """``owlv2:<package>/assets/demo_model``; the model spec ``demo`` is its alias (and the
+    spelling an index records: :func:`resedis.models.parse_spec`)."""
     path = demo_model_dir()
     if not (path / "config.json").is_file():
         raise ResedisError(f"the bundled demo model is missing from {path}; retrain it with scripts/train_demo_model.sh")
@@ -69,6 +71,8 @@ class DemoResult:
     by_type: dict
     examples: list[dict] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    threshold: float | None = None
+    threshold_source: str | None = None  # resedis.thresholds.SOURCES
 
 
 def _pick_examples(dataset, results, per_type: int) -> list:
@@ -137,13 +141,14 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None) -> DemoRe
     from resedis.io.predictions import write_predictions
     from resedis.metrics import evaluate
     from resedis.report import write_report
-    from resedis.search import search_dataset
+    from resedis.search import Searcher, search_dataset
     from resedis.synth import generate
 
     config = config or DemoConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    spec, threshold = demo_model_spec(), demo_threshold()
+    demo_model_spec()  # a clear error when the bundled model is missing
+    spec = "demo"  # recorded as such in the index manifest: survives the package moving
     t0 = time.time()
     corpus = out / "corpus"
     if not (corpus / "instances.json").is_file():
@@ -155,7 +160,9 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None) -> DemoRe
                 progress=config.progress)
     t2 = time.time()
     dataset = load_dataset(corpus)
-    results = search_dataset(db, dataset, threshold=threshold, device=config.device)
+    searcher = Searcher(db, device=config.device, model=spec)
+    choice = searcher.threshold_choice  # the model's presence_threshold unless the index was calibrated
+    results = search_dataset(searcher, dataset)
     t3 = time.time()
     write_predictions(out / "predictions.jsonl", results)
     ev = evaluate_predictions(dataset, results)
@@ -181,9 +188,11 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None) -> DemoRe
         records.append(rec)
     intro = (f"A fresh synthetic corpus ({len(dataset.images)} images, {len(dataset.queries)} queries, seed "
              f"{config.seed}) indexed with the bundled from-scratch OWLv2 demo model "
-             f"(<code>{html.escape(spec)}</code>), searched with its presence threshold {threshold:.3f}.")
+             f"(model spec <code>{spec}</code>), searched with presence threshold {choice.value:.3f} "
+             f"({html.escape(choice.source)}: {html.escape(choice.origin)}).")
     page = out / "index.html"
     page.write_text(_page("resedis demo", intro, "".join(rows), "".join(blocks)), encoding="utf-8")
     return DemoResult(out_dir=out, page=page, report=Path(report), db=db, metrics=ev.metrics, by_type=by_type,
                       examples=records, seconds={"synth": round(t1 - t0, 1), "index": round(t2 - t1, 1),
-                                                 "search": round(t3 - t2, 1), "total": round(time.time() - t0, 1)})
+                                                 "search": round(t3 - t2, 1), "total": round(time.time() - t0, 1)},
+                      threshold=choice.value, threshold_source=choice.source)

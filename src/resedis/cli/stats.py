@@ -28,6 +28,7 @@ def _human_bytes(n: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from resedis.index import open_index
+    from resedis.thresholds import index_threshold
 
     index = open_index(args.db)
     stats = index.stats()
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         stats["skipped_files"] = [{"path": s.source, "reason": s.reason} for s in skipped]
         stats["calibration"] = index.manifest.calibration
+        stats.update(index_threshold(index.manifest).to_json())
         print(json.dumps(stats, indent=2))
         return 0
     print(f"index          {index.path}")
@@ -46,8 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if stats["orphan_regions"]:
         print(f"orphans        {stats['orphan_regions']} regions of an interrupted batch (removed by the next `resedis index`)")
     print(f"on disk        {_human_bytes(stats['bytes'])}")
-    threshold = index.manifest.threshold
-    print(f"threshold      {threshold if threshold is not None else 'not calibrated (search uses 0.1)'}")
+    print(f"threshold      {index_threshold(index.manifest).describe()}")
     print(f"updated        {stats['updated']}")
     print(f"skipped        {stats['skipped']}")
     for s in skipped:

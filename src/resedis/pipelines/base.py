@@ -10,8 +10,9 @@ expensive part:
 
 ``run(...)`` = prepare + finish with the resolved parameters: ``config.threshold`` when
 given, else the calibrated values stored in the index manifest for this pipeline
-(``manifest.calibration[<pipeline>]``, see :mod:`resedis.calibrate`), else the pipeline's
-documented defaults.
+(``manifest.calibration[<pipeline>]``, see :mod:`resedis.calibrate`), else (``owl``) the
+index model's checkpoint ``presence_threshold``, else the pipeline's documented defaults
+(:mod:`resedis.thresholds`).
 
 With a ``dataset``, only the dataset's images are searched and hit ``image_id`` are the
 dataset's ids (as :func:`resedis.search.search_dataset`); without, the index's ids.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from resedis.errors import ResedisError
+from resedis.thresholds import ThresholdChoice, choose_threshold
 from resedis.types import Dataset, Hit, QueryResult
 
 DEFAULT_GROUNDER = "gdino:IDEA-Research/grounding-dino-tiny"
@@ -155,6 +157,9 @@ class Pipeline:
     description = ""
     cost = ""
     default_threshold = 0.1
+    # True when ``score`` is the index model's own detector score (``owl``), so the
+    # presence_threshold fitted with that checkpoint (resedis finetune / demo) applies.
+    model_scores = False
 
     def __init__(self, index, config: PipelineConfig | None = None, models: Models | None = None):
         from resedis.index.store import Index, open_index
@@ -200,19 +205,34 @@ class Pipeline:
             return None
         return entry
 
-    def resolved(self) -> tuple[dict, float, str]:
-        """(params, threshold, where they came from: "argument" / "calibrated" / "default")."""
+    def resolved_choice(self) -> tuple[dict, ThresholdChoice]:
+        """(params, threshold choice) by the one precedence of :mod:`resedis.thresholds`:
+        argument > this pipeline's stored calibration > the index model's checkpoint
+        ``presence_threshold`` (only when :attr:`model_scores`) > ``default_threshold``."""
         params = dict(self.default_params())
         entry = self.calibration()
-        source = "default"
-        threshold = self.default_threshold
+        calibrated = None
         if entry is not None:
             params.update({k: v for k, v in (entry.get("params") or {}).items() if k in params})
             if isinstance(entry.get("threshold"), (int, float)):
-                threshold, source = float(entry["threshold"]), "calibrated"
-        if self.config.threshold is not None:
-            threshold, source = float(self.config.threshold), "argument"
-        return params, threshold, source
+                calibrated = float(entry["threshold"])
+        choice = choose_threshold(explicit=self.config.threshold, calibrated=calibrated,
+                                  model=self.index.manifest.model if self.model_scores else None,
+                                  default=self.default_threshold,
+                                  calibrated_origin=f"index manifest calibration of pipeline {self.name}")
+        return params, choice
+
+    def resolved(self) -> tuple[dict, float, str]:
+        """(params, threshold, where it came from: "argument" / "calibrated" / "checkpoint" / "default")."""
+        params, choice = self.resolved_choice()
+        return params, choice.value, choice.source
+
+    def uncalibrated_threshold(self) -> ThresholdChoice:
+        """The threshold without the index's calibration (nor an argument): the checkpoint's
+        ``presence_threshold`` when it applies, else ``default_threshold``."""
+        return choose_threshold(explicit=None, calibrated=None,
+                                model=self.index.manifest.model if self.model_scores else None,
+                                default=self.default_threshold)
 
     # -- running ------------------------------------------------------------------
     def warm_up(self, dataset: Dataset | None = None) -> None:

@@ -23,6 +23,7 @@ class OwlPipeline(Pipeline):
     name = "owl"
     description = "OWL region index: one text encoding + one inner product over all stored region vectors"
     cost = "query: 1 text forward + MIPS over regions; index: 1 OWL forward per image"
+    model_scores = True  # scores are the index model's sigmoid scores: its checkpoint threshold applies
 
     @property
     def default_threshold(self) -> float:  # type: ignore[override]

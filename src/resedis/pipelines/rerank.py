@@ -52,6 +52,7 @@ class RerankPipeline(OwlPipeline):
     description = "owl, then the top-K images re-scored by a grounding model (Grounding DINO) on the whole expression"
     cost = "query: owl + K grounding-model forwards (K = --rerank-k); index: same as owl"
     default_threshold = 0.3
+    model_scores = False  # fused OWL + grounder scores: the OWL checkpoint's threshold does not apply
 
     def default_params(self) -> dict:
         return FusionParams().to_json()

@@ -245,10 +245,11 @@ class SearchService:
         stats = self.index.stats()
         stats.pop("root", None)  # server paths stay on the server
         out.update(stats)
-        _, threshold, source = get_pipeline(default_pipeline(), self.index, None, self.models).resolved()
+        _, choice = get_pipeline(default_pipeline(), self.index, None, self.models).resolved_choice()
         out["calibration"] = self.index.manifest.calibration
-        out["threshold"] = threshold
-        out["threshold_source"] = source
+        out["threshold"] = choice.value
+        out["threshold_source"] = choice.source  # argument / calibrated / checkpoint / default
+        out["threshold_origin"] = self.redact(choice.origin)
         out["segmenter"] = self.segmenter
         out["grounder"] = self.grounder
         return out
