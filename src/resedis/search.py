@@ -23,23 +23,21 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from resedis.errors import ResedisError
-from resedis.index.store import IMAGES, MANIFEST_NAME, REGIONS, Index, check_model, column_matrix, open_index, read_manifest
+from resedis.index.store import MANIFEST_NAME, Index, check_model, open_index, read_manifest
 from resedis.masks import box_iou
+from resedis.search_corpus import DEFAULT_MATRIX_DTYPE, Corpus, check_matrix_dtype, load_corpus  # noqa: F401 (re-exported)
 from resedis.thresholds import DEFAULT_THRESHOLD, ThresholdChoice, index_threshold  # noqa: F401 (DEFAULT_THRESHOLD re-exported)
 from resedis.types import Dataset, Hit, ImageId, QueryResult
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NMS_IOU = 0.5
-# Region rows multiplied per matrix-product chunk (bounds the float32 temporary).
-_CHUNK_ROWS = 1 << 18
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -49,64 +47,6 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def normalize_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
-
-
-@dataclass
-class Corpus:
-    """Every committed region of an index, in memory (orphans of interrupted batches excluded).
-
-    image_ids / paths: per image row; region_image (N,) int64 image row of each region;
-    boxes (N, 4) float32 xyxy original px; vectors (N, D) as stored (float16/float32).
-    """
-
-    version: tuple[int, int]
-    image_ids: list[str]
-    paths: list[str]
-    region_image: np.ndarray
-    boxes: np.ndarray
-    vectors: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.region_image.shape[0])
-
-    def logits(self, queries: np.ndarray) -> np.ndarray:
-        """(Q, D) query vectors -> (N, Q) float32 logits, computed in float32 chunks."""
-        queries = np.asarray(queries, dtype=np.float32)
-        out = np.empty((len(self), queries.shape[0]), dtype=np.float32)
-        for start in range(0, len(self), _CHUNK_ROWS):
-            block = self.vectors[start : start + _CHUNK_ROWS].astype(np.float32, copy=False)
-            out[start : start + _CHUNK_ROWS] = block @ queries.T
-        return out
-
-
-def load_corpus(index: Index) -> Corpus:
-    """Read images + regions and keep regions whose ``(image_id, batch)`` has an images row."""
-    import pyarrow as pa
-
-    version = index.version()
-    images = index.read(IMAGES, ["image_id", "path", "batch"])
-    regions = index.read(REGIONS, ["image_id", "batch", "box", "vector"])
-    keys_img = pa.table(
-        {"image_id": images["image_id"], "batch": images["batch"], "img_row": pa.array(np.arange(images.num_rows, dtype=np.int64))}
-    )
-    keys_reg = pa.table(
-        {"image_id": regions["image_id"], "batch": regions["batch"], "reg_row": pa.array(np.arange(regions.num_rows, dtype=np.int64))}
-    )
-    joined = keys_reg.join(keys_img, keys=["image_id", "batch"], join_type="inner").sort_by("reg_row")
-    reg_rows = joined["reg_row"].to_numpy()
-    dtype = np.float16 if index.manifest.vector_dtype == "float16" else np.float32
-    vectors = column_matrix(regions["vector"], index.manifest.vector_dim, dtype)
-    boxes = column_matrix(regions["box"], 4, np.float32)
-    if len(reg_rows) != regions.num_rows:
-        vectors, boxes = vectors[reg_rows], boxes[reg_rows]
-    return Corpus(
-        version=version,
-        image_ids=images["image_id"].to_pylist(),
-        paths=images["path"].to_pylist(),
-        region_image=joined["img_row"].to_numpy().astype(np.int64),
-        boxes=boxes,
-        vectors=np.ascontiguousarray(vectors),
-    )
 
 
 def rank_hits(
@@ -153,6 +93,13 @@ class Searcher:
     whenever the index's tables change. When the regions table has an ANN index, each
     query's candidates come from it and are re-scored exactly (``ann``: an
     :class:`~resedis.index.ann.AnnConfig`; ``use_ann=False`` forces exact search).
+
+    ``matrix_dtype``: ``"float32"`` (default) keeps the region matrix in float32 for the
+    exact product — converted once, ``4 bytes × rows × dim`` of memory; ``"stored"``
+    keeps the index's float16 (half the memory, ~15× slower exact search). Same logits
+    either way (:mod:`resedis.search_corpus`). ``threads``: bound torch's and numpy's
+    BLAS CPU threads of this process to N (:func:`resedis.threads.set_threads`,
+    process-wide); None keeps the library defaults.
     """
 
     def __init__(
@@ -165,7 +112,13 @@ class Searcher:
         nms_iou: float = DEFAULT_NMS_IOU,
         ann=None,
         use_ann: bool = True,
+        matrix_dtype: str = DEFAULT_MATRIX_DTYPE,
+        threads: int | None = None,
     ):
+        from resedis.threads import set_threads
+
+        self.matrix_dtype = check_matrix_dtype(matrix_dtype)
+        self.threads = set_threads(threads)["torch"]
         self.index = index if isinstance(index, Index) else open_index(index)
         check_model(self.index.manifest, model, self.index.path)
         if encoder is None:
@@ -204,7 +157,7 @@ class Searcher:
             self.index.manifest = read_manifest(self.index.path)
             self._manifest_mtime = mtime
         if self._corpus is None or self._corpus.version != self.index.version():
-            self._corpus = load_corpus(self.index)
+            self._corpus = load_corpus(self.index, self.matrix_dtype)
         return self._corpus
 
     @property
@@ -298,8 +251,11 @@ def search(
     threshold: float | None = None,
     device: str | None = None,
 ) -> QueryResult:
-    """One-off query (loads the text encoder each call; keep a :class:`Searcher` for many)."""
-    return Searcher(db, device=device).search(text, top_k=top_k, threshold=threshold)
+    """One-off query (loads the text encoder each call; keep a :class:`Searcher` for many).
+
+    Keeps the region matrix as stored: for one query a float32 copy would cost the same
+    conversion plus twice the memory."""
+    return Searcher(db, device=device, matrix_dtype="stored").search(text, top_k=top_k, threshold=threshold)
 
 
 def map_dataset_images(corpus: Corpus, root: str, dataset: Dataset) -> tuple[list[ImageId | None], int]:

@@ -43,3 +43,17 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 positive_float = float_in(0.0, float("inf"), low_open=True)
 unit_float = float_in(0.0, 1.0)
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` (N >= 1): bound the process's torch and numpy-BLAS CPU threads
+    (:func:`resedis.threads.set_threads`); absent = the libraries' defaults."""
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads for torch and numpy's BLAS in this process (N >= 1; BLAS needs threadpoolctl "
+        "installed, else set OPENBLAS_NUM_THREADS); bounds a process on a shared machine "
+        "(default: the libraries' defaults, one per core)",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resedis.cli._args import positive_int, unit_float
+from resedis.cli._args import add_threads_option, positive_int, unit_float
 
 
 def register(subparsers) -> None:
@@ -31,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--model", metavar="SPEC", help="refuse to search unless the index was built with this model")
     p.add_argument("--nms-iou", type=unit_float, default=0.5, metavar="F", help="per-image NMS IoU for hits (default 0.5; 1 = none)")
+    add_threads_option(p)
     from resedis.cli.pipelines import add_pipeline_options
 
     add_pipeline_options(p)
@@ -41,11 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from resedis.errors import ResedisError
     from resedis.index import open_index
     from resedis.search import Searcher
+    from resedis.threads import set_threads
 
     if not args.text.strip():
         raise ResedisError("empty query: describe the object to search for")
     if args.nms_iou <= 0:
         raise ResedisError("--nms-iou must be > 0")
+    set_threads(args.threads)  # before any model runs (every pipeline below)
     index = open_index(args.db, model=args.model)
     if args.pipeline not in (None, "owl"):
         from resedis.cli.pipelines import pipeline_config
@@ -55,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
         result = pipeline.run(as_queries([args.text]))[0]
         threshold = pipeline.resolved()[1]
     else:
-        searcher = Searcher(index, device=args.device, nms_iou=args.nms_iou)
+        # One query: converting the matrix to float32 once costs what one "stored" query
+        # converts anyway, plus twice the memory.
+        searcher = Searcher(index, device=args.device, nms_iou=args.nms_iou, matrix_dtype="stored")
         result = searcher.search(args.text, top_k=args.top_k, threshold=args.threshold)
         threshold = searcher.threshold if args.threshold is None else args.threshold
     if args.masks:

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from resedis.cli._args import add_threads_option
+
 API_KEY_ENV = "RESEDIS_API_KEY"
 
 
@@ -53,6 +55,7 @@ def register(subparsers) -> None:
         help="grounding model spec for pipeline=owl+rerank (default: gdino:IDEA-Research/grounding-dino-tiny)",
     )
     p.add_argument("--device", default=None, help="device for the text encoder (cpu, cuda, cuda:1; default: auto)")
+    add_threads_option(p)
     p.add_argument("--max-top-k", type=int, default=200, help="largest top_k a search may ask for (default: 200)")
     p.add_argument("--max-query-chars", type=int, default=500, help="longest query accepted (default: 500)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
@@ -87,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
         max_top_k=args.max_top_k,
         default_top_k=min(20, args.max_top_k),
         max_query_chars=args.max_query_chars,
+        threads=args.threads,
     )
+    from resedis.threads import set_threads
+
+    set_threads(config.threads)  # process-wide, before the app loads and runs the models
     app = create_app(config)
 
     import uvicorn

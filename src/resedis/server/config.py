@@ -36,6 +36,9 @@ class ServeConfig:
     the pipelines' Grounding DINO default).
     ``trusted_hosts``: accepted ``Host`` headers (DNS-rebinding guard); ``None`` derives
     them from ``host`` (loopback names when bound to loopback, anything otherwise).
+    ``threads``: CPU threads of torch and numpy's BLAS for this process
+    (:func:`resedis.threads.set_threads`, applied by ``resedis serve`` before the app
+    starts); None keeps the library defaults.
     """
 
     db: Path
@@ -57,10 +60,14 @@ class ServeConfig:
     max_pending_searches: int = 64
     result_cache_entries: int = 256
     trusted_hosts: list[str] | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         self.db = Path(self.db)
         self.allow_index_roots = [Path(p) for p in self.allow_index_roots]
+        from resedis.threads import check_threads
+
+        check_threads(self.threads)
         if self.api_key is not None and len(self.api_key) < 8:
             raise ResedisError("--api-key must be at least 8 characters long")
         if not (1 <= self.default_top_k <= self.max_top_k):
