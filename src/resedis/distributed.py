@@ -9,8 +9,9 @@ the writer's: unchanged files are skipped, changed ones replaced, ``prune`` remo
 deleted ones, bad files are recorded with their reason, a killed run resumes.
 
 Workers open the image files by path, so on a multi-node cluster the folder must be
-mounted at the same path on every node (NFS, a shared volume); the index directory is
-written by the driver only.
+mounted at the same path on every node (NFS, a shared volume); the index is written by
+the driver only, to a local directory or an object-store URI (``s3://bucket/prefix``;
+see :mod:`resedis.index.fs` for credentials), which the workers never touch.
 
 >>> from resedis.distributed import index_with_ray
 >>> index_with_ray("photos/", "photos.db", address="auto", num_workers=8)  # doctest: +SKIP
@@ -29,10 +30,9 @@ import pyarrow as pa
 
 from resedis.errors import ResedisError
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
-from resedis.index.pipeline import Job
+from resedis.index.pipeline import plan_jobs
 from resedis.index.store import in_list, read_manifest, write_manifest, _now
-from resedis.index.writer import IndexConfig, IndexReport, _count_model_failures, _open_for_write
-from resedis.io.images import discover_images
+from resedis.index.writer import IndexConfig, IndexReport, _count_model_failures, _open_for_write, locate
 from resedis.types import ImageRegions, Skipped
 
 log = logging.getLogger(__name__)
@@ -153,28 +153,6 @@ class RegionEncoderActor:
         )
 
 
-def _plan(files: list[Path], root: Path, indexed: dict, skipped_before: dict, config: IndexConfig, report: IndexReport):
-    """The writer's incremental rule: which files need (re-)encoding -> (jobs, present ids)."""
-    jobs: list[Job] = []
-    present: set[str] = set()
-    for path in files:
-        rel = path.relative_to(root).as_posix()
-        present.add(rel)
-        try:
-            st = path.stat()
-            size, mtime = st.st_size, st.st_mtime_ns
-        except OSError:
-            size, mtime = -1, -1
-        old = indexed.get(rel)
-        if old is not None and not config.rehash and old[1] == size and old[2] == mtime:
-            report.unchanged += 1
-            continue
-        if old is None and skipped_before.get(rel) == (size, mtime) and not config.rehash:
-            continue
-        jobs.append(Job(rel, path, size, mtime, old[0] if old else None))
-    return jobs, present
-
-
 def _regions_of(row: dict, dim: int) -> ImageRegions:
     boxes = np.asarray(row["boxes"], np.float32).reshape(-1, 4)
     vec = row["image_vector"]
@@ -196,6 +174,7 @@ def index_with_ray(
     gpus_per_worker: float | None = None,
     threads_per_worker: int | None = 1,
     progress: bool = True,
+    storage_options: dict[str, str] | None = None,
 ) -> IndexReport:
     """:func:`resedis.index.build_index` with decoding + encoding on a Ray actor pool.
 
@@ -203,7 +182,8 @@ def index_with_ray(
     one (an already initialised Ray session is reused). num_workers: actors, one model
     each. gpus_per_worker: None = 1 when the cluster has GPUs, else 0 (CPU workers with
     ``threads_per_worker`` torch threads). Same result as ``build_index`` with the same
-    config: the same images, regions (to float tolerance) and skip records.
+    config: the same images, regions (to float tolerance) and skip records. ``db`` and
+    ``storage_options``: as for ``build_index`` (a local path or an object-store URI).
     """
     ray = _require_ray()
     from tqdm.auto import tqdm
@@ -215,14 +195,9 @@ def index_with_ray(
     if config.crops is not None:
         raise ResedisError("crop embeddings (--crop-model) are not supported with --ray; index crops without --ray")
     started = time.perf_counter()
-    root = Path(images_dir).expanduser().resolve()
-    db_path = Path(db).expanduser().resolve()
-    if not root.is_dir():
+    if not Path(images_dir).expanduser().is_dir():
         raise ResedisError(f"{images_dir}: no such image folder")
-    files = discover_images(root, exclude=[db_path])
-    if db_path.exists() and not db_path.is_dir():
-        raise ResedisError(f"{db_path}: exists and is not a directory")
-    db_path.mkdir(parents=True, exist_ok=True)
+    root, db_path, files = locate(images_dir, db, storage_options)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     if gpus_per_worker is None:
@@ -238,7 +213,9 @@ def index_with_ray(
         repair(index)
         indexed, skipped_before = existing_entries(index)
         report = IndexReport(db=str(db_path), root=str(root), model=spec)
-        jobs, present = _plan(files, root, indexed, skipped_before, config, report)
+        plan = plan_jobs(files, root, indexed, skipped_before, rehash=config.rehash)
+        jobs, present = plan.jobs, plan.present
+        report.unchanged += plan.unchanged
         by_rel = {job.rel: job for job in jobs}
         m = index.manifest
         writer = _PrecomputedWriter(index, root, next_batch(index))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Callable
 
 
@@ -57,3 +58,22 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
         "installed, else set OPENBLAS_NUM_THREADS); bounds a process on a shared machine "
         "(default: the libraries' defaults, one per core)",
     )
+
+
+def storage_option(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of ``--storage-option`` (an object-store setting in LanceDB's key names,
+    e.g. ``aws_endpoint=http://localhost:9000``) -> ``(key, value)``, key lower-cased."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", key):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. aws_region=eu-west-1), got {text!r}")
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"--storage-option {key}: empty value in {text!r}")
+    return key.lower(), value.strip()
+
+
+STORAGE_OPTION_HELP = (
+    "object-store setting for an s3:// / gs:// / az:// index, in LanceDB's key names (repeatable), e.g. "
+    "aws_endpoint=http://localhost:9000, aws_region=eu-west-1, allow_http=true, timeout=30s; "
+    "the standard environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) is read too and overridden by these"
+)

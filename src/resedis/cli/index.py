@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from resedis.cli._args import float_in, positive_int
+from resedis.cli._args import STORAGE_OPTION_HELP, float_in, positive_int, storage_option
 
 NMS_IOU = float_in(0.0, 1.0, low_open=True, note=" (1 disables NMS)")
 
@@ -23,7 +23,10 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (searched recursively; hidden entries ignored)")
-    p.add_argument("--db", required=True, metavar="DB", help="index directory (created if missing)")
+    p.add_argument("--db", required=True, metavar="DB", help="index directory (created if missing), or an object-store "
+                   "URI: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix (see docs/object-store.md)")
+    p.add_argument("--storage-option", type=storage_option, action="append", default=[], metavar="KEY=VALUE",
+                   help=STORAGE_OPTION_HELP)
     p.add_argument(
         "--model",
         metavar="SPEC",
@@ -71,6 +74,9 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from resedis.index import IndexConfig, build_index
+    from resedis.index.fs import storage_options_from_pairs
+
+    storage_options = storage_options_from_pairs(args.storage_option)
 
     config = IndexConfig(
         model=args.model,
@@ -93,18 +99,19 @@ def run(args: argparse.Namespace) -> int:
         from resedis.distributed import index_with_ray
 
         address = None if args.ray == "local" else args.ray
-        report = index_with_ray(args.images_dir, args.db, config, address=address, num_workers=args.ray_workers, progress=not args.quiet)
+        report = index_with_ray(args.images_dir, args.db, config, address=address, num_workers=args.ray_workers,
+                                progress=not args.quiet, storage_options=storage_options)
     else:
-        report = build_index(args.images_dir, args.db, config=config, progress=not args.quiet)
+        report = build_index(args.images_dir, args.db, config=config, progress=not args.quiet, storage_options=storage_options)
     if args.optimize:
-        from pathlib import Path
-
         from resedis.index import open_index
         from resedis.index.ann import AnnConfig, optimize_ann
         from resedis.index.commit import Lock
+        from resedis.index.fs import as_location
 
-        with Lock(Path(report.db)):  # one writer at a time, as for indexing
-            built = optimize_ann(open_index(report.db).regions_table, AnnConfig(min_rows=config.ann_min_rows), rebuild=True)
+        location = as_location(report.db, storage_options)
+        with Lock(location):  # one writer at a time, as for indexing
+            built = optimize_ann(open_index(location).regions_table, AnnConfig(min_rows=config.ann_min_rows), rebuild=True)
         if built is not None and not args.json:
             print(f"ANN index: {built.index_type} ({built.metric}) over {built.rows} regions in {built.seconds:.1f} s", file=sys.stderr)
     if args.json:

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resedis.errors import ResedisError
+from resedis.index.fs import Location
 from resedis.index.pipeline import Job, encode_batch
 from resedis.index.store import (
     IMAGES,
@@ -49,13 +50,21 @@ MAX_MODEL_FAILURES_IN_A_ROW = 3
 
 
 class Lock:
-    """Exclusive advisory lock on ``DB/.lock``; released by the kernel if the process dies."""
+    """Exclusive advisory lock on ``DB/.lock``; released by the kernel if the process dies.
 
-    def __init__(self, db: Path):
-        self.path = db / ".lock"
+    An index on an object store has no such lock (object stores offer no flock): there
+    each table commit is still atomic (Lance), but running two writers of the same index
+    at once is the user's to avoid; the lock is then a no-op.
+    """
+
+    def __init__(self, db: Path | Location):
+        loc = db if isinstance(db, Location) else None
+        self.path = None if loc is not None and not loc.is_local else Path(loc.local_path if loc else db) / ".lock"
         self.fh = None
 
     def __enter__(self) -> Lock:
+        if self.path is None:
+            return self
         self.fh = open(self.path, "a+")
         try:
             fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,8 +74,11 @@ class Lock:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.fh is None:
+            return
         fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
         self.fh.close()
+        self.fh = None
 
 
 def delete_ids(table, column: str, ids: list[str]) -> None:

@@ -29,6 +29,46 @@ class Job:
     known_sha: str | None  # sha256 of the indexed version, when the file was indexed before
 
 
+@dataclass
+class Plan:
+    """What an indexing run has to do: ``jobs`` to (re-)encode, the ids of every file
+    ``present`` in the folder, and how many are ``unchanged`` (left alone)."""
+
+    jobs: list[Job]
+    present: set[str]
+    unchanged: int
+
+
+def plan_jobs(files: list[Path], root: Path, indexed: dict[str, tuple], skipped_before: dict[str, tuple], *, rehash: bool) -> Plan:
+    """The incremental rule, shared by the single-process and the Ray writer.
+
+    ``indexed``: image id -> (sha256, size, mtime_ns) of indexed images; ``skipped_before``:
+    image id -> (size, mtime_ns) of recorded skips (:func:`resedis.index.commit.existing_entries`).
+    A file whose size and mtime match its indexed row is unchanged (unless ``rehash``); a
+    known bad file whose size and mtime did not change is not retried (and not a job);
+    every other file is a job, carrying the indexed sha256 when it replaces an entry.
+    """
+    jobs: list[Job] = []
+    present: set[str] = set()
+    unchanged = 0
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        present.add(rel)
+        try:
+            st = path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        old = indexed.get(rel)
+        if old is not None and not rehash and old[1] == size and old[2] == mtime:
+            unchanged += 1
+            continue
+        if old is None and skipped_before.get(rel) == (size, mtime) and not rehash:
+            continue  # known bad file, unchanged: not retried, still reported
+        jobs.append(Job(rel, path, size, mtime, old[0] if old else None))
+    return Plan(jobs, present, unchanged)
+
+
 def load_and_prepare(job: Job, max_pixels: int, prepare) -> tuple[LoadedImage | Skipped, object]:
     loaded = load_image(job.path, max_pixels)
     if prepare is None or isinstance(loaded, Skipped):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from resedis.errors import IndexMismatchError, ResedisError
+from resedis.index.fs import Location, as_location
 from resedis.types import Skipped
 
 SCHEMA_VERSION = 1
@@ -160,42 +160,29 @@ class Manifest:
         return None
 
 
-def read_manifest(db: Path) -> Manifest:
-    path = Path(db) / MANIFEST_NAME
+def read_manifest(db: str | os.PathLike | Location) -> Manifest:
+    """``DB/resedis.json`` of a local index directory or an object-store URI (:mod:`resedis.index.fs`)."""
+    loc = as_location(db)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = loc.read_bytes(MANIFEST_NAME).decode("utf-8")
     except FileNotFoundError:
         raise ResedisError(
             f"{db}: not a resedis index (no {MANIFEST_NAME}); build one with: resedis index IMAGES_DIR --db {db}"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ResedisError(f"{loc / MANIFEST_NAME}: manifest is not UTF-8 text ({exc})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ResedisError(f"{path}: manifest is not valid JSON ({exc})") from None
-    return Manifest.from_json(data, str(path))
+        raise ResedisError(f"{loc / MANIFEST_NAME}: manifest is not valid JSON ({exc})") from None
+    return Manifest.from_json(data, str(loc / MANIFEST_NAME))
 
 
-def write_manifest(db: Path, manifest: Manifest) -> None:
-    """Write ``DB/resedis.json`` atomically (temp file, fsync, rename)."""
-    db = Path(db)
-    db.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".resedis-", suffix=".json.tmp", dir=db)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; the manifest is as readable as the tables
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(manifest.to_json(), fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, db / MANIFEST_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(db, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def write_manifest(db: str | os.PathLike | Location, manifest: Manifest) -> None:
+    """Write ``DB/resedis.json`` atomically: locally temp file, fsync, rename; on an
+    object store one PUT of the whole object (see :meth:`Location.write_atomic`)."""
+    text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
+    as_location(db).write_atomic(MANIFEST_NAME, text.encode("utf-8"))
 
 
 def check_model(manifest: Manifest, requested: str | None, db: Path) -> None:
@@ -218,16 +205,10 @@ def in_list(column: str, values: list[str]) -> str:
     return f"{column} IN ({', '.join(sql_quote(v) for v in values)})"
 
 
-def disk_bytes(path: Path) -> int:
-    """Bytes of every file below ``path`` (files vanishing meanwhile are skipped)."""
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += (Path(dirpath) / name).stat().st_size
-            except OSError:
-                pass
-    return total
+def disk_bytes(path: str | os.PathLike | Location) -> int:
+    """Bytes of every file below ``path``, a local directory or an object-store location
+    (files vanishing meanwhile are skipped)."""
+    return as_location(path).total_bytes()
 
 
 class Index:
@@ -237,12 +218,13 @@ class Index:
     writing. Tables are read at their latest committed version on every access.
     """
 
-    def __init__(self, path: Path, manifest: Manifest):
-        import lancedb
-
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike | Location, manifest: Manifest):
+        self.location = as_location(path)
+        # A pathlib.Path for a local index (as always); for an object-store index its
+        # Location (``str()`` is the URI, ``/`` joins, no local file operations).
+        self.path = self.location.local_path if self.location.is_local else self.location
         self.manifest = manifest
-        self._db = lancedb.connect(str(self.path), read_consistency_interval=_dt.timedelta(0))
+        self._db = self.location.connect()
         schemas = {
             IMAGES: images_schema(),
             REGIONS: regions_schema(manifest.vector_dim, manifest.vector_dtype),
@@ -254,6 +236,8 @@ class Index:
                 self._tables[name] = self._db.open_table(name)
             except ValueError:  # not created yet (new index, or killed before its first batch)
                 self._tables[name] = self._db.create_table(name, schema=schema, exist_ok=True)
+            except (OSError, RuntimeError) as exc:
+                raise ResedisError(f"{self.location}: could not open table {name}: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"Index({str(self.path)!r}, model={self.manifest.model!r})"
@@ -269,6 +253,11 @@ class Index:
     @property
     def skipped_table(self):
         return self._tables[SKIPPED]
+
+    def manifest_stamp(self) -> object:
+        """A value that changes whenever the manifest is rewritten (e.g. calibration stored a
+        threshold); None when it cannot be read."""
+        return self.location.stamp(MANIFEST_NAME)
 
     def version(self) -> tuple[int, int]:
         """(images, regions) table versions: changes whenever either is written."""
@@ -318,7 +307,7 @@ class Index:
             "skipped": self.skipped_table.count_rows(),
             "model": self.manifest.model,
             "schema_version": self.manifest.schema_version,
-            "bytes": disk_bytes(self.path),
+            "bytes": self.location.total_bytes(),
             "vector_dim": self.manifest.vector_dim,
             "vector_dtype": self.manifest.vector_dtype,
             "root": self.manifest.root,
@@ -340,18 +329,24 @@ class Index:
         return Searcher(self, device=device)
 
 
-def open_index(db: str | os.PathLike, *, model: str | None = None) -> Index:
-    """Open an existing index. ``model`` (optional) must match the index's model spec.
+def open_index(
+    db: str | os.PathLike | Location, *, model: str | None = None, storage_options: dict[str, str] | None = None
+) -> Index:
+    """Open an existing index: a local directory or an object-store URI (``s3://bucket/prefix``,
+    ``gs://...``, ``az://...``, ``file://...``; credentials and endpoint from the environment
+    and ``storage_options``, see :mod:`resedis.index.fs`). ``model`` (optional) must match
+    the index's model spec.
 
-    Raises ResedisError when ``db`` is not an index or has an unsupported schema, and
-    IndexMismatchError when ``model`` differs from the one the index was built with.
+    Raises ResedisError when ``db`` is not an index, has an unsupported schema or cannot
+    be reached, and IndexMismatchError when ``model`` differs from the one the index was
+    built with.
     """
-    path = Path(db).expanduser().resolve()
-    if not path.is_dir():
+    loc = as_location(db, storage_options)
+    if loc.is_local and not loc.local_path.is_dir():
         raise ResedisError(f"{db}: no such index directory; build one with: resedis index IMAGES_DIR --db {db}")
-    manifest = read_manifest(path)
-    check_model(manifest, model, path)
-    return Index(path, manifest)
+    manifest = read_manifest(loc)
+    check_model(manifest, model, loc.local_path or loc)
+    return Index(loc, manifest)
 
 
 def column_matrix(column: pa.ChunkedArray | pa.Array, width: int, dtype: Any) -> np.ndarray:

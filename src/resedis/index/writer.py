@@ -16,7 +16,8 @@ from pathlib import Path
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.ann import DEFAULT_MIN_ROWS as DEFAULT_ANN_MIN_ROWS, AnnConfig, optimize_ann
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
-from resedis.index.pipeline import Job, prefetch, preprocessor
+from resedis.index.fs import Location, as_location
+from resedis.index.pipeline import Job, plan_jobs, prefetch, preprocessor
 from resedis.index.store import (
     MANIFEST_NAME,
     VECTOR_DTYPES,
@@ -134,10 +135,20 @@ class IndexReport:
         )
 
 
-def _open_for_write(db: Path, root: Path, config: IndexConfig, encoder):
+def locate(images_dir: str | os.PathLike, db, storage_options: dict[str, str] | None) -> tuple[Path, Location, list[Path]]:
+    """-> (image root, index location, image files under the root). The image folder is
+    local; the index is a local directory (created here) or an object-store URI."""
+    root = Path(images_dir).expanduser().resolve()
+    loc = as_location(db, storage_options)
+    files = discover_images(root, exclude=[loc.local_path] if loc.is_local else [])
+    loc.ensure_dir()
+    return root, loc, files
+
+
+def _open_for_write(db: Location, root: Path, config: IndexConfig, encoder):
     """-> (Index, model spec, encoder or None). Creates the manifest of a new index (loading ``encoder``
     if not given); refuses a model/root/dtype mismatch with an existing one."""
-    if (db / MANIFEST_NAME).exists():
+    if db.exists(MANIFEST_NAME):
         manifest = read_manifest(db)
         check_model(manifest, config.model, db)
         if encoder is not None:
@@ -158,7 +169,7 @@ def _open_for_write(db: Path, root: Path, config: IndexConfig, encoder):
                     "omit it to keep the index's setting, or build a new index with --db NEW_DIR"
                 )
         return Index(db, manifest), manifest.model, encoder
-    if any(p.name != ".lock" for p in db.iterdir()):
+    if any(name != ".lock" for name in db.list_names()):
         raise ResedisError(f"{db}: exists, is not empty, and has no {MANIFEST_NAME}; refusing to write an index into it")
     from resedis import __version__
 
@@ -217,8 +228,12 @@ def build_index(
     config: IndexConfig | None = None,
     progress: bool = True,
     encoder=None,
+    storage_options: dict[str, str] | None = None,
 ) -> IndexReport:
-    """Index every image under ``images_dir`` into the LanceDB directory ``db``.
+    """Index every image under ``images_dir`` into the LanceDB directory ``db``: a local
+    path or an object-store URI (``s3://bucket/prefix``, ``gs://``, ``az://``, ``file://``;
+    credentials/endpoint from the environment and ``storage_options``, see
+    :mod:`resedis.index.fs`). The image folder itself is always local.
 
     Incremental: files whose path, size and mtime (or, when those changed, sha256) match
     the index are left alone; changed files are re-encoded and replace their old rows;
@@ -235,37 +250,16 @@ def build_index(
     config = config or IndexConfig()
     config.validate()
     started = time.perf_counter()
-    root = Path(images_dir).expanduser().resolve()
-    db_path = Path(db).expanduser().resolve()
-    files = discover_images(root, exclude=[db_path])
-
-    if db_path.exists() and not db_path.is_dir():
-        raise ResedisError(f"{db_path}: exists and is not a directory")
-    db_path.mkdir(parents=True, exist_ok=True)
+    root, db_path, files = locate(images_dir, db, storage_options)
 
     with Lock(db_path):
         index, spec, backend = _open_for_write(db_path, root, config, encoder)
         repair(index)
         indexed, skipped_before = existing_entries(index)
         report = IndexReport(db=str(db_path), root=str(root), model=spec)
-
-        jobs: list[Job] = []
-        present: set[str] = set()
-        for path in files:
-            rel = path.relative_to(root).as_posix()
-            present.add(rel)
-            try:
-                st = path.stat()
-                size, mtime = st.st_size, st.st_mtime_ns
-            except OSError:
-                size, mtime = -1, -1
-            old = indexed.get(rel)
-            if old is not None and not config.rehash and old[1] == size and old[2] == mtime:
-                report.unchanged += 1
-                continue
-            if old is None and skipped_before.get(rel) == (size, mtime) and not config.rehash:
-                continue  # known bad file, unchanged: not retried, still reported
-            jobs.append(Job(rel, path, size, mtime, old[0] if old else None))
+        plan = plan_jobs(files, root, indexed, skipped_before, rehash=config.rehash)
+        jobs, present = plan.jobs, plan.present
+        report.unchanged += plan.unchanged
 
         with pixel_limit(config.max_pixels):
             if jobs and backend is None:
