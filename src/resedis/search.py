@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from resedis.errors import ResedisError
-from resedis.index.store import MANIFEST_NAME, Index, check_model, open_index, read_manifest
+from resedis.index.store import Index, check_model, open_index, read_manifest
 from resedis.masks import box_iou
 from resedis.search_corpus import DEFAULT_MATRIX_DTYPE, Corpus, check_matrix_dtype, load_corpus  # noqa: F401 (re-exported)
 from resedis.thresholds import DEFAULT_THRESHOLD, ThresholdChoice, index_threshold  # noqa: F401 (DEFAULT_THRESHOLD re-exported)
@@ -144,11 +144,9 @@ class Searcher:
 
         self.ann = AnnSearch(self.index, ann) if use_ann else None
 
-    def _stat_manifest(self) -> int:
-        try:
-            return (self.index.path / MANIFEST_NAME).stat().st_mtime_ns
-        except OSError:
-            return -1
+    def _stat_manifest(self) -> object:
+        # Local index: the manifest's mtime; object store: a hash of its content (resedis.index.fs).
+        return self.index.manifest_stamp()
 
     def corpus(self) -> Corpus:
         """The region matrix, reloaded when the index changed since it was read."""

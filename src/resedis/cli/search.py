@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resedis.cli._args import add_threads_option, positive_int, unit_float
+from resedis.cli._args import STORAGE_OPTION_HELP, add_threads_option, positive_int, storage_option, unit_float
 
 
 def register(subparsers) -> None:
@@ -19,7 +19,9 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("text", metavar="TEXT", help="description of the object, e.g. \"a small red circle\"")
-    p.add_argument("--db", required=True, metavar="DB", help="index directory built by `resedis index`")
+    p.add_argument("--db", required=True, metavar="DB", help="index directory built by `resedis index`, or its s3:// / gs:// / az:// URI")
+    p.add_argument("--storage-option", type=storage_option, action="append", default=[], metavar="KEY=VALUE",
+                   help=STORAGE_OPTION_HELP)
     p.add_argument("--top-k", type=positive_int, default=20, metavar="K", help="number of hits (default 20)")
     p.add_argument(
         "--threshold",
@@ -49,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.nms_iou <= 0:
         raise ResedisError("--nms-iou must be > 0")
     set_threads(args.threads)  # before any model runs (every pipeline below)
-    index = open_index(args.db, model=args.model)
+    from resedis.index.fs import storage_options_from_pairs
+
+    index = open_index(args.db, model=args.model, storage_options=storage_options_from_pairs(args.storage_option))
     if args.pipeline not in (None, "owl"):
         from resedis.cli.pipelines import pipeline_config
         from resedis.pipelines import as_queries, get_pipeline
