@@ -10,7 +10,6 @@ xyxy pixel boxes of one image.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -18,8 +17,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from resedis.errors import ResedisError
-from resedis.models.resolver import quiet_transformers
+from resedis.models.resolver import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -51,22 +49,7 @@ class DualEncoderBackend:
     @classmethod
     def from_pretrained(cls, spec: str, family: str, path: Path, device, dtype=None) -> "DualEncoderBackend":
         """Load model + processor from a local directory (see ``resolve_weights``)."""
-        import torch
-        import transformers
-        from transformers import AutoProcessor
-
-        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
-        if model_type != family:
-            raise ResedisError(
-                f"{spec}: {path}/config.json is a {model_type!r} checkpoint, not {family!r}; "
-                f"use the matching family prefix (e.g. {model_type}:{path})"
-            )
-        model_cls = getattr(transformers, DUAL_FAMILIES[family])
-        with quiet_transformers():
-            model = model_cls.from_pretrained(str(path), dtype=dtype or torch.float32).to(device).eval()
-            # Pinned to the PIL image processors: identical pixels whether or not torchvision is
-            # installed, so an index's preprocessing does not depend on the environment.
-            processor = AutoProcessor.from_pretrained(str(path), backend="pil")
+        model, processor = load_checkpoint(spec, family, path, DUAL_FAMILIES[family], device, dtype)
         return cls(spec, family, model, processor, device)
 
     def preprocessing(self) -> dict:

@@ -36,14 +36,13 @@ import numpy as np
 from PIL import Image
 
 from resedis.errors import ResedisError
-from resedis.models.resolver import quiet_transformers
+from resedis.models.resolver import load_checkpoint
 from resedis.masks import nms
 from resedis.types import ImageRegions
 
 logger = logging.getLogger(__name__)
 
 OWL_FAMILIES = {"owlv2": "Owlv2ForObjectDetection", "owlvit": "OwlViTForObjectDetection"}
-_MODEL_TYPES = {"owlv2": "owlv2", "owlvit": "owlvit"}
 _TEXT_CHUNK = 256
 
 
@@ -112,25 +111,7 @@ class OwlBackend:
     @classmethod
     def from_pretrained(cls, spec: str, family: str, path: Path, device, dtype=None) -> "OwlBackend":
         """Load model + processor from a local directory (see ``resolve_weights``)."""
-        import json
-
-        import torch
-        import transformers
-        from transformers import AutoProcessor
-
-        config = json.loads((Path(path) / "config.json").read_text())
-        model_type = config.get("model_type")
-        if model_type != _MODEL_TYPES[family]:
-            raise ResedisError(
-                f"{spec}: {path}/config.json is a {model_type!r} checkpoint, not {family!r}; "
-                f"use the matching family prefix (e.g. {model_type}:{path})"
-            )
-        model_cls = getattr(transformers, OWL_FAMILIES[family])
-        with quiet_transformers():
-            model = model_cls.from_pretrained(str(path), dtype=dtype or torch.float32).to(device).eval()
-            # Pinned to the PIL image processors: identical pixels whether or not torchvision is
-            # installed, so an index's preprocessing does not depend on the environment.
-            processor = AutoProcessor.from_pretrained(str(path), backend="pil")
+        model, processor = load_checkpoint(spec, family, path, OWL_FAMILIES[family], device, dtype)
         return cls(spec, family, model, processor, device)
 
     # ------------------------------------------------------------------ metadata

@@ -166,6 +166,34 @@ def resolve_device(device: "str | torch.device | None" = None) -> "torch.device"
     return dev
 
 
+def load_checkpoint(spec: str, family: str, path: Path, model_class: str, device, dtype=None):
+    """Load ``transformers.<model_class>`` and its processor from the local checkpoint ``path``.
+
+    ``path/config.json`` must declare ``model_type == family`` (else ResedisError naming
+    the spec and the prefix to use). The model is loaded in ``dtype`` (default float32),
+    moved to ``device`` and put in eval mode; the processor is pinned to the PIL image
+    processors, so pixels do not depend on whether torchvision is installed.
+    -> ``(model, processor)``.
+    """
+    import json
+
+    import torch
+    import transformers
+    from transformers import AutoProcessor
+
+    model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+    if model_type != family:
+        raise ResedisError(
+            f"{spec}: {path}/config.json is a {model_type!r} checkpoint, not {family!r}; "
+            f"use the matching family prefix (e.g. {model_type}:{path})"
+        )
+    with quiet_transformers():
+        model = getattr(transformers, model_class).from_pretrained(str(path), dtype=dtype or torch.float32)
+        model = model.to(device).eval()
+        processor = AutoProcessor.from_pretrained(str(path), backend="pil")
+    return model, processor
+
+
 @contextlib.contextmanager
 def quiet_transformers():
     """Silence transformers' per-load progress bars and info chatter (warnings and errors stay)."""
