@@ -168,3 +168,18 @@ def test_cli_serve_threads(index16, monkeypatch, capsys, restore_threads):
 
     with pytest.raises(ResedisError, match="threads must be an integer >= 1"):
         ServeConfig(db=Path(index16.path), threads=0)
+
+
+def test_bench_exact_modes_agree_with_a_reference():
+    """bench.query times both matrix modes; both must return the reference top-k."""
+    from resedis.bench.query import exact_search_times
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(3000, 33)).astype(np.float16)
+    queries = rng.normal(size=(4, 33)).astype(np.float32)
+    ref = np.argsort(-(vectors.astype(np.float64) @ queries.T.astype(np.float64)), axis=0, kind="stable")[:10].T
+    t16, top16, c16 = exact_search_times(vectors, queries, 10, "stored")
+    t32, top32, c32 = exact_search_times(vectors, queries, 10, "float32")
+    assert len(t16) == len(t32) == 4 and c16 < 1.0 and c32 >= 0
+    assert np.array_equal(top16, top32) and np.array_equal(top32, ref)
+    assert vectors.dtype == np.float16  # the caller's array is not converted in place

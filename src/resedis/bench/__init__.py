@@ -40,7 +40,9 @@ class BenchPlan:
     """What one run measures. :func:`quick_plan` / :func:`full_plan` are the two modes.
 
     threads: torch CPU threads for every measurement (matmul included, so the FLOP share
-    compares like with like); None keeps torch's default.
+    compares like with like), and numpy's BLAS threads (the exact search's product) when
+    threadpoolctl is installed (:func:`resedis.threads.set_threads`); None keeps the
+    libraries' defaults.
     pipeline_models: (model, images, batch size) run through the real writer in a child
     process (a :data:`resedis.bench.indexing.MODELS` name or ``"tiny"``).
     """
@@ -110,10 +112,14 @@ def _table(report: dict) -> str:
             f"{e['model']:<16} {e['batch_size']:>3} {e['images_per_s']:>8.3f} {e['forward_ms']:>9.1f} "
             f"{e['decode_ms']:>7.1f} {e['gflops_per_image']:>9.1f} {e['achieved_flops_share']:>6.1%}"
         )
-    lines.append(f"{'rows':>10} {'exact p50':>10} {'ann p50':>9} {'R@10':>6} {'R@100':>6} {'build s':>8} {'B/region':>9}")
+    lines.append(
+        f"{'rows':>10} {'exact p50':>10} {'(matrix)':>8} {'stored p50':>10} {'ann p50':>9} {'R@10':>6} {'R@100':>6} "
+        f"{'build s':>8} {'B/region':>9}"
+    )
     for q in report["query"]:
         lines.append(
-            f"{q['rows']:>10} {q['exact_p50_ms']:>8.1f}ms {q['ann_p50_ms']:>7.1f}ms {q['ann_recall_at_10']:>6.3f} "
+            f"{q['rows']:>10} {q['exact_p50_ms']:>8.1f}ms {q['exact_matrix_dtype']:>8} {q['exact_stored_p50_ms']:>8.1f}ms "
+            f"{q['ann_p50_ms']:>7.1f}ms {q['ann_recall_at_10']:>6.3f} "
             f"{q['ann_recall_at_100']:>6.3f} {q['build_s']:>8.1f} {q['bytes_per_region']:>9.0f}"
         )
     n = report["naive_vs_index"]
@@ -146,9 +152,9 @@ def run_bench(
     plan = plan or (quick_plan() if quick else full_plan())
     started = time.perf_counter()
     if plan.threads:
-        import torch
+        from resedis.threads import set_threads
 
-        torch.set_num_threads(plan.threads)
+        set_threads(plan.threads)
     scratch = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="resedis-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
     report: dict = {"schema": SCHEMA, "mode": plan.mode, "argv": sys.argv, "plan": _plan_json(plan)}
@@ -156,7 +162,10 @@ def run_bench(
     bar = tqdm(total=len(steps), desc="bench", unit="part", disable=not progress, file=sys.stderr)
     try:
         bar.set_postfix_str("matmul")
-        report["machine"] = {**machine.matmul_gflops(plan.matmul_n, plan.matmul_seconds), **machine.machine_info()}
+        from resedis.threads import blas_threads
+
+        report["machine"] = {**machine.matmul_gflops(plan.matmul_n, plan.matmul_seconds), **machine.machine_info(),
+                             "blas_threads": blas_threads()}
         bar.update(1)
 
         bar.set_postfix_str("indexing throughput")
@@ -229,7 +238,8 @@ def run_bench(
     report["notes"] = [
         "CPU figures from a shared machine: other processes compete for the same cores, so absolute "
         "numbers vary run to run; ratios measured side by side in this run are the meaningful part.",
-        f"torch threads: {plan.threads or 'default'}; the matmul reference uses the same setting.",
+        f"torch threads: {plan.threads or 'default'}; the matmul reference uses the same setting; numpy BLAS "
+        f"threads: {report.get('machine', {}).get('blas_threads') or 'default (threadpoolctl not installed)'}.",
     ]
     if out:
         path = Path(out)

@@ -1,5 +1,6 @@
-"""Query cost vs corpus size: exact MIPS (the Searcher's in-memory path) against
-ANN candidates + exact re-scoring (:mod:`resedis.index.ann`), on synthetic OWL-like
+"""Query cost vs corpus size: exact MIPS (the Searcher's in-memory path, with its region
+matrix in float32 — the default — and as stored in float16, ``matrix_dtype="stored"``)
+against ANN candidates + exact re-scoring (:mod:`resedis.index.ann`), on synthetic OWL-like
 region vectors (:mod:`resedis.bench.synthetic`) stored in the index's own ``regions``
 schema, so bytes on disk are those of a real index.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -94,15 +95,22 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 95))
 
 
-def exact_search_times(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[list[float], np.ndarray]:
-    """Time the Searcher's exact path per query (``Corpus.logits`` over the stored dtype +
-    top-k selection) -> (seconds per query, (Q, k) rows best first)."""
-    from resedis.search import Corpus
+def exact_search_times(
+    vectors: np.ndarray, queries: np.ndarray, k: int, matrix_dtype: str = "stored"
+) -> tuple[list[float], np.ndarray, float]:
+    """Time the Searcher's exact path per query (``Corpus.logits`` + top-k selection) with
+    the region matrix kept as ``matrix_dtype`` (:mod:`resedis.search_corpus`)
+    -> (seconds per query, (Q, k) rows best first, seconds of the one-time float32
+    conversion, done before the timed queries; 0 for ``"stored"``)."""
+    from resedis.search_corpus import Corpus
 
     corpus = Corpus(
         version=(0, 0), image_ids=[], paths=[], region_image=np.zeros(len(vectors), np.int64),
-        boxes=np.zeros((0, 4), np.float32), vectors=vectors,
+        boxes=np.zeros((0, 4), np.float32), vectors=vectors, matrix_dtype=matrix_dtype,
     )
+    t0 = time.perf_counter()
+    corpus.matrix()  # "float32": the conversion a Searcher does once per loaded index
+    convert_s = time.perf_counter() - t0
     times, tops = [], []
     for q in queries:
         t0 = time.perf_counter()
@@ -112,7 +120,7 @@ def exact_search_times(vectors: np.ndarray, queries: np.ndarray, k: int) -> tupl
         top = top[np.argsort(-logits[top], kind="stable")]
         times.append(time.perf_counter() - t0)
         tops.append(top)
-    return times, np.array(tops)
+    return times, np.array(tops), convert_s
 
 
 def _fits_in_memory(nbytes: int) -> bool:
@@ -123,22 +131,6 @@ def _fits_in_memory(nbytes: int) -> bool:
     except (OSError, StopIteration, ValueError):
         return True
     return nbytes < avail // 2
-
-
-def exact_f32_times(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> list[float]:
-    """The same exact top-k with the matrix converted to float32 once, beforehand (what a
-    float32 in-memory copy would cost per query: no per-query float16 conversion)."""
-    matrix = vectors.astype(np.float32)
-    times = []
-    for q in queries:
-        t0 = time.perf_counter()
-        logits = matrix @ q
-        kk = min(k, len(logits))
-        top = np.argpartition(-logits, kk - 1)[:kk]
-        top[np.argsort(-logits[top], kind="stable")]
-        times.append(time.perf_counter() - t0)
-    del matrix
-    return times
 
 
 def ann_search_times(table, queries: np.ndarray, k: int, ann_config, regions_per_image: int) -> tuple[list[float], np.ndarray]:
@@ -170,13 +162,20 @@ def run_query_size(rows: int, workdir: Path, config: QueryBenchConfig, ann_confi
     queries = query_vectors(config.queries, config.spec, seed=rows)
 
     truth = exact_top_k(vectors, queries, 100)
-    exact_t, exact_top = exact_search_times(vectors, queries, 10)
+    stored_t, stored_top, _ = exact_search_times(vectors, queries, 10, "stored")
+    # The Searcher's default keeps a float32 matrix (4 bytes x rows x dim); skipped when
+    # that (plus the float16 being converted) would not fit in memory here.
+    if vectors.dtype == np.float32 or _fits_in_memory(2 * vectors.size * 4):
+        exact_t, exact_top, convert_s = exact_search_times(vectors, queries, 10, "float32")
+        matrix_dtype = "float32"
+    else:
+        exact_t, exact_top, convert_s, matrix_dtype = stored_t, stored_top, None, "stored"
     build = build_ann_index(table, ann_config)
     total_bytes = disk_bytes(path)
     ann10_t, ann10 = ann_search_times(table, queries, 10, ann_config, config.regions_per_image)
     _, ann100 = ann_search_times(table, queries, 100, ann_config, config.regions_per_image)
     e50, e95 = _percentiles(exact_t)
-    f32_t = exact_f32_times(vectors, queries) if _fits_in_memory(2 * vectors.size * 4) else None
+    s50, s95 = _percentiles(stored_t)
     a50, a95 = _percentiles(ann10_t)
     entry = {
         "rows": rows,
@@ -187,7 +186,11 @@ def run_query_size(rows: int, workdir: Path, config: QueryBenchConfig, ann_confi
         "exact_p50_ms": round(e50, 3),
         "exact_p95_ms": round(e95, 3),
         "exact_recall_at_10": round(recall_at(truth, exact_top, 10), 4),
-        "exact_f32_matrix_p50_ms": round(_percentiles(f32_t)[0], 3) if f32_t else None,
+        "exact_matrix_dtype": matrix_dtype,
+        "exact_matrix_convert_s": None if convert_s is None else round(convert_s, 3),
+        "exact_stored_p50_ms": round(s50, 3),
+        "exact_stored_p95_ms": round(s95, 3),
+        "exact_modes_same_top10": bool(np.array_equal(exact_top, stored_top)),
         "ann_p50_ms": round(a50, 3),
         "ann_p95_ms": round(a95, 3),
         "ann_recall_at_10": round(recall_at(truth, ann10, 10), 4),
