@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from resedis.cli._args import STORAGE_OPTION_HELP, storage_option
 from resedis.errors import ResedisError
 
 
@@ -24,7 +25,10 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", required=True, metavar="DIR", help="benchmark folder (ReSeDis or RefCOCO layout)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", metavar="P", help="predictions JSONL file (one line per query)")
-    src.add_argument("--db", metavar="DB", help="search this index for every query of the dataset and score the results")
+    src.add_argument("--db", metavar="DB", help="search this index (a directory, or an s3:// / gs:// / az:// URI) "
+                     "for every query of the dataset and score the results")
+    p.add_argument("--storage-option", type=storage_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="with an object-store --db: " + STORAGE_OPTION_HELP)
     p.add_argument("--json", metavar="M", help="write the metrics (plus breakdown and warnings) to this JSON file")
     p.add_argument("--report", metavar="R", help="write a self-contained HTML report to this file")
     p.add_argument("--iou", choices=("box", "mask"), default="box", help="IoU used for matching (default: box)")
@@ -74,6 +78,13 @@ def run(args: argparse.Namespace) -> int:
     for s in dataset.skipped:
         print(f"skipped: {s.source}: {s.reason}", file=sys.stderr)
 
+    from resedis.index.fs import is_uri, storage_options_from_pairs
+
+    if args.storage_option and (args.db is None or not is_uri(args.db)):
+        raise ResedisError("--storage-option applies to an object-store --db (s3://, gs://, az://)")
+    if args.db is not None and is_uri(args.db) and (args.pipeline or args.masks or args.calibration_split is not None):
+        raise ResedisError("--pipeline, --masks and --calibration-split need a local --db; an object-store index "
+                           "is evaluated with the default owl pipeline only")
     if args.db is not None and (args.pipeline or args.masks or args.calibration_split is not None):
         from resedis.cli.pipelines import run_eval_pipelines
 
@@ -81,11 +92,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.db is not None:
         out_preds = _default_out_predictions(args)
-        if not Path(args.db).exists():
+        if not is_uri(args.db) and not Path(args.db).exists():
             raise ResedisError(f"--db {args.db}: no index there (build one with `resedis index`)")
+        from resedis.index import open_index
         from resedis.search import search_dataset
 
-        results = search_dataset(args.db, dataset, top_k=args.top_k or 20)
+        index = open_index(args.db, storage_options=storage_options_from_pairs(args.storage_option))
+        results = search_dataset(index, dataset, top_k=args.top_k or 20)
         write_predictions(out_preds, results)
         print(f"predictions written to {out_preds}", file=sys.stderr)
     else:

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
             "Binds to loopback (127.0.0.1) by default. Needs the [serve] extra."
         ),
     )
-    p.add_argument("--db", required=True, type=Path, help="index directory (built with `resedis index`)")
+    p.add_argument("--db", required=True, type=_local_db, help="index directory (built with `resedis index`; "
+                   "a local directory only: serving an s3:// / gs:// / az:// index is not supported)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
     p.add_argument(
@@ -61,6 +62,17 @@ def register(subparsers) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn log level (default: info)")
     p.set_defaults(func=run)
+
+
+def _local_db(text: str) -> Path:
+    from resedis.index.fs import is_uri
+
+    if is_uri(text) and not text.lower().startswith("file://"):
+        raise argparse.ArgumentTypeError(
+            f"{text}: resedis serve reads a local index only, not an object-store URI; "
+            "search it with `resedis search --db URI`, or serve a local copy"
+        )
+    return Path(text[len("file://"):]) if text.lower().startswith("file://") else Path(text)
 
 
 def run(args: argparse.Namespace) -> int:

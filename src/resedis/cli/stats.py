@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from resedis.cli._args import STORAGE_OPTION_HELP, storage_option
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -12,7 +14,9 @@ def register(subparsers) -> None:
         help="show what an index holds (images, regions, skipped files, model, size)",
         description="Print the contents of an index: counts, model, schema version, size on disk and skipped files.",
     )
-    p.add_argument("--db", required=True, metavar="DB", help="index directory built by `resedis index`")
+    p.add_argument("--db", required=True, metavar="DB", help="index directory built by `resedis index`, or its s3:// / gs:// / az:// URI")
+    p.add_argument("--storage-option", type=storage_option, action="append", default=[], metavar="KEY=VALUE",
+                   help=STORAGE_OPTION_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object (keys: images, regions, skipped, model, ...)")
     p.set_defaults(func=run)
 
@@ -28,9 +32,10 @@ def _human_bytes(n: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from resedis.index import open_index
+    from resedis.index.fs import storage_options_from_pairs
     from resedis.thresholds import index_threshold
 
-    index = open_index(args.db)
+    index = open_index(args.db, storage_options=storage_options_from_pairs(args.storage_option))
     stats = index.stats()
     skipped = index.skipped()
     if args.json:
