@@ -5,7 +5,9 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``):
 * ``GET /`` the web page (static files under ``/static``), ``GET /docs`` the API
   reference (rendered from ``/openapi.json`` by a local script: no CDN), ``GET /healthz``;
 * ``GET /api/search?q=&top_k=&threshold=&pipeline=&masks=`` ->
-  ``{query, pipeline, top_k, threshold, hits: [Hit JSON], images: {id: {width, height}}, timings}``;
+  ``{query, pipeline, top_k, threshold, threshold_source, hits: [Hit JSON], images: {id: {width, height}},
+  timings}`` (``threshold_source``: argument / calibrated / checkpoint / default, see
+  :mod:`resedis.thresholds`);
 * ``GET /api/images/{image_id}`` and ``GET /api/images/{image_id}/thumb?size=``: image
   ids are POSIX paths relative to the indexed folder and contain ``/``; the route takes
   the rest of the URL path (Starlette ``path`` converter), so ids are sent as is, each
@@ -158,7 +160,9 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         q: str = Query(..., min_length=1, max_length=config.max_query_chars, description="the description"),
         top_k: int = Query(config.default_top_k, ge=1, le=config.max_top_k, description="hits to return"),
         threshold: float | None = Query(
-            None, ge=0.0, le=1.0, description="presence threshold (default: the index's calibrated one)"
+            None, ge=0.0, le=1.0, description="presence threshold (default: the index's calibrated one, else the "
+            "model checkpoint's presence_threshold (owl), else the pipeline's default; the answer's "
+            "threshold_source says which)"
         ),
         pipeline: str = Query(
             PIPELINE_ALIAS, max_length=64, description="pipeline name (see /api/stats); 'default' = the index's engine"
