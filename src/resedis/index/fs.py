@@ -176,10 +176,6 @@ class Location:
     def local_path(self) -> Path | None:
         return Path(self.uri) if self.is_local else None
 
-    @property
-    def name(self) -> str:
-        return self.uri.rstrip("/").rsplit("/", 1)[-1]
-
     def __str__(self) -> str:
         return self.uri
 
