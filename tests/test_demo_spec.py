@@ -116,3 +116,11 @@ def test_index_survives_the_package_moving(demo_index, tmp_path, monkeypatch):
     after = searcher.search("the red circle", top_k=5)
     assert [(h.image_id, h.box) for h in after.hits] == [(h.image_id, h.box) for h in before.hits]
     assert [h.score for h in after.hits] == pytest.approx([h.score for h in before.hits], abs=1e-6)
+
+
+def test_models_command_lists_the_demo_alias(capsys):
+    assert cli_main(["models"]) == 0
+    assert f"alias demo: owlv2:{demo_model_dir()}" in capsys.readouterr().out
+    assert cli_main(["models", "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {"alias": "demo", "spec": f"owlv2:{demo_model_dir()}"} in records

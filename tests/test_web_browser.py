@@ -2,8 +2,8 @@
 
 The server is the real ``resedis serve`` command (a subprocess on a free loopback port)
 over a tiny random OWLv2 index of a synthetic corpus. Screenshots go to
-``test-artifacts/``; with ``RESEDIS_UPDATE_DOCS=1`` the results view is also written to
-``docs/screenshot.png``.
+``test-artifacts/`` (random weights: the boxes mean nothing; ``docs/screenshot.png``
+is made over the bundled demo model by ``scripts/screenshot.py``).
 
 Needs: ``pip install playwright`` (no ``playwright install``) and ``apt-get install
 chromium`` (``/usr/bin/chromium``); skipped with the reason when either is missing.
@@ -248,10 +248,7 @@ def test_search_draw_filter_open(page, server, corpus):
         assert page.locator(".cell:visible").count() == expected
         page.check("#show-below")
         assert page.locator(".cell:visible").count() == len(hits)
-    shot = _shot(page, "serve-threshold.png")  # present and below-threshold hits side by side
-    if os.environ.get("RESEDIS_UPDATE_DOCS") == "1":
-        (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copy(shot, REPO / "docs" / "screenshot.png")
+    _shot(page, "serve-threshold.png")  # present and below-threshold hits side by side
     page.locator("#threshold").fill("0")
     assert page.locator('.card[data-present="true"]').count() == len(hits)
     assert requests == []

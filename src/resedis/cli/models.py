@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from resedis.models import DEFAULT_MODEL, list_models, parse_spec, resolve_weights
+    from resedis.models import DEFAULT_MODEL, list_aliases, list_models, parse_spec, resolve_weights
 
     if args.where:
         spec = parse_spec(args.where)
@@ -51,6 +51,8 @@ def run(args) -> int:
                 "default": f"{e.name}:{e.default_source}" == DEFAULT_MODEL,
             }
             print(json.dumps(record))
+        for name, target in list_aliases().items():
+            print(json.dumps({"alias": name, "spec": target}))
         return 0
     rows = [("FAMILY", "KIND", "DEFAULT SOURCE", "DESCRIPTION")]
     for e in entries:
@@ -60,4 +62,6 @@ def run(args) -> int:
     for r in rows:
         print("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
     print(f"\n* default model ({DEFAULT_MODEL}). Spec: family:hub-id or family:/local/dir.", file=sys.stdout)
+    for name, target in list_aliases().items():
+        print(f"alias {name}: {target}")
     return 0
