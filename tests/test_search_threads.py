@@ -164,10 +164,14 @@ def test_cli_serve_threads(index16, monkeypatch, capsys, restore_threads):
     with pytest.raises(SystemExit) as exc:
         cli_main(["serve", "--db", str(index16.path), "--threads", "0"])
     assert exc.value.code == 2 and "must be >= 1, got 0" in capsys.readouterr().err
-    from resedis.server import ServeConfig
+    from resedis.server import ServeConfig, create_app
 
     with pytest.raises(ResedisError, match="threads must be an integer >= 1"):
         ServeConfig(db=Path(index16.path), threads=0)
+    # the Python API applies it too, not only the command
+    torch.set_num_threads(2)
+    create_app(ServeConfig(db=Path(index16.path), device="cpu", threads=1))
+    assert torch.get_num_threads() == 1
 
 
 def test_bench_exact_modes_agree_with_a_reference():

@@ -104,10 +104,7 @@ def run(args: argparse.Namespace) -> int:
         max_query_chars=args.max_query_chars,
         threads=args.threads,
     )
-    from resedis.threads import set_threads
-
-    set_threads(config.threads)  # process-wide, before the app loads and runs the models
-    app = create_app(config)
+    app = create_app(config)  # applies config.threads process-wide before loading the models
 
     import uvicorn
 

@@ -95,6 +95,10 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, list]:
 def create_app(config: ServeConfig, *, service: SearchService | None = None) -> FastAPI:
     """Build the app. ``service`` (optional) reuses an already opened :class:`SearchService`
     (tests share one loaded model between apps); by default one is opened on ``config.db``."""
+    if config.threads is not None:
+        from resedis.threads import set_threads
+
+        set_threads(config.threads)  # process-wide, before the models load and run
     owns_service = service is None
     if service is None:
         service = SearchService(

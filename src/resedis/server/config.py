@@ -37,8 +37,8 @@ class ServeConfig:
     ``trusted_hosts``: accepted ``Host`` headers (DNS-rebinding guard); ``None`` derives
     them from ``host`` (loopback names when bound to loopback, anything otherwise).
     ``threads``: CPU threads of torch and numpy's BLAS for this process
-    (:func:`resedis.threads.set_threads`, applied by ``resedis serve`` before the app
-    starts); None keeps the library defaults.
+    (:func:`resedis.threads.set_threads`, applied by :func:`create_app` before the
+    models load); None keeps the library defaults.
     """
 
     db: Path
