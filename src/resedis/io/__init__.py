@@ -8,6 +8,9 @@
 * **RefCOCO family**: a folder holding ``refs(<split_by>).p`` (directly, or in a
   ``refcoco``/``refcoco+``/``refcocog`` subfolder) -> :func:`resedis.io.refcoco.load_refcoco`.
   The dataset name is the folder's name when it is one of those three.
+* **gRefCOCO**: a folder holding ``grefs(<split_by>).json`` (directly, or in a
+  ``grefcoco`` subfolder) -> :func:`resedis.io.grefcoco.load_grefcoco`; no-target
+  expressions become absent queries (see that module for what this means).
 
 Image decoding for indexing lives in ``resedis.io.images``.
 """
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from resedis.io.grefcoco import grefs_files, load_grefcoco
 from resedis.io.predictions import read_predictions, write_predictions
 from resedis.io.refcoco import DEFAULT_SPLIT_BY, load_refcoco
 from resedis.io.resedis_format import load_resedis
 from resedis.types import Dataset, FormatError
 
-FORMATS = ("auto", "resedis", "refcoco")
+FORMATS = ("auto", "resedis", "refcoco", "grefcoco")
 _REF_NAMES = ("refcoco", "refcoco+", "refcocog")
 _SPLIT_BY_PREFERENCE = ("unc", "umd", "google")
 
@@ -49,10 +53,19 @@ def _refcoco_location(root: Path) -> tuple[Path, str, str] | None:
     return None
 
 
+def _grefcoco_location(root: Path) -> tuple[Path, str] | None:
+    """(gRefCOCO folder, split_by) when ``root`` or ``root/grefcoco`` holds grefs(*).json, else None."""
+    for folder in (root, root / "grefcoco"):
+        found = grefs_files(folder) if folder.is_dir() else {}
+        if found:
+            return folder, ("unc" if "unc" in found else next(iter(found)))
+    return None
+
+
 def load_dataset(path: str | Path, *, format: str = "auto", strict: bool = True) -> Dataset:
     """Load a benchmark folder into a :class:`Dataset`.
 
-    ``format``: ``auto`` (detect), ``resedis`` or ``refcoco``. ``strict=False`` skips
+    ``format``: ``auto`` (detect), ``resedis``, ``refcoco`` or ``grefcoco``. ``strict=False`` skips
     malformed records into ``Dataset.skipped`` instead of raising :class:`FormatError`.
     """
     if format not in FORMATS:
@@ -62,6 +75,12 @@ def load_dataset(path: str | Path, *, format: str = "auto", strict: bool = True)
         raise FormatError(str(root), "<root>", "dataset directory not found")
     if format in ("auto", "resedis") and (format == "resedis" or _is_resedis(root)):
         return load_resedis(root, strict=strict)
+    gref = _grefcoco_location(root) if format in ("auto", "grefcoco") else None
+    # a grefs file in ROOT itself names the layout; in a subfolder, RefCOCO keeps precedence
+    if gref is not None and (format == "grefcoco" or gref[0] == root or _refcoco_location(root) is None):
+        return load_grefcoco(gref[0], split_by=gref[1], strict=strict)
+    if format == "grefcoco":
+        raise FormatError(str(root), "grefs", "no grefs(*).json file found (gRefCOCO layout)")
     ref = _refcoco_location(root)
     if ref is not None:
         folder, name, split_by = ref
@@ -69,7 +88,8 @@ def load_dataset(path: str | Path, *, format: str = "auto", strict: bool = True)
     if format == "refcoco":
         raise FormatError(str(root), "refs", "no refs(*).p file found (RefCOCO layout)")
     raise FormatError(str(root), "<root>", "not a recognised dataset: expected expressions/ + instances.json "
-                      "(ReSeDis) or refs(*).p + instances.json (RefCOCO family)")
+                      "(ReSeDis), refs(*).p + instances.json (RefCOCO family) or grefs(*).json + "
+                      "instances.json (gRefCOCO)")
 
 
-__all__ = ["load_dataset", "load_resedis", "load_refcoco", "read_predictions", "write_predictions", "FORMATS"]
+__all__ = ["load_dataset", "load_resedis", "load_refcoco", "load_grefcoco", "read_predictions", "write_predictions", "FORMATS"]
