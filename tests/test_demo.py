@@ -32,7 +32,7 @@ def test_bundled_model_files():
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory):
     """The documented held-out corpus (`resedis synth` defaults, seed 7; training used
-    seeds 1000-1059, validation 101) searched through the default pipeline: index +
+    seeds 1000-1119, validation 101) searched through the default pipeline: index +
     search with the model's stored threshold."""
     from resedis.index import IndexConfig, build_index
     from resedis.io import load_dataset

@@ -1,7 +1,7 @@
 """``resedis demo``: the bundled model finding things in a fresh synthetic corpus, offline.
 
 1. renders a synthetic corpus (``resedis synth``; default seed 2024, never used in
-   training — the bundled model was trained on seeds 1000-1019, validated on 101);
+   training — the bundled model was trained on seeds 1000-1119, validated on 101);
 2. indexes it with the bundled demo model (:func:`demo_model_dir`);
 3. runs every query of the corpus through search — presence decided by the model's own
    ``presence_threshold`` (:mod:`resedis.thresholds`; a calibration stored in the index

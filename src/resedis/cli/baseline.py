@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed for 'random', >= 0 (default 0)")
     p.add_argument("--detections", type=non_negative_int, default=10,
                    help="detections per query for 'random' (default 10)")
-    p.add_argument("--format", default="auto", choices=["auto", "resedis", "refcoco"],
+    p.add_argument("--format", default="auto", choices=["auto", "resedis", "refcoco", "grefcoco"],
                    help="dataset format (default: detect)")
     p.add_argument("--lenient", action="store_true",
                    help="skip malformed annotation records (each skip is reported) instead of failing")

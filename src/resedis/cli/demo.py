@@ -17,7 +17,7 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--out", default="resedis-demo", metavar="DIR", help="output directory (default: ./resedis-demo)")
-    p.add_argument("--seed", type=int, default=2024, help="corpus seed (default: 2024; training used 1000-1059, validation 101)")
+    p.add_argument("--seed", type=int, default=2024, help="corpus seed (default: 2024; training used 1000-1119, validation 101)")
     p.add_argument("--images", type=int, default=200, help="images in the corpus (default: 200)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--serve", action="store_true",
