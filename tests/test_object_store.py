@@ -290,6 +290,93 @@ def test_location_options_env_aliases_and_schemes(monkeypatch, tmp_path):
         as_location("az://container/idx")._filesystem()
 
 
+@pytest.fixture(scope="module")
+def pipeline_dbs(s3, synth_small, tmp_path_factory, tiny_models):
+    """(flags, local index, S3 URI of an index of the same images, SAM spec). The bundled
+    demo model (trained on synthetic shapes) so that the metrics compared are not all zero."""
+    from resedis.models import load_model
+
+    encoder = load_model("demo", "cpu")
+    config = IndexConfig(model="demo", batch_size=24, max_regions=10)
+    local = tmp_path_factory.mktemp("os_pipe") / "local.db"
+    uri = f"s3://{BUCKET}/pipe"
+    build_index(synth_small / "images", local, config=config, progress=False, encoder=encoder)
+    build_index(synth_small / "images", uri, config=config, progress=False, encoder=encoder, storage_options=s3["options"])
+    flags = [x for k, v in s3["options"].items() for x in ("--storage-option", f"{k}={v}")]
+    return flags, local, uri, f"sam:{tiny_models['sam']}"
+
+
+def _eval_cli(db: str, flags: list[str], dataset, out, *extra: str) -> tuple[dict, list]:
+    """``resedis eval --db DB --pipeline owl ...`` -> (metrics JSON without timings, predictions)."""
+    from resedis.cli import main
+    from resedis.io import read_predictions
+
+    assert main(["eval", "--dataset", str(dataset), "--db", db, "--pipeline", "owl", "--top-k", "5",
+                 "--json", str(out), *flags, *extra]) == 0
+    metrics = json.loads(out.read_text())
+    for key in ("seconds", "query_ms"):
+        metrics["calibration"].pop(key)
+    metrics["calibration"].get("calibrated_on", {}).pop("fitted", None)  # when calibrate ran (a timestamp)
+    return metrics, read_predictions(out.with_name(out.stem + ".predictions.jsonl"))
+
+
+def _assert_same_predictions(a, b, masks: bool = False) -> None:
+    assert [r.query_id for r in a] == [r.query_id for r in b] and any(r.hits for r in a)
+    for ra, rb in zip(a, b):
+        assert [(h.image_id, h.present) for h in ra.hits] == [(h.image_id, h.present) for h in rb.hits]
+        np.testing.assert_allclose([h.score for h in rb.hits], [h.score for h in ra.hits], rtol=1e-6, atol=1e-7)
+        if masks:
+            assert all(h.mask is not None and h.mask["size"] for h in ra.hits + rb.hits)
+            assert [h.mask for h in ra.hits] == [h.mask for h in rb.hits]
+
+
+def test_eval_pipeline_with_holdout_calibration_on_s3_matches_local(s3, pipeline_dbs, synth_small, tmp_path):
+    flags, local, uri, sam = pipeline_dbs
+    split = ("--calibration-split", "0.5")
+    remote_m, remote_p = _eval_cli(uri, flags, synth_small, tmp_path / "s3.json", *split)
+    local_m, local_p = _eval_cli(str(local), [], synth_small, tmp_path / "local.json", *split)
+    assert remote_m["calibration"]["mode"] == "holdout" and remote_m["calibration"]["evaluated_queries"] == 15
+    assert remote_m == local_m  # every metric, the fitted threshold and the held-out query ids
+    assert remote_m["mAP50"] > 0.3 and remote_m["F1"] > 0  # the demo model finds the shapes: not a 0 == 0 check
+    _assert_same_predictions(local_p, remote_p)
+
+
+def test_run_pipeline_with_masks_on_s3_caches_them_on_the_store(s3, pipeline_dbs):
+    from resedis.pipelines import PipelineConfig, run_pipeline
+
+    flags, local, uri, sam = pipeline_dbs
+    kwargs = dict(texts=["a red circle"], config=PipelineConfig(top_k=3, device="cpu"), masks=True, segmenter=sam)
+    remote = run_pipeline("owl", uri, storage_options=s3["options"], **kwargs)
+    assert any(k.startswith("pipe/masks.lance/") for k in _objects(s3["client"], "pipe/"))  # the cache, on the store
+    _assert_same_predictions(run_pipeline("owl", local, **kwargs), remote, masks=True)
+    assert len(remote[0].hits) == 3
+
+
+def test_calibrate_on_s3_stores_the_threshold_and_eval_uses_it(s3, pipeline_dbs, synth_small, tmp_path, capsys):
+    from resedis.cli import main
+
+    flags, local, uri, _ = pipeline_dbs
+    fitted = {}
+    for name, db, opts in (("s3", uri, flags), ("local", str(local), [])):
+        assert main(["calibrate", "--dataset", str(synth_small), "--db", db, "--top-k", "5", "--json", *opts]) == 0
+        fitted[name] = json.loads(capsys.readouterr().out)
+    assert fitted["s3"]["stored"] and fitted["s3"]["threshold"] == fitted["local"]["threshold"]
+    # Read back independently of resedis: the manifest object in the bucket holds it.
+    body = json.loads(s3["client"].get_object(Bucket=BUCKET, Key=f"pipe/{MANIFEST_NAME}")["Body"].read())
+    assert body["calibration"]["owl"]["threshold"] == fitted["s3"]["threshold"]
+    assert read_manifest(as_location(uri, s3["options"])).calibration["owl"]["threshold"] == fitted["s3"]["threshold"]
+
+    remote_m, remote_p = _eval_cli(uri, flags, synth_small, tmp_path / "s3.json")
+    local_m, local_p = _eval_cli(str(local), [], synth_small, tmp_path / "local.json")
+    assert remote_m["calibration"]["source"] == "calibrated" and remote_m["mAP50"] > 0.3
+    assert remote_m["calibration"]["threshold"] == fitted["s3"]["threshold"]
+    assert remote_m == local_m
+    _assert_same_predictions(local_p, remote_p)
+
+    assert main(["calibrate", "--dataset", str(synth_small), "--db", str(local), "--storage-option", "aws_region=x"]) == 2
+    assert "storage options apply to object-store URIs" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_ray_index_to_s3_equals_local(s3, corpus, config, local_index):
     ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")

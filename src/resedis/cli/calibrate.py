@@ -8,7 +8,8 @@ import json
 import math
 import sys
 
-from resedis.cli.pipelines import add_pipeline_options, pipeline_config
+from resedis.cli._args import STORAGE_OPTION_HELP, storage_option
+from resedis.cli.pipelines import add_pipeline_options, open_db, pipeline_config
 
 
 def _fraction(text: str) -> float:
@@ -34,7 +35,10 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--dataset", required=True, metavar="DIR", help="labelled benchmark (ReSeDis or RefCOCO layout)")
-    p.add_argument("--db", required=True, metavar="DB", help="the index to calibrate (its manifest stores the result)")
+    p.add_argument("--db", required=True, metavar="DB", help="the index to calibrate, a directory or an s3:// / gs:// "
+                   "/ az:// URI (its manifest stores the result)")
+    p.add_argument("--storage-option", type=storage_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="with an object-store --db: " + STORAGE_OPTION_HELP)
     add_pipeline_options(p, masks=False)
     p.add_argument("--top-k", type=int, default=20, metavar="K", help="detections kept per query (default 20)")
     p.add_argument("--iou", choices=("box", "mask"), default="box", help="IoU for matching (default box)")
@@ -56,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ResedisError(f"--top-k must be >= 1, got {args.top_k}")
+    index = open_db(args)  # before the dataset and any model: a wrong --db fails fast
     dataset = load_dataset(args.dataset)
     if args.fraction is not None:
         dataset = subset_dataset(dataset, split_queries(dataset, args.fraction, seed=args.seed)[0])
-    pipeline = get_pipeline(args.pipeline or "owl", args.db, pipeline_config(args, top_k=args.top_k))
+    pipeline = get_pipeline(args.pipeline or "owl", index, pipeline_config(args, top_k=args.top_k))
     prepared = pipeline.prepare(as_queries(dataset=dataset), dataset)
     result = calibrate_prepared(pipeline, prepared, dataset.queries, iou=args.iou, dataset_name=dataset.name)
     stored = None if args.dry_run else store_calibration(pipeline.index, result)

@@ -82,9 +82,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.storage_option and (args.db is None or not is_uri(args.db)):
         raise ResedisError("--storage-option applies to an object-store --db (s3://, gs://, az://)")
-    if args.db is not None and is_uri(args.db) and (args.pipeline or args.masks or args.calibration_split is not None):
-        raise ResedisError("--pipeline, --masks and --calibration-split need a local --db; an object-store index "
-                           "is evaluated with the default owl pipeline only")
     if args.db is not None and (args.pipeline or args.masks or args.calibration_split is not None):
         from resedis.cli.pipelines import run_eval_pipelines
 

@@ -75,12 +75,20 @@ def add_calibration_split_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def open_db(args: argparse.Namespace):
+    """The index ``--db`` names (a local directory or an s3:// / gs:// / az:// / file:// URI),
+    opened with the ``--storage-option`` pairs of ``args`` (when the command has them)."""
+    from resedis.index import open_index
+    from resedis.index.fs import storage_options_from_pairs
+
+    return open_index(args.db, storage_options=storage_options_from_pairs(getattr(args, "storage_option", None)))
+
+
 def run_eval_pipelines(args: argparse.Namespace, dataset, out_preds) -> int:
     """``resedis eval --db`` with ``--pipeline`` / ``--masks`` / ``--calibration-split``."""
     import sys
     from pathlib import Path
 
-    from resedis.errors import ResedisError
     from resedis.eval import evaluate_predictions, format_metrics_table
     from resedis.io import write_predictions
     from resedis.pipelines import DEFAULT_SEGMENTER, Models
@@ -88,15 +96,14 @@ def run_eval_pipelines(args: argparse.Namespace, dataset, out_preds) -> int:
     from resedis.calibrate import parse_split
 
     parse_split(args.calibration_split)  # a bad value fails before any model is loaded
-    if not Path(args.db).exists():
-        raise ResedisError(f"--db {args.db}: no index there (build one with `resedis index`)")
+    index = open_db(args)  # a local directory or an object-store URI, before any model is loaded
     config = pipeline_config(args, top_k=args.top_k)
     models = Models(config.device)
     segmenter = args.segmenter or DEFAULT_SEGMENTER
     if args.pipeline == "all":
         from resedis.ablation import format_table, run_ablation, write_ablation
 
-        rows = run_ablation(dataset, args.db, config=config, models=models, split=args.calibration_split,
+        rows = run_ablation(dataset, index.location, config=config, models=models, split=args.calibration_split,
                             iou=args.iou, masks=args.masks, segmenter=segmenter)
         print(f"dataset {dataset.name} · IoU {args.iou} · presence: {args.calibration_split or 'stored'}")
         print(format_table(rows))
@@ -120,7 +127,7 @@ def run_eval_pipelines(args: argparse.Namespace, dataset, out_preds) -> int:
     from resedis.calibrate import evaluate_with_calibration
     from resedis.pipelines import get_pipeline
 
-    pipeline = get_pipeline(args.pipeline or "owl", args.db, config, models)
+    pipeline = get_pipeline(args.pipeline or "owl", index, config, models)
     results, reported, split = evaluate_with_calibration(pipeline, dataset, args.calibration_split, iou=args.iou)
     if args.masks:
         from resedis.masks_cache import attach_masks

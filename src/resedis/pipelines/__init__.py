@@ -59,10 +59,20 @@ def list_pipelines() -> list[PipelineEntry]:
     return list(PIPELINES.values())
 
 
-def get_pipeline(name: str, index, config: PipelineConfig | None = None, models: Models | None = None) -> Pipeline:
-    """Instantiate pipeline ``name`` over ``index`` (an Index or a DB path)."""
+def get_pipeline(name: str, index, config: PipelineConfig | None = None, models: Models | None = None, *,
+                 storage_options: dict[str, str] | None = None) -> Pipeline:
+    """Instantiate pipeline ``name`` over ``index``: an opened Index, or a local DB path or
+    object-store URI (``s3://``, ``gs://``, ``az://``, ``file://``) opened with
+    ``storage_options`` (see :mod:`resedis.index.fs`)."""
     if name not in PIPELINES:
         raise ResedisError(f"unknown pipeline {name!r}; available: {', '.join(PIPELINES)} (see `resedis pipelines`)")
+    from resedis.index.store import Index, open_index
+
+    if isinstance(index, Index):
+        if storage_options:
+            raise ResedisError("storage_options apply when the index is given by its URI, not an opened Index")
+    else:
+        index = open_index(index, storage_options=storage_options)
     return PIPELINES[name].cls(index, config, models)
 
 
@@ -76,11 +86,13 @@ def run_pipeline(
     models: Models | None = None,
     masks: bool = False,
     segmenter: str = DEFAULT_SEGMENTER,
+    storage_options: dict[str, str] | None = None,
 ) -> list[QueryResult]:
-    """Run pipeline ``name`` over the index ``db`` for ``texts`` or every query of
-    ``dataset`` (hit ids then are the dataset's). ``masks``: attach SAM masks to the
-    returned hits (cached in the index)."""
-    pipeline = get_pipeline(name, db, config, models)
+    """Run pipeline ``name`` over the index ``db`` (an Index, a local path or an object-store
+    URI opened with ``storage_options``) for ``texts`` or every query of ``dataset`` (hit
+    ids then are the dataset's). ``masks``: attach SAM masks to the returned hits (cached
+    in the index's ``masks`` table, on the object store too)."""
+    pipeline = get_pipeline(name, db, config, models, storage_options=storage_options)
     results = pipeline.run(as_queries(texts, dataset), dataset)
     if masks:
         from resedis.masks_cache import attach_masks
