@@ -17,6 +17,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("kind", choices=["oracle", "random"], help="which baseline to write")
     p.add_argument("--dataset", required=True, help="dataset folder (ReSeDis layout or RefCOCO refs folder)")
+    p.add_argument("--split", metavar="NAME", help="keep one split of a RefCOCO-family / gRefCOCO dataset (train, val, "
+                   "testA, ... as in its refs file): its queries, and its images as the corpus (default: all splits)")
     p.add_argument("--out", required=True, help="predictions JSONL file to write (atomically)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed for 'random', >= 0 (default 0)")
     p.add_argument("--detections", type=non_negative_int, default=10,
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from resedis.baselines import oracle_predictions, random_predictions
     from resedis.io import load_dataset, write_predictions
 
-    dataset = load_dataset(args.dataset, format=args.format, strict=not args.lenient)
+    dataset = load_dataset(args.dataset, format=args.format, strict=not args.lenient, split=args.split)
     for s in dataset.skipped:
         print(f"skipped {s.source}: {s.reason}", file=sys.stderr)
     if args.kind == "oracle":

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--dataset", required=True, metavar="DIR", help="labelled benchmark (ReSeDis or RefCOCO layout)")
+    p.add_argument("--split", metavar="NAME", help="keep one split of a RefCOCO-family / gRefCOCO dataset (train, val, "
+                   "testA, ... as in its refs file): its queries, and its images as the corpus (default: all splits)")
     p.add_argument("--db", required=True, metavar="DB", help="the index to calibrate, a directory or an s3:// / gs:// "
                    "/ az:// URI (its manifest stores the result)")
     p.add_argument("--storage-option", type=storage_option, action="append", default=[], metavar="KEY=VALUE",
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ResedisError(f"--top-k must be >= 1, got {args.top_k}")
     index = open_db(args)  # before the dataset and any model: a wrong --db fails fast
-    dataset = load_dataset(args.dataset)
+    dataset = load_dataset(args.dataset, split=args.split)
     if args.fraction is not None:
         dataset = subset_dataset(dataset, split_queries(dataset, args.fraction, seed=args.seed)[0])
     pipeline = get_pipeline(args.pipeline or "owl", index, pipeline_config(args, top_k=args.top_k))

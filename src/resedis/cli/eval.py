@@ -22,7 +22,9 @@ def register(subparsers) -> None:
             "images are reported as warnings and excluded."
         ),
     )
-    p.add_argument("--dataset", required=True, metavar="DIR", help="benchmark folder (ReSeDis or RefCOCO layout)")
+    p.add_argument("--dataset", required=True, metavar="DIR", help="benchmark folder (ReSeDis, RefCOCO-family or gRefCOCO layout)")
+    p.add_argument("--split", metavar="NAME", help="keep one split of a RefCOCO-family / gRefCOCO dataset (train, val, "
+                   "testA, ... as in its refs file): its queries, and its images as the corpus (default: all splits)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", metavar="P", help="predictions JSONL file (one line per query)")
     src.add_argument("--db", metavar="DB", help="search this index (a directory, or an s3:// / gs:// / az:// URI) "
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from resedis.eval import evaluate_predictions, format_metrics_table
     from resedis.io import load_dataset, read_predictions, write_predictions
 
-    dataset = load_dataset(args.dataset, strict=not args.lenient)
+    dataset = load_dataset(args.dataset, strict=not args.lenient, split=args.split)
     for s in dataset.skipped:
         print(f"skipped: {s.source}: {s.reason}", file=sys.stderr)
 

@@ -32,6 +32,10 @@ def register(subparsers) -> None:
                           "image_size, patch_size, vision_hidden, vision_layers, ..., vocabulary)")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output directory (best model + OUT_DIR/last resume point)")
     p.add_argument("--val-dataset", metavar="DIR", help="validation dataset: metrics each epoch, best-model selection, presence threshold fit")
+    p.add_argument("--split", metavar="NAME", help="train on this split of each --dataset (RefCOCO-family / gRefCOCO: "
+                   "train, val, testA, ... as in the refs file; an error for a ReSeDis-format dataset) (default: all splits)")
+    p.add_argument("--val-split", metavar="NAME", help="validate (and fit the threshold, also with --refit-threshold) on "
+                   "this split of --val-dataset, e.g. val (default: all splits)")
     p.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: 10)")
     p.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images per step (default: 8)")
@@ -66,6 +70,15 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _with_split(path: str, split: str | None):
+    """``path`` as given (finetune loads it), or the Dataset of one split of it."""
+    if split is None:
+        return path
+    from resedis.io import load_dataset
+
+    return load_dataset(path, split=split)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -78,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
         if args.val_dataset is None:
             raise ResedisError("--refit-threshold needs --val-dataset")
-        meta = refit_threshold(args.out, args.val_dataset, min_n_acc=args.min_n_acc, device=args.device)
+        meta = refit_threshold(args.out, _with_split(args.val_dataset, args.val_split), min_n_acc=args.min_n_acc,
+                               device=args.device)
         print(json.dumps({k: meta[k] for k in ("presence_threshold", "threshold_fit", "min_n_acc")}, indent=2))
         return 0
     if not args.dataset:
@@ -108,8 +122,11 @@ def run(args: argparse.Namespace) -> int:
         config.validate()
     except ValueError as exc:
         raise ResedisError(str(exc)) from None
-    result = finetune(args.dataset, args.out, model=args.model, scratch=scratch, val_dataset=args.val_dataset,
-                      config=config)
+    if args.val_split is not None and args.val_dataset is None:
+        raise ResedisError("--val-split needs --val-dataset")
+    train = [_with_split(d, args.split) for d in args.dataset]
+    val = _with_split(args.val_dataset, args.val_split) if args.val_dataset is not None else None
+    result = finetune(train, args.out, model=args.model, scratch=scratch, val_dataset=val, config=config)
     summary = {
         "out_dir": str(result.out_dir),
         "steps": result.steps,

@@ -12,6 +12,10 @@
   ``grefcoco`` subfolder) -> :func:`resedis.io.grefcoco.load_grefcoco`; no-target
   expressions become absent queries (see that module for what this means).
 
+``split=`` (``train``, ``val``, ``testA``, ...) keeps one split of the two split-based
+formats (RefCOCO family, gRefCOCO): its queries, and as corpus only the images they
+refer to. The ReSeDis format has no splits; asking for one is an error.
+
 Image decoding for indexing lives in ``resedis.io.images``.
 """
 
@@ -23,6 +27,7 @@ from resedis.io.grefcoco import grefs_files, load_grefcoco
 from resedis.io.predictions import read_predictions, write_predictions
 from resedis.io.refcoco import DEFAULT_SPLIT_BY, load_refcoco
 from resedis.io.resedis_format import load_resedis
+from resedis.errors import ResedisError
 from resedis.types import Dataset, FormatError
 
 FORMATS = ("auto", "resedis", "refcoco", "grefcoco")
@@ -62,29 +67,42 @@ def _grefcoco_location(root: Path) -> tuple[Path, str] | None:
     return None
 
 
-def load_dataset(path: str | Path, *, format: str = "auto", strict: bool = True) -> Dataset:
+def load_dataset(path: str | Path, *, format: str = "auto", strict: bool = True, split: str | None = None) -> Dataset:
     """Load a benchmark folder into a :class:`Dataset`.
 
     ``format``: ``auto`` (detect), ``resedis``, ``refcoco`` or ``grefcoco``. ``strict=False`` skips
     malformed records into ``Dataset.skipped`` instead of raising :class:`FormatError`.
+    ``split``: keep only that split of a RefCOCO-family or gRefCOCO dataset (its queries; the
+    corpus becomes the images they refer to). A name absent from the refs file is a
+    :class:`FormatError` listing the splits it has; any split for a ReSeDis-format dataset
+    (which has none) is a :class:`ResedisError`.
+
+    >>> load_dataset("data/refcoco", split="val").name     # doctest: +SKIP
+    'refcoco(unc)-val'
     """
     if format not in FORMATS:
         raise ValueError(f"unknown dataset format {format!r}; choose one of {', '.join(FORMATS)}")
     root = Path(path)
     if not root.is_dir():
         raise FormatError(str(root), "<root>", "dataset directory not found")
+    if split is not None and not split.strip():
+        raise ResedisError("split: empty name (train, val, testA, ... as written in the refs file)")
     if format in ("auto", "resedis") and (format == "resedis" or _is_resedis(root)):
+        if split is not None:
+            raise ResedisError(f"{root}: split {split!r} asked for, but this is a ReSeDis-format dataset (the format "
+                               "of `resedis synth` too), which has no splits; splits exist in the RefCOCO-family and "
+                               "gRefCOCO formats. Keep one folder per split instead")
         return load_resedis(root, strict=strict)
     gref = _grefcoco_location(root) if format in ("auto", "grefcoco") else None
     # a grefs file in ROOT itself names the layout; in a subfolder, RefCOCO keeps precedence
     if gref is not None and (format == "grefcoco" or gref[0] == root or _refcoco_location(root) is None):
-        return load_grefcoco(gref[0], split_by=gref[1], strict=strict)
+        return load_grefcoco(gref[0], split_by=gref[1], split=split, strict=strict)
     if format == "grefcoco":
         raise FormatError(str(root), "grefs", "no grefs(*).json file found (gRefCOCO layout)")
     ref = _refcoco_location(root)
     if ref is not None:
         folder, name, split_by = ref
-        return load_refcoco(folder, dataset=name, split_by=split_by, strict=strict)
+        return load_refcoco(folder, dataset=name, split_by=split_by, split=split, strict=strict)
     if format == "refcoco":
         raise FormatError(str(root), "refs", "no refs(*).p file found (RefCOCO layout)")
     raise FormatError(str(root), "<root>", "not a recognised dataset: expected expressions/ + instances.json "

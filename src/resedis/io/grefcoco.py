@@ -60,6 +60,7 @@ from typing import Any
 from tqdm import tqdm
 
 from resedis.io.coco import CocoInstances, check_rle, load_coco_instances, read_json
+from resedis.io.refcoco import check_split
 from resedis.masks import normalize_segmentation, rle_area, rle_to_box
 from resedis.types import Dataset, FormatError, ImageId, ImageInfo, Instance, Query, Skipped
 
@@ -213,6 +214,8 @@ def load_grefcoco(
     refs = read_json(refs_path)
     if not isinstance(refs, list):
         raise FormatError(str(refs_path), "<root>", f"expected a list of refs, got {type(refs).__name__}")
+    if split is not None:
+        check_split(refs_path, refs, split)
     queries: list[Query] = []
     skipped: list[Skipped] = []
     used: dict[ImageId, None] = {}
@@ -240,8 +243,6 @@ def load_grefcoco(
         queries.extend(new)
         if new:
             used.setdefault(coco.images[ref["image_id"]].id, None)
-    if split is not None and not queries and not skipped:
-        raise FormatError(str(refs_path), "split", f"no refs with split {split!r}")
     corpus = {iid: coco.images[iid] for iid in used} if split is not None else coco.images
     name = f"grefcoco({split_by})" + (f"-{split}" if split else "")
     return Dataset(name=name, root=str(ddir), images=corpus, queries=queries, skipped=skipped)

@@ -43,6 +43,14 @@ def _dataset_dir(root: Path, dataset: str, split_by: str) -> Path:
     raise FormatError(str(root), "refs", f"no refs({split_by}).p in {root / dataset} or {root}")
 
 
+def check_split(refs_path: Path, refs: list, split: str) -> None:
+    """Raise :class:`FormatError` naming the splits present when no ref has ``split``."""
+    present = sorted({r["split"] for r in refs if isinstance(r, dict) and isinstance(r.get("split"), str)})
+    if split not in present:
+        raise FormatError(str(refs_path), "split", f"no refs with split {split!r}; the splits in this file are: "
+                          f"{', '.join(present) if present else '(none: no ref has a split field)'}")
+
+
 def _load_refs(path: Path) -> list:
     try:
         with open(path, "rb") as f:
@@ -127,6 +135,8 @@ def load_refcoco(
         images = next((c for c in _image_dirs(ddir) if c.is_dir()), None)
     coco = load_coco_instances(inst_path, images_dir=images)
     refs = _load_refs(refs_path)
+    if split is not None:
+        check_split(refs_path, refs, split)
     queries: list[Query] = []
     skipped: list[Skipped] = []
     used: dict[ImageId, None] = {}
@@ -149,8 +159,6 @@ def load_refcoco(
             continue
         queries.extend(new)
         used.setdefault(new[0].instances[0].image_id, None)
-    if split is not None and not queries and not skipped:
-        raise FormatError(str(refs_path), "split", f"no refs with split {split!r}")
     corpus = {iid: coco.images[iid] for iid in used} if split is not None else coco.images
     name = f"{dataset}({split_by})" + (f"-{split}" if split else "")
     return Dataset(name=name, root=str(ddir), images=corpus, queries=queries, skipped=skipped)
