@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from resedis.errors import ResedisError
+from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
 from resedis.index.pipeline import plan_jobs
-from resedis.index.store import in_list, read_manifest, write_manifest, _now
+from resedis.index.store import check_weights, in_list, read_manifest, write_manifest, _now
 from resedis.index.writer import IndexConfig, IndexReport, _count_model_failures, _open_for_write, locate
 from resedis.types import ImageRegions, Skipped
 
@@ -78,7 +78,9 @@ class RegionEncoderActor:
     One model per actor (loaded once). Output columns (pyarrow): ``rel``, ``reason``
     (null when encoded), ``sha256``, ``width``, ``height``, ``size_bytes``, ``mtime_ns``,
     ``boxes`` (N*4 float32, xyxy original px), ``objectness`` (N), ``vectors`` (N*D),
-    ``image_vector`` (E or null).
+    ``image_vector`` (E or null), ``weights`` (the fingerprint of the weights this actor
+    loaded, :mod:`resedis.models.fingerprint`: the driver refuses vectors from other weights,
+    e.g. a node whose copy of the model differs).
     """
 
     def __init__(self, model: str, device: str | None, max_regions: int, nms_iou: float, max_pixels: int, threads: int | None):
@@ -87,8 +89,10 @@ class RegionEncoderActor:
 
             torch.set_num_threads(threads)
         from resedis.models import load_model
+        from resedis.models.fingerprint import encoder_fingerprint
 
         self.backend = load_model(model, device)
+        self.weights = encoder_fingerprint(self.backend)
         self.max_regions, self.nms_iou, self.max_pixels = max_regions, nms_iou, max_pixels
 
     def _encode(self, images) -> list:
@@ -149,6 +153,7 @@ class RegionEncoderActor:
                 "objectness": pa.array(cols["objectness"], f32),
                 "vectors": pa.array(cols["vectors"], f32),
                 "image_vector": pa.array(cols["image_vector"], f32),
+                "weights": pa.array([self.weights] * len(rels), pa.string()),
             }
         )
 
@@ -162,6 +167,22 @@ def _regions_of(row: dict, dim: int) -> ImageRegions:
         vectors=np.asarray(row["vectors"], np.float32).reshape(-1, dim),
         image_vector=None if vec is None else np.asarray(vec, np.float32),
     )
+
+
+def _check_worker_weights(manifest, batch: pa.Table, db) -> None:
+    """Refuse a batch encoded with weights other than the index's (when it records them)."""
+    from resedis.models.fingerprint import short_fingerprint
+
+    if manifest.weights_fingerprint is None:
+        return
+    other = sorted(set(batch.column("weights").to_pylist()) - {manifest.weights_fingerprint})
+    if other:
+        raise IndexMismatchError(
+            f"{db}: a Ray worker loaded model {manifest.model!r} with weights {short_fingerprint(other[0])}, "
+            f"but the index was built with weights {short_fingerprint(manifest.weights_fingerprint)}; "
+            "every node must see the same weights (the same path or Hugging Face cache). Nothing of this "
+            "batch was written; rebuild into a new --db to use the other weights."
+        )
 
 
 def index_with_ray(
@@ -219,7 +240,8 @@ def index_with_ray(
         by_rel = {job.rel: job for job in jobs}
         m = index.manifest
         writer = _PrecomputedWriter(index, root, next_batch(index))
-        if jobs:
+        if jobs:  # the driver's view of the weights first, then every worker's (below)
+            check_weights(m, None, db_path)
             items = [{"rel": j.rel, "path": str(j.path)} for j in jobs]
             ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), num_workers * 4)))
             ds = ds.map_batches(
@@ -236,6 +258,7 @@ def index_with_ray(
             )
             bar = tqdm(total=len(jobs), unit="img", desc="indexing (ray)", disable=not progress, dynamic_ncols=True)
             for batch in ds.iter_batches(batch_size=config.batch_size, batch_format="pyarrow"):
+                _check_worker_weights(m, batch, db_path)
                 for row in batch.to_pylist():
                     job = by_rel[row["rel"]]
                     if row["reason"] is not None:

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from resedis.errors import ResedisError
-from resedis.index.store import Index, check_model, open_index, read_manifest
+from resedis.index.store import Index, check_model, check_weights, open_index, read_manifest
 from resedis.masks import box_iou
 from resedis.search_corpus import DEFAULT_MATRIX_DTYPE, Corpus, check_matrix_dtype, load_corpus  # noqa: F401 (re-exported)
 from resedis.thresholds import DEFAULT_THRESHOLD, ThresholdChoice, index_threshold  # noqa: F401 (DEFAULT_THRESHOLD re-exported)
@@ -88,7 +88,8 @@ class Searcher:
     """Holds an index's text encoder and its region matrix; answers text queries.
 
     ``index``: an :class:`~resedis.index.Index` or a DB path. ``model`` (optional) is
-    checked against the index's model (IndexMismatchError). ``encoder``: an already
+    checked against the index's model, and the loaded weights against the index's weights
+    fingerprint (IndexMismatchError). ``encoder``: an already
     loaded text encoder to reuse. The region matrix is loaded on first use and reloaded
     whenever the index's tables change. When the regions table has an ANN index, each
     query's candidates come from it and are re-scored exactly (``ann``: an
@@ -127,6 +128,7 @@ class Searcher:
             encoder = load_model(self.index.manifest.model, device)
         else:
             check_model(self.index.manifest, encoder.spec, self.index.path)
+        check_weights(self.index.manifest, encoder, self.index.path)  # same spec, retrained weights?
         if not hasattr(encoder, "encode_texts") or getattr(encoder, "vector_dim", None) != self.index.manifest.vector_dim:
             raise ResedisError(
                 f"{encoder.spec}: not a text encoder for this index (vector dim "

@@ -30,6 +30,26 @@ def _human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def _weights_line(manifest) -> tuple[str, str | None]:
+    """-> (the ``weights`` line, the fingerprint of the weights the model spec resolves to
+    now or None when they are not found here). Never downloads."""
+    from resedis.errors import ResedisError
+    from resedis.models.fingerprint import short_fingerprint, spec_weights_dir, weights_fingerprint
+
+    stored = manifest.weights_fingerprint
+    try:
+        where = spec_weights_dir(manifest.model, allow_download=False)
+        current = weights_fingerprint(where)
+    except ResedisError:
+        return f"{stored or 'unknown'} (the model's weights are not found here)", None
+    if stored is None:
+        return f"unknown (index built before fingerprints were recorded; weights at {where} are {short_fingerprint(current)})", current
+    if current == stored:
+        return f"{stored} (matches the weights at {where})", current
+    return (f"{stored} (the weights at {where} are now {short_fingerprint(current)}: "
+            "search refuses this index; rebuild it into a new --db)"), current
+
+
 def run(args: argparse.Namespace) -> int:
     from resedis.index import open_index
     from resedis.index.fs import storage_options_from_pairs
@@ -38,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     index = open_index(args.db, storage_options=storage_options_from_pairs(args.storage_option))
     stats = index.stats()
     skipped = index.skipped()
+    weights_line, stats["weights_fingerprint_current"] = _weights_line(index.manifest)
     if args.json:
         stats["skipped_files"] = [{"path": s.source, "reason": s.reason} for s in skipped]
         stats["calibration"] = index.manifest.calibration
@@ -47,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"index          {index.path}")
     print(f"images root    {stats['root']}")
     print(f"model          {stats['model']}")
+    print(f"weights        {weights_line}")
     print(f"schema         {stats['schema_version']}")
     print(f"images         {stats['images']}")
     print(f"regions        {stats['regions']} ({stats['vector_dim']}-d {stats['vector_dtype']} vectors)")

@@ -2,8 +2,9 @@
 
 Layout of ``DB/``::
 
-    resedis.json        manifest (model spec, preprocessing, vector dim/dtype, schema
-                        version, package version, created/updated, root, calibration)
+    resedis.json        manifest (model spec, weights fingerprint, preprocessing, vector
+                        dim/dtype, schema version, package version, created/updated, root,
+                        calibration)
     images.lance/       one row per indexed image
     regions.lance/      one row per kept region (box + augmented class vector)
     skipped.lance/      one row per file that could not be indexed, with its reason
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,8 @@ import pyarrow as pa
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.fs import Location, as_location
 from resedis.types import Skipped
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "resedis.json"
@@ -100,6 +105,9 @@ class Manifest:
 
     ``calibration`` (optional) is ``{"threshold": float, ...}`` written by calibration;
     keys this version does not know are kept in ``extra`` and written back unchanged.
+    ``weights_fingerprint``: ``"sha256:<hex>"`` of the weights the region vectors were
+    encoded with (:mod:`resedis.models.fingerprint`); None in manifests written before it
+    was recorded ("unknown": such an index is used as before, with a one-time warning).
     """
 
     model: str
@@ -114,11 +122,12 @@ class Manifest:
     created: str = field(default_factory=_now)
     updated: str = field(default_factory=_now)
     calibration: dict | None = None
+    weights_fingerprint: str | None = None
     extra: dict = field(default_factory=dict)
 
     _KEYS = (
         "model", "vector_dim", "vector_dtype", "preprocessing", "root", "max_regions", "nms_iou",
-        "schema_version", "package_version", "created", "updated", "calibration",
+        "schema_version", "package_version", "created", "updated", "calibration", "weights_fingerprint",
     )
 
     def to_json(self) -> dict:
@@ -143,6 +152,9 @@ class Manifest:
         missing = [k for k in ("model", "vector_dim", "vector_dtype", "root") if k not in data]
         if missing:
             raise ResedisError(f"{source}: manifest lacks field(s) {', '.join(missing)}")
+        fingerprint = data.get("weights_fingerprint")
+        if fingerprint is not None and not (isinstance(fingerprint, str) and fingerprint):
+            raise ResedisError(f"{source}: field 'weights_fingerprint' must be a string (\"sha256:<hex>\") or null, got {fingerprint!r}")
         if data["vector_dtype"] not in VECTOR_DTYPES:
             raise ResedisError(f"{source}: field 'vector_dtype' must be one of {sorted(VECTOR_DTYPES)}, got {data['vector_dtype']!r}")
         known = {k: data[k] for k in cls._KEYS if k in data}
@@ -194,6 +206,46 @@ def check_model(manifest: Manifest, requested: str | None, db: Path) -> None:
             f"{db}: the index was built with model {manifest.model!r}, but {requested!r} was asked for. "
             "Region vectors of different models are not comparable: use the index's model "
             "(omit --model), or build a separate index with --db NEW_DIR."
+        )
+
+
+_warned_unknown: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def check_weights(manifest: Manifest, encoder, db) -> None:
+    """Raise IndexMismatchError when the weights of ``encoder`` (a loaded backend; None: the
+    index's model spec as it resolves now) are not those the index was built with
+    (:mod:`resedis.models.fingerprint`). The spec can stay while its weights change (``demo``
+    retrained, ``resedis finetune`` rerun into the same directory); new text vectors against
+    old region vectors score nonsense, and an update would mix two models. A manifest without
+    a fingerprint (built before they were recorded) is "unknown": allowed, with one log
+    warning per index and process."""
+    from resedis.models.fingerprint import encoder_weights_dir, short_fingerprint, spec_weights_dir, weights_fingerprint
+
+    stored = manifest.weights_fingerprint
+    if stored is None:
+        with _warned_lock:
+            first = str(db) not in _warned_unknown
+            _warned_unknown.add(str(db))
+        if first:
+            log.warning(
+                "%s: the index records no weights fingerprint (built before resedis recorded one), so it "
+                "cannot be checked that model %s still has the weights its vectors were encoded with; if "
+                "those weights changed since, rebuild the index into a new --db",
+                db, manifest.model,
+            )
+        return
+    weights_dir = encoder_weights_dir(encoder) if encoder is not None else spec_weights_dir(manifest.model)
+    fingerprint = weights_fingerprint(weights_dir)
+    if stored != fingerprint:
+        raise IndexMismatchError(
+            f"{db}: the index was built with model {manifest.model!r} weights {short_fingerprint(stored)}, "
+            f"but the weights at {weights_dir} are now {short_fingerprint(fingerprint)}: they were retrained or "
+            "replaced since the index was built, and vectors of different weights are not comparable "
+            "(scores would be meaningless, an update would mix two models). Rebuild the index with the "
+            f"current weights into a new directory (resedis index {manifest.root} --db NEW_DB --model {manifest.model}), "
+            "or restore the weights the index was built with."
         )
 
 
@@ -306,6 +358,7 @@ class Index:
             "regions": self.regions_table.count_rows() - n_orphan,
             "skipped": self.skipped_table.count_rows(),
             "model": self.manifest.model,
+            "weights_fingerprint": self.manifest.weights_fingerprint,
             "schema_version": self.manifest.schema_version,
             "bytes": self.location.total_bytes(),
             "vector_dim": self.manifest.vector_dim,

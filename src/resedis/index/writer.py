@@ -26,6 +26,7 @@ from resedis.index.store import (
     _now,
     canonical_spec,
     check_model,
+    check_weights,
     in_list,
     read_manifest,
     write_manifest,
@@ -180,8 +181,11 @@ def _open_for_write(db: Location, root: Path, config: IndexConfig, encoder):
     elif config.model is not None and canonical_spec(config.model) != canonical_spec(encoder.spec):
         raise IndexMismatchError(f"config.model {config.model!r} differs from the given encoder's spec {encoder.spec!r}")
     spec = canonical_spec(encoder.spec)
+    from resedis.models.fingerprint import encoder_fingerprint
+
     manifest = Manifest(
         model=spec,
+        weights_fingerprint=encoder_fingerprint(encoder),
         vector_dim=int(encoder.vector_dim),
         vector_dtype=config.vector_dtype or "float16",
         preprocessing=encoder.preprocessing(),
@@ -261,6 +265,8 @@ def build_index(
         jobs, present = plan.jobs, plan.present
         report.unchanged += plan.unchanged
 
+        if jobs:  # before loading the model: refuse to mix two models' vectors in one index
+            check_weights(index.manifest, backend, db_path)
         with pixel_limit(config.max_pixels):
             if jobs and backend is None:
                 backend = _load_backend(index.manifest.model, config.device)
