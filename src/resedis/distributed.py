@@ -32,7 +32,7 @@ from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
 from resedis.index.pipeline import plan_jobs
 from resedis.index.store import check_weights, in_list, read_manifest, write_manifest, _now
-from resedis.index.writer import IndexConfig, IndexReport, _count_model_failures, _open_for_write, locate
+from resedis.index.writer import IndexConfig, IndexReport, _count_model_failures, _open_for_write, commit_refused, locate
 from resedis.types import ImageRegions, Skipped
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ def index_with_ray(
     started = time.perf_counter()
     if not Path(images_dir).expanduser().is_dir():
         raise ResedisError(f"{images_dir}: no such image folder")
-    root, db_path, files = locate(images_dir, db, storage_options)
+    root, db_path, walk = locate(images_dir, db, storage_options, config.follow_symlinks)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     if gpus_per_worker is None:
@@ -234,12 +234,13 @@ def index_with_ray(
         repair(index)
         indexed, skipped_before = existing_entries(index)
         report = IndexReport(db=str(db_path), root=str(root), model=spec)
-        plan = plan_jobs(files, root, indexed, skipped_before, rehash=config.rehash)
+        plan = plan_jobs(walk.files, root, indexed, skipped_before, rehash=config.rehash, refused=walk.refused)
         jobs, present = plan.jobs, plan.present
         report.unchanged += plan.unchanged
         by_rel = {job.rel: job for job in jobs}
         m = index.manifest
         writer = _PrecomputedWriter(index, root, next_batch(index))
+        commit_refused(writer, report, plan)
         if jobs:  # the driver's view of the weights first, then every worker's (below)
             check_weights(m, None, db_path)
             items = [{"rel": j.rel, "path": str(j.path)} for j in jobs]

@@ -19,7 +19,8 @@ def register(subparsers) -> None:
             "Walk IMAGES_DIR recursively (jpg, png, webp, bmp, gif, tiff), run the region encoder on "
             "every image and store, per kept box, its augmented vector, box and objectness in a LanceDB "
             "directory. Re-running adds new or changed files only; an interrupted run is resumed. "
-            "Unreadable, truncated, non-image and over-large files are skipped and recorded."
+            "Unreadable, truncated, non-image and over-large files are skipped and recorded, and so are "
+            "symlinks leading outside IMAGES_DIR (unless --follow-symlinks) and second routes to one file."
         ),
     )
     p.add_argument("images_dir", metavar="IMAGES_DIR", help="folder of images (searched recursively; hidden entries ignored)")
@@ -38,6 +39,10 @@ def register(subparsers) -> None:
     p.add_argument("--nms-iou", type=NMS_IOU, metavar="F", help="IoU above which a lower-objectness box is dropped (default: the index's setting; 0.5 for a new index; 1 = no NMS)")
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--prune", action="store_true", help="remove entries of files no longer present in IMAGES_DIR")
+    p.add_argument("--follow-symlinks", action="store_true",
+                   help="also index symlinked files and folders whose target lies outside IMAGES_DIR (default: record "
+                   "them as skipped; symlinks inside it are always indexed, each file once). Each run applies its own "
+                   "choice: a later run without it turns such images back into skips")
     p.add_argument("--report", action="store_true", help="print every skipped file with its reason")
     p.add_argument("--vector-dtype", choices=("float16", "float32"), help="storage of region vectors for a new index (default float16)")
     p.add_argument("--max-pixels", type=positive_int, metavar="PX", help="skip images with more pixels (decompression-bomb guard; default 89478485)")
@@ -86,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         prune=args.prune,
         vector_dtype=args.vector_dtype,
+        follow_symlinks=args.follow_symlinks,
     )
     if args.max_pixels is not None:
         config.max_pixels = args.max_pixels

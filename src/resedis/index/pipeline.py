@@ -8,11 +8,12 @@ the GIL). Boxes are xyxy in original-image pixels.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from PIL import Image
 
@@ -32,14 +33,22 @@ class Job:
 @dataclass
 class Plan:
     """What an indexing run has to do: ``jobs`` to (re-)encode, the ids of every file
-    ``present`` in the folder, and how many are ``unchanged`` (left alone)."""
+    ``present`` in the folder, how many are ``unchanged`` (left alone), ``skips`` to
+    record without reading (entries the folder walk refused, e.g. symlinks leaving it), and
+    the ids of recorded skips to ``forget``: folders the walk refused before and now enters
+    (a folder symlink with ``--follow-symlinks``, a folder readable again); indexed images
+    to ``drop``: those under a folder the walk now refuses (the folder's skip covers them)."""
 
     jobs: list[Job]
     present: set[str]
     unchanged: int
+    skips: list[tuple[Job, Skipped]] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
 
 
-def plan_jobs(files: list[Path], root: Path, indexed: dict[str, tuple], skipped_before: dict[str, tuple], *, rehash: bool) -> Plan:
+def plan_jobs(files: list[Path], root: Path, indexed: dict[str, tuple], skipped_before: dict[str, tuple], *, rehash: bool,
+              refused: Sequence[tuple[Path, str]] = ()) -> Plan:
     """The incremental rule, shared by the single-process and the Ray writer.
 
     ``indexed``: image id -> (sha256, size, mtime_ns) of indexed images; ``skipped_before``:
@@ -47,6 +56,11 @@ def plan_jobs(files: list[Path], root: Path, indexed: dict[str, tuple], skipped_
     A file whose size and mtime match its indexed row is unchanged (unless ``rehash``); a
     known bad file whose size and mtime did not change is not retried (and not a job);
     every other file is a job, carrying the indexed sha256 when it replaces an entry.
+
+    ``refused``: ``(path, reason)`` from :func:`resedis.io.images.walk_images`; each becomes a
+    skip (replacing an indexed entry of that id), keyed by the entry's own ``lstat`` so that a
+    run that accepts it (``--follow-symlinks``) sees a change and reads it; an identical
+    recorded skip is left alone.
     """
     jobs: list[Job] = []
     present: set[str] = set()
@@ -66,7 +80,29 @@ def plan_jobs(files: list[Path], root: Path, indexed: dict[str, tuple], skipped_
         if old is None and skipped_before.get(rel) == (size, mtime) and not rehash:
             continue  # known bad file, unchanged: not retried, still reported
         jobs.append(Job(rel, path, size, mtime, old[0] if old else None))
-    return Plan(jobs, present, unchanged)
+    skips: list[tuple[Job, Skipped]] = []
+    for path, reason in refused:
+        rel = path.relative_to(root).as_posix()
+        present.add(rel)
+        try:
+            st = os.lstat(path)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        old = indexed.get(rel)
+        if old is None and skipped_before.get(rel) == (size, mtime) and not rehash:
+            continue
+        skips.append((Job(rel, path, size, mtime, old[0] if old else None), Skipped(str(path), reason)))
+    forget = sorted(rel for rel in skipped_before if rel not in present and (root / rel).is_dir())
+    refused_ids = {path.relative_to(root).as_posix() for path, _ in refused}
+    drop = sorted(i for i in indexed if i not in present and _under(i, refused_ids))
+    present.update(drop)  # removed here, not again by --prune
+    return Plan(jobs, present, unchanged, skips, forget, drop)
+
+
+def _under(image_id: str, folders: set[str]) -> bool:
+    parts = image_id.split("/")
+    return any("/".join(parts[:k]) in folders for k in range(1, len(parts)))
 
 
 def load_and_prepare(job: Job, max_pixels: int, prepare) -> tuple[LoadedImage | Skipped, object]:

@@ -17,7 +17,7 @@ from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.ann import DEFAULT_MIN_ROWS as DEFAULT_ANN_MIN_ROWS, AnnConfig, optimize_ann
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
 from resedis.index.fs import Location, as_location
-from resedis.index.pipeline import Job, plan_jobs, prefetch, preprocessor
+from resedis.index.pipeline import Job, Plan, plan_jobs, prefetch, preprocessor
 from resedis.index.store import (
     MANIFEST_NAME,
     VECTOR_DTYPES,
@@ -31,7 +31,7 @@ from resedis.index.store import (
     read_manifest,
     write_manifest,
 )
-from resedis.io.images import DEFAULT_MAX_PIXELS, discover_images, pixel_limit
+from resedis.io.images import DEFAULT_MAX_PIXELS, ImageWalk, pixel_limit, walk_images
 from resedis.types import Skipped
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class IndexConfig:
     them in sync on later runs even without it.
     ann_min_rows: build an ANN index over the region vectors once the index holds this
     many regions (``resedis.index.ann``; searches then re-score ANN candidates exactly).
+    follow_symlinks: also index symlinks (files, folders) leading outside the image folder;
+    by default they are recorded as skips (``resedis.io.images.walk_images``).
     """
 
     model: str | None = None
@@ -73,6 +75,7 @@ class IndexConfig:
     rehash: bool = False
     crops: object | None = None
     ann_min_rows: int = DEFAULT_ANN_MIN_ROWS
+    follow_symlinks: bool = False
 
     def validate(self) -> None:
         if self.crops is not None:
@@ -136,14 +139,33 @@ class IndexReport:
         )
 
 
-def locate(images_dir: str | os.PathLike, db, storage_options: dict[str, str] | None) -> tuple[Path, Location, list[Path]]:
-    """-> (image root, index location, image files under the root). The image folder is
-    local; the index is a local directory (created here) or an object-store URI."""
+def locate(images_dir: str | os.PathLike, db, storage_options: dict[str, str] | None,
+           follow_symlinks: bool = False) -> tuple[Path, Location, ImageWalk]:
+    """-> (image root, index location, the walk of the root: image files + refused entries).
+    The image folder is local; the index is a local directory (created here) or an object-store URI."""
     root = Path(images_dir).expanduser().resolve()
     loc = as_location(db, storage_options)
-    files = discover_images(root, exclude=[loc.local_path] if loc.is_local else [])
+    walk = walk_images(root, exclude=[loc.local_path] if loc.is_local else [], follow_symlinks=follow_symlinks)
     loc.ensure_dir()
-    return root, loc, files
+    return root, loc, walk
+
+
+def commit_refused(writer: BatchWriter, report: IndexReport, plan: Plan) -> None:
+    """Record the entries the folder walk refused (``plan.skips``) in a commit of their own;
+    one that replaces an indexed image removes its rows, and so do ``plan.drop``. Drops the
+    skip records of ``plan.forget``."""
+    if plan.forget:
+        delete_ids(writer.index.skipped_table, "image_id", plan.forget)
+    for job, skip in plan.skips:
+        writer.skips.append((job, skip))
+        if job.known_sha is not None:
+            writer.replaced.append(job.rel)
+            report.removed += 1
+    writer.replaced.extend(plan.drop)
+    report.removed += len(plan.drop)
+    report.new_skipped += len(plan.skips)
+    if plan.skips or plan.drop:
+        writer.commit()
 
 
 def _open_for_write(db: Location, root: Path, config: IndexConfig, encoder):
@@ -254,14 +276,14 @@ def build_index(
     config = config or IndexConfig()
     config.validate()
     started = time.perf_counter()
-    root, db_path, files = locate(images_dir, db, storage_options)
+    root, db_path, walk = locate(images_dir, db, storage_options, config.follow_symlinks)
 
     with Lock(db_path):
         index, spec, backend = _open_for_write(db_path, root, config, encoder)
         repair(index)
         indexed, skipped_before = existing_entries(index)
         report = IndexReport(db=str(db_path), root=str(root), model=spec)
-        plan = plan_jobs(files, root, indexed, skipped_before, rehash=config.rehash)
+        plan = plan_jobs(walk.files, root, indexed, skipped_before, rehash=config.rehash, refused=walk.refused)
         jobs, present = plan.jobs, plan.present
         report.unchanged += plan.unchanged
 
@@ -282,6 +304,7 @@ def build_index(
 
                 writer.crops = CropWriter(index, crop_config, device=config.device)
                 repair_crops(index)
+            commit_refused(writer, report, plan)
             bar = tqdm(total=len(jobs), unit="img", desc="indexing", disable=not (progress and jobs), dynamic_ncols=True)
             encode_started = time.perf_counter()
             window = max(2 * config.batch_size, 2 * config.workers)

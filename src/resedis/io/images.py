@@ -1,8 +1,9 @@
 """Image discovery and robust decoding for indexing.
 
-* :func:`discover_images` walks a folder recursively and returns image files in a
+* :func:`walk_images` walks a folder recursively and returns image files in a
   deterministic order (sorted by POSIX path relative to the root), skipping hidden
-  files and folders (names starting with ``.``).
+  files and folders (names starting with ``.``), plus the symlinks it refused, each with
+  its reason (:func:`discover_images`: the files only). Symlinks: see :func:`walk_images`.
 * :func:`load_image` decodes one file into an RGB PIL image with EXIF orientation
   applied, or returns a :class:`~resedis.types.Skipped` with a specific reason. It never
   raises for a bad file: zero-byte, truncated, not an image, too large (decompression
@@ -67,33 +68,130 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def discover_images(root: str | os.PathLike, exclude: Iterator[Path] | None = None) -> list[Path]:
-    """All image files under ``root`` (recursively), sorted by relative POSIX path.
+@dataclass
+class ImageWalk:
+    """What :func:`walk_images` found under a folder.
 
-    Hidden files and directories (name starting with ``.``) are skipped, symlinked
-    directories are not followed (no cycles); ``exclude`` lists directories to leave out
-    (e.g. an index database stored inside the image folder).
+    ``files``: image files to index, sorted by POSIX path relative to the root.
+    ``refused``: ``(path, reason)`` of entries not indexed although their name looks like
+    an image or a folder (symlinks leaving the root, second routes to one file, symlink
+    loops, unreadable folders), sorted by path; the indexer records them as skips.
+    """
+
+    files: list[Path]
+    refused: list[tuple[Path, str]]
+
+
+@dataclass
+class _Found:
+    rel: str
+    path: Path
+    target: Path  # real path of the file
+    physical: bool  # reached without passing a symlink below the root
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def walk_images(
+    root: str | os.PathLike, exclude: Iterator[Path] | None = None, *, follow_symlinks: bool = False
+) -> ImageWalk:
+    """All image files under ``root`` (recursively), and what was refused.
+
+    Hidden files and folders (name starting with ``.``) are left out; ``exclude`` lists
+    folders to leave out (e.g. an index database inside the image folder). Symlinks:
+
+    * a file symlink whose real target lies inside ``root`` is indexed under the link's
+      path, unless the target is reached another way too: one file is indexed once, under
+      its own (physical) path when the walk reaches it, else under the first path in
+      sorted order; the other routes are refused ("same file as ...");
+    * a symlink whose target lies outside ``root`` is refused ("... outside ...") unless
+      ``follow_symlinks``; a folder symlink leaving ``root`` is then walked too;
+    * a folder symlink whose target lies inside ``root`` is not walked (its target is
+      walked at its real place, or is hidden/excluded on purpose); no folder is walked
+      twice, so symlink cycles end; a symlink that loops on itself is refused.
     """
     root = Path(root)
     if not root.is_dir():
         from resedis.errors import ResedisError
 
         raise ResedisError(f"{root}: not a directory (expected a folder of images)")
-    excluded = {p.resolve() for p in (exclude or [])}
-    found: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        current = Path(dirpath)
-        dirnames[:] = [
-            d for d in dirnames if not d.startswith(".") and (current / d).resolve() not in excluded
-        ]
-        for name in filenames:
-            if name.startswith("."):
+    real_root = _real(root)
+    excluded = {_real(Path(p)) for p in (exclude or [])}
+    visited = {real_root}
+    found: list[_Found] = []
+    refused: list[tuple[str, Path, str]] = []
+    hint = "not followed; pass --follow-symlinks (IndexConfig.follow_symlinks) to index it"
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            if folder == root:
+                from resedis.errors import ResedisError
+
+                raise ResedisError(f"{root}: cannot list the folder ({exc.strerror or exc})") from None
+            refused.append((folder.relative_to(root).as_posix(), folder, f"unreadable folder: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            path = current / name
-            if is_image_file(path):
-                found.append((path.relative_to(root).as_posix(), path))
-    found.sort(key=lambda item: item[0])
-    return [path for _, path in found]
+            path = Path(entry.path)
+            rel = path.relative_to(root).as_posix()
+            if not entry.is_symlink():
+                if entry.is_dir(follow_symlinks=False):
+                    real = _real(path)
+                    if real not in excluded and real not in visited:
+                        visited.add(real)
+                        stack.append(path)
+                elif is_image_file(path):
+                    real = _real(path)
+                    found.append(_Found(rel, path, real, real == real_root / rel))
+                continue
+            try:
+                target, exists = path.resolve(strict=True), True
+            except FileNotFoundError:  # dangling: indexing records it as unreadable
+                target, exists = _real(path), False
+            except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+                if is_image_file(path):
+                    refused.append((rel, path, "symlink loop: the link never reaches a file"))
+                continue
+            inside = target.is_relative_to(real_root)
+            if exists and target.is_dir():
+                if inside or target in excluded or target in visited:
+                    continue
+                if not follow_symlinks:
+                    refused.append((rel, path, f"symlinked folder leading outside {real_root} (to {target}): {hint}"))
+                    continue
+                visited.add(target)
+                stack.append(path)
+            elif is_image_file(path):
+                if inside or follow_symlinks:
+                    found.append(_Found(rel, path, target, False))
+                else:
+                    refused.append((rel, path, f"symlink leading outside {real_root} (to {target}): {hint}"))
+    by_target: dict[Path, list[_Found]] = {}
+    for f in found:
+        by_target.setdefault(f.target, []).append(f)
+    files: list[tuple[str, Path]] = []
+    for group in by_target.values():
+        group.sort(key=lambda f: (not f.physical, f.rel))
+        kept = group[0]
+        files.append((kept.rel, kept.path))
+        refused.extend((f.rel, f.path, f"same file as {kept.rel} (another route through a symlink): indexed once, "
+                        f"as {kept.rel}") for f in group[1:])
+    files.sort(key=lambda item: item[0])
+    refused.sort(key=lambda item: item[0])
+    return ImageWalk([path for _, path in files], [(path, reason) for _, path, reason in refused])
+
+
+def discover_images(
+    root: str | os.PathLike, exclude: Iterator[Path] | None = None, *, follow_symlinks: bool = False
+) -> list[Path]:
+    """The image files :func:`walk_images` would index, sorted by relative POSIX path."""
+    return walk_images(root, exclude, follow_symlinks=follow_symlinks).files
 
 
 def sha256_file(path: str | os.PathLike) -> str:
