@@ -123,4 +123,4 @@ def test_models_command_lists_the_demo_alias(capsys):
     assert f"alias demo: owlv2:{demo_model_dir()}" in capsys.readouterr().out
     assert cli_main(["models", "--json"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {"alias": "demo", "spec": f"owlv2:{demo_model_dir()}"} in records
+    assert {"family": "owlv2", "alias": "demo", "spec": f"owlv2:{demo_model_dir()}"} in records

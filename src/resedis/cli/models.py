@@ -52,7 +52,7 @@ def run(args) -> int:
             }
             print(json.dumps(record))
         for name, target in list_aliases().items():
-            print(json.dumps({"alias": name, "spec": target}))
+            print(json.dumps({"family": target.split(":", 1)[0], "alias": name, "spec": target}))
         return 0
     rows = [("FAMILY", "KIND", "DEFAULT SOURCE", "DESCRIPTION")]
     for e in entries:
