@@ -123,4 +123,6 @@ def test_models_command_lists_the_demo_alias(capsys):
     assert f"alias demo: owlv2:{demo_model_dir()}" in capsys.readouterr().out
     assert cli_main(["models", "--json"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {"family": "owlv2", "alias": "demo", "spec": f"owlv2:{demo_model_dir()}"} in records
+    demo = [r for r in records if r.get("alias") == "demo"]
+    assert len(demo) == 1 and demo[0]["spec"] == f"owlv2:{demo_model_dir()}" and demo[0]["family"] == "owlv2"
+    assert not demo[0]["default"]

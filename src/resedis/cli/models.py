@@ -51,8 +51,12 @@ def run(args) -> int:
                 "default": f"{e.name}:{e.default_source}" == DEFAULT_MODEL,
             }
             print(json.dumps(record))
+        kinds = {e.name: e.kind for e in entries}
         for name, target in list_aliases().items():
-            print(json.dumps({"family": target.split(":", 1)[0], "alias": name, "spec": target}))
+            family, source = target.split(":", 1)
+            print(json.dumps({"family": family, "kind": kinds.get(family), "default_source": source,
+                              "default_spec": name, "description": f"alias {name} = {target}",
+                              "default": False, "alias": name, "spec": target}))
         return 0
     rows = [("FAMILY", "KIND", "DEFAULT SOURCE", "DESCRIPTION")]
     for e in entries:
