@@ -86,3 +86,30 @@ def test_demo_cli_writes_page(tmp_path, capsys):
     assert "data:image/jpeg;base64," in page and (out / "report.html").is_file()
     printed = capsys.readouterr().out
     assert "BR@1@0.5" in printed and str(out / "index.html") in printed
+
+
+def test_demo_rerun_renders_again_for_other_settings_and_rebuilds_a_stale_index(tmp_path):
+    """An OUT dir from an earlier run is reused only when it matches: another seed renders
+    a new corpus (and a new index of it); an index built with other weights (an earlier
+    bundled model) is rebuilt instead of stopping with the mismatch error."""
+    import dataclasses
+
+    from resedis.demo import DemoConfig, run_demo
+    from resedis.index.store import open_index, read_manifest, write_manifest
+
+    out = tmp_path / "demo"
+    cfg = DemoConfig(seed=5, images=8, queries=12, absent=2, device="cpu", progress=False)
+    first = run_demo(out, config=cfg)
+    assert open_index(first.db).stats()["images"] == 8
+    before = (out / "corpus" / "instances.json").read_bytes()
+
+    second = run_demo(out, config=dataclasses.replace(cfg, seed=6))
+    assert (out / "corpus" / "instances.json").read_bytes() != before
+    assert json.loads((out / "demo.json").read_text())["seed"] == 6
+    assert open_index(second.db).stats()["images"] == 8  # the old corpus's index was not kept beside it
+
+    manifest = read_manifest(second.db)
+    write_manifest(second.db, dataclasses.replace(manifest, weights_fingerprint="sha256:" + "0" * 64))
+    third = run_demo(out, config=dataclasses.replace(cfg, seed=6))
+    assert read_manifest(third.db).weights_fingerprint == manifest.weights_fingerprint
+    assert third.metrics == second.metrics

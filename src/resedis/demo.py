@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import html
 import json
+import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from resedis.errors import ResedisError
+from resedis.errors import IndexMismatchError, ResedisError
+
+log = logging.getLogger(__name__)
 
 DEMO_SEED = 2024
 EXAMPLE_TYPES = ("attribute", "position", "relation", "absent")
@@ -134,7 +138,10 @@ the presence threshold; cyan tint and dashes = ground-truth targets.</p>
 
 
 def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None) -> DemoResult:
-    """Run the demo into ``out_dir`` (created; an existing corpus/index there is reused)."""
+    """Run the demo into ``out_dir`` (created). A corpus already there is reused when it was
+    rendered with the same settings (``OUT/demo.json``), else rendered again; its index is
+    reused when it was built from that corpus with the current bundled weights, else
+    rebuilt (the demo's own ``OUT/index.db`` only)."""
     from resedis.eval import evaluate_predictions
     from resedis.index import IndexConfig, build_index
     from resedis.io import load_dataset
@@ -151,16 +158,32 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None) -> DemoRe
     spec = "demo"  # recorded as such in the index manifest: survives the package moving
     t0 = time.time()
     corpus = out / "corpus"
-    if not (corpus / "instances.json").is_file():
+    db = out / "index.db"
+    stamp_path = out / "demo.json"
+    stamp = {"seed": config.seed, "images": config.images, "queries": config.queries, "absent": config.absent}
+    try:
+        same_corpus = (corpus / "instances.json").is_file() and json.loads(stamp_path.read_text()) == stamp
+    except (OSError, ValueError):
+        same_corpus = False
+    if not same_corpus:
+        if db.exists():  # an index of another corpus: its images are about to be replaced
+            shutil.rmtree(db)
+        stamp_path.unlink(missing_ok=True)
         generate(corpus, images=config.images, queries=config.queries, absent=config.absent, seed=config.seed,
                  progress=config.progress, overwrite=True)
+        stamp_path.write_text(json.dumps(stamp), encoding="utf-8")
     t1 = time.time()
-    db = out / "index.db"
-    build_index(corpus / "images", db, config=IndexConfig(model=spec, device=config.device),
-                progress=config.progress)
+    index_config = IndexConfig(model=spec, device=config.device)
+    try:
+        build_index(corpus / "images", db, config=index_config, progress=config.progress)
+        searcher = Searcher(db, device=config.device, model=spec)
+    except IndexMismatchError as exc:  # built by an earlier version of the bundled model
+        log.warning("rebuilding %s: %s", db, exc)
+        shutil.rmtree(db)
+        build_index(corpus / "images", db, config=index_config, progress=config.progress)
+        searcher = Searcher(db, device=config.device, model=spec)
     t2 = time.time()
     dataset = load_dataset(corpus)
-    searcher = Searcher(db, device=config.device, model=spec)
     choice = searcher.threshold_choice  # the model's presence_threshold unless the index was calibrated
     results = search_dataset(searcher, dataset)
     t3 = time.time()
