@@ -139,7 +139,7 @@ def calibrate_prepared(pipeline, prepared, queries: Sequence[Query], *, iou: str
 
 def store_calibration(index, result: CalibrationResult) -> dict:
     """Write ``result`` into the index manifest under ``calibration[pipeline]`` (see module doc)."""
-    from resedis.index.store import read_manifest, write_manifest
+    from resedis.index.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(index.path)
     cal = dict(manifest.calibration) if isinstance(manifest.calibration, dict) else {}

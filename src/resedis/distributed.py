@@ -31,7 +31,8 @@ import pyarrow as pa
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
 from resedis.index.pipeline import plan_jobs
-from resedis.index.store import check_weights, in_list, read_manifest, write_manifest, _now
+from resedis.index.manifest import _now, check_weights, read_manifest, write_manifest
+from resedis.index.store import in_list
 from resedis.index.writer import IndexConfig, IndexReport, _count_model_failures, _open_for_write, commit_refused, locate
 from resedis.types import ImageRegions, Skipped
 

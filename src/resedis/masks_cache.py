@@ -98,7 +98,7 @@ class MaskCache:
 
 def segmenter_key(segmenter) -> str:
     """The cache's ``segmenter`` value: canonical spec [+ ``#`` + the backend's ``mask_rule``]."""
-    from resedis.index.store import canonical_spec
+    from resedis.index.manifest import canonical_spec
 
     spec = canonical_spec(segmenter.spec)
     rule = getattr(segmenter, "mask_rule", None)

@@ -29,7 +29,8 @@ from typing import Sequence
 import numpy as np
 
 from resedis.errors import ResedisError
-from resedis.index.store import Index, check_model, check_weights, open_index, read_manifest
+from resedis.index.manifest import check_model, check_weights, read_manifest
+from resedis.index.store import Index, open_index
 from resedis.masks import box_iou
 from resedis.search_corpus import DEFAULT_MATRIX_DTYPE, Corpus, check_matrix_dtype, load_corpus  # noqa: F401 (re-exported)
 from resedis.thresholds import DEFAULT_THRESHOLD, ThresholdChoice, index_threshold  # noqa: F401 (DEFAULT_THRESHOLD re-exported)

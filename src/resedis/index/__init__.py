@@ -5,7 +5,8 @@
 >>> open_index("photos.db").stats()["images"]  # doctest: +SKIP
 """
 
-from resedis.index.store import SCHEMA_VERSION, Index, Manifest, open_index
+from resedis.index.manifest import SCHEMA_VERSION, Manifest
+from resedis.index.store import Index, open_index
 from resedis.index.writer import IndexConfig, IndexReport, build_index
 
 __all__ = ["SCHEMA_VERSION", "Index", "IndexConfig", "IndexReport", "Manifest", "build_index", "open_index"]

@@ -18,19 +18,18 @@ from resedis.index.ann import DEFAULT_MIN_ROWS as DEFAULT_ANN_MIN_ROWS, AnnConfi
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
 from resedis.index.fs import Location, as_location
 from resedis.index.pipeline import Job, Plan, plan_jobs, prefetch, preprocessor
-from resedis.index.store import (
+from resedis.index.manifest import (
     MANIFEST_NAME,
     VECTOR_DTYPES,
-    Index,
     Manifest,
     _now,
     canonical_spec,
     check_model,
     check_weights,
-    in_list,
     read_manifest,
     write_manifest,
 )
+from resedis.index.store import Index, in_list
 from resedis.io.images import DEFAULT_MAX_PIXELS, ImageWalk, pixel_limit, walk_images
 from resedis.types import Skipped
 

@@ -88,7 +88,7 @@ class Models:
 
     def get(self, spec: str):
         """The backend for ``spec`` (loaded on first use)."""
-        from resedis.index.store import canonical_spec
+        from resedis.index.manifest import canonical_spec
 
         key = canonical_spec(spec)
         if key not in self._backends:
@@ -98,7 +98,7 @@ class Models:
         return self._backends[key]
 
     def put(self, spec: str, backend) -> None:
-        from resedis.index.store import canonical_spec
+        from resedis.index.manifest import canonical_spec
 
         self._backends[canonical_spec(spec)] = backend
 
@@ -189,7 +189,7 @@ class Pipeline:
         """This pipeline's entry of ``manifest.calibration`` (re-read from disk), or None
         (also when it was fitted with other models than this configuration's, see
         :meth:`calibration_context`; ``calibration_note`` then says so)."""
-        from resedis.index.store import read_manifest
+        from resedis.index.manifest import read_manifest
 
         self.index.manifest = read_manifest(self.index.path)
         cal = self.index.manifest.calibration

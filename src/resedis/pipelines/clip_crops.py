@@ -71,7 +71,7 @@ class ClipCropsPipeline(Pipeline):
 
     def crop_model(self) -> str:
         """The crop encoder spec: the index's crop model, or ``config.crop_model`` for GT proposals."""
-        from resedis.index.store import canonical_spec
+        from resedis.index.manifest import canonical_spec
 
         entry = self.index.manifest.extra.get("crops") or {}
         asked = canonical_spec(self.config.crop_model) if self.config.crop_model else None

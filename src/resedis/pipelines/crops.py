@@ -105,7 +105,7 @@ class CropWriter:
         self._check_manifest()
 
     def _check_manifest(self) -> None:
-        from resedis.index.store import read_manifest, write_manifest
+        from resedis.index.manifest import read_manifest, write_manifest
         from resedis.models import _canonical, parse_spec
 
         spec = str(_canonical(parse_spec(self.encoder.spec)))
@@ -174,7 +174,7 @@ class CropWriter:
 
     def save_stats(self) -> None:
         """Record the crop cost (``crops.seconds_per_image``, running mean) in the manifest."""
-        from resedis.index.store import read_manifest, write_manifest
+        from resedis.index.manifest import read_manifest, write_manifest
 
         if not self.images:
             return

@@ -95,7 +95,7 @@ class SearchService:
     def open(self, *, allow_missing: bool = False) -> None:
         """(Re)open the index and load its text encoder. Holds the model lock."""
         from resedis.index import open_index
-        from resedis.index.store import MANIFEST_NAME
+        from resedis.index.manifest import MANIFEST_NAME
 
         with self.model_lock:
             if allow_missing and not (self.db / MANIFEST_NAME).exists():
