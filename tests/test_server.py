@@ -35,8 +35,9 @@ def corpus(tmp_path_factory, synth_small, tiny_models):
     """A corpus with nested ids, a non-square PNG, a symlink leaving it, and its index.
 
     Layout: ``root/a.jpg, b.jpg, swap.jpg, wide.png, nested/deeper/c.jpg, d.jpg`` plus
-    ``root/escape.jpg -> outside/secret.jpg``; after indexing, ``swap.jpg`` is replaced by a
-    symlink to the outside file (a link planted after the fact).
+    ``root/escape.jpg -> outside/secret.jpg`` (indexed because the index is built with
+    ``follow_symlinks=True``: the server must refuse it all the same); after indexing,
+    ``swap.jpg`` is replaced by a symlink to the outside file (a link planted after the fact).
     """
     from resedis.index import IndexConfig, build_index
 
@@ -55,7 +56,7 @@ def corpus(tmp_path_factory, synth_small, tiny_models):
     shutil.copy(src[6], outside / "secret.jpg")
     (root / "escape.jpg").symlink_to(outside / "secret.jpg")
     db = base / "db"
-    build_index(root, db, config=IndexConfig(model=f"owlv2:{tiny_models['owlv2']}", max_regions=8), progress=False)
+    build_index(root, db, config=IndexConfig(model=f"owlv2:{tiny_models['owlv2']}", max_regions=8, follow_symlinks=True), progress=False)
     (root / "swap.jpg").unlink()
     (root / "swap.jpg").symlink_to(outside / "secret.jpg")
     return {"root": root, "outside": outside, "db": db, "secret": (outside / "secret.jpg").read_bytes()}
