@@ -1,0 +1,171 @@
+"""HTTP service over the REAL engine (corpus: ``server_helpers``): running it: health
+and back-pressure while the model is busy, indexing jobs, and the ``resedis serve`` command."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from resedis.server import ServeConfig, create_app  # noqa: E402
+from resedis.server.engine import SearchService  # noqa: E402
+from server_helpers import BASE, KEY, assert_healthy, build_corpus  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, synth_small, tiny_models):
+    return build_corpus(tmp_path_factory.mktemp("serve"), synth_small, tiny_models)
+
+
+@pytest.fixture(scope="module")
+def service(corpus):
+    svc = SearchService(corpus["db"])
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def client(corpus, service):
+    app = create_app(ServeConfig(db=corpus["db"]), service=service)
+    with TestClient(app, base_url=BASE) as c:
+        yield c
+
+
+# ---- concurrency -----------------------------------------------------------------
+def test_healthz_stays_responsive_during_a_slow_search(client, service):
+    results = {}
+
+    def slow_search():
+        results["search"] = client.get("/api/search", params={"q": "a slow query", "top_k": 3})
+
+    with service.model_lock:  # the model is busy: the search must wait for it
+        worker = threading.Thread(target=slow_search)
+        worker.start()
+        time.sleep(0.3)
+        assert worker.is_alive() and "search" not in results  # really blocked on the model
+        started = time.perf_counter()
+        for _ in range(5):
+            assert_healthy(client)
+        assert client.get("/api/images/a.jpg/thumb").status_code == 200  # images too
+        assert time.perf_counter() - started < 2.0
+    worker.join(timeout=30)
+    assert results["search"].status_code == 200 and results["search"].json()["hits"]
+
+
+def test_waiting_searches_are_bounded_with_429(client, service):
+    old = service.max_pending
+    service.max_pending = 1
+    results = {}
+    try:
+        with service.model_lock:
+            worker = threading.Thread(target=lambda: results.setdefault("first", client.get("/api/search?q=blue")))
+            worker.start()
+            time.sleep(0.3)
+            r = client.get("/api/search?q=green")
+            assert r.status_code == 429 and "retry" in r.json()["detail"]
+    finally:
+        service.max_pending = old
+    worker.join(timeout=30)
+    assert results["first"].status_code == 200
+
+
+# ---- indexing jobs ---------------------------------------------------------------
+def _wait_job(c, job_id, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = c.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_index_jobs_create_and_update_the_served_index(tmp_path, synth_small, tiny_models, client):
+    allowed = tmp_path / "allowed"
+    photos = allowed / "photos"
+    photos.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    src = sorted((synth_small / "images").glob("*.jpg"))
+    for p in src[:3]:
+        shutil.copy(p, photos / p.name)
+    config = ServeConfig(
+        db=tmp_path / "new.db", allow_index_roots=[allowed], index_model=f"owlv2:{tiny_models['owlv2']}"
+    )
+    app = create_app(config)
+    with TestClient(app, base_url=BASE) as c:
+        assert c.get("/api/stats").json()["ready"] is False
+        r = c.get("/api/search?q=red")
+        assert r.status_code == 409 and "POST /api/index" in r.json()["detail"]
+        assert c.post("/api/index", json={"folder": str(elsewhere)}).status_code == 403
+        assert c.post("/api/index", json={"folder": str(allowed / ".." / "elsewhere")}).status_code == 403
+        assert c.post("/api/index", json={"folder": str(allowed / "missing")}).status_code == 400
+        assert c.post("/api/index", json={"nope": 1}).status_code == 422
+        r = c.post("/api/index", json={"folder": str(photos)})
+        assert r.status_code == 202, r.text
+        job = _wait_job(c, r.json()["id"])
+        assert job["state"] == "done", job
+        assert job["report"]["added"] == 3 and job["images_found"] == 3 and job["images_indexed"] == 3
+        assert c.get("/api/stats").json()["images"] == 3
+        assert c.get("/api/search?q=red").json()["hits"]
+        assert c.get(f"/api/images/{src[0].name}").status_code == 200
+        # Incremental update: a new file appears, is indexed, and becomes servable.
+        shutil.copy(src[3], photos / "later.jpg")
+        assert c.get("/api/images/later.jpg").status_code == 404
+        job = _wait_job(c, c.post("/api/index", json={"folder": str(photos)}).json()["id"])
+        assert job["state"] == "done" and job["report"]["added"] == 1 and job["report"]["unchanged"] == 3
+        time.sleep(1.1)  # the catalog re-reads the image table at most once a second
+        assert c.get("/api/images/later.jpg").status_code == 200
+        other = allowed / "other"
+        other.mkdir()
+        r = c.post("/api/index", json={"folder": str(other)})
+        assert r.status_code == 400 and "another folder" in r.json()["detail"]
+        assert c.get("/api/jobs/not-a-job").status_code == 400
+        assert c.get("/api/jobs/" + "0" * 32).status_code == 404
+    # Indexing is off unless enabled.
+    assert client.post("/api/index", json={"folder": str(photos)}).status_code == 403
+
+
+# ---- CLI -------------------------------------------------------------------------
+def test_cli_serve_validates_before_starting(tmp_path, capsys):
+    from resedis.cli import main
+
+    assert main(["serve", "--db", str(tmp_path / "missing")]) == 2
+    assert "not a resedis index" in capsys.readouterr().err
+    assert main(["serve", "--db", str(tmp_path), "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--db", "--host", "--port", "--api-key", "--allow-index-root", "--device"):
+        assert option in out
+
+
+def test_cli_serve_warns_when_exposed_without_a_key(corpus, monkeypatch, capsys):
+    import uvicorn
+
+    from resedis.cli import main
+
+    started = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append((app, kw)))
+    monkeypatch.delenv("RESEDIS_API_KEY", raising=False)
+    assert main(["serve", "--db", str(corpus["db"]), "--port", "8123"]) == 0
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:8123/" in err and "loopback only" in err and "WARNING" not in err
+    assert started[-1][1]["host"] == "127.0.0.1" and started[-1][1]["port"] == 8123
+    assert main(["serve", "--db", str(corpus["db"]), "--host", "0.0.0.0"]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "WITHOUT an API key" in err
+    app, kw = started[-1]
+    assert kw["host"] == "0.0.0.0" and app.state.config.effective_trusted_hosts() == ["*"]
+    assert main(["serve", "--db", str(corpus["db"]), "--host", "0.0.0.0", "--api-key", KEY]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" not in err and "X-API-Key" in err
+    assert started[-1][0].state.config.api_key == KEY
