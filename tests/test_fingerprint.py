@@ -206,7 +206,7 @@ def test_manifest_without_fingerprint_opens_and_warns_once(built, ckpt, caplog):
     _bump_one_weight(ckpt)  # unknown -> cannot be detected; the index is used as before
 
     assert open_index(db).manifest.weights_fingerprint is None
-    with caplog.at_level(logging.WARNING, logger="resedis.index.store"):
+    with caplog.at_level(logging.WARNING, logger="resedis.index.manifest"):
         a = Searcher(db, device="cpu")
         Searcher(db, device="cpu", encoder=a.encoder)
         assert len(a.search("a circle", top_k=2).hits) > 0
