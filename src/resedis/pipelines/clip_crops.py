@@ -123,8 +123,10 @@ class ClipCropsPipeline(Pipeline):
     def index_crops(self) -> CropCorpus:
         """The index's crop corpus, kept in the model pool until the index's tables change
         (a server or an ablation does not re-read the crops table for every query)."""
-        from resedis.pipelines.crops import open_crops_table
+        from resedis.pipelines.crops import check_crop_weights, open_crops_table
 
+        if (self.index.manifest.extra.get("crops") or {}).get("model"):  # same spec, retrained crop weights?
+            check_crop_weights(self.index.manifest, self.encoder, self.index.path)
         table = open_crops_table(self.index)
         version = (self.index.version(), None if table is None else table.version,
                    repr(self.index.manifest.extra.get("crops")))

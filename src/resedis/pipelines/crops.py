@@ -14,7 +14,10 @@ Each candidate box of an image is cropped and embedded ONCE by a CLIP/SigLIP enc
     vector    float16[E]  L2-normalised crop embedding
 
 The manifest's ``crops`` entry records ``model``, ``embed_dim``, ``proposals``,
-``max_crops``. Crops are written by the index writer in the same batch as the regions
+``max_crops`` and ``weights_fingerprint`` (:mod:`resedis.models.fingerprint` of the crop
+encoder's weights; absent in indexes built before it was recorded = "unknown": used as
+before, one warning). Searching the crops and adding more refuse other weights behind the
+same spec (:func:`check_crop_weights`). Crops are written by the index writer in the same batch as the regions
 (images decoded once: ``resedis index --crop-model clip:...``), or afterwards for an
 existing index by :func:`add_crops` (which has to decode the images again).
 
@@ -27,6 +30,7 @@ not stored — ``gt`` (the dataset's ground-truth boxes, an oracle; see
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -35,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from resedis.errors import ResedisError
+from resedis.errors import IndexMismatchError, ResedisError
 from resedis.pipelines.proposals import DEFAULT_YOLO_WEIGHTS, load_yolo, owl_boxes, yolo_boxes
 from resedis.types import ImageRegions
 
@@ -113,10 +117,20 @@ class CropWriter:
                  "max_crops": self.config.max_crops}
         manifest = read_manifest(self.index.path)
         old = manifest.extra.get(MANIFEST_KEY)
+        has_rows = bool(self.table.count_rows())
+        if old and has_rows and old.get("model") == spec:  # adding to existing crops: same weights?
+            check_crop_weights(manifest, self.encoder, self.index.path)
+            fingerprint = old.get("weights_fingerprint")  # unknown stays unknown
+        else:
+            from resedis.models.fingerprint import encoder_fingerprint
+
+            fingerprint = encoder_fingerprint(self.encoder)
+        if fingerprint is not None:
+            entry["weights_fingerprint"] = fingerprint
         if old:
             entry.update({k: v for k, v in old.items() if k in ("seconds_per_image", "timed_images")})
         if old and (old.get("model"), old.get("proposals"), old.get("max_crops")) != (spec, entry["proposals"], entry["max_crops"]):
-            if self.table.count_rows():
+            if has_rows:
                 raise ResedisError(
                     f"{self.index.path}: its crops were made with {old.get('model')} ({old.get('proposals')}, "
                     f"{old.get('max_crops')} per image), not {spec} ({entry['proposals']}, {entry['max_crops']}); "
@@ -192,6 +206,43 @@ class CropWriter:
     def delete(self, ids: Sequence[str]) -> None:
         """Remove the crops of these image ids (replaced or pruned files)."""
         delete_crops(self.table, ids)
+
+
+_warned_unknown: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def check_crop_weights(manifest, encoder, db) -> None:
+    """Raise IndexMismatchError when the loaded crop ``encoder``'s weights are not those the
+    crops of the index (``manifest.extra["crops"]``) were embedded with: new text vectors
+    against old crop vectors score nonsense, and adding crops would mix two models. An entry
+    without ``weights_fingerprint`` (older index) is "unknown": allowed, with one log warning
+    per index and process."""
+    from resedis.models.fingerprint import encoder_fingerprint, encoder_weights_dir, short_fingerprint
+
+    entry = manifest.extra.get(MANIFEST_KEY) or {}
+    stored, spec = entry.get("weights_fingerprint"), entry.get("model")
+    if stored is None:
+        with _warned_lock:
+            first = str(db) not in _warned_unknown
+            _warned_unknown.add(str(db))
+        if first:
+            log.warning(
+                "%s: the index records no weights fingerprint for its crop model %s (built before resedis "
+                "recorded one), so it cannot be checked that the crops were embedded with the weights it has "
+                "now; if those weights changed since, re-embed the crops into a new --db", db, spec,
+            )
+        return
+    current = encoder_fingerprint(encoder)
+    if stored != current:
+        raise IndexMismatchError(
+            f"{db}: its crops were embedded with crop model {spec!r} weights {short_fingerprint(stored)}, but "
+            f"the weights at {encoder_weights_dir(encoder)} are now {short_fingerprint(current)}: they were "
+            "retrained or replaced since, and crop vectors of other weights are not comparable with the new "
+            "text tower (scores would be meaningless, added crops would mix two models). Re-embed the crops "
+            f"into a new index (resedis index {manifest.root} --db NEW_DB --model {manifest.model} --crop-model {spec}), or restore the "
+            "weights the crops were embedded with."
+        )
 
 
 def delete_crops(table, ids: Sequence[str]) -> None:
