@@ -94,3 +94,15 @@ def test_unknown_crop_fingerprint_opens_with_one_warning(built, tiny_models, cap
     assert len(warnings) == 1 and canonical_spec(spec) in warnings[0].getMessage()
     assert "weights_fingerprint" not in _entry(db)
     assert _crop_rows(db) > rows
+
+
+def test_stats_shows_the_crop_model_and_its_fingerprint(built, capsys):
+    from resedis.cli import main
+
+    spec, clip, _images, db = built
+    assert main(["stats", "--db", str(db)]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("crop model")]
+    assert line == [f"crop model     {canonical_spec(spec)} (weights {fp.weights_fingerprint(clip)})"]
+    assert main(["stats", "--db", str(db), "--json"]) == 0
+    crops = json.loads(capsys.readouterr().out)["crops"]
+    assert crops["model"] == canonical_spec(spec) and crops["weights_fingerprint"] == fp.weights_fingerprint(clip)

@@ -50,6 +50,12 @@ def _weights_line(manifest) -> tuple[str, str | None]:
             "search refuses this index; rebuild it into a new --db)"), current
 
 
+def _crops_entry(manifest) -> dict | None:
+    """The manifest's clip-crops entry (crop model spec, its weights fingerprint, ...), if any."""
+    entry = (manifest.extra or {}).get("crops")
+    return entry if isinstance(entry, dict) else None
+
+
 def run(args: argparse.Namespace) -> int:
     from resedis.index import open_index
     from resedis.index.fs import storage_options_from_pairs
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         stats["skipped_files"] = [{"path": s.source, "reason": s.reason} for s in skipped]
         stats["calibration"] = index.manifest.calibration
+        stats["crops"] = _crops_entry(index.manifest)
         stats.update(index_threshold(index.manifest).to_json())
         print(json.dumps(stats, indent=2))
         return 0
@@ -69,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"images root    {stats['root']}")
     print(f"model          {stats['model']}")
     print(f"weights        {weights_line}")
+    crops = _crops_entry(index.manifest)
+    if crops:
+        print(f"crop model     {crops.get('model')} (weights {crops.get('weights_fingerprint') or 'unknown'})")
     print(f"schema         {stats['schema_version']}")
     print(f"images         {stats['images']}")
     print(f"regions        {stats['regions']} ({stats['vector_dim']}-d {stats['vector_dtype']} vectors)")
