@@ -151,8 +151,18 @@ def check_model(manifest: Manifest, requested: str | None, db: Path) -> None:
         )
 
 
-_warned_unknown: set[str] = set()
+_warned: set[tuple[str, str]] = set()
 _warned_lock = threading.Lock()
+
+
+def warn_once(key: tuple[str, str], logger: logging.Logger, msg: str, *args) -> None:
+    """``logger.warning(msg, *args)`` the first time ``key`` (e.g. ``("regions", str(db))``)
+    is seen in this process; later calls with the same key are silent."""
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning(msg, *args)
 
 
 def check_weights(manifest: Manifest, encoder, db) -> None:
@@ -167,16 +177,13 @@ def check_weights(manifest: Manifest, encoder, db) -> None:
 
     stored = manifest.weights_fingerprint
     if stored is None:
-        with _warned_lock:
-            first = str(db) not in _warned_unknown
-            _warned_unknown.add(str(db))
-        if first:
-            log.warning(
-                "%s: the index records no weights fingerprint (built before resedis recorded one), so it "
-                "cannot be checked that model %s still has the weights its vectors were encoded with; if "
-                "those weights changed since, rebuild the index into a new --db",
-                db, manifest.model,
-            )
+        warn_once(
+            ("regions", str(db)), log,
+            "%s: the index records no weights fingerprint (built before resedis recorded one), so it "
+            "cannot be checked that model %s still has the weights its vectors were encoded with; if "
+            "those weights changed since, rebuild the index into a new --db",
+            db, manifest.model,
+        )
         return
     weights_dir = encoder_weights_dir(encoder) if encoder is not None else spec_weights_dir(manifest.model)
     fingerprint = weights_fingerprint(weights_dir)

@@ -30,7 +30,6 @@ not stored — ``gt`` (the dataset's ground-truth boxes, an oracle; see
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -208,30 +207,24 @@ class CropWriter:
         delete_crops(self.table, ids)
 
 
-_warned_unknown: set[str] = set()
-_warned_lock = threading.Lock()
-
-
 def check_crop_weights(manifest, encoder, db) -> None:
     """Raise IndexMismatchError when the loaded crop ``encoder``'s weights are not those the
     crops of the index (``manifest.extra["crops"]``) were embedded with: new text vectors
     against old crop vectors score nonsense, and adding crops would mix two models. An entry
     without ``weights_fingerprint`` (older index) is "unknown": allowed, with one log warning
     per index and process."""
+    from resedis.index.manifest import warn_once
     from resedis.models.fingerprint import encoder_fingerprint, encoder_weights_dir, short_fingerprint
 
     entry = manifest.extra.get(MANIFEST_KEY) or {}
     stored, spec = entry.get("weights_fingerprint"), entry.get("model")
     if stored is None:
-        with _warned_lock:
-            first = str(db) not in _warned_unknown
-            _warned_unknown.add(str(db))
-        if first:
-            log.warning(
-                "%s: the index records no weights fingerprint for its crop model %s (built before resedis "
-                "recorded one), so it cannot be checked that the crops were embedded with the weights it has "
-                "now; if those weights changed since, re-embed the crops into a new --db", db, spec,
-            )
+        warn_once(
+            ("crops", str(db)), log,
+            "%s: the index records no weights fingerprint for its crop model %s (built before resedis "
+            "recorded one), so it cannot be checked that the crops were embedded with the weights it has "
+            "now; if those weights changed since, re-embed the crops into a new --db", db, spec,
+        )
         return
     current = encoder_fingerprint(encoder)
     if stored != current:
