@@ -59,9 +59,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from resedis.io.coco import CocoInstances, check_rle, load_coco_instances, read_json
-from resedis.io.refcoco import check_split
-from resedis.masks import normalize_segmentation, rle_area, rle_to_box
+from resedis.io.coco import CocoInstances, load_coco_instances, read_json
+from resedis.io.refcoco import annotation_rle, check_split
+from resedis.masks import rle_to_box
 from resedis.types import Dataset, FormatError, ImageId, ImageInfo, Instance, Query, Skipped
 
 DEFAULT_SPLIT_BY = "unc"
@@ -110,24 +110,7 @@ def _ann_ids(src: str, ref: dict) -> list[int]:
 
 def _target(src: str, ann_id: int, info: ImageInfo, coco: CocoInstances) -> tuple[dict, Any]:
     """(compressed RLE, category id) of one listed annotation."""
-    ann = coco.annotations.get(ann_id)
-    if ann is None:
-        raise FormatError(src, "ann_id", f"unknown annotation id {ann_id!r} (not in {coco.source})")
-    if ann.get("image_id") != info.id:
-        raise FormatError(src, "ann_id", f"annotation {ann_id!r} belongs to image {ann.get('image_id')!r}, "
-                          f"not {info.id!r}")
-    where = f"{coco.source} (annotation {ann_id})"
-    if "segmentation" not in ann:
-        raise FormatError(where, "segmentation", "missing")
-    seg = ann["segmentation"]
-    if isinstance(seg, dict):
-        check_rle(seg, info.height, info.width, where, "segmentation")
-    try:
-        rle = normalize_segmentation(seg, info.height, info.width)
-    except ValueError as exc:
-        raise FormatError(where, "segmentation", str(exc)) from None
-    if rle_area(rle) <= 0:
-        raise FormatError(where, "segmentation", "the mask is empty")
+    rle, ann = annotation_rle(src, ann_id, info, coco.annotations, coco.source)
     return rle, ann.get("category_id")
 
 

@@ -62,6 +62,31 @@ def _load_refs(path: Path) -> list:
     return refs
 
 
+def annotation_rle(src: str, ann_id: Any, info: ImageInfo, anns: dict, inst_src: str) -> tuple[dict, dict]:
+    """(compressed RLE, annotation) of annotation ``ann_id``, which a ref at ``src`` lists for
+    image ``info``; FormatError naming the refs entry (unknown id, other image) or the
+    instances file (segmentation missing, malformed or empty)."""
+    ann = anns.get(ann_id)
+    if ann is None:
+        raise FormatError(src, "ann_id", f"unknown annotation id {ann_id!r} (not in {inst_src})")
+    if ann.get("image_id") != info.id:
+        raise FormatError(src, "ann_id", f"annotation {ann_id!r} belongs to image {ann.get('image_id')!r}, "
+                          f"not {info.id!r}")
+    where = f"{inst_src} (annotation {ann_id})"
+    if "segmentation" not in ann:
+        raise FormatError(where, "segmentation", "missing")
+    seg = ann["segmentation"]
+    if isinstance(seg, dict):
+        check_rle(seg, info.height, info.width, where, "segmentation")
+    try:
+        rle = normalize_segmentation(seg, info.height, info.width)
+    except ValueError as exc:
+        raise FormatError(where, "segmentation", str(exc)) from None
+    if rle_area(rle) <= 0:
+        raise FormatError(where, "segmentation", "the mask is empty")
+    return rle, ann
+
+
 def _ref_queries(src: str, ref: Any, anns: dict, images: dict[ImageId, ImageInfo],
                  categories: dict, inst_src: str) -> list[Query]:
     if not isinstance(ref, dict):
@@ -72,23 +97,7 @@ def _ref_queries(src: str, ref: Any, anns: dict, images: dict[ImageId, ImageInfo
     info = images.get(ref["image_id"])
     if info is None:
         raise FormatError(src, "image_id", f"unknown image id {ref['image_id']!r} (not in {inst_src})")
-    ann = anns.get(ref["ann_id"])
-    if ann is None:
-        raise FormatError(src, "ann_id", f"unknown annotation id {ref['ann_id']!r} (not in {inst_src})")
-    if ann.get("image_id") != info.id:
-        raise FormatError(src, "ann_id", f"annotation {ref['ann_id']!r} belongs to image {ann.get('image_id')!r}, "
-                          f"not {info.id!r}")
-    if "segmentation" not in ann:
-        raise FormatError(f"{inst_src} (annotation {ref['ann_id']})", "segmentation", "missing")
-    seg = ann["segmentation"]
-    if isinstance(seg, dict):
-        check_rle(seg, info.height, info.width, f"{inst_src} (annotation {ref['ann_id']})", "segmentation")
-    try:
-        rle = normalize_segmentation(seg, info.height, info.width)
-    except ValueError as exc:
-        raise FormatError(f"{inst_src} (annotation {ref['ann_id']})", "segmentation", str(exc)) from None
-    if rle_area(rle) <= 0:
-        raise FormatError(f"{inst_src} (annotation {ref['ann_id']})", "segmentation", "the mask is empty")
+    rle, ann = annotation_rle(src, ref["ann_id"], info, anns, inst_src)
     sentences = ref["sentences"]
     if not isinstance(sentences, list) or not sentences:
         raise FormatError(src, "sentences", "expected a non-empty list")
