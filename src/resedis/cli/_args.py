@@ -60,6 +60,13 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_split_option(parser: argparse.ArgumentParser) -> None:
+    """``--split NAME``: one split of a RefCOCO-family / gRefCOCO dataset (``load_dataset(split=)``)."""
+    parser.add_argument("--split", metavar="NAME", help="keep one split of a RefCOCO-family / gRefCOCO dataset (train, "
+                        "val, testA, ... as in its refs file): its queries, and its images as the corpus (default: all "
+                        "splits)")
+
+
 def storage_option(text: str) -> tuple[str, str]:
     """``KEY=VALUE`` of ``--storage-option`` (an object-store setting in LanceDB's key names,
     e.g. ``aws_endpoint=http://localhost:9000``) -> ``(key, value)``, key lower-cased."""

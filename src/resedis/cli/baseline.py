@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resedis.cli._args import non_negative_int
+from resedis.cli._args import add_split_option, non_negative_int
 
 
 def register(subparsers) -> None:
@@ -17,8 +17,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("kind", choices=["oracle", "random"], help="which baseline to write")
     p.add_argument("--dataset", required=True, help="dataset folder (ReSeDis layout or RefCOCO refs folder)")
-    p.add_argument("--split", metavar="NAME", help="keep one split of a RefCOCO-family / gRefCOCO dataset (train, val, "
-                   "testA, ... as in its refs file): its queries, and its images as the corpus (default: all splits)")
+    add_split_option(p)
     p.add_argument("--out", required=True, help="predictions JSONL file to write (atomically)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed for 'random', >= 0 (default 0)")
     p.add_argument("--detections", type=non_negative_int, default=10,

@@ -8,7 +8,7 @@ import json
 import math
 import sys
 
-from resedis.cli._args import STORAGE_OPTION_HELP, storage_option
+from resedis.cli._args import STORAGE_OPTION_HELP, add_split_option, storage_option
 from resedis.cli.pipelines import add_pipeline_options, open_db, pipeline_config
 
 
@@ -35,8 +35,7 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--dataset", required=True, metavar="DIR", help="labelled benchmark (ReSeDis or RefCOCO layout)")
-    p.add_argument("--split", metavar="NAME", help="keep one split of a RefCOCO-family / gRefCOCO dataset (train, val, "
-                   "testA, ... as in its refs file): its queries, and its images as the corpus (default: all splits)")
+    add_split_option(p)
     p.add_argument("--db", required=True, metavar="DB", help="the index to calibrate, a directory or an s3:// / gs:// "
                    "/ az:// URI (its manifest stores the result)")
     p.add_argument("--storage-option", type=storage_option, action="append", default=[], metavar="KEY=VALUE",

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from resedis.cli._args import STORAGE_OPTION_HELP, storage_option
+from resedis.cli._args import STORAGE_OPTION_HELP, add_split_option, storage_option
 from resedis.errors import ResedisError
 
 
@@ -23,8 +23,7 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("--dataset", required=True, metavar="DIR", help="benchmark folder (ReSeDis, RefCOCO-family or gRefCOCO layout)")
-    p.add_argument("--split", metavar="NAME", help="keep one split of a RefCOCO-family / gRefCOCO dataset (train, val, "
-                   "testA, ... as in its refs file): its queries, and its images as the corpus (default: all splits)")
+    add_split_option(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", metavar="P", help="predictions JSONL file (one line per query)")
     src.add_argument("--db", metavar="DB", help="search this index (a directory, or an s3:// / gs:// / az:// URI) "
