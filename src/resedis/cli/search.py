@@ -27,7 +27,8 @@ def register(subparsers) -> None:
         "--threshold",
         type=unit_float,
         metavar="T",
-        help="presence threshold on the score (default: the calibrated one stored in the index, else 0.1)",
+        help="presence threshold on the score (default: the calibrated one stored in the index, else the "
+        "model checkpoint's presence_threshold (a finetune output, demo), else 0.1; see resedis stats)",
     )
     p.add_argument("--json", action="store_true", help="print JSON lines, one hit each (the shared hit schema)")
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
