@@ -58,8 +58,9 @@ class Lock:
     """
 
     def __init__(self, db: Path | Location):
-        loc = db if isinstance(db, Location) else None
-        self.path = None if loc is not None and not loc.is_local else Path(loc.local_path if loc else db) / ".lock"
+        if isinstance(db, Location):
+            db = db.local_path  # None on an object store: no lock there
+        self.path = None if db is None else Path(db) / ".lock"
         self.fh = None
 
     def __enter__(self) -> Lock:
