@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,12 +36,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def build(work: Path, images: int, seed: int) -> Path:
     """The demo corpus and its ``demo`` index under ``work`` (both reused when present)."""
     from resedis.index import IndexConfig, build_index
@@ -56,40 +48,6 @@ def build(work: Path, images: int, seed: int) -> Path:
     db = work / "index.db"
     build_index(corpus / "images", db, config=IndexConfig(model="demo", device="cpu"))
     return db
-
-
-class Server:
-    """``resedis serve`` in a subprocess, ready once ``/healthz`` answers."""
-
-    def __init__(self, db: Path, log: Path):
-        import httpx
-
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        env.pop("RESEDIS_API_KEY", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "resedis", "serve", "--db", str(db), "--device", "cpu",
-                                      "--port", self.url.rsplit(":", 1)[1]],
-                                     stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"resedis serve exited with {self.proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise SystemExit(f"resedis serve did not start:\n{log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def _ground_truth_note(corpus: Path, query: str, hits: list[dict]) -> str:
@@ -163,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="resedis-shot-") as tmp:
         work = args.work or Path(tmp)
         db = build(work, args.images, args.seed)
-        server = Server(db, work / "serve.log")
+        from resedis.testing.serve import ServeProcess
+
+        try:
+            server = ServeProcess(db, work / "serve.log", "--device", "cpu")
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
         try:
             import httpx
 

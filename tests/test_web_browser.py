@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -48,48 +45,9 @@ import httpx  # noqa: E402
 from PIL import Image  # noqa: E402
 from servekit import tiny_sam  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from resedis.testing.serve import ServeProcess  # noqa: E402
 
 
-class Server:
-    """``resedis serve`` in a subprocess; ``url`` once ``/healthz`` answers."""
-
-    def __init__(self, db: Path, log: Path, *extra: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        env.pop("RESEDIS_API_KEY", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "resedis", "serve", "--db", str(db), "--port", str(self.port), *extra],
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"resedis serve exited with {self.proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"resedis serve did not start:\n{log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +75,7 @@ def corpus(tmp_path_factory, synth_small, tiny_models):
 
 @pytest.fixture(scope="module")
 def server(corpus):
-    srv = Server(corpus["db"], corpus["base"] / "serve.log", "--segmenter", f"sam:{corpus['sam']}")
+    srv = ServeProcess(corpus["db"], corpus["base"] / "serve.log", "--segmenter", f"sam:{corpus['sam']}")
     yield srv
     srv.stop()
 
@@ -339,7 +297,7 @@ def test_rle_decoder_matches_pycocotools(page, server):
 
 
 def test_page_with_api_key(browser, corpus):
-    srv = Server(corpus["db"], corpus["base"] / "serve-key.log", "--api-key", KEY)
+    srv = ServeProcess(corpus["db"], corpus["base"] / "serve-key.log", "--api-key", KEY)
     try:
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         page = context.new_page()
