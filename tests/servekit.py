@@ -1,4 +1,4 @@
-"""Helpers shared by the service tests (test_server_*.py, test_web_browser.py)."""
+"""Helpers shared by the service tests (tests/server/, test_web_browser.py)."""
 
 from __future__ import annotations
 

@@ -15,27 +15,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from resedis.server import ServeConfig, create_app  # noqa: E402
-from resedis.server.engine import SearchService  # noqa: E402
-from server_helpers import BASE, KEY, assert_healthy, build_corpus  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, synth_small, tiny_models):
-    return build_corpus(tmp_path_factory.mktemp("serve"), synth_small, tiny_models)
-
-
-@pytest.fixture(scope="module")
-def service(corpus):
-    svc = SearchService(corpus["db"])
-    yield svc
-    svc.close()
-
-
-@pytest.fixture(scope="module")
-def client(corpus, service):
-    app = create_app(ServeConfig(db=corpus["db"]), service=service)
-    with TestClient(app, base_url=BASE) as c:
-        yield c
+from server_helpers import BASE, KEY, assert_healthy  # noqa: E402
 
 
 # ---- concurrency -----------------------------------------------------------------

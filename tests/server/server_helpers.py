@@ -1,7 +1,6 @@
 """Shared setup for the service tests (test_server_api.py, test_server_security.py,
-test_server_ops.py): plain functions and constants, not fixtures; each test file keeps its
-own module-scoped ``corpus`` / ``service`` / ``client`` fixtures over :func:`build_corpus`,
-so a file's tests share one index and files do not share state.
+test_server_ops.py): constants and :func:`build_corpus`. The ``corpus`` / ``service`` /
+``client`` fixtures over it are in this folder's ``conftest.py``.
 
 No fake backend: every request goes through ``SearchService`` -> ``resedis.search.Searcher``
 over a LanceDB index built by ``resedis.index.build_index``.
