@@ -60,7 +60,7 @@ from typing import Any
 from tqdm import tqdm
 
 from resedis.io.coco import CocoInstances, load_coco_instances, read_json
-from resedis.io.refcoco import annotation_rle, check_split
+from resedis.io.refcoco import annotation_rle, check_split, sentence
 from resedis.masks import rle_to_box
 from resedis.types import Dataset, FormatError, ImageId, ImageInfo, Instance, Query, Skipped
 
@@ -153,15 +153,11 @@ def _ref_queries(src: str, ref: Any, coco: CocoInstances) -> tuple[list[Query], 
     category = _category(ref, [t[2] for t in targets], coco.categories)
     queries = []
     for j, sent in enumerate(sentences):
-        if not isinstance(sent, dict) or "sent_id" not in sent:
-            raise FormatError(src, f"sentences[{j}].sent_id", "missing")
-        text = sent.get("sent") or sent.get("raw")
-        if not isinstance(text, str) or not text.strip():
-            raise FormatError(src, f"sentences[{j}].sent", f"expected a non-empty string, got {text!r}")
+        query_id, expression = sentence(src, j, sent)
         instances = [Instance(image_id=info.id, rle=rle, box=rle_to_box(rle), instance_id=str(ann_id),
                               attributes={"category_id": cat, "ref_id": ref["ref_id"]})
                      for ann_id, rle, cat in targets]
-        queries.append(Query(query_id=str(sent["sent_id"]), expression=" ".join(text.split()), instances=instances,
+        queries.append(Query(query_id=query_id, expression=expression, instances=instances,
                              category=category, type=kind, sources=[src]))
     return queries, notes
 

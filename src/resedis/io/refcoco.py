@@ -62,6 +62,17 @@ def _load_refs(path: Path) -> list:
     return refs
 
 
+def sentence(src: str, j: int, sent: Any) -> tuple[str, str]:
+    """(query id, whitespace-collapsed expression) of ``sentences[j]`` of the ref at ``src``
+    (``sent``, falling back to ``raw``); FormatError naming the field when malformed."""
+    if not isinstance(sent, dict) or "sent_id" not in sent:
+        raise FormatError(src, f"sentences[{j}].sent_id", "missing")
+    text = sent.get("sent") or sent.get("raw")
+    if not isinstance(text, str) or not text.strip():
+        raise FormatError(src, f"sentences[{j}].sent", f"expected a non-empty string, got {text!r}")
+    return str(sent["sent_id"]), " ".join(text.split())
+
+
 def annotation_rle(src: str, ann_id: Any, info: ImageInfo, anns: dict, inst_src: str) -> tuple[dict, dict]:
     """(compressed RLE, annotation) of annotation ``ann_id``, which a ref at ``src`` lists for
     image ``info``; FormatError naming the refs entry (unknown id, other image) or the
@@ -105,14 +116,10 @@ def _ref_queries(src: str, ref: Any, anns: dict, images: dict[ImageId, ImageInfo
     category = categories.get(cat_id)
     queries = []
     for j, sent in enumerate(sentences):
-        if not isinstance(sent, dict) or "sent_id" not in sent:
-            raise FormatError(src, f"sentences[{j}].sent_id", "missing")
-        text = sent.get("sent") or sent.get("raw")
-        if not isinstance(text, str) or not text.strip():
-            raise FormatError(src, f"sentences[{j}].sent", f"expected a non-empty string, got {text!r}")
+        query_id, expression = sentence(src, j, sent)
         inst = Instance(image_id=info.id, rle=rle, box=rle_to_box(rle), instance_id=str(ref["ann_id"]),
                         attributes={"category_id": cat_id, "ref_id": ref["ref_id"]})
-        queries.append(Query(query_id=str(sent["sent_id"]), expression=" ".join(text.split()), instances=[inst],
+        queries.append(Query(query_id=query_id, expression=expression, instances=[inst],
                              category=category, type=None, sources=[src]))
     return queries
 
