@@ -27,3 +27,17 @@ def synth_small(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth_small")
     generate(out, images=24, queries=30, absent=4, seed=1234)
     return out
+
+
+@pytest.fixture(scope="module")
+def owlv2_spec(tiny_models) -> str:
+    """The model spec of the tiny OWLv2 checkpoint."""
+    return f"owlv2:{tiny_models['owlv2']}"
+
+
+@pytest.fixture(scope="module")
+def encoder(owlv2_spec):
+    """The tiny OWLv2 region encoder, loaded once per test module (CPU)."""
+    from resedis.models import load_model
+
+    return load_model(owlv2_spec, "cpu")

@@ -63,18 +63,6 @@ def plant_bad_files(folder: Path) -> dict[str, str]:
     return {"zero.jpg": "zero-byte", "truncated.jpg": "truncated", "text.png": "not an image", "bomb.png": "too large"}
 
 
-@pytest.fixture(scope="module")
-def owlv2_spec(tiny_models) -> str:
-    return f"owlv2:{tiny_models['owlv2']}"
-
-
-@pytest.fixture(scope="module")
-def encoder(owlv2_spec):
-    from resedis.models import load_model
-
-    return load_model(owlv2_spec, "cpu")
-
-
 def region_rows(index) -> dict:
     return index.read(REGIONS).to_pydict()
 

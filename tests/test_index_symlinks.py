@@ -87,11 +87,6 @@ def test_walk_excludes_a_database_reached_through_a_link(tmp_path):
     assert not any("db" in f for f in rels(walk_images(root, exclude=[root / "db"], follow_symlinks=True).files, root))
 
 
-@pytest.fixture(scope="module")
-def owlv2_spec(tiny_models) -> str:
-    return f"owlv2:{tiny_models['owlv2']}"
-
-
 def _indexed(db: Path) -> list[str]:
     return sorted(open_index(db).read("images", ["image_id"]).to_pydict()["image_id"])
 

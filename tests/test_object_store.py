@@ -74,18 +74,6 @@ def corpus(tmp_path_factory, synth_small):
 
 
 @pytest.fixture(scope="module")
-def owlv2_spec(tiny_models) -> str:
-    return f"owlv2:{tiny_models['owlv2']}"
-
-
-@pytest.fixture(scope="module")
-def encoder(owlv2_spec):
-    from resedis.models import load_model
-
-    return load_model(owlv2_spec, "cpu")
-
-
-@pytest.fixture(scope="module")
 def config(owlv2_spec) -> IndexConfig:
     return IndexConfig(model=owlv2_spec, batch_size=4, max_regions=20, vector_dtype="float32")
 
