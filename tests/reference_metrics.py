@@ -1,4 +1,4 @@
-"""A slow, obvious reference implementation of DESIGN.md §5, written separately from
+"""A slow, obvious reference implementation of docs/metrics.md, written separately from
 ``resedis.metrics`` to cross-check it. Plain loops over Python lists; only the pairwise
 IoU primitives of ``resedis.masks`` are shared. Not for production use.
 """

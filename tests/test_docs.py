@@ -36,3 +36,21 @@ def test_api_examples_run_in_order(tmp_path, monkeypatch):
     for i, block in enumerate(code):
         exec(compile(block, f"docs/api.md block {i + 1}", "exec"), namespace)
     assert (tmp_path / "shapes.db").is_dir() and (tmp_path / "preds.jsonl").is_file()
+
+
+def test_source_names_no_markdown_file_outside_the_repository():
+    # Docstrings and --help texts may point at docs; every .md they name must exist here
+    # (as a path from the repository root, under docs/, or as a file name in the repo).
+    root = DOCS.parent
+    known = {p.name for p in root.rglob("*.md") if ".git" not in p.parts}
+    missing = []
+    for path in sorted((root / "src").rglob("*.py")):
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for name in re.findall(r"[\w./-]*\w\.md\b", line):
+                name = name.lstrip("./")
+                if not ((root / name).is_file() or (DOCS / name).is_file() or name in known):
+                    missing.append(f"{path.relative_to(root)}:{lineno}: {name}")
+            # design notes kept outside the repository, cited without the .md
+            for name in re.findall(r"\bDESIGN\b|\bCONVENTIONS\b|\.\./shared\b", line):
+                missing.append(f"{path.relative_to(root)}:{lineno}: {name} (not in the repository)")
+    assert not missing, "\n" + "\n".join(missing)

@@ -1,4 +1,4 @@
-"""Metric suite (DESIGN.md §5): hand-computed tables + a randomized cross-check
+"""Metric suite (docs/metrics.md): hand-computed tables + a randomized cross-check
 against the slow reference in ``tests/reference_metrics.py``."""
 
 from __future__ import annotations

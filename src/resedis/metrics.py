@@ -1,4 +1,4 @@
-"""The ReSeDis metric suite (DESIGN.md §5) as pure numpy functions.
+"""The ReSeDis metric suite (defined in docs/metrics.md) as pure numpy functions.
 
 Inputs are :class:`resedis.types.Query` (targets: ``Instance`` with ``.box`` xyxy in
 absolute pixels and ``.rle`` a COCO RLE ``{"size": [H, W], "counts": str}``) and, per

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
         "eval",
         help="score predictions on a benchmark (metrics table, metrics.json, HTML report)",
         description=(
-            "Score predictions against a benchmark with the metric suite of DESIGN.md §5 and print "
+            "Score predictions against a benchmark with the metric suite of docs/metrics.md and print "
             "a metrics table. Predictions come from a JSONL file (--predictions) or are produced by "
             "searching an index for every query (--db). Prediction lines naming unknown queries or "
             "images are reported as warnings and excluded."

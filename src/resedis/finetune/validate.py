@@ -11,7 +11,7 @@ The predictions reproduce the index + search pipeline with the model's own forwa
    best detections over the corpus are the query's hits;
 3. ``present = score >= threshold``.
 
-Threshold fitting maximises the discovery F1 (DESIGN §5) over every distinct score:
+Threshold fitting maximises the discovery F1 (docs/metrics.md) over every distinct score:
 detections are matched once in score order; since greedy matching in sorted order is
 online, the decided set at any threshold is a prefix of that list and its TP count is
 a prefix sum, so each candidate costs O(1).
