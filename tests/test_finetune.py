@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,13 +88,13 @@ def test_box_losses_hand_values():
 def test_hungarian_assignment_is_optimal():
     rng = np.random.default_rng(3)
     w = LossWeights()
-    for trial in range(5):
+    for _trial in range(5):
         pred = torch.tensor(np.c_[rng.uniform(0.2, 0.8, (6, 2)), rng.uniform(0.05, 0.3, (6, 2))], dtype=torch.float32)
         gt = torch.tensor(np.c_[rng.uniform(0.2, 0.8, (3, 2)), rng.uniform(0.05, 0.3, (3, 2))], dtype=torch.float32)
         obj = torch.tensor(rng.normal(size=6), dtype=torch.float32)
         cls = torch.tensor(rng.uniform(size=(6, 3)), dtype=torch.float32)
 
-        def cost(p, k):  # the documented cost, one pair at a time
+        def cost(p, k, pred=pred, gt=gt, obj=obj, cls=cls):  # the documented cost, one pair at a time
             pb, gb = pred[p].tolist(), gt[k].tolist()
             l1 = sum(abs(x - y) for x, y in zip(pb, gb))
             giou = slow_giou(cxcywh_to_xyxy(pred[p]).tolist(), cxcywh_to_xyxy(gt[k]).tolist())

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-ImageId = Union[int, str]
+ImageId = int | str
 
 EXPRESSION_TYPES = ("attribute", "position", "relation", "absent")
 
