@@ -239,7 +239,7 @@ def evaluate_predictions(
         raise ValueError(f"iou must be one of {IOU_MODES}, got {iou!r}")
     kept, warnings, excluded = _check_results(dataset, results)
     queries = dataset.queries
-    per_query = metrics.per_query(queries, kept, iou=iou)
+    per_query = metrics.per_query(queries, kept, iou=iou, n_images=len(dataset.images))
     for q, row in zip(queries, per_query):
         row["type"] = q.type or UNKNOWN_TYPE
         row["category"] = q.category or NO_CATEGORY
@@ -286,5 +286,8 @@ def format_metrics_table(m: dict) -> str:
     )
     lines.append(
         f"                  FA_per_query {fmt(m.get('FA_per_query'))}  N_acc {fmt(m.get('N_acc'))}"
+    )
+    lines.append(
+        f"presence (SA-Co)  IL_MCC {fmt(m.get('IL_MCC'))}  pmF1 {fmt(m.get('pmF1'))}  cgF1 {fmt(m.get('cgF1'))}"
     )
     return "\n".join(lines)
