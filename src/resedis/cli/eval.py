@@ -9,6 +9,7 @@ from pathlib import Path
 
 from resedis.cli._args import STORAGE_OPTION_HELP, add_split_option, storage_option
 from resedis.errors import ResedisError
+from resedis.eval_protocols.suite import PROTOCOLS
 
 
 def register(subparsers) -> None:
@@ -33,6 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--json", metavar="M", help="write the metrics (plus breakdown and warnings) to this JSON file")
     p.add_argument("--report", metavar="R", help="write a self-contained HTML report to this file")
     p.add_argument("--iou", choices=("box", "mask"), default="box", help="IoU used for matching (default: box)")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="also score with a benchmark's own protocol: d3 (COCO mAP, description = category), "
+                   "grec (gRefCOCO F1_score / N_acc / T_acc), reir (ir@k over unique images), saco (SAM 3 "
+                   "IL_MCC / pmF1 / cgF1); default: the resedis suite only")
     p.add_argument(
         "--out-predictions",
         metavar="P",
@@ -84,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if args.storage_option and (args.db is None or not is_uri(args.db)):
         raise ResedisError("--storage-option applies to an object-store --db (s3://, gs://, az://)")
     if args.db is not None and (args.pipeline or args.masks or args.calibration_split is not None):
+        if args.protocol:
+            raise ResedisError("--protocol scores one set of predictions: use it with --predictions, or with --db "
+                               "without --pipeline/--masks/--calibration-split")
         from resedis.cli.pipelines import run_eval_pipelines
 
         return run_eval_pipelines(args, dataset, _default_out_predictions(args))
@@ -104,11 +112,17 @@ def run(args: argparse.Namespace) -> int:
             raise ResedisError(f"--predictions {args.predictions}: file not found")
         results = read_predictions(args.predictions)
 
-    ev = evaluate_predictions(dataset, results, iou=args.iou)
+    protocol = {"protocol": args.protocol} if args.protocol else {}
+    ev = evaluate_predictions(dataset, results, iou=args.iou, **protocol)
     for w in ev.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"dataset {dataset.name} · IoU {args.iou}")
     print(format_metrics_table(ev.metrics))
+    if ev.protocol_metrics:
+        from resedis.eval_protocols.suite import format_protocol_table
+
+        print(f"\nprotocol {ev.protocol}")
+        print(format_protocol_table(ev.protocol, ev.protocol_metrics))
 
     if args.json:
         path = Path(args.json)
