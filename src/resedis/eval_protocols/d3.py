@@ -10,13 +10,19 @@ descriptions, or the absence descriptions. Settings (``doc.md``, "Intra- or Inte
 
 * **inter-scenario**: every description is run on every image; all detections count;
 * **intra-scenario**: an image is only run with the descriptions of its own group; here
-  a detection counts only when its image is in the query's ``scope`` (set by the D³ loader).
+  detections and targets count only in the query's ``scope`` images (set by the D³ loader),
+  as the toolkit's ``convert2coco(is_group_separated=True)`` keeps only in-group links.
 
 Here each resedis query is one category, every corpus image a COCO image, every target
 instance a ground-truth box (area: its mask area when it has a mask, as in the released
 annotations, else the box area), and every detection (``present`` ignored: mAP ranks by
 score) a result ``{image_id, category_id, bbox [x, y, w, h], score}``. As in COCOeval, a
 category without ground truth (an absent query) is left out of the mean.
+
+One known difference: the toolkit's ``D3.convert2coco`` numbers annotations from 0, and
+pycocotools' COCOeval reads a matched ground-truth id of 0 as "unmatched", so in a ground
+truth written that way the first box can never be a true positive. resedis numbers from 1;
+on a file with an id-0 annotation the official figure can differ by that one box.
 """
 
 from __future__ import annotations
@@ -49,13 +55,15 @@ def _coco_inputs(
     }
     dets: list[dict] = []
     for c, q in enumerate(queries):
+        scope = set(q.scope) if setting == "intra" and q.scope is not None else None
         for inst in q.instances:
+            if scope is not None and inst.image_id not in scope:
+                continue  # intra: the pair (description, image) is not evaluated at all
             x0, y0, x1, y1 = inst.box
             area = float(mask_utils.area(inst.rle)) if inst.rle is not None else (x1 - x0) * (y1 - y0)
             gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": index[inst.image_id],
                                       "category_id": c + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
                                       "area": area, "iscrowd": 0})
-        scope = set(q.scope) if setting == "intra" and q.scope is not None else None
         for h in results.get(q.query_id, ()):
             if h.image_id not in index or (scope is not None and h.image_id not in scope):
                 continue
