@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from resedis.io.coco_results import is_coco_results_file, load_category_map, read_coco_results, write_coco_results
 from resedis.io.d3 import d3_pkl_folder, load_d3
 from resedis.io.grefcoco import grefs_files, load_grefcoco
 from resedis.io.predictions import read_predictions, write_predictions
@@ -127,4 +128,5 @@ def load_dataset(path: str | Path, *, format: str = "auto", strict: bool = True,
                       "ref_anno and sentences)")
 
 
-__all__ = ["load_dataset", "load_resedis", "load_refcoco", "load_grefcoco", "load_d3", "load_reircoco", "read_predictions", "write_predictions", "FORMATS"]
+__all__ = ["load_dataset", "load_resedis", "load_refcoco", "load_grefcoco", "load_d3", "load_reircoco", "read_predictions", "write_predictions",
+           "read_coco_results", "write_coco_results", "load_category_map", "is_coco_results_file", "FORMATS"]
