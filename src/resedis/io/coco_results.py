@@ -59,10 +59,9 @@ def load_category_map(path: str | Path) -> dict[str, str]:
     return {str(k): v for k, v in data.items()}
 
 
-def _number(src: str, rec: dict, key: str) -> float:
-    v = rec.get(key)
+def _number(src: str, field_name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise FormatError(src, key, f"expected a finite number, got {v!r}")
+        raise FormatError(src, field_name, f"expected a finite number, got {v!r}")
     return float(v)
 
 
@@ -92,7 +91,7 @@ def coco_to_results(
         bbox = rec["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4):
             raise FormatError(src, "bbox", f"expected [x, y, w, h], got {bbox!r}")
-        x, y, w, h = (_number(src, {"bbox": v}, "bbox") for v in bbox)
+        x, y, w, h = (_number(src, "bbox", v) for v in bbox)
         if w < 0 or h < 0:
             raise FormatError(src, "bbox", f"negative width or height in {bbox!r} (COCO boxes are [x, y, w, h])")
         hit = Hit.from_json({"image_id": rec["image_id"], "box": [x, y, x + w, y + h], "score": rec["score"],
