@@ -314,6 +314,27 @@ def test_finetune_lowers_loss(corpora, trained):
         assert set(h["metrics"]) >= {"BR@1@0.5", "mAP50", "N_acc"}
 
 
+def test_rejection_before_and_after_training_is_reported(corpora, trained):
+    from resedis.finetune import checkpoint as ckpt
+    from resedis.finetune.validate import validate_model
+    from resedis.io import load_dataset
+
+    out, result = trained
+    rej = result.rejection
+    assert rej == ckpt.read_meta(out)["rejection"]
+    assert rej["after"] == {k: result.history[-1]["metrics"][k] for k in ("N_acc", "IL_MCC")}
+    # "before" is the validation of the run's initial weights, recomputed independently
+    val_ds = load_dataset(corpora / "val")
+    ts_val = build_training_set(val_ds)
+    before, proc = build_scratch_owlv2(TINY, build_training_set(load_dataset(corpora / "train")).texts, seed=0)
+    cfg = FinetuneConfig()
+    m = validate_model(before, proc, ts_val, val_ds.queries, PixelStore(proc, ts_val.images), batch_size=4,
+                       top_k=cfg.top_k, max_regions=cfg.max_regions,
+                       max_length=int(before.config.text_config.max_position_embeddings))["metrics"]
+    assert rej["before"] == {"N_acc": m["N_acc"], "IL_MCC": m["IL_MCC"]}
+    assert rej["before"]["IL_MCC"] is not None and isinstance(rej["collapsed"], bool)
+
+
 def test_checkpoint_loads_and_matches_index_path(corpora, trained):
     from PIL import Image
     from transformers import Owlv2ForObjectDetection

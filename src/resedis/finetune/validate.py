@@ -196,7 +196,7 @@ def fit_presence_threshold(queries: Sequence[Query], results: Sequence[QueryResu
 
 
 #: metric keys recorded per epoch in the training history
-HISTORY_METRICS = ("BR@1@0.5", "IR@1", "mAP50", "F1", "precision", "recall", "N_acc", "FA_per_query")
+HISTORY_METRICS = ("BR@1@0.5", "IR@1", "mAP50", "F1", "precision", "recall", "N_acc", "FA_per_query", "IL_MCC", "cgF1")
 
 
 def validate_model(model, processor, ts, queries: Sequence[Query], pixels, *, batch_size: int, top_k: int,
@@ -225,5 +225,5 @@ def validate_model(model, processor, ts, queries: Sequence[Query], pixels, *, ba
     for r in results:
         for h in r.hits:
             h.present = h.score >= threshold
-    metrics = evaluate(list(queries), {r.query_id: r.hits for r in results})
+    metrics = evaluate(list(queries), {r.query_id: r.hits for r in results}, n_images=len(ts.images))
     return {"metrics": metrics, "presence_threshold": threshold, "threshold_fit": fit, "results": results}
