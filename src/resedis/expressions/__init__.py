@@ -1,0 +1,18 @@
+"""Referring expressions beyond a phrase: a parser (subject, positions, superlatives,
+relations, negation) and a pure-numpy compositional scorer over per-region logits.
+
+Core layer: imports nothing above ``resedis.errors`` / ``resedis.types``.
+"""
+
+from resedis.expressions.parser import (
+    Negation,
+    ParsedQuery,
+    Phrase,
+    Position,
+    Relation,
+    Superlative,
+    normalize,
+    parse,
+)
+
+__all__ = ["Negation", "ParsedQuery", "Phrase", "Position", "Relation", "Superlative", "normalize", "parse"]
