@@ -208,3 +208,6 @@ TRAILING_FILLER: frozenset[str] = frozenset({
 #: Conjunctions that, before a cue, attach that cue to the outer phrase ("X next to Y and
 #: left of Z": both relations are X's).
 CONJUNCTIONS: frozenset[str] = frozenset({"and", "but", "also", "while"})
+#: Ordinals that rank along a position ("second guy from left"); dropped from a phrase
+#: that has a position cue (the rank itself is not scored).
+ORDINAL_WORDS: frozenset[str] = frozenset({"first", "1st", "second", "2nd", "third", "3rd", "fourth", "4th"})

@@ -16,7 +16,8 @@ each word the LONGEST phrase of any table that starts there wins:
   ``and``. A relation whose anchor is a picture word (``left of the picture``) is an
   absolute position;
 * a **negation** marker (``not``, ``without``, ``that is not``, ``with no`` ...): the
-  words after it, parsed the same way, name what is excluded. When they hold only a
+  words after it, up to the next cue, name what is excluded (the cue after them belongs
+  to the outer phrase: "the man with no glasses next to the woman"). When they hold only a
   position or relation, that cue is negated (``not on the left``); when they are only
   colour/size words, the excluded phrase is those words + the subject's head noun
   (``the circle that is not red`` excludes ``red circle``). Cues inside an excluded
@@ -62,6 +63,7 @@ from resedis.expressions.grammar import (
     NON_CUE_WORDS,
     NOT_A_CUE_AFTER,
     NOT_A_CUE_BEFORE,
+    ORDINAL_WORDS,
     POSITION_PHRASES,
     POSTMODIFIER_WORDS,
     RELATION_PHRASES,
@@ -279,7 +281,9 @@ def _image_phrase(draft: _Draft) -> bool:
     return len(words) == 1 and words[0] in IMAGE_WORDS and not draft.has_cues
 
 
-def _segment(tokens: list[str], i: int, *, nested: bool, stop_at_and: bool = False) -> tuple[_Draft, int]:
+def _segment(
+    tokens: list[str], i: int, *, nested: bool, stop_at_and: bool = False, stop_at_cue: bool = False
+) -> tuple[_Draft, int]:
     draft = _Draft()
     n = len(tokens)
     while i < n:
@@ -308,6 +312,8 @@ def _segment(tokens: list[str], i: int, *, nested: bool, stop_at_and: bool = Fal
                 i += 1
             continue
         category, kind, length = hit
+        if stop_at_cue and draft.words:
+            return draft, i
         cue_words = " ".join(tokens[i:i + length])
         i += length
         if category == "superlative":
@@ -359,7 +365,7 @@ def _relation(tokens: list[str], i: int, kind: str, cue_words: str, draft: _Draf
 
 
 def _negation(tokens: list[str], i: int, cue_words: str, draft: _Draft) -> int:
-    inner, j = _segment(tokens, i, nested=True)
+    inner, j = _segment(tokens, i, nested=True, stop_at_cue=True)
     if inner.words:
         draft.negations.append((inner.words, cue_words))
     elif inner.positions or inner.relations or inner.superlatives:
@@ -406,7 +412,8 @@ def _finish(draft: _Draft, *, text: str) -> ParsedQuery:
              else Phrase(text, text.split()[-1]))
     if draft.failed:
         return ParsedQuery(text, whole, fallback=True)
-    subject = _phrase(draft.words)
+    words = [w for w in draft.words if w not in ORDINAL_WORDS] if draft.positions else draft.words
+    subject = _phrase(words)
     fallback = subject is None
     subject = subject or whole
     negations = []
