@@ -4,6 +4,7 @@ relations, negation) and a pure-numpy compositional scorer over per-region logit
 Core layer: imports nothing above ``resedis.errors`` / ``resedis.types``.
 """
 
+from resedis.expressions.compose import Composition, FusionWeights, compose, compose_image
 from resedis.expressions.parser import (
     Negation,
     ParsedQuery,
@@ -15,4 +16,4 @@ from resedis.expressions.parser import (
     parse,
 )
 
-__all__ = ["Negation", "ParsedQuery", "Phrase", "Position", "Relation", "Superlative", "normalize", "parse"]
+__all__ = ["Composition", "FusionWeights", "compose", "compose_image", "Negation", "ParsedQuery", "Phrase", "Position", "Relation", "Superlative", "normalize", "parse"]
