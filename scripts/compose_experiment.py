@@ -2,7 +2,7 @@
 
 Every query is parsed; every phrase (subject, anchors, excluded phrases) and every whole
 expression is scored by the same exact inner product over all regions (the detector's
-own logits); the parse's cues are combined with :func:`resedis.expressions.compose`, and
+own logits); the parse's cues are combined with :func:`resedis.expressions.compose` (resedis.expressions.fusion), and
 the combined logits are ranked exactly like ``Searcher`` ranks (per-image NMS, top-k),
 then scored per expression type with ``resedis.eval.evaluate_predictions``. Printed:
 BR@1@0.5 per type, N_acc and FA/query, for today's search (the whole expression) and
@@ -32,23 +32,31 @@ from resedis.types import Hit, QueryResult
 TYPES = ("attribute", "position", "relation", "absent")
 
 
+def form(p) -> str:
+    """The parse's form: superlative / relation kind / position / attribute."""
+    if p.superlatives:
+        return "superlative"
+    if p.relations:
+        return p.relations[0].kind
+    return "position" if p.positions else "attribute"
+
+
 def settings() -> dict[str, tuple[str, FusionWeights | None]]:
     base = FusionWeights()
-    out: dict[str, tuple[str, FusionWeights | None]] = {"today (whole expression)": ("whole", None)}
-    out["phrase, no cues"] = ("phrase", dataclasses.replace(base, position=0, position_relative=0, size=0,
-                                                             relation=0, negation=0))
-    out["phrase + default cues"] = ("phrase", base)
-    out["whole + default cues"] = ("whole", base)
-    for scale in (0.5, 2.0, 4.0):
-        out[f"whole + cues x{scale:g}"] = ("whole", dataclasses.replace(
-            base, position=base.position * scale, position_relative=base.position_relative * scale,
-            size=base.size * scale, relation=base.relation * scale))
-    out["whole + abs position only"] = ("whole", dataclasses.replace(base, position_relative=0))
-    out["whole + rel position only"] = ("whole", dataclasses.replace(base, position=0, position_relative=1.0))
-    out["phrase + cues x2"] = ("phrase", dataclasses.replace(
-        base, position=2 * base.position, position_relative=2 * base.position_relative, size=2 * base.size,
-        relation=2 * base.relation))
-    return out
+
+    def scaled(k: float) -> FusionWeights:
+        return dataclasses.replace(base, position=base.position * k, position_relative=base.position_relative * k,
+                                   size=base.size * k, relation=base.relation * k)
+
+    return {
+        "today (whole expression)": ("whole", None),
+        "phrase, no cues": ("phrase", scaled(0.0)),
+        "phrase + default cues": ("phrase", base),
+        "whole + default cues": ("whole", base),
+        "whole + cues x0.5": ("whole", scaled(0.5)),
+        "whole + cues x2": ("whole", scaled(2.0)),
+        "whole + abs position only": ("whole", dataclasses.replace(base, position_relative=0)),
+    }
 
 
 def main() -> None:
@@ -103,6 +111,11 @@ def main() -> None:
         n_acc = ev.metrics["N_acc"]
         row += f"{ev.metrics['BR@1@0.5']:8.3f}{(n_acc if n_acc is not None else float('nan')):8.3f}"
         row += f"{ev.metrics['FA_per_query']:7.2f}"
+        forms: dict[str, list[float]] = {}
+        for p, rec in zip(parsed, ev.per_query):
+            if not rec["absent"] and form(p) not in ("attribute", "position"):
+                forms.setdefault(form(p), []).append(rec["BR@1@0.5"])
+        row += "   " + " ".join(f"{k} {np.mean(v):.2f}/{len(v)}" for k, v in sorted(forms.items()))
         print(row, flush=True)
 
 

@@ -4,7 +4,7 @@ relations, negation) and a pure-numpy compositional scorer over per-region logit
 Core layer: imports nothing above ``resedis.errors`` / ``resedis.types``.
 """
 
-from resedis.expressions.compose import Composition, FusionWeights, compose, compose_image
+from resedis.expressions.fusion import Composition, FusionWeights, compose, compose_image
 from resedis.expressions.parser import (
     Negation,
     ParsedQuery,

@@ -82,12 +82,18 @@ BLOCK_PAIRS = 1 << 21
 @dataclass(frozen=True)
 class FusionWeights:
     """Weights and shape constants of the fusion (see the module docstring). The first
-    five are the cue weights a calibration fits; all fields are in :meth:`to_vector`."""
+    five are the cue weights a calibration fits; all fields are in :meth:`to_vector`.
 
-    position: float = 1.0
-    position_relative: float = 0.5
-    size: float = 1.0
-    relation: float = 1.0
+    Defaults: the cue weights are the best of a x0.5 / x1 / x2 / x4 scan of (1, 0.5, 1, 1)
+    on one synthetic corpus (seed 4242, demo model, the whole expression's logit as the
+    subject term; ``scripts/compose_experiment.py``); ``negation`` is not measured yet
+    (the synthetic grammar has no negation). The shape constants follow the synthetic
+    grammar's definitions (thirds, ``near_fraction`` = its NEXT_TO_FRACTION)."""
+
+    position: float = 2.0
+    position_relative: float = 1.0
+    size: float = 2.0
+    relation: float = 2.0
     negation: float = 2.0
     position_temperature: float = 0.05
     rank_temperature: float = 0.05

@@ -10,8 +10,8 @@ import pytest
 
 from resedis.errors import ResedisError
 from resedis.expressions import parse
-from resedis.expressions import compose as compose_module
-from resedis.expressions.compose import FusionWeights, compose, compose_image
+from resedis.expressions import fusion as fusion_module
+from resedis.expressions.fusion import FusionWeights, compose, compose_image
 
 
 def sig(x):
@@ -144,7 +144,7 @@ def test_matches_slow_reference(expression, seed, monkeypatch):
     parsed = parse(expression)
     logits = {t: rng.normal(0, 3, len(boxes)) for t in parsed.phrases()}
     w = FusionWeights(position=0.7, position_relative=0.6, size=1.3, relation=0.9, negation=1.7, rank_prior=0.3)
-    monkeypatch.setattr(compose_module, "BLOCK_PAIRS", 60)  # several blocks of images
+    monkeypatch.setattr(fusion_module, "BLOCK_PAIRS", 60)  # several blocks of images
     got = compose(parsed, logits, boxes, region_image, sizes, w)
     want = reference(parsed, logits, boxes, region_image, sizes, w)
     np.testing.assert_allclose(got.logits, want, rtol=1e-9, atol=1e-9)
@@ -202,7 +202,7 @@ def test_relation_ignores_the_candidate_itself_and_heavy_overlaps():
     boxes = np.array([[10, 40, 30, 60], [11, 40, 31, 60]], float)  # IoU 0.9: the same object twice
     logits = {"the circle": np.array([3.0, 3.0]), "the square": np.array([5.0, 5.0])}
     out = compose_image(parsed, logits, boxes, 100, 100)
-    floor = math.log(0.05 / 1.05)
+    floor = FusionWeights().relation * math.log(0.05 / 1.05)
     np.testing.assert_allclose(out.explain["relation left_of: the square"], [floor, floor])
 
 
