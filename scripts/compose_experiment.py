@@ -26,7 +26,13 @@ import numpy as np
 from resedis.eval import evaluate_predictions
 from resedis.expressions import FusionWeights, compose, parse
 from resedis.io import load_dataset
-from resedis.search import Searcher, map_dataset_images, normalize_text, rank_hits, sigmoid
+from resedis.search import (
+    Searcher,
+    map_dataset_images,
+    normalize_text,
+    rank_hits,
+    sigmoid,
+)
 from resedis.types import Hit, QueryResult
 
 TYPES = ("attribute", "position", "relation", "absent")

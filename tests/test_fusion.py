@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from resedis.errors import ResedisError
-from resedis.expressions import parse
-from resedis.expressions import fusion as fusion_module
-from resedis.expressions.fusion import FusionWeights, compose, compose_image
+from resedis.expressions import FusionWeights, compose, compose_image, parse
+from resedis.expressions import geometry as geometry_module
 
 
 def sig(x):
@@ -57,25 +56,31 @@ def ref_region(parsed, logits, boxes, region_image, sizes, w, i):
         num = sum(p[j] * sig((measure(i) - measure(j)) / temperature) for j in others) + w.rank_prior / 2
         return math.log(num / (sum(p[j] for j in others) + w.rank_prior))
 
+    def far(sides, k2):  # how far centre k2 lies from the side(s)
+        return sum(FAR[k](u[k2], v[k2]) for k in sides)
+
+    def area(k2):
+        return (boxes[k2][2] - boxes[k2][0]) * (boxes[k2][3] - boxes[k2][1])
+
+    def height(k2):
+        return boxes[k2][3] - boxes[k2][1]
+
     z = s
     for cue in parsed.positions:
         sg = -1 if cue.negated else 1
-        m = min(MARGIN[k](u[i], v[i]) for k in cue.kind.split("_"))
-        far = lambda k2: sum(FAR[k](u[k2], v[k2]) for k in cue.kind.split("_"))  # noqa: E731
+        sides = cue.kind.split("_")
+        m = min(MARGIN[k](u[i], v[i]) for k in sides)
         z += w.position * math.log(sig(sg * m / w.position_temperature))
-        z += w.position_relative * rank(lambda k2: -sg * far(k2), w.rank_temperature)
+        z += w.position_relative * rank(lambda k2, sg=sg, sides=sides: -sg * far(sides, k2), w.rank_temperature)
     for cue in parsed.superlatives:
         sg = (1 if cue.kind in ("largest", "tallest") else -1) * (-1 if cue.negated else 1)
-        if cue.kind in ("largest", "smallest"):
-            meas = lambda k2: sg * math.log((boxes[k2][2] - boxes[k2][0]) * (boxes[k2][3] - boxes[k2][1]))  # noqa: E731
-        else:
-            meas = lambda k2: sg * math.log(boxes[k2][3] - boxes[k2][1])  # noqa: E731
-        z += w.size * rank(meas, w.size_temperature)
+        size = area if cue.kind in ("largest", "smallest") else height
+        z += w.size * rank(lambda k2, sg=sg, size=size: sg * math.log(size(k2)), w.size_temperature)
     for cue in parsed.relations:
         anchors = [reference(a, logits, boxes, region_image, sizes, w) for a in cue.anchors]
         cands = [j for j in others if iou(boxes[i], boxes[j]) < w.overlap_max]
         if cue.kind == "between":
-            def side(a, coord, sign):
+            def side(a, coord, sign, anchors=anchors, cands=cands):
                 return max([sig(anchors[a][j]) * sig(sign * (coord[i] - coord[j]) / w.position_temperature)
                             for j in cands], default=0.0)
             m = max(side(0, u, 1) * side(1, u, -1), side(0, u, -1) * side(1, u, 1),
@@ -144,7 +149,7 @@ def test_matches_slow_reference(expression, seed, monkeypatch):
     parsed = parse(expression)
     logits = {t: rng.normal(0, 3, len(boxes)) for t in parsed.phrases()}
     w = FusionWeights(position=0.7, position_relative=0.6, size=1.3, relation=0.9, negation=1.7, rank_prior=0.3)
-    monkeypatch.setattr(fusion_module, "BLOCK_PAIRS", 60)  # several blocks of images
+    monkeypatch.setattr(geometry_module, "BLOCK_PAIRS", 60)  # several blocks of images
     got = compose(parsed, logits, boxes, region_image, sizes, w)
     want = reference(parsed, logits, boxes, region_image, sizes, w)
     np.testing.assert_allclose(got.logits, want, rtol=1e-9, atol=1e-9)

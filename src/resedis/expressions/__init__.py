@@ -4,16 +4,19 @@ relations, negation) and a pure-numpy compositional scorer over per-region logit
 Core layer: imports nothing above ``resedis.errors`` / ``resedis.types``.
 """
 
-from resedis.expressions.fusion import Composition, FusionWeights, compose, compose_image
-from resedis.expressions.parser import (
+from resedis.expressions.fusion import Composition, compose, compose_image
+from resedis.expressions.parser import normalize, parse
+from resedis.expressions.query import (
     Negation,
     ParsedQuery,
     Phrase,
     Position,
     Relation,
     Superlative,
-    normalize,
-    parse,
 )
+from resedis.expressions.weights import FusionWeights
 
-__all__ = ["Composition", "FusionWeights", "compose", "compose_image", "Negation", "ParsedQuery", "Phrase", "Position", "Relation", "Superlative", "normalize", "parse"]
+__all__ = [
+    "Composition", "FusionWeights", "Negation", "ParsedQuery", "Phrase", "Position", "Relation", "Superlative",
+    "compose", "compose_image", "normalize", "parse",
+]

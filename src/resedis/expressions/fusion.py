@@ -67,78 +67,22 @@ subject logit, ``p_i = σ(s_i)``. All weights and constants are fields of
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, field, fields
-from typing import Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from resedis.errors import ResedisError
-from resedis.expressions.parser import ParsedQuery, Position, Relation, Superlative
-
-#: Pairwise work per block of images: (images in block) x M x M entries at most.
-BLOCK_PAIRS = 1 << 21
-
-
-@dataclass(frozen=True)
-class FusionWeights:
-    """Weights and shape constants of the fusion (see the module docstring). The first
-    five are the cue weights a calibration fits; all fields are in :meth:`to_vector`.
-
-    Defaults: the cue weights are the best of a x0.5 / x1 / x2 / x4 scan of (1, 0.5, 1, 1)
-    on one synthetic corpus (seed 4242, demo model, the whole expression's logit as the
-    subject term; ``scripts/compose_experiment.py``); ``negation`` is not measured yet
-    (the synthetic grammar has no negation). The shape constants follow the synthetic
-    grammar's definitions (thirds, ``near_fraction`` = its NEXT_TO_FRACTION)."""
-
-    position: float = 2.0
-    position_relative: float = 1.0
-    size: float = 2.0
-    relation: float = 2.0
-    negation: float = 2.0
-    position_temperature: float = 0.05
-    rank_temperature: float = 0.05
-    rank_prior: float = 0.5
-    size_temperature: float = 0.1
-    relation_temperature: float = 0.1
-    relation_slack: float = 0.1
-    relation_floor: float = 0.05
-    near_fraction: float = 0.05
-    near_temperature: float = 0.02
-    overlap_max: float = 0.5
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not np.isfinite(value):
-                raise ResedisError(f"FusionWeights.{f.name} must be a finite number, got {value!r}")
-        positive = ("position_temperature", "rank_temperature", "size_temperature", "relation_temperature",
-                    "near_temperature", "relation_floor")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ResedisError(f"FusionWeights.{name} must be > 0, got {getattr(self, name)}")
-        if self.rank_prior < 0:
-            raise ResedisError(f"FusionWeights.rank_prior must be >= 0, got {self.rank_prior}")
-        if not 0 < self.overlap_max <= 1:
-            raise ResedisError(f"FusionWeights.overlap_max must be in (0, 1], got {self.overlap_max}")
-
-    @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
-    def to_vector(self) -> np.ndarray:
-        """All fields as a float64 vector, in :meth:`names` order (for fitting)."""
-        return np.asarray(astuple(self), dtype=np.float64)
-
-    @classmethod
-    def from_vector(cls, vector) -> FusionWeights:
-        v = np.asarray(vector, dtype=np.float64).ravel()
-        if v.shape != (len(cls.names()),):
-            raise ResedisError(f"FusionWeights.from_vector: expected {len(cls.names())} values "
-                               f"({', '.join(cls.names())}), got {v.size}")
-        return cls(*map(float, v))
-
-    def to_json(self) -> dict:
-        return dict(zip(self.names(), map(float, self.to_vector())))
+from resedis.expressions.geometry import (
+    AXES,
+    RegionLayout,
+    log_sigmoid,
+    position_margin,
+    relation_geometry,
+    sigmoid,
+)
+from resedis.expressions.query import ParsedQuery, Position, Relation, Superlative
+from resedis.expressions.weights import FusionWeights
 
 
 @dataclass
@@ -151,73 +95,13 @@ class Composition:
     explain: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _sigmoid(x):
-    return np.exp(-np.logaddexp(0.0, -np.asarray(x, dtype=np.float64)))
-
-
-def _log_sigmoid(x):
-    return -np.logaddexp(0.0, -np.asarray(x, dtype=np.float64))
-
-
-class _Layout:
-    """Per-region geometry and images grouped into padded blocks ``(B, M)`` of region
-    indices (-1 = padding) for the pairwise terms."""
-
-    def __init__(self, boxes: np.ndarray, region_image: np.ndarray, image_sizes: np.ndarray):
-        self.n = len(boxes)
-        b = boxes
-        wh = image_sizes[region_image]
-        self.W, self.H = wh[:, 0], wh[:, 1]
-        self.x0, self.y0, self.x1, self.y1 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-        self.w = np.maximum(self.x1 - self.x0, 1e-6)
-        self.h = np.maximum(self.y1 - self.y0, 1e-6)
-        self.area = self.w * self.h
-        self.u = (self.x0 + self.x1) / 2 / self.W
-        self.v = (self.y0 + self.y1) / 2 / self.H
-        self.blocks: list[np.ndarray] = []
-        if self.n == 0:
-            return
-        order = np.argsort(region_image, kind="stable")
-        img = region_image[order]
-        starts = np.flatnonzero(np.r_[True, img[1:] != img[:-1]])
-        counts = np.diff(np.r_[starts, self.n])
-        m = int(counts.max())
-        per_block = max(1, BLOCK_PAIRS // (m * m))
-        for k in range(0, len(starts), per_block):
-            c, s = counts[k:k + per_block], starts[k:k + per_block]
-            rows = np.repeat(np.arange(len(c)), c)
-            cols = np.arange(int(c.sum())) - np.repeat(s - s[0], c)
-            idx = np.full((len(c), int(c.max())), -1, dtype=np.int64)
-            idx[rows, cols] = order[s[0]:s[0] + int(c.sum())]
-            self.blocks.append(idx)
-
-    def pairwise(self, fn) -> np.ndarray:
-        """``fn(g, valid_pairs) -> (B, M)`` per block, where ``g(x)`` gathers a per-region
-        array into ``(B, M)``; returns the (R,) result."""
-        out = np.zeros(self.n)
-        for idx in self.blocks:
-            ok = idx >= 0
-            safe = np.where(ok, idx, 0)
-            pairs = ok[:, :, None] & ok[:, None, :] & ~np.eye(idx.shape[1], dtype=bool)[None]
-            res = fn(lambda x: np.asarray(x)[safe], pairs)
-            out[idx[ok]] = res[ok]
-        return out
-
-    def iou(self, g) -> np.ndarray:
-        x0, y0, x1, y1, a = g(self.x0), g(self.y0), g(self.x1), g(self.y1), g(self.area)
-        iw = np.clip(np.minimum(x1[:, :, None], x1[:, None, :]) - np.maximum(x0[:, :, None], x0[:, None, :]), 0, None)
-        ih = np.clip(np.minimum(y1[:, :, None], y1[:, None, :]) - np.maximum(y0[:, :, None], y0[:, None, :]), 0, None)
-        inter = iw * ih
-        return inter / np.maximum(a[:, :, None] + a[:, None, :] - inter, 1e-12)
-
-
-def _rank(layout: _Layout, p: np.ndarray, d_fn, temperature: float, kappa: float) -> np.ndarray:
+def _rank(layout: RegionLayout, p: np.ndarray, d_fn, temperature: float, kappa: float) -> np.ndarray:
     """log ρ_i: the soft share of the other regions' subject mass that region i beats."""
 
     def fn(g, pairs):
         d = d_fn(g)  # (B, M, M): d[i, j]
         pj = np.where(pairs, g(p)[:, None, :], 0.0)
-        num = (pj * _sigmoid(d / temperature)).sum(-1) + kappa / 2
+        num = (pj * sigmoid(d / temperature)).sum(-1) + kappa / 2
         den = pj.sum(-1) + kappa
         return np.log(np.maximum(num, 1e-300) / np.maximum(den, 1e-300))
 
@@ -229,30 +113,14 @@ def _diff(a: np.ndarray):
     return lambda g: g(a)[:, None, :] - g(a)[:, :, None]
 
 
-_AXES = {"left": ("u", 1.0), "right": ("u", -1.0), "top": ("v", 1.0), "bottom": ("v", -1.0)}
-_SIDE_MARGINS = {
-    "left": lambda u, v: 1 / 3 - u,
-    "right": lambda u, v: u - 2 / 3,
-    "top": lambda u, v: 1 / 3 - v,
-    "bottom": lambda u, v: v - 2 / 3,
-    "middle": lambda u, v: np.minimum(1 / 6 - np.abs(u - 0.5), 1 / 6 - np.abs(v - 0.5)),
-}
-
-
-def position_margin(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """The absolute-position margin ``m_k`` (> 0 inside the region of ``kind``; a corner
-    is the min of its two sides' margins)."""
-    return np.minimum.reduce([_SIDE_MARGINS[k](u, v) for k in kind.split("_")])
-
-
-def _position(layout: _Layout, cue: Position, p: np.ndarray, w: FusionWeights) -> np.ndarray:
+def _position(layout: RegionLayout, cue: Position, p: np.ndarray, w: FusionWeights) -> np.ndarray:
     sign = -1.0 if cue.negated else 1.0
-    absolute = _log_sigmoid(sign * position_margin(cue.kind, layout.u, layout.v) / w.position_temperature)
+    absolute = log_sigmoid(sign * position_margin(cue.kind, layout.u, layout.v) / w.position_temperature)
     if cue.kind == "middle":
         e = np.maximum(np.abs(layout.u - 0.5), np.abs(layout.v - 0.5))
         d = _diff(e)
     else:
-        terms = [(getattr(layout, _AXES[k][0]), _AXES[k][1]) for k in cue.kind.split("_")]
+        terms = [(getattr(layout, AXES[k][0]), AXES[k][1]) for k in cue.kind.split("_")]
         total = sum(s * a for a, s in terms)  # larger = further from the side(s)
         d = _diff(total)
     relative = (_rank(layout, p, lambda g: sign * d(g), w.rank_temperature, w.rank_prior)
@@ -260,7 +128,7 @@ def _position(layout: _Layout, cue: Position, p: np.ndarray, w: FusionWeights) -
     return w.position * absolute + w.position_relative * relative
 
 
-def _superlative(layout: _Layout, cue: Superlative, p: np.ndarray, w: FusionWeights) -> np.ndarray:
+def _superlative(layout: RegionLayout, cue: Superlative, p: np.ndarray, w: FusionWeights) -> np.ndarray:
     measure = np.log(layout.area if cue.kind in ("largest", "smallest") else layout.h)
     sign = 1.0 if cue.kind in ("largest", "tallest") else -1.0
     sign = -sign if cue.negated else sign
@@ -268,43 +136,8 @@ def _superlative(layout: _Layout, cue: Superlative, p: np.ndarray, w: FusionWeig
     return w.size * _rank(layout, p, lambda g: -sign * d(g), w.size_temperature, w.rank_prior)
 
 
-def relation_geometry(kind: str, layout: _Layout, g, weights: FusionWeights) -> np.ndarray:
-    """``g_r(i, j)`` for a block: (B, M, M), i = candidate (axis 1), j = anchor (axis 2)."""
-    w = weights
-    x0i, y0i, x1i, y1i = (g(a)[:, :, None] for a in (layout.x0, layout.y0, layout.x1, layout.y1))
-    x0j, y0j, x1j, y1j = (g(a)[:, None, :] for a in (layout.x0, layout.y0, layout.x1, layout.y1))
-    wi, wj = g(layout.w)[:, :, None], g(layout.w)[:, None, :]
-    hi, hj = g(layout.h)[:, :, None], g(layout.h)[:, None, :]
-    ww, hh = (wi + wj) / 2, (hi + hj) / 2
-    cyi, cyj = (y0i + y1i) / 2, (y0j + y1j) / 2
-    side = np.minimum(g(layout.W), g(layout.H))[:, :, None]
-    gap = np.maximum(np.maximum(np.maximum(x0j - x1i, x0i - x1j), np.maximum(y0j - y1i, y0i - y1j)), 0.0)
-    near = _sigmoid((w.near_fraction - gap / side) / w.near_temperature)
-    ox = np.clip((np.minimum(x1i, x1j) - np.maximum(x0i, x0j)) / np.minimum(wi, wj), 0.0, 1.0)
-    tau, beta = w.relation_temperature, w.relation_slack
-    if kind == "left_of":
-        return _sigmoid(((x0j - x1i) / ww + beta) / tau)
-    if kind == "right_of":
-        return _sigmoid(((x0i - x1j) / ww + beta) / tau)
-    if kind == "above":
-        return _sigmoid(((y0j - y1i) / hh + beta) / tau)
-    if kind == "below":
-        return _sigmoid(((y0i - y1j) / hh + beta) / tau)
-    if kind == "next_to":
-        return near
-    if kind == "on_top_of":
-        return _sigmoid((cyj - cyi) / (hh * tau)) * ox * near
-    if kind == "under":
-        return _sigmoid((cyi - cyj) / (hh * tau)) * ox
-    if kind == "behind":
-        return _sigmoid((y1j - y1i) / (hh * tau)) * near
-    if kind == "in_front_of":
-        return _sigmoid((y1i - y1j) / (hh * tau)) * near
-    raise ResedisError(f"unknown relation kind {kind!r}")
-
-
-def _relation(layout: _Layout, cue: Relation, anchors: list[np.ndarray], w: FusionWeights) -> np.ndarray:
-    qs = [_sigmoid(t) for t in anchors]
+def _relation(layout: RegionLayout, cue: Relation, anchors: list[np.ndarray], w: FusionWeights) -> np.ndarray:
+    qs = [sigmoid(t) for t in anchors]
 
     def fn(g, pairs):
         allowed = pairs & (layout.iou(g) < w.overlap_max)
@@ -314,7 +147,7 @@ def _relation(layout: _Layout, cue: Relation, anchors: list[np.ndarray], w: Fusi
         sides = {}
         for name, coord, sign in (("L", layout.u, 1), ("R", layout.u, -1), ("T", layout.v, 1), ("B", layout.v, -1)):
             x = g(coord)
-            geo = _sigmoid(sign * (x[:, :, None] - x[:, None, :]) / w.position_temperature)
+            geo = sigmoid(sign * (x[:, :, None] - x[:, None, :]) / w.position_temperature)
             for k, q in enumerate(qs):
                 sides[name, k] = np.where(allowed, g(q)[:, None, :] * geo, 0.0).max(-1)
         return np.maximum.reduce([sides["L", 0] * sides["R", 1], sides["R", 0] * sides["L", 1],
@@ -334,7 +167,7 @@ def _label(explain: dict, label: str) -> str:
     return out
 
 
-def _compose(parsed: ParsedQuery, logits: Mapping[str, np.ndarray], layout: _Layout, w: FusionWeights) -> Composition:
+def _compose(parsed: ParsedQuery, logits: Mapping[str, np.ndarray], layout: RegionLayout, w: FusionWeights) -> Composition:
     def phrase_logits(text: str) -> np.ndarray:
         if text not in logits:
             raise ResedisError(f"no logits for the phrase {text!r}; pass one (R,) array for every text of "
@@ -345,7 +178,7 @@ def _compose(parsed: ParsedQuery, logits: Mapping[str, np.ndarray], layout: _Lay
         return arr
 
     s = phrase_logits(parsed.subject.text)
-    p = _sigmoid(s)
+    p = sigmoid(s)
     explain: dict[str, np.ndarray] = {"subject": s}
     for cue in parsed.positions:
         explain[_label(explain, f"position {'not ' if cue.negated else ''}{cue.kind}")] = _position(layout, cue, p, w)
@@ -356,7 +189,7 @@ def _compose(parsed: ParsedQuery, logits: Mapping[str, np.ndarray], layout: _Lay
         label = f"relation {'not ' if cue.negated else ''}{cue.kind}: " + " & ".join(a.subject.text for a in cue.anchors)
         explain[_label(explain, label)] = _relation(layout, cue, anchors, w)
     for neg in parsed.negations:
-        explain[_label(explain, f"not: {neg.phrase.text}")] = -w.negation * _sigmoid(phrase_logits(neg.phrase.text))
+        explain[_label(explain, f"not: {neg.phrase.text}")] = -w.negation * sigmoid(phrase_logits(neg.phrase.text))
     total = np.sum(list(explain.values()), axis=0) if len(explain) > 1 else s.copy()
     return Composition(total, explain)
 
@@ -388,7 +221,7 @@ def compose(
                            f"got {ri.min()} .. {ri.max()}")
     if np.any(sizes <= 0):
         raise ResedisError("image_sizes must be positive (W, H) pixels")
-    return _compose(parsed, logits, _Layout(b, ri.astype(np.int64), sizes), weights)
+    return _compose(parsed, logits, RegionLayout(b, ri.astype(np.int64), sizes), weights)
 
 
 def compose_image(

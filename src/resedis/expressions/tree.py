@@ -10,7 +10,7 @@ relation     left_of  ("left of")
 
 from __future__ import annotations
 
-from resedis.expressions.parser import ParsedQuery, Phrase
+from resedis.expressions.query import ParsedQuery, Phrase
 
 
 def _phrase(p: Phrase) -> str:
