@@ -121,6 +121,7 @@ TABLE = [
     ("on the left", S("on the left", "left", pos=("left",), fallback=True)),
     ("left of", S("left of", "left", fallback=True)),
     ("the one on the right", S("the one", "one", pos=("right",))),
+    ("not red", S("not red", "red", ("not",), fallback=True, **{"not": ("red",)})),
 ]
 
 
@@ -233,6 +234,19 @@ def test_phrases_lists_every_text_to_encode_once():
 def test_plain_phrase_is_not_a_fallback_and_keeps_the_whole_text():
     q = parse("a red mug")
     assert (q.subject.text, q.subject.head, q.subject.attributes, q.has_cues, q.fallback) == ("a red mug", "mug", ("red",), False, False)
+
+
+def test_never_crashes_on_word_salad_of_cue_words():
+    words = ("the a left right of to on top bottom not without no and , between next near above below behind in "
+             "front largest bigger dog cat red tank hat over middle aged picture that is which side corner far").split()
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        tokens = list(rng.choice(words, size=int(rng.integers(1, 9))))
+        if set(tokens) == {","}:
+            continue
+        q = parse(" ".join(tokens))
+        assert q.subject.head and all(t.strip() for t in q.phrases())
+        assert all(a.subject.text for r in q.relations for a in r.anchors)
 
 
 @pytest.mark.parametrize("bad", ["", "   ", ",,", 3])

@@ -288,12 +288,14 @@ def _phrase(words: list[str]) -> Phrase | None:
     return Phrase(" ".join(words), pre[-1], tuple(pre[:-1]), determiner, " ".join(content[cut:]))
 
 
-def _excluded(words: list[str], subject: Phrase) -> Phrase | None:
+def _excluded(words: list[str], subject: Phrase | None) -> Phrase | None:
+    """The excluded phrase; colour/size words alone take the subject's head noun (when
+    there is a subject)."""
     phrase = _phrase(words)
     if phrase is None:
         return None
     bare = [w for w in words if w not in DETERMINERS and w != ","]
-    if bare and all(w in COLOR_WORDS or w in SIZE_WORDS for w in bare):
+    if subject is not None and bare and all(w in COLOR_WORDS or w in SIZE_WORDS for w in bare):
         return Phrase(" ".join(bare + [subject.head]), subject.head, tuple(bare))
     return phrase
 
@@ -306,15 +308,13 @@ def _finish(draft: _Draft, *, text: str) -> ParsedQuery:
         return ParsedQuery(text, whole, fallback=True)
     words = [w for w in draft.words if w not in ORDINAL_WORDS] if draft.positions else draft.words
     subject = _phrase(words)
-    fallback = subject is None
-    subject = subject or whole
     negations = []
-    for words, cue_words in draft.negations:
-        excluded = _excluded(words, subject)
+    for negated_words, cue_words in draft.negations:
+        excluded = _excluded(negated_words, subject)
         if excluded is not None:
             negations.append(Negation(excluded, cue_words))
-    return ParsedQuery(text, subject, tuple(draft.positions), tuple(draft.superlatives), tuple(draft.relations),
-                       tuple(negations), fallback)
+    return ParsedQuery(text, subject or whole, tuple(draft.positions), tuple(draft.superlatives), tuple(draft.relations),
+                       tuple(negations), fallback=subject is None)
 
 
 def parse(expression: str) -> ParsedQuery:
