@@ -237,8 +237,7 @@ def test_plain_phrase_is_not_a_fallback_and_keeps_the_whole_text():
 
 
 def test_never_crashes_on_word_salad_of_cue_words():
-    words = ("the a left right of to on top bottom not without no and , between next near above below behind in "
-             "front largest bigger dog cat red tank hat over middle aged picture that is which side corner far").split()
+    words = ["the", "a", "left", "right", "of", "to", "on", "top", "bottom", "not", "without", "no", "and", ",", "between", "next", "near", "above", "below", "behind", "in", "front", "largest", "bigger", "dog", "cat", "red", "tank", "hat", "over", "middle", "aged", "picture", "that", "is", "which", "side", "corner", "far"]
     rng = np.random.default_rng(0)
     for _ in range(3000):
         tokens = list(rng.choice(words, size=int(rng.integers(1, 9))))
