@@ -90,35 +90,47 @@ def position_margin(kind: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def relation_geometry(kind: str, layout: RegionLayout, g, weights: FusionWeights) -> np.ndarray:
-    """``g_r(i, j)`` for a block: (B, M, M), i = candidate (axis 1), j = anchor (axis 2)."""
+    """``g_r(i, j)`` for a block: (B, M, M), i = candidate (axis 1), j = anchor (axis 2).
+    Only the terms ``kind`` needs are computed."""
     w = weights
     x0i, y0i, x1i, y1i = (g(a)[:, :, None] for a in (layout.x0, layout.y0, layout.x1, layout.y1))
     x0j, y0j, x1j, y1j = (g(a)[:, None, :] for a in (layout.x0, layout.y0, layout.x1, layout.y1))
-    wi, wj = g(layout.w)[:, :, None], g(layout.w)[:, None, :]
-    hi, hj = g(layout.h)[:, :, None], g(layout.h)[:, None, :]
-    ww, hh = (wi + wj) / 2, (hi + hj) / 2
-    cyi, cyj = (y0i + y1i) / 2, (y0j + y1j) / 2
-    side = np.minimum(g(layout.W), g(layout.H))[:, :, None]
-    gap = np.maximum(np.maximum(np.maximum(x0j - x1i, x0i - x1j), np.maximum(y0j - y1i, y0i - y1j)), 0.0)
-    near = sigmoid((w.near_fraction - gap / side) / w.near_temperature)
-    ox = np.clip((np.minimum(x1i, x1j) - np.maximum(x0i, x0j)) / np.minimum(wi, wj), 0.0, 1.0)
     tau, beta = w.relation_temperature, w.relation_slack
+
+    def mean_width():
+        return (g(layout.w)[:, :, None] + g(layout.w)[:, None, :]) / 2
+
+    def mean_height():
+        return (g(layout.h)[:, :, None] + g(layout.h)[:, None, :]) / 2
+
+    def near():
+        side = np.minimum(g(layout.W), g(layout.H))[:, :, None]
+        gap = np.maximum(np.maximum(np.maximum(x0j - x1i, x0i - x1j), np.maximum(y0j - y1i, y0i - y1j)), 0.0)
+        return sigmoid((w.near_fraction - gap / side) / w.near_temperature)
+
+    def overlap_x():
+        narrower = np.minimum(g(layout.w)[:, :, None], g(layout.w)[:, None, :])
+        return np.clip((np.minimum(x1i, x1j) - np.maximum(x0i, x0j)) / narrower, 0.0, 1.0)
+
+    def centre_above():  # σ((cy_j - cy_i) / (ĥτ)): i's centre above j's
+        return sigmoid(((y0j + y1j) - (y0i + y1i)) / 2 / (mean_height() * tau))
+
     if kind == "left_of":
-        return sigmoid(((x0j - x1i) / ww + beta) / tau)
+        return sigmoid(((x0j - x1i) / mean_width() + beta) / tau)
     if kind == "right_of":
-        return sigmoid(((x0i - x1j) / ww + beta) / tau)
+        return sigmoid(((x0i - x1j) / mean_width() + beta) / tau)
     if kind == "above":
-        return sigmoid(((y0j - y1i) / hh + beta) / tau)
+        return sigmoid(((y0j - y1i) / mean_height() + beta) / tau)
     if kind == "below":
-        return sigmoid(((y0i - y1j) / hh + beta) / tau)
+        return sigmoid(((y0i - y1j) / mean_height() + beta) / tau)
     if kind == "next_to":
-        return near
+        return near()
     if kind == "on_top_of":
-        return sigmoid((cyj - cyi) / (hh * tau)) * ox * near
+        return centre_above() * overlap_x() * near()
     if kind == "under":
-        return sigmoid((cyi - cyj) / (hh * tau)) * ox
+        return (1.0 - centre_above()) * overlap_x()
     if kind == "behind":
-        return sigmoid((y1j - y1i) / (hh * tau)) * near
+        return sigmoid((y1j - y1i) / (mean_height() * tau)) * near()
     if kind == "in_front_of":
-        return sigmoid((y1i - y1j) / (hh * tau)) * near
+        return sigmoid((y1i - y1j) / (mean_height() * tau)) * near()
     raise ResedisError(f"unknown relation kind {kind!r}")
