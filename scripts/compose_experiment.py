@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("dataset", help="corpus folder written by `resedis synth`")
     ap.add_argument("db", help="its index built by `resedis index --model demo`")
     ap.add_argument("--top-k", type=int, default=20)
+    ap.add_argument("--settings", nargs="*", metavar="NAME", help="run only these settings (names as printed)")
     args = ap.parse_args()
 
     dataset = load_dataset(args.dataset)
@@ -93,6 +94,8 @@ def main() -> None:
     header = f"{'setting':34s}" + "".join(f"{t:>11s}" for t in TYPES[:3]) + f"{'all':>8s}{'N_acc':>8s}{'FA/q':>7s}"
     print(header)
     for name, (subject, weights) in settings().items():
+        if args.settings and name not in args.settings:
+            continue
         results = []
         for q, p in zip(queries, parsed):
             whole = column[normalize_text(q.expression)]
@@ -122,6 +125,8 @@ def main() -> None:
             if not rec["absent"] and form(p) not in ("attribute", "position"):
                 forms.setdefault(form(p), []).append(rec["BR@1@0.5"])
         row += "   " + " ".join(f"{k} {np.mean(v):.2f}/{len(v)}" for k, v in sorted(forms.items()))
+        pos = by_type.get("position", {})
+        row += f"   position IR@1 {pos.get('IR@1', float('nan')):.2f} Pr@50 {pos.get('Pr@50', float('nan')):.2f}"
         print(row, flush=True)
 
 
