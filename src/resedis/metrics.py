@@ -29,7 +29,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from resedis.masks import box_iou, mask_iou
+from resedis.boxes import box_iou
+from resedis.masks import mask_iou
 from resedis.types import Hit, ImageId, Query, QueryResult
 
 IOU_MODES = ("box", "mask")

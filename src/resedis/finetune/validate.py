@@ -27,7 +27,7 @@ import torch
 
 from resedis.finetune.data import TrainImage
 from resedis.finetune.detector import image_features, is_owlv2, text_embeddings
-from resedis.masks import box_iou, nms
+from resedis.boxes import box_iou, nms
 from resedis.types import Hit, Query, QueryResult
 
 

@@ -37,7 +37,7 @@ from PIL import Image
 
 from resedis.errors import ResedisError
 from resedis.models.resolver import load_checkpoint
-from resedis.masks import nms
+from resedis.boxes import nms
 from resedis.types import ImageRegions
 
 logger = logging.getLogger(__name__)

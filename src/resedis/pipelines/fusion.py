@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from resedis.errors import ResedisError
-from resedis.masks import box_iou, nms
+from resedis.boxes import box_iou, nms
 
 
 @dataclass(frozen=True)
