@@ -38,7 +38,7 @@ from resedis.types import Dataset, Hit, ImageId, QueryResult
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NMS_IOU = 0.5
+HIT_NMS_IOU = 0.5
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -111,7 +111,7 @@ class Searcher:
         device: str | None = None,
         model: str | None = None,
         encoder=None,
-        nms_iou: float = DEFAULT_NMS_IOU,
+        nms_iou: float = HIT_NMS_IOU,
         ann=None,
         use_ann: bool = True,
         matrix_dtype: str = DEFAULT_MATRIX_DTYPE,

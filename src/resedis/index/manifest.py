@@ -37,7 +37,8 @@ def canonical_spec(spec: str) -> str:
     return str(_canonical(parse_spec(spec)))
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (the manifest's ``created``/``updated``)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -61,8 +62,8 @@ class Manifest:
     nms_iou: float
     schema_version: int = SCHEMA_VERSION
     package_version: str = ""
-    created: str = field(default_factory=_now)
-    updated: str = field(default_factory=_now)
+    created: str = field(default_factory=utc_now)
+    updated: str = field(default_factory=utc_now)
     calibration: dict | None = None
     weights_fingerprint: str | None = None
     extra: dict = field(default_factory=dict)
@@ -137,6 +138,16 @@ def write_manifest(db: str | os.PathLike | Location, manifest: Manifest) -> None
     object store one PUT of the whole object (see :meth:`Location.write_atomic`)."""
     text = json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n"
     as_location(db).write_atomic(MANIFEST_NAME, text.encode("utf-8"))
+
+
+def record_index_cost(manifest: Manifest, seconds: float, images: int) -> None:
+    """Fold one indexing run (``seconds`` of wall time for ``images`` images) into the
+    manifest's running mean ``index_seconds_per_image`` (``index_timed_images`` counts);
+    the ablation table reports it as the region index's cost per image."""
+    n_old = int(manifest.extra.get("index_timed_images", 0))
+    old = float(manifest.extra.get("index_seconds_per_image", 0.0))
+    manifest.extra["index_timed_images"] = n_old + images
+    manifest.extra["index_seconds_per_image"] = (old * n_old + seconds) / (n_old + images)
 
 
 def check_model(manifest: Manifest, requested: str | None, db: Path) -> None:
