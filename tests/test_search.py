@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resedis.boxes import nms
 from resedis.cli import main as cli_main
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index import IndexConfig, build_index, open_index
 from resedis.index.manifest import read_manifest, write_manifest
 from resedis.io.images import open_rgb
-from resedis.boxes import nms
 from resedis.search import DEFAULT_THRESHOLD, Searcher, load_corpus, rank_hits, search_dataset, sigmoid
 
 QUERIES = ["red circle", "a small blue square on the left", "the largest yellow star", "green triangle"]

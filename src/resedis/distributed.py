@@ -205,20 +205,18 @@ def index_with_ray(
         )
     if not Path(images_dir).expanduser().is_dir():
         raise ResedisError(f"{images_dir}: no such image folder")
-    session = IndexingSession(images_dir, db, config, storage_options=storage_options, progress=progress)
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    if gpus_per_worker is None:
-        gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    device = config.device or ("cuda" if gpus_per_worker > 0 else "cpu")
-
-    with session:
+    with IndexingSession(images_dir, db, config, storage_options=storage_options, progress=progress) as session:
         sides = stored_side_tables(session.index)
         if sides:
             raise ResedisError(
                 f"{session.location}: this index stores {', '.join(sides)} (side tables the Ray workers cannot "
                 "keep in step: they need the decoded images on the driver); update it without --ray"
             )
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if gpus_per_worker is None:
+            gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        device = config.device or ("cuda" if gpus_per_worker > 0 else "cpu")
         session.start(None)
         tasks = session.tasks
         m = session.index.manifest

@@ -28,10 +28,10 @@ from typing import Sequence
 
 import numpy as np
 
+from resedis.boxes import box_iou
 from resedis.errors import ResedisError
 from resedis.index.manifest import check_model, check_weights, read_manifest
 from resedis.index.store import Index, open_index
-from resedis.boxes import box_iou
 from resedis.search_corpus import DEFAULT_MATRIX_DTYPE, Corpus, check_matrix_dtype, load_corpus  # noqa: F401 (re-exported)
 from resedis.thresholds import DEFAULT_THRESHOLD, ThresholdChoice, index_threshold  # noqa: F401 (DEFAULT_THRESHOLD re-exported)
 from resedis.types import Dataset, Hit, ImageId, QueryResult

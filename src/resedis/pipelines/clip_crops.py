@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from resedis.errors import ResedisError
-from resedis.pipelines.base import Pipeline, QueryText, finalize_hits
 from resedis.index.crops import CROPS, CropCorpus, check_crop_weights, load_crops
+from resedis.pipelines.base import Pipeline, QueryText, finalize_hits
 from resedis.pipelines.proposals import embed_gt_crops
 from resedis.pipelines.relations import DEFAULT_WEIGHT, ParsedExpression, cue_priors, parse_expression
 from resedis.types import Dataset, Hit, QueryResult
