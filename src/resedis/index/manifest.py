@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.fs import Location, as_location
+from resedis.models.fingerprint import encoder_weights_dir, short_fingerprint, spec_weights_dir, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,6 @@ def check_weights(manifest: Manifest, encoder, db) -> None:
     old region vectors score nonsense, and an update would mix two models. A manifest without
     a fingerprint (built before they were recorded) is "unknown": allowed, with one log
     warning per index and process."""
-    from resedis.models.fingerprint import encoder_weights_dir, short_fingerprint, spec_weights_dir, weights_fingerprint
-
     stored = manifest.weights_fingerprint
     if stored is None:
         warn_once(
