@@ -163,3 +163,18 @@ def test_index_methods_replace_table_handles(tmp_path, encoder):
     version = index.table_version(IMAGES)
     index.images_table.update(where="image_id = 'img00.png'", values={"mtime_ns": 1})
     assert index.table_version(IMAGES) > version
+
+
+def test_session_without_an_encoder_needs_every_images_regions(tmp_path, encoder):
+    from resedis.errors import ResedisError
+    from resedis.io.images import load_image
+
+    draw_images(tmp_path / "images", 1)
+    config = IndexConfig()
+    with pytest.raises(ResedisError, match="precomputed regions"):
+        with IndexingSession(tmp_path / "images", tmp_path / "db", config, encoder=encoder, progress=False) as session:
+            session.start(None)
+            (task,) = session.tasks
+            session.add(task, load_image(task.path, config.max_pixels))  # no regions
+            session.end_encoding()
+    assert open_index(tmp_path / "db").stats()["images"] == 0

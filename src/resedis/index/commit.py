@@ -173,6 +173,9 @@ class BatchWriter:
         the model (not the images) is broken: then the error is raised."""
         if self.backend is None:  # encoded elsewhere
             regions, self.regions = self.regions, []
+            if len(regions) != len(self.images):
+                raise ResedisError(f"{len(self.images)} images to commit but {len(regions)} precomputed regions; "
+                                   "with no region encoder, every image needs its regions")
             return regions, []
         m = self.index.manifest
         images = [li.image for _, li in self.images]
