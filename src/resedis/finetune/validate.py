@@ -25,9 +25,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from resedis.boxes import box_iou, nms
 from resedis.finetune.data import TrainImage
 from resedis.finetune.detector import image_features, is_owlv2, text_embeddings
-from resedis.masks import box_iou, nms
 from resedis.types import Hit, Query, QueryResult
 
 
