@@ -23,7 +23,8 @@ from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index import IndexConfig, build_index, open_index
 from resedis.index.store import MANIFEST_NAME, REGIONS, SCHEMA_VERSION, column_matrix, regions_schema
 from resedis.io.images import load_image
-from resedis.search import Searcher, load_corpus
+from resedis.search import Searcher
+from resedis.search_corpus import load_corpus
 
 BOMB_LIMIT = 20_000  # max_pixels used with the planted over-large image (200 x 200 = 40000 px)
 

@@ -22,7 +22,8 @@ import torch
 from resedis.cli import main as cli_main
 from resedis.errors import ResedisError
 from resedis.index import IndexConfig, build_index, open_index
-from resedis.search import Searcher, load_corpus
+from resedis.search import Searcher
+from resedis.search_corpus import load_corpus
 
 QUERIES = ["red circle", "a small blue square on the left", "the largest yellow star"]
 

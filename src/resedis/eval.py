@@ -1,6 +1,6 @@
 """Score a predictions file against a benchmark: metrics, breakdowns, warnings.
 
-The metric definitions live in :mod:`resedis.metrics` (DESIGN.md §5); this module
+The metric definitions live in :mod:`resedis.metrics` (``docs/metrics.md``); this module
 checks predictions against the dataset, drops what cannot be scored (and says so),
 and slices the queries by expression type, category and target layout.
 
@@ -23,11 +23,8 @@ from typing import Any, Sequence
 from resedis import metrics
 from resedis.io.coco import check_rle
 from resedis.masks import normalize_segmentation
-from resedis.metrics import IOU_MODES, METRIC_KEYS
+from resedis.metrics import IOU_MODES
 from resedis.types import EXPRESSION_TYPES, Dataset, FormatError, Hit, ImageId, ImageInfo, Query, QueryResult
-
-# Keys every metrics dict carries at the top level (DESIGN.md §5, API.md).
-REQUIRED_METRIC_KEYS = METRIC_KEYS
 
 # Bucket names for queries that carry no type / category.
 UNKNOWN_TYPE = "(untyped)"

@@ -113,7 +113,7 @@ def same_hits(naive: list, index_hits: list) -> tuple[bool, float, float]:
     return same, box_diff, score_diff
 
 
-def _link_images(src: list[Path], dst_dir: Path) -> None:
+def link_images(src: list[Path], dst_dir: Path) -> None:
     dst_dir.mkdir(parents=True, exist_ok=True)
     for path in src:
         target = dst_dir / path.name
@@ -150,7 +150,7 @@ def run_naive_vs_index(workdir: Path, model_spec: str, config: NaiveBenchConfig,
     )
     rows = []
     for n in steps:
-        _link_images(all_paths[:n], grow_dir)
+        link_images(all_paths[:n], grow_dir)
         t0 = time.perf_counter()
         build_index(grow_dir, db, config=index_config, progress=progress, encoder=backend)
         build_s = time.perf_counter() - t0
