@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from resedis.baselines import random_predictions
-from resedis.cli._args import add_split_option, given, non_negative_int, param_default
+from resedis.cli.options import add_split_option, given, non_negative_int, param_default
 from resedis.io import FORMATS, load_dataset
 
 

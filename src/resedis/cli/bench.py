@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from resedis.bench import DEFAULT_REPORT, BenchPlan, full_plan
-from resedis.cli._args import field_default, param_default, positive_int
+from resedis.cli.options import field_default, param_default, positive_int
 from resedis.errors import ResedisError
 
 

@@ -9,7 +9,7 @@ import math
 import sys
 
 from resedis.calibrate import calibrate_pipeline
-from resedis.cli._args import (
+from resedis.cli.options import (
     STORAGE_OPTION_HELP,
     add_split_option,
     field_default,

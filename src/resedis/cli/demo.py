@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from resedis.cli import main as cli_main
-from resedis.cli._args import field_default, given
+from resedis.cli.options import field_default, given
 from resedis.demo import DEFAULT_OUT, MIN_IMAGES, DemoConfig
 from resedis.server.config import ServeConfig
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from resedis.cli._args import (
+from resedis.cli.options import (
     STORAGE_OPTION_HELP,
     add_split_option,
     field_default,

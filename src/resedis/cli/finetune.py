@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resedis.cli._args import given, non_negative_int, positive_float, positive_int
+from resedis.cli.options import given, non_negative_int, positive_float, positive_int
 
 
 def register(subparsers) -> None:

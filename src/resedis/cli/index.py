@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from resedis.cli._args import (
+from resedis.cli.options import (
     STORAGE_OPTION_HELP,
     field_default,
     float_in,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resedis.cli._args import field_default, given, positive_int
+from resedis.cli.options import field_default, given, positive_int
 from resedis.pipelines import (
     DEFAULT_PIPELINE,
     PIPELINES,

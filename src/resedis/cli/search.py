@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resedis.cli._args import (
+from resedis.cli.options import (
     STORAGE_OPTION_HELP,
     add_threads_option,
     field_default,

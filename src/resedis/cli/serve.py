@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from resedis.cli._args import add_threads_option, field_default, given
+from resedis.cli.options import add_threads_option, field_default, given
 from resedis.index.manifest import MANIFEST_NAME
 from resedis.pipelines import PipelineConfig
 from resedis.server.config import LOG_LEVELS, ServeConfig
@@ -83,11 +83,11 @@ def run(args: argparse.Namespace) -> int:
     from resedis.server.config import is_loopback
 
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
-    if not args.allow_index_roots and not (args.db / MANIFEST_NAME).exists():
-        raise ResedisError(f"{args.db}: not a resedis index; build one with: resedis index IMAGES_DIR --db {args.db}")
     options = ("host", "port", "allow_index_roots", "device", "index_model", "segmenter", "grounder", "max_top_k",
                "max_query_chars", "threads", "log_level")
-    config = ServeConfig(db=args.db, api_key=api_key, **given(args, *options))
+    config = ServeConfig(db=args.db, api_key=api_key, **given(args, *options))  # checks the values
+    if not config.indexing_enabled and not (args.db / MANIFEST_NAME).exists():
+        raise ResedisError(f"{args.db}: not a resedis index; build one with: resedis index IMAGES_DIR --db {args.db}")
     app = create_app(config)  # applies config.threads process-wide before loading the models
 
     import uvicorn

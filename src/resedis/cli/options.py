@@ -1,4 +1,5 @@
-"""argparse ``type=`` validators shared by the commands: a bad value is a one-line usage error."""
+"""What the commands share: argparse ``type=`` validators (a bad value is a one-line usage error),
+the common options, and :func:`given` (only the options the user set reach the library)."""
 
 from __future__ import annotations
 
