@@ -84,7 +84,7 @@ def test_float32_matrix_gives_identical_logits_and_hits(index16, owl):
     a = Searcher(index16, encoder=owl, matrix_dtype="stored", use_ann=False).search_many(QUERIES, top_k=15)
     b = Searcher(index16, encoder=owl, matrix_dtype="float32", use_ann=False).search_many(QUERIES, top_k=15)
     for ra, rb in zip(a, b):
-        assert len(ra.hits) == 15
+        assert 0 < len(ra.hits) <= 15  # fewer when the tiny model's other boxes have no visible area
         assert [(h.image_id, h.box, h.score, h.present) for h in ra.hits] == [
             (h.image_id, h.box, h.score, h.present) for h in rb.hits
         ]
