@@ -101,7 +101,7 @@ def segmenter_key(segmenter) -> str:
     from resedis.index.manifest import canonical_spec
 
     spec = canonical_spec(segmenter.spec)
-    rule = getattr(segmenter, "mask_rule", None)
+    rule = segmenter.mask_rule
     return f"{spec}#{rule}" if rule else spec
 
 

@@ -25,12 +25,15 @@ from resedis.index.manifest import (
     _now,
     canonical_spec,
     check_model,
+    check_preprocessing,
     check_weights,
     read_manifest,
     write_manifest,
 )
 from resedis.index.store import Index, in_list
 from resedis.io.images import DEFAULT_MAX_PIXELS, ImageWalk, pixel_limit, walk_images
+from resedis.models.base import require_kind
+from resedis.models.spec import REGION_TEXT
 from resedis.types import Skipped
 
 log = logging.getLogger(__name__)
@@ -175,6 +178,7 @@ def _open_for_write(db: Location, root: Path, config: IndexConfig, encoder):
         check_model(manifest, config.model, db)
         if encoder is not None:
             check_model(manifest, encoder.spec, db)
+            check_preprocessing(manifest, encoder, db)
         if Path(manifest.root) != root:
             raise ResedisError(
                 f"{db}: this index holds images of {manifest.root}, not {root}; "
@@ -223,8 +227,7 @@ def _load_backend(spec: str, device: str | None):
     from resedis.models import load_model
 
     backend = load_model(spec, device)
-    if not hasattr(backend, "encode_images") or not hasattr(backend, "vector_dim"):
-        raise ResedisError(f"model {spec} is not a region encoder; index needs an OWL-family model (owlv2:, owlvit:)")
+    require_kind(backend, REGION_TEXT, "index needs an OWL-family model (owlv2:, owlvit:)")
     return backend
 
 
@@ -291,6 +294,7 @@ def build_index(
         with pixel_limit(config.max_pixels):
             if jobs and backend is None:
                 backend = _load_backend(index.manifest.model, config.device)
+                check_preprocessing(index.manifest, backend, db_path)
                 if backend.vector_dim != index.manifest.vector_dim:
                     raise IndexMismatchError(
                         f"{db_path}: index vectors have dimension {index.manifest.vector_dim}, "

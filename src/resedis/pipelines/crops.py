@@ -39,6 +39,7 @@ import pyarrow as pa
 from PIL import Image
 
 from resedis.errors import IndexMismatchError, ResedisError
+from resedis.models.spec import IMAGE_TEXT, canonical_spec
 from resedis.pipelines.proposals import DEFAULT_YOLO_WEIGHTS, load_yolo, owl_boxes, yolo_boxes
 from resedis.types import ImageRegions
 
@@ -97,7 +98,7 @@ class CropWriter:
             from resedis.models import load_model
 
             encoder = load_model(config.model, device)
-        if not hasattr(encoder, "encode_crops"):
+        if encoder.kind != IMAGE_TEXT:
             raise ResedisError(f"{config.model}: not an image-text encoder (clip:/siglip:)")
         self.encoder = encoder
         self._yolo = None
@@ -109,9 +110,7 @@ class CropWriter:
 
     def _check_manifest(self) -> None:
         from resedis.index.manifest import read_manifest, write_manifest
-        from resedis.models import _canonical, parse_spec
-
-        spec = str(_canonical(parse_spec(self.encoder.spec)))
+        spec = canonical_spec(self.encoder.spec)
         entry = {"model": spec, "embed_dim": int(self.encoder.embed_dim), "proposals": self.config.proposals,
                  "max_crops": self.config.max_crops}
         manifest = read_manifest(self.index.path)
@@ -214,7 +213,7 @@ def check_crop_weights(manifest, encoder, db) -> None:
     without ``weights_fingerprint`` (older index) is "unknown": allowed, with one log warning
     per index and process."""
     from resedis.index.manifest import warn_once
-    from resedis.models.fingerprint import encoder_fingerprint, encoder_weights_dir, short_fingerprint
+    from resedis.models.fingerprint import encoder_weights_dir, fingerprint_matches, short_fingerprint
 
     entry = manifest.extra.get(MANIFEST_KEY) or {}
     stored, spec = entry.get("weights_fingerprint"), entry.get("model")
@@ -226,8 +225,8 @@ def check_crop_weights(manifest, encoder, db) -> None:
             "now; if those weights changed since, re-embed the crops into a new --db", db, spec,
         )
         return
-    current = encoder_fingerprint(encoder)
-    if stored != current:
+    matches, current = fingerprint_matches(stored, encoder_weights_dir(encoder))  # v1 or v2
+    if not matches:
         raise IndexMismatchError(
             f"{db}: its crops were embedded with crop model {spec!r} weights {short_fingerprint(stored)}, but "
             f"the weights at {encoder_weights_dir(encoder)} are now {short_fingerprint(current)}: they were "

@@ -28,32 +28,12 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from resedis.testing.tiny_extra import EXTRA_BUILDERS
+from resedis.testing.words import vocabulary_words
+
 SEED = 0
 MAX_TEXT_TOKENS = 16
 HIDDEN = 32
-
-# Words the tests and the synthetic grammar use; merged with resedis.synth.VOCABULARY when present.
-BASE_WORDS = """
-a an the of on in at to and with without near next beside above below under over between
-left right top bottom middle center centre upper lower front back behind
-small smaller smallest large larger largest big bigger biggest tiny medium huge
-red green blue yellow orange purple pink brown black white gray grey cyan magenta
-circle square triangle rectangle star ellipse hexagon diamond cross shape object thing
-one two three first second third other photo picture image cat dog car person
-""".split()
-
-
-def vocabulary_words() -> list[str]:
-    """BASE_WORDS plus the synthetic grammar's vocabulary (when that module is available)."""
-    words = list(BASE_WORDS)
-    try:
-        from resedis.synth import VOCABULARY  # type: ignore[attr-defined]
-
-        words += [str(w) for w in VOCABULARY]
-    except ImportError:
-        pass
-    return sorted({w.lower() for w in words if w.strip()})
-
 
 def build_word_tokenizer(words: Iterable[str], *, max_length: int = MAX_TEXT_TOKENS, vocab_size: int = 400):
     """A byte-pair tokenizer trained locally on ``words`` (plus the ASCII alphabet).
@@ -212,17 +192,8 @@ TINY_BUILDERS: dict[str, Callable[[Path, object], None]] = {
     "owlvit": lambda out, tok: _make_owl(out, tok, "owlvit"),
     "clip": _make_clip,
     "siglip": _make_siglip,
+    **EXTRA_BUILDERS,  # pipeline backends (Grounding DINO, SAM): one call writes every family
 }
-
-
-def _register_extra_builders() -> None:
-    # Pipeline backends (Grounding DINO, SAM) live in tiny_extra; one call writes every family.
-    from resedis.testing.tiny_extra import EXTRA_BUILDERS
-
-    TINY_BUILDERS.update(EXTRA_BUILDERS)
-
-
-_register_extra_builders()
 
 
 def check_owl_checkpoint(
