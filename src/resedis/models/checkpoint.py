@@ -94,7 +94,7 @@ def load_checkpoint(
     path = Path(path)
     model_type = checkpoint_model_type(path)
     if model_type not in model_classes:
-        hint = f"; use the matching family prefix (e.g. {model_type}:{path})" if model_type else ""
+        hint = f"; use the matching family prefix (e.g. {model_type}:{path.resolve()})" if model_type else ""
         raise ResedisError(
             f"{spec or path}: {path}/config.json is a {model_type!r} checkpoint, not "
             f"{' / '.join(repr(t) for t in model_classes)}{hint}"

@@ -122,7 +122,11 @@ def _vision_config(image_size: int, patch_size: int) -> dict:
 
 def _temper_owl_head(model) -> None:
     """Random init gives |logits| ~ 50 (sigmoid saturates to 0/1, making score tests blind);
-    re-draw the logit shift/scale layers small so logits are O(1)."""
+    re-draw the logit shift/scale layers small so logits are O(1). The box head saturates
+    too (every box a line on the image border, of zero area); its last layer is re-drawn
+    small so each box is its patch's box (the model's ``box_bias``) plus a small offset,
+    as in a trained detector — boxes on the image where the image is, in OWLv2's padding
+    where the padding is."""
     import torch
 
     head = model.class_head
@@ -130,6 +134,8 @@ def _temper_owl_head(model) -> None:
         for layer in (head.logit_shift, head.logit_scale):
             layer.weight.normal_(0.0, 0.1)
             layer.bias.zero_()
+        model.box_head.dense2.weight.normal_(0.0, 0.02)
+        model.box_head.dense2.bias.zero_()
 
 
 def _make_owl(out: Path, tokenizer, family: str) -> None:
@@ -273,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     for family, path in paths.items():
-        print(f"{family}:{path}")
+        print(f"{family}:{path.resolve()}")  # absolute: a spec without /, ./ or ~ is a hub id
     return 0
 
 

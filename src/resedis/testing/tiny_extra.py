@@ -209,4 +209,4 @@ if __name__ == "__main__":  # pragma: no cover
 
     target = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="resedis-tiny-")
     for fam, p in make_extra_checkpoints(target).items():
-        print(f"{fam}:{p}")
+        print(f"{fam}:{p.resolve()}")
