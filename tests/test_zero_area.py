@@ -16,8 +16,9 @@ from resedis.index import IndexConfig, build_index, open_index
 from resedis.models import load_model
 from resedis.search import Searcher, sigmoid
 
-# (width, height): wide, tall, extreme strips and single pixels
-SIZES = [(1, 1), (1, 40), (40, 1), (3, 200), (120, 30), (30, 90)]
+# (width, height): a single pixel, extreme strips, wide, tall (no side of 3 px: transformers
+# would take such an axis for the colour channels)
+SIZES = [(1, 1), (2, 50), (50, 2), (5, 200), (120, 30), (30, 90)]
 QUERIES = ["red circle", "a small blue square on the left"]
 
 
@@ -44,10 +45,12 @@ def forward(backends) -> dict:
 
 
 def test_the_detector_does_predict_boxes_without_visible_area(forward):
-    """Guard against a vacuous test: on these images the raw forward has such boxes."""
-    for fam in ("owlv2", "owlvit"):
-        hidden = sum(int((~_positive(forward[fam, i][0])).sum()) for i in range(len(SIZES)))
-        assert hidden > 0, fam
+    """Guard against a vacuous test: on these images OWLv2's raw forward has such boxes (in
+    its padding), on some image more than half of them. (OWL-ViT stretches the image to
+    its input: its boxes lie outside the image only when they leave the model's input.)"""
+    hidden = [int((~_positive(forward["owlv2", i][0])).sum()) for i in range(len(SIZES))]
+    patches = len(forward["owlv2", 0][0])
+    assert sum(hidden) > 0 and max(hidden) > patches // 2, hidden
 
 
 @pytest.mark.parametrize("family", ["owlv2", "owlvit"])
