@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from resedis import __version__
+from resedis.version import __version__
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.ann import AnnConfig, optimize_ann
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
