@@ -118,6 +118,7 @@ def test_siglip_scores_are_the_models_own_sigmoid_probability(env, tmp_path):
     results = run_pipeline("clip-crops", env.db, dataset=ds, config=cfg, models=pipekit.models(env))
     siglip = pipekit.models(env).get(env.spec("siglip"))
     q, r = next((q, r) for q, r in zip(ds.queries, results) if not parse_expression(q.expression).cues)
+    assert len(r.hits) == cfg.top_k  # the loop below checks every one
     for h in r.hits:
         x0, y0, x1, y1 = h.box
         crop = open_rgb(h.path).crop((int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))))

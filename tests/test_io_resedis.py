@@ -248,9 +248,6 @@ def test_bad_instances_file_is_fatal_even_when_lenient(tmp_path):
 
 
 def test_synthetic_corpus_loads(request):
-    synth = pytest.importorskip("resedis.synth")
-    if not hasattr(synth, "generate"):
-        pytest.skip("resedis.synth.generate not available yet")
     ds = load_dataset(request.getfixturevalue("synth_small"))
     assert ds.skipped == []
     assert len(ds.queries) == 30
