@@ -7,7 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+from requires import require
+
+ray = require("ray", "ray")
 
 from resedis.distributed import index_with_ray  # noqa: E402
 from resedis.index import IndexConfig, build_index, open_index  # noqa: E402

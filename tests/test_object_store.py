@@ -17,8 +17,10 @@ import threading
 import numpy as np
 import pytest
 
-pytest.importorskip("moto.server", reason="moto[server] (dev extra) is not installed")
-boto3 = pytest.importorskip("boto3")
+from requires import require
+
+require("moto.server", "dev")
+boto3 = require("boto3", "dev")
 
 from resedis.errors import ResedisError  # noqa: E402
 from resedis.index import IndexConfig, build_index, open_index  # noqa: E402
@@ -386,7 +388,7 @@ def test_calibrate_on_s3_stores_the_threshold_and_eval_uses_it(s3, pipeline_dbs,
 
 @pytest.mark.slow
 def test_ray_index_to_s3_equals_local(s3, corpus, config, local_index):
-    ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    ray = require("ray", "ray")
     from resedis.distributed import index_with_ray
 
     if ray.is_initialized():

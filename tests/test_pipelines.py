@@ -10,6 +10,7 @@ import json
 import pytest
 
 import pipekit
+from requires import require, require_chromium
 from resedis.cli import main
 from resedis.io import read_predictions
 from resedis.masks import decode_rle
@@ -218,11 +219,11 @@ def _ablation_rows():
     return rows
 
 
+@pytest.mark.browser
 def test_ablation_page_shows_the_held_out_split_and_fits_a_1300px_window(env, tmp_path):
     """The page names the queries presence was fitted on and every pipeline's operating point,
     and its tables fit a 1300 px wide window (a long parameters column pushed the latency and
     index-cost columns off screen)."""
-    import os
     import re
 
     from resedis.ablation import write_ablation
@@ -234,10 +235,8 @@ def test_ablation_page_shows_the_held_out_split_and_fits_a_1300px_window(env, tm
     for name in ("owl", "owl+rerank", "clip-crops"):
         assert re.search(rf"<td>{re.escape(name)}</td><td>hold-out \(3 fitted, 7 reported\)</td><td>0\.250</td>", presence)
     assert "not run: weights for model gdino:/somewhere" in page
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    chromium = os.environ.get("RESEDIS_CHROMIUM", "/usr/bin/chromium")
-    if not os.path.exists(chromium):
-        pytest.skip(f"{chromium} not found (apt-get install chromium)")
+    sync_api = require("playwright.sync_api", "dev")
+    chromium = require_chromium()
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"]
     with sync_api.sync_playwright() as pw:

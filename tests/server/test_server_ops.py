@@ -8,8 +8,10 @@ import threading
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+from requires import require
+
+require("fastapi", "serve")
+require("httpx", "serve")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
