@@ -219,3 +219,79 @@ def test_owl_calibration_wins_over_a_different_top_level_threshold(db):
     finally:
         manifest.calibration = None
         write_manifest(db, manifest)
+
+
+# ---------------------------------------------------------------- metric contracts
+# (from the mutation run on metrics.py: each test below kills mutants that survived the
+# hand tables and the random cross-check; see docs/testing.md)
+def test_match_threshold_range_is_zero_exclusive_to_one_inclusive():
+    q = query("q", [inst(1, A)])
+    assert [m.is_tp for m in match_detections(q, [hit(1, A, 0.9), hit(1, HALF, 0.8)], threshold=1.0)] == [True, False]
+    for bad in (0.0, 1.0000001, 1.5, -0.5):
+        with pytest.raises(ValueError, match=r"threshold"):
+            match_detections(q, [hit(1, A, 0.9)], threshold=bad)
+
+
+def test_non_finite_score_error_names_the_query():
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"^query 'q7': detection scores must be finite numbers$"):
+            match_detections(query("q7", [inst(1, A)]), [hit(1, A, bad)])
+
+
+RECORD_KEYS = {"query_id", "expression", "type", "category", "absent", "n_targets", "n_target_images",
+               "n_detections", "IR@1", "IR@5", "IR@10", *(f"BR@{k}@{t}" for k in (1, 5, 10) for t in (0.5, 0.7, 0.9)),
+               "top1_in_target", "top1_iou", "AP50", "n_decided", "tp", "fp", "fa_images"}
+
+
+def test_per_query_records_have_every_documented_key():
+    present = Query("qa", "a red cup", [inst(1, A), inst(1, (20, 0, 30, 10)), inst(2, A)], category="cup", type="attribute")
+    absent = Query("qb", "a purple cow", [], category="cow", type="absent")
+    results = {"qa": [hit(1, A, 0.9), hit(3, A, 0.5, present=False)], "qb": [hit(4, A, 0.7)]}
+    a, b = per_query([present, absent], results)
+    assert set(a) == set(b) == RECORD_KEYS
+    assert (a["query_id"], a["expression"], a["type"], a["category"], a["absent"]) == ("qa", "a red cup", "attribute", "cup", False)
+    assert (a["n_targets"], a["n_target_images"], a["n_detections"]) == (3, 2, 2)
+    assert (a["top1_in_target"], a["top1_iou"], a["AP50"]) == (True, 1.0, pytest.approx(1 / 3))
+    assert (a["n_decided"], a["tp"], a["fp"], a["fa_images"]) == (1, 1, 0, 0)
+    assert (b["expression"], b["type"], b["category"], b["absent"]) == ("a purple cow", "absent", "cow", True)
+    assert (b["n_targets"], b["n_target_images"], b["n_detections"]) == (0, 0, 1)
+    undefined = ["IR@1", "IR@5", "IR@10", *(f"BR@{k}@{t}" for k in (1, 5, 10) for t in (0.5, 0.7, 0.9)),
+                 "top1_in_target", "top1_iou", "AP50"]
+    assert [b[k] for k in undefined] == [None] * len(undefined)
+    assert (b["n_decided"], b["tp"], b["fp"], b["fa_images"]) == (1, 0, 1, 1)
+
+
+def test_mask_size_mismatch_error_names_query_image_and_both_sizes():
+    q = query("q", [inst(1, A)])
+    small = encode_mask(np.ones((50, 40), dtype=bool))
+    with pytest.raises(ValueError) as err:
+        evaluate([q], {"q": [hit(1, A, 0.9, mask=small)]}, iou="mask")
+    assert str(err.value) == ("query 'q', image 1: detection and target masks have different sizes "
+                              "[(50, 40), (100, 100)]; masks must be (H, W) of the original image")
+
+
+def test_precision_recall_curve_contract():
+    q = query("q", [inst(1, A)])
+    # one detection: one point, not an empty curve
+    p, r, t = precision_recall_curve([q], {"q": [hit(1, A, 0.8)]})
+    assert (p.tolist(), r.tolist(), t.tolist()) == ([1.0], [1.0], [0.8])
+    assert p.dtype == r.dtype == t.dtype == np.float64
+    # the iou mode is passed on: the box matches (IoU 1), its mask does not (mask IoU 0.25)
+    quarter = encode_mask(rect((0, 0, 5, 5)))  # mask IoU with A: 25 / 100
+    assert precision_recall_curve([q], {"q": [hit(1, A, 0.8, mask=quarter)]}, iou="box")[0].tolist() == [1.0]
+    assert precision_recall_curve([q], {"q": [hit(1, A, 0.8, mask=quarter)]}, iou="mask")[0].tolist() == [0.0]
+    # no target instances at all: recall is all zeros, not a division by zero
+    p, r, t = precision_recall_curve([query("absent", [])], {"absent": [hit(1, A, 0.8), hit(2, A, 0.7)]})
+    assert (p.tolist(), r.tolist(), t.tolist()) == ([0.0, 0.0], [0.0, 0.0], [0.8, 0.7])
+    # no detections: three empty float arrays
+    assert [a.shape for a in precision_recall_curve([q], {})] == [(0,), (0,), (0,)]
+
+
+def test_precision_recall_curve_ties_keep_query_order_then_sorted_order():
+    """40 detections with one score, TPs in the first queries only: a stable sort puts the
+    TPs first (precision 1 until they are used up); any other order mixes them."""
+    queries = [query(f"q{i:02d}", [inst(i, A)]) for i in range(40)]
+    results = {f"q{i:02d}": [hit(i, A if i < 20 else (50, 50, 60, 60), 0.5)] for i in range(40)}
+    p, r, _ = precision_recall_curve(queries, results)
+    assert p.tolist() == [1.0] * 20 + [20 / n for n in range(21, 41)]
+    assert r.tolist() == [n / 40 for n in range(1, 21)] + [0.5] * 20
