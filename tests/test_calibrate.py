@@ -96,8 +96,8 @@ def test_splits_are_disjoint_stratified_and_stable(env):
 
 
 @pytest.fixture(scope="module")
-def env():
-    return pipekit.env()
+def env(pipe_env):
+    return pipe_env
 
 
 def test_calibrate_cli_stores_threshold_per_pipeline_and_search_uses_it(env, tmp_path, capsys):

@@ -15,8 +15,8 @@ from resedis.pipelines.relations import Cue, cue_priors, parse_expression, relat
 
 
 @pytest.fixture(scope="module")
-def env():
-    return pipekit.env()
+def env(pipe_env):
+    return pipe_env
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,8 @@ from resedis.masks import decode_rle
 
 
 @pytest.fixture(scope="module")
-def env():
-    return pipekit.env()
+def env(pipe_env):
+    return pipe_env
 
 
 def test_pipelines_command_lists_every_pipeline_with_its_cost(capsys):

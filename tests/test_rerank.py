@@ -14,8 +14,8 @@ from resedis.pipelines.fusion import FusionParams, evidence, fuse_image
 
 
 @pytest.fixture(scope="module")
-def env():
-    return pipekit.env()
+def env(pipe_env):
+    return pipe_env
 
 
 @pytest.fixture(scope="module")
