@@ -183,13 +183,12 @@ def test_gt_proposals_need_a_dataset(env):
                      models=pipekit.models(env))
 
 
-def test_yolo_proposals_without_the_extra_is_a_clear_error():
-    import importlib.util
+def test_yolo_proposals_without_the_extra_is_a_clear_error(monkeypatch):
+    import sys
 
     from resedis.pipelines.proposals import load_yolo
 
-    if importlib.util.find_spec("ultralytics") is not None:
-        pytest.skip("ultralytics is installed")
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # as if not installed, installed or not
     with pytest.raises(MissingExtraError, match=r"resedis\[yolo\]"):
         load_yolo("yolov8n.pt")
 
