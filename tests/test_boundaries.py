@@ -288,10 +288,17 @@ def test_precision_recall_curve_contract():
 
 
 def test_precision_recall_curve_ties_keep_query_order_then_sorted_order():
-    """40 detections with one score, TPs in the first queries only: a stable sort puts the
-    TPs first (precision 1 until they are used up); any other order mixes them."""
-    queries = [query(f"q{i:02d}", [inst(i, A)]) for i in range(40)]
-    results = {f"q{i:02d}": [hit(i, A if i < 20 else (50, 50, 60, 60), 0.5)] for i in range(40)}
-    p, r, _ = precision_recall_curve(queries, results)
-    assert p.tolist() == [1.0] * 20 + [20 / n for n in range(21, 41)]
-    assert r.tolist() == [n / 40 for n in range(1, 21)] + [0.5] * 20
+    """200 one-detection queries with two distinct scores, TP or FP at random: on a score tie
+    the curve takes queries in order (a plain stable sort here; numpy's default sort, not
+    stable for such arrays, would shuffle TPs and FPs within a tie)."""
+    rng = np.random.default_rng(5)
+    scores = rng.choice([0.5, 0.7], 200)
+    is_tp = rng.random(200) < 0.5
+    queries = [query(f"q{i:03d}", [inst(i, A)]) for i in range(200)]
+    results = {f"q{i:03d}": [hit(i, A if is_tp[i] else (50, 50, 60, 60), float(scores[i]))] for i in range(200)}
+    order = sorted(range(200), key=lambda i: -scores[i])  # Python's sort is stable
+    cum = np.cumsum([is_tp[i] for i in order])
+    p, r, t = precision_recall_curve(queries, results)
+    assert t.tolist() == [scores[i] for i in order]
+    assert p.tolist() == (cum / np.arange(1, 201)).tolist()
+    assert r.tolist() == (cum / 200).tolist()

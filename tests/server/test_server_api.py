@@ -4,6 +4,7 @@ their validation, pipelines, masks, images and thumbnails, stats, the page and /
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import pytest
@@ -165,8 +166,10 @@ def test_masks_are_the_segmenters_own_and_cached(corpus, tiny_models, tmp_path_f
     from resedis.io.images import open_rgb
 
     spec = f"sam:{tiny_sam(tiny_models, tmp_path_factory.mktemp('sam'))}"
-    svc = SearchService(corpus["db"], segmenter=spec)
-    app = create_app(ServeConfig(db=corpus["db"], segmenter=spec), service=svc)
+    db = tmp_path_factory.mktemp("masks") / "db"
+    shutil.copytree(corpus["db"], db)  # a private, empty mask cache: no earlier run may have filled it
+    svc = SearchService(db, segmenter=spec)
+    app = create_app(ServeConfig(db=db, segmenter=spec), service=svc)
     try:
         with TestClient(app, base_url=BASE) as c:
             body = c.get("/api/search", params={"q": "orange circle", "top_k": 4, "masks": "true"}).json()
