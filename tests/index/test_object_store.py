@@ -212,7 +212,7 @@ def test_cli_index_stats_search_eval_on_s3(s3, synth_small, owlv2_spec, encoder,
     assert capsys.readouterr().out.startswith(f"{uri}: 24 added")
     assert main(["stats", "--db", uri, "--json", *flags]) == 0
     stats = json.loads(capsys.readouterr().out)
-    # up to 10 regions per image: those of positive visible area the encoder keeps (tests/test_zero_area.py)
+    # up to 10 regions per image: those of positive visible area the encoder keeps (tests/models/test_zero_area.py)
     nms_iou = read_manifest(as_location(uri, s3["options"])).nms_iou
     kept = sum(len(encoder.encode_images([open_rgb(p)], max_regions=10, nms_iou=nms_iou)[0])
                for p in sorted((synth_small / "images").iterdir()))
