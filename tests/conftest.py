@@ -6,7 +6,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+# The official evaluators the `official` tests cross-check against (scripts/fetch_official_evaluators.py).
+_OFFICIAL = Path(__file__).resolve().parents[1] / ".official" / "site"
+if _OFFICIAL.is_dir() and str(_OFFICIAL) not in sys.path:
+    sys.path.append(str(_OFFICIAL))
 
 import pytest  # noqa: E402
 

@@ -33,3 +33,10 @@ def require_chromium() -> str:
         pytest.fail(f"{CHROMIUM} not found: apt-get install chromium (or set RESEDIS_CHROMIUM), "
                     "or deselect the browser tests with -m 'not browser'", pytrace=False)
     return CHROMIUM
+
+
+#: the official evaluators (tests marked ``official``) live in ``.official/site``, put on
+#: ``sys.path`` by ``tests/conftest.py``; they are fetched, not installed
+OFFICIAL_MISSING = ("{} not found: run `python scripts/fetch_official_evaluators.py` (unpacks the official "
+                    "evaluators into .official/site; the README's test command does it), or deselect with "
+                    "-m 'not official'")

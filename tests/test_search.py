@@ -25,7 +25,6 @@ from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index import IndexConfig, build_index, open_index
 from resedis.index.manifest import read_manifest, write_manifest
 from resedis.io.images import open_rgb
-from resedis.boxes import nms
 from resedis.search import Searcher, rank_hits, search_dataset, sigmoid
 from resedis.boxes import visible
 from resedis.search_corpus import load_corpus

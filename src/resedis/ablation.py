@@ -22,7 +22,6 @@ from typing import Sequence
 from resedis.calibrate import evaluate_with_calibration
 from resedis.errors import ResedisError
 from resedis.eval import evaluate_predictions
-from resedis.index.store import disk_bytes
 from resedis.pipelines import PIPELINES
 from resedis.query import QueryEngine
 from resedis.report import write_report

@@ -124,6 +124,9 @@ def test_matches_slow_reference(seed):
         assert got[k] == pytest.approx(want[k], abs=1e-12), k
 
 
+from requires import OFFICIAL_MISSING  # noqa: E402
+
+
 def _official_evaluator():
     spec = importlib.util.find_spec("sam3")
     if spec is None or not spec.submodule_search_locations:
@@ -137,13 +140,13 @@ def _official_evaluator():
     return module.CGF1Evaluator
 
 
+@pytest.mark.official
 @pytest.mark.parametrize("seed", range(6))
 def test_matches_official_cgf1_evaluator(seed, tmp_path):
     """Each (query, image) pair becomes one COCO 'image' of the official evaluator; present
     detections get score 1, the others 0 (its threshold is 0.5)."""
     Evaluator = _official_evaluator()
-    if Evaluator is None:
-        pytest.skip("the sam3 package (sam3/eval/cgf1_eval.py) is not installed")
+    assert Evaluator is not None, OFFICIAL_MISSING.format("sam3/eval/cgf1_eval.py")
     queries, results, n_images = _random_case(np.random.default_rng(100 + seed))
     images, anns, dets = [], [], []
     for qi, q in enumerate(queries):

@@ -121,10 +121,12 @@ def test_d3_protocol_intra_drops_out_of_scope_pairs(tmp_path):
     assert coco_map(ds.queries, perfect, ds.images, setting="inter")["mAP"] < 1.0
 
 
+@pytest.mark.official
 @pytest.mark.parametrize("separated, setting", [(False, "inter"), (True, "intra")])
 def test_d3_protocol_matches_official_toolkit(tmp_path, monkeypatch, separated, setting):
-    if importlib.util.find_spec("d_cube") is None:
-        pytest.skip("the ddd-dataset package (d_cube) is not installed")
+    from requires import OFFICIAL_MISSING
+
+    assert importlib.util.find_spec("d_cube") is not None, OFFICIAL_MISSING.format("d_cube (ddd-dataset)")
     for name in ("cv2", "matplotlib"):  # used only by its drawing helpers
         if name not in sys.modules and importlib.util.find_spec(name) is None:
             stub = types.ModuleType(name)

@@ -122,10 +122,10 @@ def run_isolated(fn: Callable[..., Any], *args: Any, timeout: float | None = Non
     proc.start()
     try:
         status, payload, rss = queue.get(timeout=timeout)
-    except Exception:
+    except Exception as exc:
         proc.kill()
         proc.join()
-        raise RuntimeError(f"isolated run of {getattr(fn, '__name__', fn)} produced no result (exit code {proc.exitcode})")
+        raise RuntimeError(f"isolated run of {getattr(fn, '__name__', fn)} produced no result (exit code {proc.exitcode})") from exc
     proc.join()
     if status != "ok":
         raise RuntimeError(f"isolated run of {getattr(fn, '__name__', fn)} failed:\n{payload}")

@@ -102,7 +102,7 @@ class TrainingSet:
         return cache[index]
 
     @classmethod
-    def concat(cls, parts: list["TrainingSet"]) -> "TrainingSet":
+    def concat(cls, parts: list[TrainingSet]) -> TrainingSet:
         """Several datasets as one training set; part i becomes group i."""
         texts, groups, images, skipped = [], [], [], []
         for g, part in enumerate(parts):

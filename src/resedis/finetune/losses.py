@@ -292,14 +292,14 @@ def ranking_loss(logits: torch.Tensor, targets: torch.Tensor, labelled: torch.Te
     unlabelled (image, text) pairs are excluded from the denominator. Returns the mean.
     """
     b, p, t = logits.shape
-    l = logits.permute(2, 0, 1).reshape(t, b * p)  # (T, B*P)
+    flat = logits.permute(2, 0, 1).reshape(t, b * p)  # (T, B*P)
     pos = targets.permute(2, 0, 1).reshape(t, b * p) > 0
     valid = labelled.expand(b, p, t).permute(2, 0, 1).reshape(t, b * p)
     has_pos = pos.any(dim=1)
     if not bool(has_pos.any()):
         return logits.sum() * 0.0
-    l, pos, valid = l[has_pos], pos[has_pos], valid[has_pos]
-    neg_inf = torch.finfo(l.dtype).min
-    all_lse = torch.logsumexp(torch.where(valid, l, neg_inf), dim=1)
-    pos_lse = torch.logsumexp(torch.where(pos, l, neg_inf), dim=1)
+    flat, pos, valid = flat[has_pos], pos[has_pos], valid[has_pos]
+    neg_inf = torch.finfo(flat.dtype).min
+    all_lse = torch.logsumexp(torch.where(valid, flat, neg_inf), dim=1)
+    pos_lse = torch.logsumexp(torch.where(pos, flat, neg_inf), dim=1)
     return (all_lse - pos_lse).mean()

@@ -51,7 +51,7 @@ class ScratchConfig:
     sincos_positions: bool = False
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "ScratchConfig":
+    def from_json(cls, path: str | Path) -> ScratchConfig:
         data = json.loads(Path(path).read_text())
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:

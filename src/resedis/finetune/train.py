@@ -19,12 +19,10 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from resedis.finetune import checkpoint as ckpt
 from resedis.finetune.data import Batch, PixelStore, TrainingSet, make_batch, normalised_boxes
 from resedis.finetune.detector import base_model, detect, is_owlv2
 from resedis.finetune.losses import LossWeights, detection_loss

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from resedis.boxes import box_iou, nms, visible
+from resedis.boxes import box_iou, visible
 from resedis.finetune.data import TrainImage
 from resedis.finetune.detector import image_features, is_owlv2, text_embeddings
 from resedis.models.owl import select_regions

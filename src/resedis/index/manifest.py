@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.fs import Location, as_location
-from resedis.models.fingerprint import encoder_weights_dir, fingerprint_matches, short_fingerprint, spec_weights_dir, weights_fingerprint
+from resedis.models.fingerprint import encoder_weights_dir, fingerprint_matches, short_fingerprint, spec_weights_dir
 from resedis.models.spec import canonical_spec
 
 log = logging.getLogger(__name__)

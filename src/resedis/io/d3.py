@@ -181,7 +181,7 @@ def load_d3(root: str | Path, *, strict: bool = True) -> Dataset:
     for akey, a in anns.items():
         src = f"{paths['annotations.pkl']}[{akey!r}]"
 
-        def read_ann(src=src, a=a):
+        def read_ann(src=src, a=a, akey=akey):
             image_id = _ids(src, _field(src, a, "image_id"), "image_id")[0]
             if image_id not in images:
                 raise FormatError(src, "image_id", f"image {image_id} is not in images.pkl")

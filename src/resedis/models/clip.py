@@ -49,7 +49,7 @@ class DualEncoderBackend:
         self.max_text_tokens = int(min(text_max, tok_max))
 
     @classmethod
-    def from_pretrained(cls, spec: str, family: str, path: Path, device, dtype=None) -> "DualEncoderBackend":
+    def from_pretrained(cls, spec: str, family: str, path: Path, device, dtype=None) -> DualEncoderBackend:
         """Load model + processor from a local directory (see ``resolve_weights``)."""
         model, processor = load_checkpoint(path, {family: DUAL_FAMILIES[family]}, spec=spec, device=device, dtype=dtype)
         return cls(spec, family, model, processor, device)

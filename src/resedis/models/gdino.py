@@ -85,7 +85,7 @@ class GroundingDinoBackend:
         self.images_seen = 0
 
     @classmethod
-    def from_pretrained(cls, spec: str, path: Path, device, dtype=None) -> "GroundingDinoBackend":
+    def from_pretrained(cls, spec: str, path: Path, device, dtype=None) -> GroundingDinoBackend:
         """Load model + processor from a local directory (see ``resolve_weights``)."""
         classes = {t: "AutoModelForZeroShotObjectDetection" for t in GDINO_MODEL_TYPES}
         model, processor = load_checkpoint(path, classes, spec=spec, device=device, dtype=dtype)

@@ -116,7 +116,7 @@ class OwlBackend:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, spec: str, family: str, path: Path, device, dtype=None) -> "OwlBackend":
+    def from_pretrained(cls, spec: str, family: str, path: Path, device, dtype=None) -> OwlBackend:
         """Load model + processor from a local directory (see ``resolve_weights``)."""
         model, processor = load_checkpoint(path, {family: OWL_FAMILIES[family]}, spec=spec, device=device, dtype=dtype)
         return cls(spec, family, model, processor, device)

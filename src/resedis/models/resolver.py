@@ -130,7 +130,7 @@ def _not_found_message(spec: ModelSpec, searched: list[str], *, local: bool, sha
     return "\n".join(lines)
 
 
-def resolve_device(device: "str | torch.device | None" = None) -> "torch.device":
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The one place devices are resolved: None -> cuda if available else cpu.
 
     Raises :class:`ResedisError` for an unknown device string or an unavailable CUDA/MPS.

@@ -79,7 +79,7 @@ class SamBackend:
         self.boxes_segmented = 0
 
     @classmethod
-    def from_pretrained(cls, spec: str, path: Path, device, dtype=None) -> "SamBackend":
+    def from_pretrained(cls, spec: str, path: Path, device, dtype=None) -> SamBackend:
         """Load model + processor from a local directory (see ``resolve_weights``)."""
         model, processor = load_checkpoint(path, {"sam": "SamModel"}, spec=spec, device=device, dtype=dtype)
         return cls(spec, model, processor, device)
