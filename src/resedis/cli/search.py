@@ -43,8 +43,6 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from resedis.errors import ResedisError
-    from resedis.index import open_index
-    from resedis.search import Searcher
     from resedis.threads import set_threads
 
     if not args.text.strip():
@@ -52,7 +50,18 @@ def run(args: argparse.Namespace) -> int:
     if args.nms_iou <= 0:
         raise ResedisError("--nms-iou must be > 0")
     set_threads(args.threads)  # before any model runs (every pipeline below)
+    if args.pipeline in (None, "owl") and not args.masks and not args.storage_option and "://" not in str(args.db):
+        # A local index, one query: the fast one-off path (query cache, light text encoder,
+        # region sidecar; resedis.search_oneoff), the same hits as the Searcher.
+        from resedis.search_oneoff import OneOffInfo, oneoff_search
+
+        info = OneOffInfo()
+        result = oneoff_search(args.db, args.text, top_k=args.top_k, threshold=args.threshold, nms_iou=args.nms_iou,
+                               model=args.model, device=args.device, info=info)
+        return print_result(args, result, info.threshold)
+    from resedis.index import open_index
     from resedis.index.fs import storage_options_from_pairs
+    from resedis.search import Searcher
 
     index = open_index(args.db, model=args.model, storage_options=storage_options_from_pairs(args.storage_option))
     if args.pipeline not in (None, "owl"):
@@ -74,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         from resedis.pipelines import DEFAULT_SEGMENTER
 
         result = attach_masks([result], index, load_model(args.segmenter or DEFAULT_SEGMENTER, args.device))[0]
+    return print_result(args, result, threshold)
+
+
+def print_result(args: argparse.Namespace, result, threshold: float) -> int:
     if args.json:
         for hit in result.hits:
             print(json.dumps(hit.to_json()))
