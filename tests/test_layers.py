@@ -63,7 +63,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ),
     (
         "search",
-        ("search", "search_corpus", "thresholds", "pipelines", "api"),
+        ("search", "search_corpus", "search_cache", "search_oneoff", "thresholds", "pipelines", "api"),
         "the query path: text in, ranked hits with presence (and masks) out; the pipelines",
     ),
     (
