@@ -36,7 +36,7 @@ import numpy as np
 from resedis.errors import ResedisError
 from resedis.index.manifest import Manifest, check_model, check_weights, read_manifest
 from resedis.index.store import open_index
-from resedis.index.sidecar import read_sidecar, tables_stamp, write_sidecar
+from resedis.index.sidecar import read_sidecar, remove_sidecar, sidecar_allowed, tables_stamp, write_sidecar
 from resedis.models import load_model, parse_spec
 from resedis.models.fingerprint import spec_weights_dir, weights_fingerprint
 from resedis.models.text_light import LIGHT_VERSION, LightUnsupported, light_unsupported_reason, load_light_text_encoder
@@ -200,11 +200,17 @@ def oneoff_search(
 
 def refresh_sidecar(db: str | os.PathLike) -> bool:
     """Write (or remove, for an index with an ANN index) the region sidecar of a local index
-    from its tables now; True when one was written. Called at the end of ``resedis index``."""
+    from its tables now; True when a current one is there afterwards. Called at the end of
+    ``resedis index``."""
     root = Path(db)
     stamp = tables_stamp(root)
     if stamp is None:
         return False
+    if not sidecar_allowed(root):  # ANN-sized: searches go through the ANN path
+        remove_sidecar(root)
+        return False
+    if read_sidecar(root) is not None:  # already the tables' current state
+        return True
     corpus = load_corpus(open_index(root), matrix_dtype="stored")
     return write_sidecar(root, stamp=stamp, versions=corpus.version, image_ids=corpus.image_ids, paths=corpus.paths,
                          region_image=corpus.region_image, boxes=corpus.boxes, vectors=corpus.vectors) is not None

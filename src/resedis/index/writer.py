@@ -16,6 +16,7 @@ from pathlib import Path
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.ann import DEFAULT_MIN_ROWS as DEFAULT_ANN_MIN_ROWS, AnnConfig, optimize_ann
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
+from resedis.index.estimate import WARMUP_IMAGES, IndexEstimate, backend_gflops
 from resedis.index.fs import Location, as_location
 from resedis.index.pipeline import Job, Plan, plan_jobs, prefetch, preprocessor
 from resedis.index.manifest import (
@@ -305,7 +306,10 @@ def build_index(
                 repair_crops(index)
             commit_refused(writer, report, plan)
             bar = tqdm(total=len(jobs), unit="img", desc="indexing", disable=not (progress and jobs), dynamic_ncols=True)
+            estimate = IndexEstimate(len(jobs), spec, getattr(backend, "device", "?"), backend_gflops(backend) if jobs else None,
+                                     warmup_images=min(config.batch_size, WARMUP_IMAGES))
             encode_started = time.perf_counter()
+            estimate.start()
             window = max(2 * config.batch_size, 2 * config.workers)
             stream = prefetch(jobs, config.max_pixels, config.workers, window, preprocessor(backend))
             for job, result, prepared in stream:
@@ -331,6 +335,8 @@ def build_index(
                 if writer.pending() >= config.batch_size:
                     report.encoded += writer.pending()
                     _count_model_failures(report, writer.commit())
+                    if (line := estimate.observe(report.encoded)) is not None:
+                        log.info("%s", line)  # resedis index prints it: the run's length, before most of it
                     if writer.batch % _COMPACT_EVERY == 0:
                         compact(index)
                 bar.update(1)
