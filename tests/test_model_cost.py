@@ -41,7 +41,7 @@ def test_estimate_line_arithmetic_and_cpu_hint():
     assert est.observe(4, now=10.0) is None  # before the warm-up is done
     line = est.observe(8, now=16.0)  # 8 images in 16 s: 0.5 img/s -> 2000 s in all
     assert line is not None and "1000 images" in line and "on cpu" in line
-    assert "≈ 33.3 min in all" in line and "0.5 img/s" in line and "2.00 s/img" in line
+    assert "≈ 33.3 min in all" in line and "0.5 img/s" in line and "2.00 s/img, 1113.8 GFLOP/img" in line
     assert "--model owlvit" in line
     assert est.observe(16, now=30.0) is None  # once
     gpu = IndexEstimate(1000, "owlv2:x", "cuda:0", warmup_images=8)

@@ -72,7 +72,7 @@ class IndexEstimate:
         self.rate = encoded / elapsed
         total_s = self.total / self.rate
         remaining_s = (self.total - encoded) / self.rate
-        cost = f", {self.gflops:.3g} GFLOP/img" if self.gflops is not None else ""
+        cost = "" if self.gflops is None else f", {self.gflops:.1f} GFLOP/img" if self.gflops >= 1 else f", {self.gflops:.3g} GFLOP/img"
         text = (
             f"estimate: {self.total} images with {self.spec} on {self.device}: ≈ {format_duration(total_s)} in all, "
             f"{format_duration(remaining_s)} to go, at {self.rate:.3g} img/s ({elapsed / encoded:.2f} s/img{cost}; "
