@@ -111,10 +111,10 @@ def _edit_json(path, **changes):
 @pytest.mark.parametrize(
     "edit, needle",
     [
-        (lambda d: _edit_json(d / "tokenizer_config.json", tokenizer_class="CLIPTokenizer"), "tokenizer class 'CLIPTokenizer'"),
+        (lambda d: _edit_json(d / "tokenizer_config.json", tokenizer_class="BertTokenizer"), "tokenizer class 'BertTokenizer'"),
         (lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
     ],
-    ids=["clip-tokenizer-class", "no-safetensors"],
+    ids=["bert-tokenizer-class", "no-safetensors"],
 )
 def test_unsupported_checkpoints_say_why(tiny_models, tmp_path, edit, needle):
     dst = tmp_path / "ckpt"
@@ -134,3 +134,54 @@ def test_unsupported_activation_and_family(tiny_models, tmp_path):
     with pytest.raises(LightUnsupported, match="quick_gelu"):
         load_light_text_encoder(f"owlv2:{dst}", dst, "owlv2")
     assert "no light text encoder" in light_unsupported_reason(tiny_models["clip"], "clip")
+
+
+@pytest.fixture(scope="module")
+def clip_tokenizer_checkpoint(tiny_models, tmp_path_factory):
+    """The tiny OWLv2 with a CLIP byte-level BPE tokenizer saved by transformers'
+    ``CLIPTokenizer`` (tokenizer_class CLIPTokenizer, as the hub's OWL checkpoints)."""
+    from transformers import CLIPTokenizer
+
+    dst = tmp_path_factory.mktemp("clip_tok") / "owlv2"
+    shutil.copytree(tiny_models["owlv2"], dst)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (dst / name).unlink()
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab: dict[str, int] = {}
+    for tok in ["!", "'", "s", "-"] + list(letters) + [c + "</w>" for c in letters] + [
+        "re", "red</w>", "ci", "cir", "circ", "circle</w>", "th", "the</w>", "<|startoftext|>", "<|endoftext|>"
+    ]:
+        vocab.setdefault(tok, len(vocab))
+    merges = [("r", "e"), ("re", "d</w>"), ("c", "i"), ("ci", "r"), ("cir", "c"), ("t", "h"), ("th", "e</w>")]
+    CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=16).save_pretrained(dst)
+    assert json.loads((dst / "tokenizer_config.json").read_text())["tokenizer_class"] == "CLIPTokenizer"
+    return dst
+
+
+CLIP_TEXTS = ["the red circle", "Red  CIRCLE!", "zz-top 's red", "ünïcode café", "the " * 20, "x"]
+
+
+def test_clip_tokenizer_class_equals_transformers(clip_tokenizer_checkpoint):
+    spec = f"owlv2:{clip_tokenizer_checkpoint}"
+    full = load_model(spec, "cpu")
+    assert type(full.processor.tokenizer).__name__ == "CLIPTokenizer"
+    assert light_unsupported_reason(clip_tokenizer_checkpoint, "owlv2") is None
+    light = load_light_text_encoder(spec, clip_tokenizer_checkpoint, "owlv2")
+    ids_full, mask_full = (t.numpy() for t in full._tokenize(CLIP_TEXTS))
+    ids_light, mask_light = light.tokenizer(CLIP_TEXTS)
+    np.testing.assert_array_equal(ids_light, ids_full)
+    np.testing.assert_array_equal(mask_light, mask_full)
+    assert len(set(map(tuple, ids_full.tolist()))) == len(CLIP_TEXTS)  # the texts really tokenise differently
+    np.testing.assert_allclose(light.encode_texts(CLIP_TEXTS), full.encode_texts(CLIP_TEXTS), rtol=0, atol=1e-5)
+
+
+def test_clip_tokenizer_json_with_another_pipeline_is_refused(clip_tokenizer_checkpoint, tmp_path):
+    dst = tmp_path / "ckpt"
+    shutil.copytree(clip_tokenizer_checkpoint, dst)
+    data = json.loads((dst / "tokenizer.json").read_text())
+    data["normalizer"]["normalizers"] = data["normalizer"]["normalizers"][:2]  # no lowercasing
+    (dst / "tokenizer.json").write_text(json.dumps(data))
+    reason = light_unsupported_reason(dst, "owlv2")
+    assert reason is not None and "CLIPTokenizer pipeline (normalizer" in reason
+    with pytest.raises(LightUnsupported, match="CLIPTokenizer pipeline"):
+        load_light_text_encoder(f"owlv2:{dst}", dst, "owlv2")

@@ -100,6 +100,7 @@ def text_encoder_for(manifest: Manifest, db: Path, device: str | None = None, *,
                 encoder = load_light_text_encoder(spec, weights_dir, family)
             except LightUnsupported as exc:  # found only when reading the weights
                 info.fallback = str(exc)
+                wrapper.cache = _NoCache(manifest.vector_dim)  # the key names the light encoder: store nothing
                 log.info("light text encoder not used: %s; loading %s with transformers", exc, spec)
                 return _full(spec, device, info)
             info.encoder = "light"
@@ -115,7 +116,8 @@ def text_encoder_for(manifest: Manifest, db: Path, device: str | None = None, *,
     fingerprint = manifest.weights_fingerprint or weights_fingerprint(weights_dir)
     key = cache_key(fingerprint, weights_dir, implementation)
     cache = QueryCache(db, key, manifest.vector_dim) if use_cache else _NoCache(manifest.vector_dim)
-    return CachedTextEncoder(spec, manifest.vector_dim, cache, load_inner)
+    wrapper = CachedTextEncoder(spec, manifest.vector_dim, cache, load_inner)
+    return wrapper
 
 
 def _full(spec: str, device: str | None, info: OneOffInfo):

@@ -8,7 +8,8 @@ the same vector with numpy from the checkpoint's own files:
 * ``tokenizer.json`` through the ``tokenizers`` library (the object transformers' own
   ``TokenizersBackend`` tokenizer wraps), with transformers' call settings: special tokens
   added, truncation to ``max_text_tokens`` (right), padding to exactly that length with the
-  pad token (right);
+  pad token (right); a ``CLIPTokenizer``-class checkpoint (as the hub's OWL models are) only
+  when its ``tokenizer.json`` holds exactly the pipeline that class builds;
 * ``model.safetensors`` (or shards named by ``model.safetensors.index.json``), memory-mapped:
   only the text tower's tensors are touched, only the rows of the token embedding a query
   uses are read;
@@ -25,8 +26,9 @@ checkpoints and on the bundled demo model.
 
 What it does not support, it refuses with :class:`LightUnsupported` naming the reason
 (the caller then loads the full backend): a checkpoint without ``model.safetensors``; a
-tokenizer class other than ``TokenizersBackend`` (transformers' ``CLIPTokenizer`` rebuilds
-its pipeline in code, which this module does not reproduce); an activation other than
+tokenizer class other than ``TokenizersBackend`` or ``CLIPTokenizer`` (which rebuilds
+its pipeline in code: accepted only when the file's pipeline equals that code's, see
+:func:`clip_pipeline_mismatch`); an activation other than
 ``quick_gelu``; a family other than ``owlv2`` / ``owlvit``.
 
 >>> enc = load_light_text_encoder("demo", demo_dir, "owlv2")  # doctest: +SKIP
@@ -52,7 +54,10 @@ logger = logging.getLogger(__name__)
 #: Changes whenever the arithmetic or tokenisation here changes (query caches key on it).
 LIGHT_VERSION = "text-light-v1"
 LIGHT_FAMILIES = ("owlv2", "owlvit")
-SUPPORTED_TOKENIZER_CLASSES = ("TokenizersBackend",)
+SUPPORTED_TOKENIZER_CLASSES = ("TokenizersBackend", "CLIPTokenizer")
+# transformers' CLIPTokenizer rebuilds this pipeline in code (models/clip/tokenization_clip.py);
+# a tokenizer.json whose id-relevant parts equal it tokenises identically as saved.
+_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
 
 
@@ -126,6 +131,40 @@ def _token_text(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def clip_pipeline_mismatch(tokenizer_json: dict, config: dict) -> str | None:
+    """Where a ``tokenizer.json`` differs, in what decides token ids, from the pipeline
+    transformers' ``CLIPTokenizer`` builds (normaliser NFC + whitespace + lowercase; CLIP's
+    split regex + byte-level; BPE with ``</w>``; RoBERTa-style BOS/EOS); None when equal."""
+    norm = tokenizer_json.get("normalizer") or {}
+    expected_norm = [{"type": "NFC"}, {"type": "Replace", "pattern": {"Regex": r"\s+"}, "content": " "}, {"type": "Lowercase"}]
+    if norm.get("type") != "Sequence" or norm.get("normalizers") != expected_norm:
+        return f"normalizer {norm!r}"
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if not steps or len(steps) != 2:
+        return f"pre_tokenizer {pre!r}"
+    split, byte_level = steps
+    if (split.get("type"), split.get("pattern"), split.get("behavior"), split.get("invert")) != (
+        "Split", {"Regex": _CLIP_SPLIT}, "Removed", True
+    ):
+        return f"split step {split!r}"
+    if byte_level.get("type") != "ByteLevel" or byte_level.get("add_prefix_space") or not byte_level.get("use_regex", True):
+        return f"byte-level step {byte_level!r}"
+    model = tokenizer_json.get("model") or {}
+    if (model.get("type"), model.get("end_of_word_suffix"), model.get("continuing_subword_prefix") or "",
+            bool(model.get("fuse_unk")), bool(model.get("byte_fallback")), model.get("dropout")) != ("BPE", "</w>", "", False, False, None):
+        return "BPE model settings"
+    if model.get("unk_token") != _token_text(config.get("unk_token", "<|endoftext|>")):
+        return f"unk token {model.get('unk_token')!r}"
+    post = tokenizer_json.get("post_processor") or {}
+    vocab = model.get("vocab") or {}
+    bos = _token_text(config.get("bos_token", "<|startoftext|>"))
+    eos = _token_text(config.get("eos_token", "<|endoftext|>"))
+    if post.get("type") != "RobertaProcessing" or post.get("cls") != [bos, vocab.get(bos)] or post.get("sep") != [eos, vocab.get(eos)]:
+        return f"post_processor {post!r}"
+    return None
+
+
 class LightTokenizer:
     """``tokenizer.json`` with transformers' ``padding="max_length", truncation=True`` call."""
 
@@ -144,6 +183,10 @@ class LightTokenizer:
         if not path.is_file():
             raise LightUnsupported(f"{weights_dir}: no tokenizer.json")
         pad = _token_text(config.get("pad_token"))
+        if cls == "CLIPTokenizer":
+            mismatch = clip_pipeline_mismatch(json.loads(path.read_text(encoding="utf-8")), config)
+            if mismatch is not None:
+                raise LightUnsupported(f"{weights_dir}: tokenizer.json differs from transformers' CLIPTokenizer pipeline ({mismatch})")
         tok = Tokenizer.from_file(str(path))
         pad_id = tok.token_to_id(pad) if pad is not None else None
         if pad_id is None:
@@ -295,6 +338,13 @@ def light_unsupported_reason(weights_dir: str | os.PathLike, family: str) -> str
                 "(tokenizer.json as saved) only")
     if not (root / "model.safetensors").is_file() and not (root / "model.safetensors.index.json").is_file():
         return f"{root}: no model.safetensors (the light encoder reads safetensors only)"
+    if cls == "CLIPTokenizer":
+        try:
+            mismatch = clip_pipeline_mismatch(json.loads((root / "tokenizer.json").read_text(encoding="utf-8")), tok_config)
+        except (OSError, ValueError):
+            return f"{root}: no readable tokenizer.json"
+        if mismatch is not None:
+            return f"{root}: tokenizer.json differs from transformers' CLIPTokenizer pipeline ({mismatch})"
     return None
 
 
@@ -329,6 +379,7 @@ __all__ = [
     "LIGHT_VERSION",
     "LIGHT_FAMILIES",
     "LightUnsupported",
+    "clip_pipeline_mismatch",
     "LightTextEncoder",
     "LightTokenizer",
     "SafetensorsFile",
