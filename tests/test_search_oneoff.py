@@ -215,3 +215,21 @@ def test_cli_search_same_output_cold_and_warm(db, capsys):
     assert outputs[0] == outputs[1] and len(outputs[0]) == 5
     expected = reference(db, QUERIES[0], top_k=5)
     assert [o["image_id"] for o in outputs[0]] == [h.image_id for h in expected.hits]
+
+
+@pytest.mark.slow
+def test_bench_startup_only_reports_ratios_and_leaves_the_index_alone(base_index, tmp_path, capsys):
+    before = sorted(p.name for p in base_index.iterdir())
+    out = tmp_path / "startup.json"
+    assert cli_main(["bench", "--startup-only", "--startup-db", str(base_index), "--out", str(out),
+                     "--workdir", str(tmp_path / "work")]) == 0
+    report = json.loads(out.read_text())["startup"]
+    med, ratio = report["median_s"], report["ratio_to_import_torch"]
+    for key in ("new_query", "repeated_query", "searcher_path"):
+        assert ratio[key] == pytest.approx(med[key] / med["import_torch"], rel=1e-2, abs=2e-3)
+        assert len(report["runs_s"][key]) == report["repeats"] == 3
+    assert report["meets_goal"]["new_query"] == (ratio["new_query"] <= 1.5)
+    assert "one-off search vs `import torch`" in capsys.readouterr().out
+    assert sorted(p.name for p in base_index.iterdir()) == before  # searched a copy
+    work_db = tmp_path / "work" / "startup.db"
+    assert (work_db / SIDECAR_NAME).is_file() and (work_db / CACHE_NAME).is_file()
