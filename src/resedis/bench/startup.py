@@ -51,7 +51,7 @@ def build_demo_index(images: Path, db: Path) -> Path:
     from resedis.index import IndexConfig, build_index
     from resedis.search_oneoff import refresh_sidecar
 
-    build_index(images, db, config=IndexConfig(), model="demo", progress=False)
+    build_index(images, db, config=IndexConfig(model="demo"), progress=False)
     refresh_sidecar(db)
     return db
 
