@@ -314,6 +314,27 @@ def test_finetune_lowers_loss(corpora, trained):
         assert set(h["metrics"]) >= {"BR@1@0.5", "mAP50", "N_acc"}
 
 
+def test_rejection_before_and_after_training_is_reported(corpora, trained):
+    from resedis.finetune import checkpoint as ckpt
+    from resedis.finetune.validate import validate_model
+    from resedis.io import load_dataset
+
+    out, result = trained
+    rej = result.rejection
+    assert rej == ckpt.read_meta(out)["rejection"]
+    assert rej["after"] == {k: result.history[-1]["metrics"][k] for k in ("N_acc", "IL_MCC")}
+    # "before" is the validation of the run's initial weights, recomputed independently
+    val_ds = load_dataset(corpora / "val")
+    ts_val = build_training_set(val_ds)
+    before, proc = build_scratch_owlv2(TINY, build_training_set(load_dataset(corpora / "train")).texts, seed=0)
+    cfg = FinetuneConfig()
+    m = validate_model(before, proc, ts_val, val_ds.queries, PixelStore(proc, ts_val.images), batch_size=4,
+                       top_k=cfg.top_k, max_regions=cfg.max_regions,
+                       max_length=int(before.config.text_config.max_position_embeddings))["metrics"]
+    assert rej["before"] == {"N_acc": m["N_acc"], "IL_MCC": m["IL_MCC"]}
+    assert rej["before"]["IL_MCC"] is not None and isinstance(rej["collapsed"], bool)
+
+
 def test_checkpoint_loads_and_matches_index_path(corpora, trained):
     from PIL import Image
     from transformers import Owlv2ForObjectDetection
@@ -321,7 +342,7 @@ def test_checkpoint_loads_and_matches_index_path(corpora, trained):
     from resedis.models import load_model
 
     out, result = trained
-    meta = json.loads((out / "resedis.json").read_text())
+    meta = json.loads((out / "resedis_checkpoint.json").read_text())
     assert 0.0 <= meta["presence_threshold"] <= 1.0
     assert meta["presence_threshold"] == pytest.approx(result.presence_threshold)
     assert meta["best_epoch"] == result.best_epoch and meta["selected_by"] == "BR@1@0.5"
@@ -395,7 +416,7 @@ def test_cli_resumes_after_sigkill(corpora, tmp_path):
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["resumed_from_step"] >= step and summary["steps"] == 3 * 8
-    assert (out / "model.safetensors").is_file() and (out / "resedis.json").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "resedis_checkpoint.json").is_file()
 
 
 def test_cli_needs_a_model(corpora, tmp_path, capsys):

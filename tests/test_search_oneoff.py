@@ -1,8 +1,9 @@
 """The fast one-off search: query cache, region sidecar, and their staleness rules.
 
-Reference for every answer: a :class:`Searcher` with the full transformers backend over
-the same index (hits: same images and boxes in the same order; scores within 1e-5, the
-light encoder's float32 tolerance, see tests/test_text_light.py).
+Reference for every answer: :class:`QueryEngine` (the ``owl`` pipeline, full transformers
+backend, LanceDB) over the same index (hits: same images, boxes and presence in the same
+order; scores within 1e-5, the light encoder's float32 tolerance, see
+tests/test_text_light.py; the same threshold choice).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from resedis.index.manifest import read_manifest, write_manifest
 from resedis.index.sidecar import SIDECAR_NAME, read_sidecar, tables_stamp, write_sidecar
 from resedis.models import load_model
 from resedis.models.fingerprint import clear_cache
-from resedis.search import Searcher
+from resedis.models.fingerprint import spec_weights_dir, weights_fingerprint
+from resedis.pipelines.base import PipelineConfig
+from resedis.query import QueryEngine, QueryRequest
 from resedis.search_cache import CACHE_NAME, QueryCache, cache_key
-from resedis.search_oneoff import OneOffInfo, oneoff_search, refresh_sidecar
+from resedis.search_oneoff import OneOffInfo, refresh_sidecar, search_once
 
 QUERIES = ["red circle", "the largest yellow star", "a small blue square on the left"]
 
@@ -60,8 +63,17 @@ def db(base_index, tmp_path) -> Path:
     return out
 
 
-def reference(db: Path, text: str, top_k: int = 10):
-    return Searcher(db, device="cpu", matrix_dtype="stored").search(text, top_k=top_k)
+def reference(db: Path, text: str, top_k: int = 20, threshold: float | None = None):
+    answer = QueryEngine(db, PipelineConfig(device="cpu", matrix_dtype="stored")).run(
+        QueryRequest(text, top_k=top_k, threshold=threshold))
+    return answer.result
+
+
+def oneoff_search(db, text, *, top_k=20, threshold=None, info=None, use_cache=True):
+    answer = search_once(db, QueryRequest(text, top_k=top_k, threshold=threshold), PipelineConfig(device="cpu"),
+                         info=info, use_cache=use_cache)
+    assert answer.pipeline == "owl"
+    return answer.result
 
 
 def assert_same_hits(got, expected):
@@ -71,10 +83,10 @@ def assert_same_hits(got, expected):
 
 
 def test_first_search_reads_lance_then_sidecar_and_cache(db):
-    expected = reference(db, QUERIES[0])
+    expected = reference(db, QUERIES[0], top_k=10)
     info1 = OneOffInfo()
     first = oneoff_search(db, QUERIES[0], top_k=10, info=info1)
-    assert (info1.regions, info1.encoder, info1.sidecar_written) == ("lance", "light", True)
+    assert (info1.path, info1.regions, info1.encoder, info1.sidecar_written) == ("fast", "lance", "light", True)
     assert (db / SIDECAR_NAME).is_file() and (db / CACHE_NAME).is_file()
     assert_same_hits(first, expected)
     info2 = OneOffInfo()
@@ -94,19 +106,19 @@ def test_cache_hit_identical_to_a_fresh_encoding(db):
         fresh = oneoff_search(db, text, use_cache=False, info=fresh_info)
         assert fresh_info.encoder == "light"
         assert cached.hits == fresh.hits
-        assert_same_hits(cached, reference(db, text, top_k=20))
+        assert_same_hits(cached, reference(db, text))
 
 
 def test_cache_invalidated_when_weights_change(db, model_dir, tmp_path):
-    """An index without a recorded fingerprint (built before resedis recorded one) is searched
-    after its model was retrained in place: the cached vector must not be reused."""
+    """The model is retrained in place and the index rebuilt into the same folder (its
+    query_cache.json survives): the cached vector of the old weights must not be used."""
     from safetensors.torch import load_file, save_file
 
     model = tmp_path / "model"
     shutil.copytree(model_dir, model)
     manifest = read_manifest(db)
     manifest.model = f"owlv2:{model}"
-    manifest.weights_fingerprint = None
+    manifest.weights_fingerprint = weights_fingerprint(model)
     write_manifest(db, manifest)
     text = QUERIES[1]
     oneoff_search(db, text)
@@ -119,12 +131,40 @@ def test_cache_invalidated_when_weights_change(db, model_dir, tmp_path):
     tensors[name] = tensors[name] * 2 + 0.5  # "retrained"
     save_file(tensors, str(model / "model.safetensors"))
     clear_cache()
+    manifest.weights_fingerprint = weights_fingerprint(spec_weights_dir(manifest.model))  # "rebuilt" with them
+    write_manifest(db, manifest)
     info = OneOffInfo()
     after = oneoff_search(db, text, info=info)
     assert info.encoder == "light"  # recomputed, not served from the stale cache
     assert json.loads((db / CACHE_NAME).read_text())["key"] != key_before
     assert [h.score for h in after.hits] != [h.score for h in before.hits]
-    assert_same_hits(after, reference(db, text, top_k=20))
+    assert_same_hits(after, reference(db, text))
+
+
+def test_legacy_fingerprint_goes_through_the_engine(db):
+    """An index whose fingerprint predates processor files: the engine (which checks the
+    preprocessing record) answers, with the same hits."""
+    manifest = read_manifest(db)
+    manifest.weights_fingerprint = None
+    write_manifest(db, manifest)
+    info = OneOffInfo()
+    result = oneoff_search(db, QUERIES[0], info=info)
+    assert info.path == "engine" and "predates" in info.reason
+    assert_same_hits(result, reference(db, QUERIES[0]))
+
+
+@pytest.mark.parametrize("calibration, threshold", [
+    (None, None), (None, 0.3), ({"threshold": 0.2}, None), ({"owl": {"threshold": 0.25}}, None),
+    ({"owl": {"threshold": 0.25}}, 0.6)])
+def test_threshold_choice_equals_the_engine(db, calibration, threshold):
+    manifest = read_manifest(db)
+    manifest.calibration = calibration
+    write_manifest(db, manifest)
+    request = QueryRequest(QUERIES[0], top_k=5, threshold=threshold)
+    fast = search_once(db, request, PipelineConfig(device="cpu"))
+    engine = QueryEngine(db, PipelineConfig(device="cpu")).run(request)
+    assert fast.threshold == engine.threshold
+    assert [h.present for h in fast.result.hits] == [h.present for h in engine.result.hits]
 
 
 def test_fingerprinted_index_refuses_changed_weights_before_the_cache(db, model_dir, tmp_path):

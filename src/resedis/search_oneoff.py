@@ -1,4 +1,4 @@
-"""A one-off search that starts fast: what ``resedis search`` runs for the ``owl`` pipeline.
+"""A one-off search that starts fast: what ``resedis search`` runs (:func:`search_once`).
 
 A one-off process pays for its imports, not for the search (milliseconds). This path
 avoids the heavy ones wherever it can prove the answer is the same:
@@ -11,15 +11,20 @@ avoids the heavy ones wherever it can prove the answer is the same:
    numpy only) when it matches the tables' current state; else through LanceDB (a
    :class:`~resedis.search.Searcher`, with its ANN path where the index has one), after
    which the sidecar is refreshed for the next search.
-3. **Scoring** — the same exact product, per-image NMS and ranking as
-   :class:`~resedis.search.Searcher` (:func:`rank_corpus`).
+3. **Scoring** — the same exact product (or ANN candidates re-scored exactly), per-image
+   NMS, ranking, presence threshold precedence and hit finalisation as the ``owl``
+   pipeline of :class:`~resedis.query.QueryEngine` (:func:`rank_corpus`).
 
-The weights check is the Searcher's: the index's model must still have the weights its
-vectors were encoded with (:func:`resedis.index.manifest.check_weights`), before any
-cached vector is used.
+:func:`search_once` takes this path only where it gives the engine's answer: a local
+index, the ``owl`` pipeline, no masks, and a manifest whose weights fingerprint is of the
+current kind (it covers the weights, the processor and the tokenizer files, and must
+match them now: :func:`resedis.index.manifest.check_weights`, before any cached vector is
+used). Anything else (an object-store index, another pipeline, masks, an index built
+before fingerprints covered the processor files) goes through a :class:`QueryEngine`.
 
->>> from resedis.search_oneoff import oneoff_search
->>> oneoff_search("photos.db", "a red mug", top_k=5).hits  # doctest: +SKIP
+>>> from resedis.query import QueryRequest
+>>> from resedis.search_oneoff import search_once
+>>> search_once("photos.db", QueryRequest("a red mug", top_k=5)).result.hits  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -34,16 +39,20 @@ from pathlib import Path
 import numpy as np
 
 from resedis.errors import ResedisError
+from resedis.index.ann import AnnSearch
 from resedis.index.manifest import Manifest, check_model, check_weights, read_manifest
 from resedis.index.store import open_index
 from resedis.index.sidecar import read_sidecar, remove_sidecar, sidecar_allowed, tables_stamp, write_sidecar
 from resedis.models import load_model, parse_spec
-from resedis.models.fingerprint import spec_weights_dir, weights_fingerprint
+from resedis.models.fingerprint import VERSION as FINGERPRINT_VERSION, spec_weights_dir, weights_fingerprint
 from resedis.models.text_light import LIGHT_VERSION, LightUnsupported, light_unsupported_reason, load_light_text_encoder
-from resedis.search import DEFAULT_NMS_IOU, Searcher, normalize_text, rank_hits, sigmoid
+from resedis.pipelines.base import PipelineConfig, finalize_hits
+from resedis.pipelines.owl import OwlPipeline
+from resedis.query import QueryAnswer, QueryEngine, QueryRequest, pipeline_name
+from resedis.search import HIT_NMS_IOU, normalize_text, rank_hits, sigmoid
 from resedis.search_cache import CachedTextEncoder, QueryCache, cache_key
 from resedis.search_corpus import Corpus, load_corpus
-from resedis.thresholds import index_threshold
+from resedis.thresholds import ThresholdChoice, choose_threshold
 from resedis.types import Hit, QueryResult
 
 log = logging.getLogger(__name__)
@@ -51,43 +60,59 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OneOffInfo:
-    """How a one-off search was answered: ``encoder`` (``"cache"``, ``"light"`` or
-    ``"transformers"``), ``regions`` (``"sidecar"`` or ``"lance"``), ``fallback`` (why the
-    light encoder was not used, if it was not), ``sidecar_written`` and the presence
-    ``threshold`` applied."""
+    """How a one-off search was answered: ``path`` (``"fast"`` or ``"engine"``, and
+    ``reason`` why not fast), ``encoder`` (``"cache"``, ``"light"`` or ``"transformers"``),
+    ``regions`` (``"sidecar"`` or ``"lance"``), ``fallback`` (why the light encoder was not
+    used, if it was not) and ``sidecar_written``."""
 
+    path: str = ""
+    reason: str | None = None
     encoder: str = ""
     regions: str = ""
     fallback: str | None = None
     sidecar_written: bool = False
-    threshold: float | None = None
 
 
-def rank_corpus(corpus: Corpus, queries: np.ndarray, texts: list[str], *, top_k: int, threshold: float,
-                nms_iou: float) -> list[QueryResult]:
-    """Exact search of (Q, D) ``queries`` over ``corpus``: the logits, per-image NMS,
-    ranking and presence of :meth:`resedis.search.Searcher.search_many`."""
-    logits = corpus.logits(queries)
+def rank_corpus(corpus: Corpus, logits: np.ndarray, query_ids: list[str], texts: list[str], *, top_k: int,
+                threshold: float, nms_iou: float) -> list[QueryResult]:
+    """(N, Q) ``logits`` over ``corpus`` -> one QueryResult per query: per-image NMS and the
+    ranking of :meth:`resedis.search.Searcher.search_many`, then the ``owl`` pipeline's
+    finalisation (:func:`resedis.pipelines.base.finalize_hits`: top ``top_k`` by score,
+    ``present = score >= threshold``)."""
     results = []
     for j, text in enumerate(texts):
         ranked = rank_hits(logits[:, j], corpus.region_image, corpus.boxes, top_k, nms_iou)
-        hits = []
+        scored = []
         for region, logit in ranked:
             img = int(corpus.region_image[region])
             score = float(sigmoid(logit))
-            hits.append(Hit(image_id=corpus.image_ids[img], box=tuple(float(v) for v in corpus.boxes[region]),
-                            score=score, present=score >= threshold, mask=None, path=corpus.paths[img]))
-        results.append(QueryResult(query_id=normalize_text(text), expression=text, hits=hits))
+            scored.append((score, Hit(image_id=corpus.image_ids[img], box=tuple(float(v) for v in corpus.boxes[region]),
+                                      score=score, present=False, mask=None, path=corpus.paths[img])))
+        results.append(QueryResult(query_id=query_ids[j], expression=text, hits=finalize_hits(scored, top_k, threshold)))
     return results
+
+
+def owl_threshold(manifest: Manifest, explicit: float | None) -> ThresholdChoice:
+    """The presence threshold the ``owl`` pipeline uses on an index with this manifest
+    (:meth:`resedis.pipelines.base.Pipeline.resolved_choice` with ``OwlPipeline.calibration``:
+    argument > its stored calibration or the top-level one > checkpoint > default)."""
+    cal = manifest.calibration
+    entry = cal.get(OwlPipeline.name) if isinstance(cal, dict) else None
+    if not isinstance(entry, dict) and manifest.threshold is not None:
+        entry = {"threshold": manifest.threshold}
+    calibrated = None
+    if isinstance(entry, dict) and isinstance(entry.get("threshold"), (int, float)):
+        calibrated = float(entry["threshold"])
+    return choose_threshold(explicit=explicit, calibrated=calibrated, model=manifest.model,
+                            default=OwlPipeline.default_threshold,
+                            calibrated_origin=f"index manifest calibration of pipeline {OwlPipeline.name}")
 
 
 def text_encoder_for(manifest: Manifest, db: Path, device: str | None = None, *, use_cache: bool = True,
                      info: OneOffInfo | None = None) -> CachedTextEncoder:
     """The cheapest exact text encoder for an index's model: cache, then light, then full.
-
-    Checks first that the model's weights are still those the index was built with."""
+    The caller has checked the weights (:func:`fast_path_refusal`)."""
     info = info if info is not None else OneOffInfo()
-    check_weights(manifest, None, db)
     spec = manifest.model
     weights_dir = spec_weights_dir(spec)
     family = parse_spec(spec).family
@@ -140,64 +165,96 @@ class _NoCache(QueryCache):
         return None
 
 
-def oneoff_search(
+def fast_path_refusal(db, request: QueryRequest, storage_options: dict | None) -> str | None:
+    """Why :func:`search_once` must use a :class:`QueryEngine` for this query (None: it need not)."""
+    if storage_options or "://" in str(db):
+        return "not a local index"
+    if pipeline_name(request.pipeline) != OwlPipeline.name:
+        return f"pipeline {request.pipeline!r}"
+    if request.masks:
+        return "masks asked for"
+    return None
+
+
+def search_once(
     db: str | os.PathLike,
-    text: str,
+    request: QueryRequest,
+    config: PipelineConfig | None = None,
     *,
-    top_k: int = 20,
-    threshold: float | None = None,
-    nms_iou: float = DEFAULT_NMS_IOU,
     model: str | None = None,
-    device: str | None = None,
+    storage_options: dict[str, str] | None = None,
     use_cache: bool = True,
     info: OneOffInfo | None = None,
-) -> QueryResult:
-    """One query against a LOCAL index directory, as :meth:`Searcher.search` answers it
-    (same hits; the text vector equal to float32 tolerance when the light encoder made it),
-    with as few imports as possible (see the module docstring). ``info`` (optional) is
-    filled with how it was answered."""
+) -> QueryAnswer:
+    """One query in a fresh process: :meth:`QueryEngine.run`'s answer for ``request`` over
+    the index ``db`` (``model``: refuse unless the index was built with it), through the
+    fast path where it gives that answer (see the module docstring), else through a
+    :class:`QueryEngine`. ``info`` (optional) is filled with how it was answered."""
     info = info if info is not None else OneOffInfo()
-    if not isinstance(text, str) or not text.strip():
-        raise ResedisError(f"empty query {text!r}: describe the object to search for")
+    config = config or PipelineConfig()
+    config.validate()
+    if not isinstance(request.text, str) or not request.text.strip():
+        raise ResedisError(f"empty query {request.text!r}: describe the object to search for")
+    reason = fast_path_refusal(db, request, storage_options)
+    manifest = None
+    if reason is None:
+        root = Path(db)
+        if not root.is_dir():
+            raise ResedisError(f"{db}: no such index directory; build one with: resedis index IMAGES_DIR --db {db}")
+        manifest = read_manifest(root)
+        check_model(manifest, model, root)
+        check_weights(manifest, None, root)  # as the engine would: refuse retrained weights first
+        if manifest.weights_fingerprint != weights_fingerprint(spec_weights_dir(manifest.model), FINGERPRINT_VERSION):
+            reason = "the index's weights fingerprint predates processor files (the engine checks its preprocessing record)"
+    if reason is not None:
+        info.path, info.reason = "engine", reason
+        engine = QueryEngine(open_index(db, model=model, storage_options=storage_options), config)
+        return engine.run(request)
+    info.path = "fast"
+    return _answer_fast(root, manifest, request, config, use_cache, info)
+
+
+def _answer_fast(root: Path, manifest: Manifest, request: QueryRequest, config: PipelineConfig, use_cache: bool,
+                 info: OneOffInfo) -> QueryAnswer:
+    top_k = config.top_k if request.top_k is None else request.top_k
     if top_k < 1:
         raise ResedisError(f"top_k must be >= 1, got {top_k}")
-    if not 0.0 < nms_iou <= 1.0:
-        raise ResedisError(f"nms_iou must be in (0, 1] (1 disables NMS), got {nms_iou}")
-    root = Path(db)
-    if not root.is_dir():
-        raise ResedisError(f"{db}: no such index directory; build one with: resedis index IMAGES_DIR --db {db}")
-    manifest = read_manifest(root)
-    check_model(manifest, model, root)
-    encoder = text_encoder_for(manifest, root, device, use_cache=use_cache, info=info)
+    choice = owl_threshold(manifest, config.threshold if request.threshold is None else request.threshold)
+    encoder = text_encoder_for(manifest, root, config.device, use_cache=use_cache, info=info)
+    query_id = request.query_id or normalize_text(request.text)
     t0 = time.perf_counter()
     sidecar = read_sidecar(root)
     if sidecar is not None:
         info.regions = "sidecar"
         corpus = Corpus(version=sidecar.versions, image_ids=sidecar.image_ids, paths=sidecar.paths,
                         region_image=sidecar.region_image, boxes=sidecar.boxes, vectors=sidecar.vectors,
-                        matrix_dtype="stored")
-        chosen = index_threshold(manifest).value if threshold is None else float(threshold)
-        info.threshold = chosen
-        t1 = time.perf_counter()
-        queries = encoder.encode_texts([normalize_text(text)])
-        t2 = time.perf_counter()
-        result = rank_corpus(corpus, queries, [text], top_k=top_k, threshold=chosen, nms_iou=nms_iou)[0]
-        result.timings = {"encode_ms": 1000 * (t2 - t1), "search_ms": 1000 * (time.perf_counter() - t2 + t1 - t0)}
+                        matrix_dtype="stored", hidden=sidecar.hidden)
+        ann = None
     else:
         info.regions = "lance"
         stamp = tables_stamp(root)  # before the tables are read: a commit meanwhile -> not written
-        searcher = Searcher(root, encoder=encoder, nms_iou=nms_iou, matrix_dtype="stored")
-        result = searcher.search(text, top_k=top_k, threshold=threshold)
-        info.threshold = searcher.threshold if threshold is None else float(threshold)
+        index = open_index(root)
+        corpus = load_corpus(index, "stored")
+        ann = AnnSearch(index)
         if stamp is not None:
-            corpus = searcher.corpus()
             info.sidecar_written = write_sidecar(
                 root, stamp=stamp, versions=corpus.version, image_ids=corpus.image_ids, paths=corpus.paths,
-                region_image=corpus.region_image, boxes=corpus.boxes, vectors=corpus.vectors,
+                region_image=corpus.region_image, boxes=corpus.boxes, vectors=corpus.vectors, hidden=corpus.hidden,
             ) is not None
+    t1 = time.perf_counter()
+    queries = encoder.encode_texts([normalize_text(request.text)])
+    t2 = time.perf_counter()
+    logits = ann.logits(corpus, queries, top_k) if ann is not None else None
+    if logits is None:
+        logits = corpus.logits(queries)
+    if corpus.hidden.any():  # as the Searcher: boxes with no visible area are never returned
+        logits[corpus.hidden] = -np.inf
+    result = rank_corpus(corpus, logits, [query_id], [request.text], top_k=top_k, threshold=choice.value,
+                         nms_iou=config.nms_iou)[0]
+    result.timings = {"encode_ms": 1000 * (t2 - t1), "search_ms": 1000 * (time.perf_counter() - t2 + t1 - t0)}
     if not info.encoder:
         info.encoder = "cache" if encoder.misses == 0 else info.encoder
-    return result
+    return QueryAnswer(result, OwlPipeline.name, choice)
 
 
 def refresh_sidecar(db: str | os.PathLike) -> bool:
@@ -215,7 +272,9 @@ def refresh_sidecar(db: str | os.PathLike) -> bool:
         return True
     corpus = load_corpus(open_index(root), matrix_dtype="stored")
     return write_sidecar(root, stamp=stamp, versions=corpus.version, image_ids=corpus.image_ids, paths=corpus.paths,
-                         region_image=corpus.region_image, boxes=corpus.boxes, vectors=corpus.vectors) is not None
+                         region_image=corpus.region_image, boxes=corpus.boxes, vectors=corpus.vectors,
+                         hidden=corpus.hidden) is not None
 
 
-__all__ = ["OneOffInfo", "oneoff_search", "rank_corpus", "refresh_sidecar", "text_encoder_for"]
+__all__ = ["OneOffInfo", "fast_path_refusal", "owl_threshold", "rank_corpus", "refresh_sidecar", "search_once",
+           "text_encoder_for"]

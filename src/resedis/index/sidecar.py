@@ -3,8 +3,8 @@ one-off search reads with numpy alone, without importing LanceDB (3.6 s measured
 
 ``DB/regions.sidecar`` holds exactly what :func:`resedis.search_corpus.load_corpus`
 returns (committed regions only, in table order): image ids and paths, each region's
-image row, its box (xyxy original px, float32) and its vector as stored (float16 or
-float32). Layout: 8 bytes magic ``RSDSIDE1``, a little-endian u64 header length, a JSON
+image row, its box (xyxy original px, float32), its vector as stored (float16 or
+float32) and whether it is hidden (no visible area: never returned). Layout: 8 bytes magic ``RSDSIDE1``, a little-endian u64 header length, a JSON
 header, then the arrays, each 64-byte aligned (memory-mapped on read).
 
 **Never stale.** The header records :func:`tables_stamp`: a digest of every version
@@ -39,7 +39,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SIDECAR_NAME = "regions.sidecar"
-SIDECAR_FORMAT = "resedis-region-sidecar-v1"
+SIDECAR_FORMAT = "resedis-region-sidecar-v2"
 _MAGIC = b"RSDSIDE1"
 _ALIGN = 64
 _TABLES = ("images.lance", "regions.lance")
@@ -81,7 +81,8 @@ class SidecarRegions:
     """The committed regions of an index as read from its sidecar (arrays memory-mapped).
 
     image_ids / paths: per image row; region_image (N,) int64; boxes (N, 4) float32 xyxy
-    original px; vectors (N, D) as stored; ``versions``: the (images, regions) Lance table
+    original px; vectors (N, D) as stored; hidden (N,) bool: regions never returned (no
+    visible area, :class:`resedis.search_corpus.Corpus`); ``versions``: the (images, regions) Lance table
     versions it was written from; ``stamp``: :func:`tables_stamp` at that time.
     """
 
@@ -90,6 +91,7 @@ class SidecarRegions:
     region_image: np.ndarray
     boxes: np.ndarray
     vectors: np.ndarray
+    hidden: np.ndarray
     versions: tuple[int, int]
     stamp: str
 
@@ -108,6 +110,7 @@ def write_sidecar(
     region_image: np.ndarray,
     boxes: np.ndarray,
     vectors: np.ndarray,
+    hidden: np.ndarray | None = None,
 ) -> Path | None:
     """Write ``DB/regions.sidecar`` atomically (temp file, fsync, rename) for the tables
     state ``stamp``. Returns its path, or None (nothing written) when the tables no longer
@@ -120,11 +123,13 @@ def write_sidecar(
         "region_image": np.ascontiguousarray(region_image, dtype=np.int64),
         "boxes": np.ascontiguousarray(boxes, dtype=np.float32),
         "vectors": np.ascontiguousarray(vectors),
+        "hidden": np.ascontiguousarray(np.zeros(len(region_image), bool) if hidden is None else hidden, dtype=np.bool_),
     }
     if vectors.dtype not in (np.float16, np.float32):
         raise ValueError(f"sidecar vectors must be float16 or float32, got {vectors.dtype}")
     n = arrays["region_image"].shape[0]
-    if arrays["boxes"].shape != (n, 4) or arrays["vectors"].ndim != 2 or arrays["vectors"].shape[0] != n:
+    if (arrays["boxes"].shape != (n, 4) or arrays["vectors"].ndim != 2 or arrays["vectors"].shape[0] != n
+            or arrays["hidden"].shape != (n,)):
         raise ValueError("sidecar arrays disagree on the number of regions")
     specs, offset = {}, 0
     for name, arr in arrays.items():
@@ -204,7 +209,7 @@ def read_sidecar(db: str | os.PathLike) -> SidecarRegions | None:
                             if count else np.zeros(shape, dtype))
         return SidecarRegions(
             image_ids=header["image_ids"], paths=header["paths"], region_image=arrays["region_image"],
-            boxes=arrays["boxes"], vectors=arrays["vectors"], versions=tuple(header["versions"]), stamp=current,
+            boxes=arrays["boxes"], vectors=arrays["vectors"], hidden=np.asarray(arrays["hidden"]), versions=tuple(header["versions"]), stamp=current,
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.info("%s: unreadable region sidecar (%s); ignored", path, exc)

@@ -158,7 +158,7 @@ def _ref_queries(src: str, ref: Any, coco: CocoInstances) -> tuple[list[Query], 
                               attributes={"category_id": cat, "ref_id": ref["ref_id"]})
                      for ann_id, rle, cat in targets]
         queries.append(Query(query_id=query_id, expression=expression, instances=instances,
-                             category=category, type=kind, sources=[src]))
+                             category=category, type=kind, sources=[src], scope=[info.id]))
     return queries, notes
 
 
