@@ -58,7 +58,7 @@ def test_index_cli_prints_the_estimate(tiny_models, synth_small, tmp_path, caplo
     images.mkdir()
     for p in sorted((synth_small / "images").iterdir())[:6]:
         shutil.copy(p, images / p.name)
-    with caplog.at_level(logging.INFO, logger="resedis.index.writer"):
+    with caplog.at_level(logging.INFO, logger="resedis.index"):
         assert cli_main(["index", str(images), "--db", str(tmp_path / "db"), "--model", f"owlv2:{tiny_models['owlv2']}",
                          "--batch-size", "2", "--quiet"]) == 0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("estimate:")]
