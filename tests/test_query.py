@@ -125,7 +125,7 @@ def test_cli_server_eval_and_library_return_the_same_hits(shapes_db, synth_small
     cli_hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     # The whole shared hit schema, path included. A one-off `resedis search` may encode the
     # text with the light numpy encoder (resedis.search_oneoff): scores then agree to float32
-    # tolerance (tests/test_text_light.py), everything else exactly.
+    # tolerance (tests/models/test_text_light.py), everything else exactly.
     assert [{**h, "score": None} for h in cli_hits] == [{**h, "score": None} for h in lib_hits]
     assert [h["score"] for h in cli_hits] == pytest.approx([h["score"] for h in lib_hits], abs=1e-6)
 

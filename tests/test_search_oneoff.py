@@ -3,7 +3,7 @@
 Reference for every answer: :class:`QueryEngine` (the ``owl`` pipeline, full transformers
 backend, LanceDB) over the same index (hits: same images, boxes and presence in the same
 order; scores within 1e-5, the light encoder's float32 tolerance, see
-tests/test_text_light.py; the same threshold choice).
+tests/models/test_text_light.py; the same threshold choice).
 """
 
 from __future__ import annotations

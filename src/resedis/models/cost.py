@@ -12,7 +12,7 @@ activations and softmax not), over the same module calls the index writer makes:
   ``d→d→d→1``; the pooled image vector ``d→proj``;
 * CLIP (whole image): the tower plus the projection ``d→proj``.
 
-``tests/test_model_cost.py`` checks these counts against ``FlopCounterMode`` on the meta
+``tests/models/test_model_cost.py`` checks these counts against ``FlopCounterMode`` on the meta
 device for tiny and full-size configs. :data:`DEFAULT_ARCHITECTURES` holds the vision
 settings of each family's default weights (their published ``config.json``), so
 ``resedis models`` can show a cost without the weights being present.

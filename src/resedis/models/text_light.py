@@ -20,7 +20,7 @@ the same vector with numpy from the checkpoint's own files:
   normalisation ``t / |t|`` and the class head's ``q̂ = t / (|t| + 1e-6)``.
 
 Arithmetic is float32 as in the model (bf16/f16 checkpoints are upcast as transformers'
-float32 load does). ``tests/test_text_light.py`` proves the vectors equal
+float32 load does). ``tests/models/test_text_light.py`` proves the vectors equal
 :meth:`OwlBackend.encode_texts` to float32 tolerance on the tiny random OWLv2 and OWL-ViT
 checkpoints and on the bundled demo model.
 
