@@ -70,7 +70,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ),
     (
         "search",
-        ("search", "search_corpus", "thresholds", "pipelines", "query", "api"),
+        ("search", "search_corpus", "search_cache", "search_oneoff", "thresholds", "pipelines", "query", "api"),
         "the query path: text in, ranked hits with presence (and masks) out; the pipelines",
     ),
     (

@@ -31,6 +31,7 @@ def report(tiny_models, tmp_path_factory):
         matmul_n=256,
         matmul_seconds=0.2,
         tiny_owlv2=str(tiny_models["owlv2"]),
+        startup_repeats=1,
     )
     result = run_bench(quick=True, out=out, plan=plan, progress=False, print_table=False)
     return result, json.loads(out.read_text())
@@ -44,6 +45,10 @@ def test_report_is_written_and_complete(report):
     assert on_disk["query"] == result["query"]
     assert on_disk["machine"]["matmul_gflops"] > 0
     assert on_disk["machine"]["matmul_gflops"] >= on_disk["machine"]["matmul_gflops_median"]
+    startup = on_disk["startup"]  # one-off search on a demo-model index of the naive step's 12 images
+    assert startup["images"] == 12 and set(startup["ratio_to_import_torch"]) == {"new_query", "repeated_query", "searcher_path"}
+    assert startup["ratio_to_import_torch"]["new_query"] == pytest.approx(
+        startup["median_s"]["new_query"] / startup["median_s"]["import_torch"], rel=1e-2, abs=2e-3)
 
 
 def test_indexing_entries_are_consistent(report):

@@ -10,7 +10,10 @@ Sections of the JSON report (see ``docs/benchmarks.md`` for the meaning of each 
 * ``ann_variants`` (full mode) — the LanceDB index types compared on one corpus;
 * ``naive_vs_index`` — seconds per query of running the detector on every image vs the
   index, the speedup, whether the hits are identical, and how it grows with the corpus;
-* ``peak_rss_mb`` — of an indexing process and of a search process (each isolated).
+* ``peak_rss_mb`` — of an indexing process and of a search process (each isolated);
+* ``startup`` — a one-off ``resedis search`` (new and repeated query) as a ratio to
+  ``python -c "import torch"``, on a demo-model index of the naive step's images
+  (:mod:`resedis.bench.startup`).
 
 >>> from resedis.bench import run_bench
 >>> report = run_bench(quick=True, out="bench.json")  # doctest: +SKIP
@@ -28,7 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from resedis.bench.indexing import EncoderCase
+from resedis.errors import ResedisError
 from resedis.bench.naive import NaiveBenchConfig
+from resedis.bench import startup
 from resedis.bench.query import QueryBenchConfig
 from resedis.index.ann import AnnConfig
 
@@ -61,6 +66,7 @@ class BenchPlan:
     matmul_seconds: float = 1.5
     threads: int | None = 1
     tiny_owlv2: str | None = None  # an existing tiny OWLv2 checkpoint dir (else one is written)
+    startup_repeats: int = 3  # interleaved repeats of the one-off search timing (0 = skip the step)
 
 
 def quick_plan() -> BenchPlan:
@@ -133,6 +139,8 @@ def _table(report: dict) -> str:
     )
     rss = report["peak_rss_mb"]
     lines.append(f"peak RSS: indexing {rss['indexing']:.0f} MiB, search {rss['search']:.0f} MiB")
+    if report.get("startup"):
+        lines.append(startup.startup_line(report["startup"]))
     return "\n".join(lines)
 
 
@@ -162,6 +170,7 @@ def run_bench(
     scratch.mkdir(parents=True, exist_ok=True)
     report: dict = {"schema": SCHEMA, "mode": plan.mode, "argv": sys.argv, "plan": _plan_json(plan)}
     steps = ["machine", "indexing", "naive", "writer", "query"] + (["variants"] if plan.ann_variants_rows else [])
+    steps += ["startup"] if plan.startup_repeats else []
     bar = tqdm(total=len(steps), desc="bench", unit="part", disable=not progress, file=sys.stderr)
     try:
         bar.set_postfix_str("matmul")
@@ -233,6 +242,12 @@ def run_bench(
                 plan.ann_variants_rows, scratch / "variants", plan.query, _ann_variants(plan.ann)
             )
             bar.update(1)
+
+        if plan.startup_repeats:
+            bar.set_postfix_str("one-off search startup")
+            db = startup.build_demo_index(corpus_images, scratch / "startup.db")
+            report["startup"] = {**startup.measure_startup(db, repeats=plan.startup_repeats), "images": len(list(corpus_images.iterdir()))}
+            bar.update(1)
     finally:
         bar.close()
         if not workdir:
@@ -250,6 +265,56 @@ def run_bench(
         path.write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
     if print_table:
         print(_table(report))
+    return report
+
+
+def run_startup_bench(
+    out: str | os.PathLike | None = None,
+    *,
+    db: str | os.PathLike | None = None,
+    images: int = 200,
+    repeats: int = 3,
+    workdir: str | os.PathLike | None = None,
+    print_table: bool = True,
+) -> dict:
+    """Only the ``startup`` step: against a copy of the local index ``db`` (its query cache
+    and sidecar are written into the copy, the original is left alone), or, without ``db``,
+    against a demo-model index of ``images`` synthetic images built here."""
+    from resedis.synth import generate
+
+    started = time.perf_counter()
+    scratch = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="resedis-bench-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    report: dict = {"schema": SCHEMA, "mode": "startup", "argv": sys.argv}
+    try:
+        target = scratch / "startup.db"
+        shutil.rmtree(target, ignore_errors=True)
+        if db is not None:
+            if not (Path(db) / "resedis.json").is_file():
+                raise ResedisError(f"{db}: not a local resedis index (no resedis.json)")
+            shutil.copytree(db, target, ignore=shutil.ignore_patterns(".lock"))
+            from resedis.search_oneoff import refresh_sidecar
+
+            refresh_sidecar(target)
+            n_images = None
+        else:
+            corpus = scratch / "corpus"
+            if not (corpus / "images").is_dir():
+                generate(corpus, images=images, queries=2, absent=0, seed=0, progress=False)
+            startup.build_demo_index(corpus / "images", target)
+            n_images = images
+        report["startup"] = {**startup.measure_startup(target, repeats=repeats), "images": n_images,
+                             "source_db": str(db) if db is not None else None}
+    finally:
+        if not workdir:
+            shutil.rmtree(scratch, ignore_errors=True)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    if print_table:
+        print(startup.startup_line(report["startup"]))
     return report
 
 
@@ -277,4 +342,4 @@ def _plan_json(plan: BenchPlan) -> dict:
     return data
 
 
-__all__ = ["BenchPlan", "full_plan", "quick_plan", "run_bench"]
+__all__ = ["BenchPlan", "full_plan", "quick_plan", "run_bench", "run_startup_bench"]

@@ -271,3 +271,23 @@ def measure_encoder(
         )
     del backend
     return entries
+
+
+def measured_rates(report: dict) -> dict[str, dict]:
+    """A ``resedis bench`` report -> per family, the best measured indexing rate at the
+    family's default image size: ``{family: {"images_per_s", "batch_size", "model",
+    "threads"}}`` (families the report did not time are absent)."""
+    from resedis.models.cost import DEFAULT_ARCHITECTURES
+
+    threads = (report.get("machine") or {}).get("threads")
+    best: dict[str, dict] = {}
+    for entry in report.get("indexing") or []:
+        family = entry.get("family")
+        arch = DEFAULT_ARCHITECTURES.get(family)
+        if arch is None or entry.get("image_size") != arch["image_size"]:
+            continue
+        rate = entry.get("images_per_s")
+        if isinstance(rate, (int, float)) and rate > 0 and rate > best.get(family, {}).get("images_per_s", 0):
+            best[family] = {"images_per_s": float(rate), "batch_size": entry.get("batch_size"),
+                            "model": entry.get("model"), "threads": threads}
+    return best

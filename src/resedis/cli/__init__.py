@@ -36,7 +36,20 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def requested_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first argument that is not a top-level option), or
+    None. Parsing then builds only that command's parser: each command module imports the
+    library modules its defaults live in, and a one-off ``resedis search`` should not pay
+    for ``eval``'s or ``serve``'s imports (``docs/benchmarks.md``, one-off search)."""
+    for arg in argv:
+        if arg in ("-v", "--verbose"):
+            continue
+        return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with ``only`` one command's (same options, same help)."""
     from resedis.version import __version__
 
     parser = argparse.ArgumentParser(
@@ -46,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resedis {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else [only]:
         try:
             module = importlib.import_module(f"resedis.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -58,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(requested_command(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

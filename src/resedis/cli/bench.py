@@ -44,11 +44,29 @@ def register(subparsers) -> None:
         "On a shared machine one thread avoids stalls when other processes hold the cores",
     )
     p.add_argument("--workdir", metavar="DIR", help="keep scratch data here (default: a temporary directory, removed)")
+    p.add_argument(
+        "--startup-only",
+        action="store_true",
+        help="run only the one-off search startup step: `resedis search` (new and repeated query) timed as a "
+        "ratio to `python -c \"import torch\"`",
+    )
+    p.add_argument("--startup-db", metavar="DB", help="with --startup-only: time searches of a copy of this local "
+                   "index (default: a demo-model index of 200 synthetic images built in the workdir)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from resedis.bench import quick_plan, run_bench
+    from resedis.bench import quick_plan, run_bench, run_startup_bench
+
+    if args.startup_db and not args.startup_only:
+        raise ResedisError("--startup-db applies with --startup-only")
+    if args.startup_only:
+        out = Path(args.out or DEFAULT_REPORT)
+        if out.exists() and out.is_dir():
+            raise ResedisError(f"--out {out}: is a directory; give a file path")
+        run_startup_bench(out, db=args.startup_db, workdir=args.workdir)
+        print(f"wrote {out}")
+        return 0
 
     if args.threads is not None and args.threads < 0:
         raise ResedisError(f"--threads must be >= 0, got {args.threads}")

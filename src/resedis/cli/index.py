@@ -99,7 +99,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from resedis.index import build_index
-    from resedis.index.fs import storage_options_from_pairs
+    from resedis.index.fs import as_location, storage_options_from_pairs
 
     storage_options = storage_options_from_pairs(args.storage_option)
 
@@ -118,13 +118,16 @@ def run(args: argparse.Namespace) -> int:
         from resedis.index import open_index
         from resedis.index.ann import AnnConfig
         from resedis.index.commit import Lock
-        from resedis.index.fs import as_location
 
         location = as_location(report.db, storage_options)
         with Lock(location):  # one writer at a time, as for indexing
             built = open_index(location).rebuild_ann(AnnConfig(min_rows=config.ann_min_rows))
         if built is not None and not args.json:
             print(f"ANN index: {built.index_type} ({built.metric}) over {built.rows} regions in {built.seconds:.1f} s", file=sys.stderr)
+    if as_location(report.db, storage_options).is_local:
+        from resedis.search_oneoff import refresh_sidecar
+
+        refresh_sidecar(report.db)  # so the next one-off `resedis search` reads no LanceDB
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

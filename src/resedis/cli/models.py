@@ -24,7 +24,34 @@ def register(subparsers) -> None:
         metavar="SPEC",
         help="resolve SPEC's weights offline-first and print the directory they are in (error if not found)",
     )
+    p.add_argument(
+        "--bench",
+        metavar="FILE",
+        help="a `resedis bench` JSON report whose measured indexing rates (images/s) to show beside each "
+        "family's GFLOP per image (default: ./bench.json when it exists)",
+    )
     p.set_defaults(func=run)
+
+
+def load_rates(path: str | None) -> tuple[dict, str | None]:
+    """(family -> measured rate, the report used) from ``path`` or ./bench.json; ({}, None) when none."""
+    from pathlib import Path
+
+    from resedis.bench.indexing import measured_rates
+    from resedis.errors import ResedisError
+
+    file = Path(path) if path else Path("bench.json")
+    if not file.is_file():
+        if path:
+            raise ResedisError(f"--bench {path}: no such file; write one with: resedis bench --quick --out {path}")
+        return {}, None
+    try:
+        report = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ResedisError(f"--bench {file}: not a readable JSON bench report ({exc})") from None
+    if not isinstance(report, dict) or not str(report.get("schema", "")).startswith("resedis-bench/"):
+        raise ResedisError(f"{file}: not a `resedis bench` report (no resedis-bench schema)")
+    return measured_rates(report), str(file)
 
 
 def run(args) -> int:
@@ -45,7 +72,10 @@ def run(args) -> int:
             print(f"{spec}\t{path}")
         return 0
 
+    from resedis.models.cost import COST_FAMILIES, checkpoint_gflops, default_gflops
+
     entries = list_models()
+    rates, rates_from = load_rates(args.bench)
     if args.json:
         for e in entries:
             record = {
@@ -55,6 +85,9 @@ def run(args) -> int:
                 "default_spec": f"{e.name}:{e.default_source}",
                 "description": e.description,
                 "default": f"{e.name}:{e.default_source}" == DEFAULT_MODEL,
+                "gflops_per_image": None if default_gflops(e.name) is None else round(default_gflops(e.name), 1),
+                "bench_images_per_s": rates.get(e.name, {}).get("images_per_s"),
+                "bench_report": rates_from if e.name in rates else None,
             }
             print(json.dumps(record))
         kinds = {e.name: e.kind for e in entries}
@@ -64,14 +97,23 @@ def run(args) -> int:
                               "default_spec": name, "description": f"alias {name} = {target}",
                               "default": False, "alias": name, "spec": target}))
         return 0
-    rows = [("FAMILY", "KIND", "DEFAULT SOURCE", "DESCRIPTION")]
+    rows = [("FAMILY", "KIND", "DEFAULT SOURCE", "GFLOP/IMG", "IMG/S", "DESCRIPTION")]
     for e in entries:
         star = " *" if f"{e.name}:{e.default_source}" == DEFAULT_MODEL else ""
-        rows.append((e.name + star, e.kind, e.default_source, e.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        gflops = default_gflops(e.name)
+        rate = rates.get(e.name)
+        rows.append((e.name + star, e.kind, e.default_source, "-" if gflops is None else f"{gflops:.1f}",
+                     "-" if rate is None else f"{rate['images_per_s']:.3g}", e.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
-        print("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+        print("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5])
     print(f"\n* default model ({DEFAULT_MODEL}). Spec: family:hub-id or family:/local/dir.", file=sys.stdout)
+    print("GFLOP/IMG: compute to index one image with the family's default weights (multiply-add = 2). "
+          + (f"IMG/S: indexing rate measured by resedis bench ({rates_from}, best batch, "
+             f"{next(iter(rates.values()))['threads'] or 'default'} torch thread(s))." if rates else
+             "IMG/S: run `resedis bench --quick` here (or pass --bench FILE) to show measured rates."))
     for name, target in list_aliases().items():
-        print(f"alias {name}: {target}")
+        family, source = target.split(":", 1)
+        gflops = checkpoint_gflops(family, source) if family in COST_FAMILIES else None
+        print(f"alias {name}: {target}" + (f" ({gflops:.2f} GFLOP/img)" if gflops is not None else ""))
     return 0

@@ -54,18 +54,17 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resedis.index import open_index
     from resedis.index.fs import storage_options_from_pairs
-    from resedis.query import QueryEngine, QueryRequest
+    from resedis.query import QueryRequest
+    from resedis.search_oneoff import search_once
     from resedis.threads import set_threads
 
     set_threads(args.threads)  # before any model runs
-    index = open_index(args.db, model=args.model, storage_options=storage_options_from_pairs(args.storage_option))
-    # One query per process: converting the region matrix to float32 would cost what one
-    # query in the stored dtype converts anyway, plus twice the memory.
-    engine = QueryEngine(index, engine_config(args, matrix_dtype="stored"))
+    # One query per process: the one-off path (query cache, light text encoder, region
+    # sidecar where they give the engine's answer), the region matrix kept as stored.
     request = QueryRequest(args.text, **given(args, "pipeline", "top_k", "threshold", "masks"))
-    answer = engine.run(request)
+    answer = search_once(args.db, request, engine_config(args, matrix_dtype="stored"), model=args.model,
+                         storage_options=storage_options_from_pairs(args.storage_option))
     result = answer.result
     if args.json:
         for hit in result.hits:

@@ -33,6 +33,7 @@ from resedis.index.ann import AnnConfig, optimize_ann
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
 from resedis.index.config import DEFAULT_MAX_REGIONS, REGION_NMS_IOU, IndexConfig, IndexReport
 from resedis.index.crops import CropWriter, stored_crop_config
+from resedis.index.estimate import WARMUP_IMAGES, IndexEstimate, backend_gflops
 from resedis.index.fs import Location, as_location
 from resedis.index.manifest import (
     MANIFEST_NAME,
@@ -216,7 +217,12 @@ class IndexingSession:
         for table in self.writer.side_tables:
             table.repair()
         self._commit_refused()
+        where = getattr(backend, "device", None) if backend is not None else "ray workers"
+        self.estimate = IndexEstimate(len(self.tasks), self.report.model, str(where or self.config.device or "?"),
+                                      backend_gflops(backend) if backend is not None and self.tasks else None,
+                                      warmup_images=min(self.config.batch_size, WARMUP_IMAGES))
         self._encode_started = time.perf_counter()
+        self.estimate.start()
 
     def _commit_refused(self) -> None:
         """Record the entries the folder walk refused (``plan.skips``) in a commit of their own;
@@ -277,6 +283,8 @@ class IndexingSession:
                 report.removed += 1
             else:
                 report.added -= 1
+        if (line := self.estimate.observe(report.encoded)) is not None:
+            log.info("%s", line)  # `resedis index` prints it: the run's length, before most of it
 
     def end_encoding(self) -> None:
         """Commit the last batch, stop the encoding clock (time spent in side tables is
