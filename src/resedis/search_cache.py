@@ -43,11 +43,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def cache_key(weights_fingerprint: str, weights_dir: str | os.PathLike, implementation: str) -> str:
     """The key vectors are stored under (see the module docstring)."""
     digest = hashlib.sha256()
-    digest.update(f"{CACHE_FORMAT}\n{weights_fingerprint}\n{implementation}\n".encode("utf-8"))
+    digest.update(f"{CACHE_FORMAT}\n{weights_fingerprint}\n{implementation}\n".encode())
     for name in TOKENIZER_FILES:
         path = Path(weights_dir) / name
         if path.is_file():
-            digest.update(f"{name}\t".encode("utf-8") + hashlib.sha256(path.read_bytes()).hexdigest().encode("ascii") + b"\n")
+            digest.update(f"{name}\t".encode() + hashlib.sha256(path.read_bytes()).hexdigest().encode("ascii") + b"\n")
     return "sha256:" + digest.hexdigest()
 
 

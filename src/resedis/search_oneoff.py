@@ -49,7 +49,7 @@ from resedis.models.text_light import LIGHT_VERSION, LightUnsupported, light_uns
 from resedis.pipelines.base import PipelineConfig, finalize_hits
 from resedis.pipelines.owl import OwlPipeline
 from resedis.query import QueryAnswer, QueryEngine, QueryRequest, pipeline_name
-from resedis.search import HIT_NMS_IOU, normalize_text, rank_hits, sigmoid
+from resedis.search import normalize_text, rank_hits, sigmoid
 from resedis.search_cache import CachedTextEncoder, QueryCache, cache_key
 from resedis.search_corpus import Corpus, load_corpus
 from resedis.thresholds import ThresholdChoice, choose_threshold
