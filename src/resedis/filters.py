@@ -53,12 +53,17 @@ def parse_time(value, name: str) -> int:
         moment = dt.datetime(value.year, value.month, value.day, tzinfo=_UTC)
     else:
         raise ResedisError(f"{name}: expected an ISO date, a datetime or POSIX seconds, got {type(value).__name__}")
-    delta = moment - dt.datetime(1970, 1, 1, tzinfo=_UTC)
+    delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
-def _format_ns(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns / 1e9, tz=_UTC).isoformat().replace("+00:00", "Z")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
+
+
+def _format(moment) -> str:
+    if isinstance(moment, dt.datetime) and moment.tzinfo is not None:
+        return moment.astimezone(_UTC).isoformat().replace("+00:00", "Z")
+    return str(moment)
 
 
 def clean_folder(folder: str) -> str:
@@ -92,7 +97,7 @@ class Filters:
     image_ids: tuple[str, ...] | None = None
 
     def validated(self) -> "Filters":
-        """A checked, normalised copy (times as ns, folder cleaned, ids a sorted tuple);
+        """A checked, normalised copy (times as UTC datetimes, folder cleaned, ids a sorted tuple);
         ResedisError naming the bad value otherwise."""
         changes: dict = {}
         if self.folder is not None:
@@ -112,12 +117,13 @@ class Filters:
                 raise ResedisError(f"{low} ({a}) is larger than {high} ({b}): no image can match")
         for name in ("modified_after", "modified_before"):
             value = getattr(self, name)
-            if value is not None:
-                changes[name] = parse_time(value, name)
+            if value is not None:  # kept as an aware datetime, so validating twice changes nothing
+                ns = parse_time(value, name)
+                changes[name] = _EPOCH + dt.timedelta(microseconds=ns // 1000)
         after, before = changes.get("modified_after"), changes.get("modified_before")
         if after is not None and before is not None and after >= before:
-            raise ResedisError(f"modified_after ({_format_ns(after)}) is not before modified_before "
-                               f"({_format_ns(before)}): no image can match")
+            raise ResedisError(f"modified_after ({_format(after)}) is not before modified_before "
+                               f"({_format(before)}): no image can match")
         if self.image_ids is not None:
             if isinstance(self.image_ids, str):
                 raise ResedisError("image_ids is a list of image ids, not one string")
@@ -144,7 +150,7 @@ class Filters:
         for name, op in (("modified_after", "modified >="), ("modified_before", "modified <")):
             value = getattr(self, name)
             if value is not None:
-                parts.append(f"{op} {_format_ns(value) if isinstance(value, int) else value}")
+                parts.append(f"{op} {_format(value)}")
         if self.image_ids is not None:
             parts.append(f"{len(self.image_ids)} listed image id{'s' if len(self.image_ids) != 1 else ''}")
         return ", ".join(parts) or "no filter"
@@ -162,6 +168,8 @@ class Filters:
                                  ("modified_before", meta.mtime_ns, np.less)):
             value = getattr(self, name)
             if value is not None:
+                if name.startswith("modified"):
+                    value = parse_time(value, name)
                 keep &= op(column, value)
         if self.image_ids is not None:
             wanted = set(self.image_ids)
