@@ -196,6 +196,16 @@ def test_cli_filters(db, images, encoder, tmp_path, capsys):
     assert main(["search", "a red circle", "--db", str(db), "--folder", "a/sub", "--modified-after", "2024-01-02",
                  "--image-id", "a/sub/img05.png", "--image-id", "a/sub/img09.png", "--json", "--device", "cpu"]) == 0
     assert {json.loads(x)["image_id"] for x in capsys.readouterr().out.splitlines()} == {"a/sub/img05.png", "a/sub/img09.png"}
+    assert main(["search", "a red circle", "--db", str(db), "--folder", "b", "--group-by", "image", "--json",
+                 "--top-k", "30", "--device", "cpu"]) == 0
+    groups = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len({g["image_id"] for g in groups}) == len(groups) == 4  # b/ holds 4 images
+    assert sum(len(g["hits"]) for g in groups) == 30
+    assert all(g["score"] == max(h["score"] for h in g["hits"]) for g in groups)
+    assert main(["search", "a red circle", "--db", str(db), "--folder", "b", "--group-by", "image", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("20 hits for 'a red circle' (threshold 0.1; * = present)") and " images, " in out[0]
+    assert all(" b/img" in line and "box" in line for line in out[1:]) and len(out) > 2
     assert main(["search", "a red circle", "--db", str(db), "--folder", "zzz", "--device", "cpu"]) == 0
     assert "note: the filters (folder zzz/) match none" in capsys.readouterr().out
     assert main(["search", "x", "--db", str(db), "--modified-before", "01/02/2024", "--device", "cpu"]) == 2
