@@ -67,8 +67,8 @@ def register(subparsers) -> None:
     flt.add_argument("--modified-before", metavar="DATE", help="only files modified before this ISO date/time")
     flt.add_argument("--image-id", action="append", metavar="ID", help="only this image (repeatable)")
     flt.add_argument("--ids-file", metavar="FILE", help="only the image ids listed in FILE, one a line")
-    p.add_argument("--group-by", choices=("hit", "image"), default="hit",
-                   help="hit: one line per box (default); image: one line per image with all its boxes "
+    p.add_argument("--group-by", choices=("hit", "image"),
+                   help="hit: one line per box (when not given); image: one line per image with all its boxes "
                    "(JSON: {image_id, path, score (best), present (any), hits})")
     p.set_defaults(func=run)
 
