@@ -41,3 +41,11 @@ def encoder(owlv2_spec):
     from resedis.models import load_model
 
     return load_model(owlv2_spec, "cpu")
+
+
+@pytest.fixture(scope="session")
+def pipe_env(tmp_path_factory):
+    """The pipeline tests' shared tiny models, synthetic corpus and index (``pipekit.Env``)."""
+    import pipekit
+
+    return pipekit.env(tmp_path_factory.mktemp("pipetest"))

@@ -1,11 +1,11 @@
 """Shared, memoised setup for the pipeline tests: tiny models, a synthetic corpus, an index
-with crops. Built once per test process (plain functions, not fixtures, so every test
-module gets the same objects)."""
+with crops. Built once per test process, in the folder of the session fixture
+``pipe_env`` (``tests/conftest.py``: pytest's ``tmp_path_factory``, so pytest removes it
+like every other test folder); every test module gets the same objects."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,8 @@ class Env:
         return f"{family}:{self.tiny[family]}"
 
 
-def env() -> Env:
+def env(base: Path) -> Env:
+    """The shared environment, built under ``base`` on first use (later calls return it)."""
     if "env" in _CACHE:
         return _CACHE["env"]  # type: ignore[return-value]
     from resedis.index import IndexConfig, build_index
@@ -36,7 +37,7 @@ def env() -> Env:
     from resedis.testing.tiny import make_tiny_checkpoints
     from resedis.testing.tiny_extra import make_extra_checkpoints
 
-    root = Path(tempfile.mkdtemp(prefix="resedis-pipetest-"))
+    root = Path(base)
     tiny = dict(make_tiny_checkpoints(root / "tiny", ["owlv2", "clip", "siglip"]))
     tiny.update(make_extra_checkpoints(root / "tiny"))
     synth = root / "synth"

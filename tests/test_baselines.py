@@ -66,7 +66,7 @@ def test_random_is_deterministic_in_bounds_and_well_formed():
             assert 0 <= x0 <= x1 <= info.width and 0 <= y0 <= y1 <= info.height
             assert 0 <= h.score < 1 and h.present == (h.score > 0.5) and h.mask is None
     assert random_predictions(ds, seed=0, detections_per_query=0)[0].hits == []
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^detections_per_query must be >= 0, got -1$"):
         random_predictions(ds, seed=0, detections_per_query=-1)
 
 

@@ -90,14 +90,16 @@ def test_splits_are_disjoint_stratified_and_stable(env):
     folds = kfold_splits(ds, 3)
     assert sorted(qid for f in folds for qid in f) == sorted(q.query_id for q in ds.queries)
     assert parse_split("kfold:4") == ("kfold", 4) and parse_split("0.25") == ("holdout", 0.25)
-    for bad in ("1.5", "kfold:x", "half"):
-        with pytest.raises(ResedisError):
+    for bad, why in (("1.5", "a fraction must be in (0, 1)"), ("kfold:x", "expected kfold:K with an integer K"),
+                     ("half", "expected stored, none, a fraction in (0, 1) or kfold:K")):
+        with pytest.raises(ResedisError) as err:
             parse_split(bad)
+        assert str(err.value) == f"--calibration-split {bad!r}: {why}"
 
 
 @pytest.fixture(scope="module")
-def env():
-    return pipekit.env()
+def env(pipe_env):
+    return pipe_env
 
 
 def test_calibrate_cli_stores_threshold_per_pipeline_and_search_uses_it(env, tmp_path, capsys):

@@ -52,7 +52,7 @@ def backends(tiny_models) -> dict:
 
 
 def _visible(boxes: np.ndarray) -> np.ndarray:
-    """Boxes wider and taller than 1/100 px (the encoder drops the others: tests/test_zero_area.py)."""
+    """Boxes wider and taller than 1/100 px (the encoder drops the others: tests/models/test_zero_area.py)."""
     return (boxes[:, 2] - boxes[:, 0] > 0.01) & (boxes[:, 3] - boxes[:, 1] > 0.01)
 
 

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+from requires import require
+
 from resedis.cli import main as cli_main
 from resedis.errors import ResedisError
 from resedis.index import IndexConfig, build_index, open_index
@@ -155,8 +157,8 @@ def test_cli_search_threads(index16, monkeypatch, capsys, restore_threads):
 
 
 def test_cli_serve_threads(index16, monkeypatch, capsys, restore_threads):
-    pytest.importorskip("fastapi")
-    uvicorn = pytest.importorskip("uvicorn")
+    require("fastapi", "serve")
+    uvicorn = require("uvicorn", "serve")
     started: list[int] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started.append(torch.get_num_threads()))
     torch.set_num_threads(2)

@@ -15,6 +15,8 @@ import shutil
 import numpy as np
 import pytest
 
+from requires import require
+
 from resedis.cli import main as cli_main
 from resedis.errors import ResedisError
 from resedis.index import IndexConfig, build_index, open_index
@@ -128,7 +130,7 @@ def test_checkpoint_threshold_everywhere(env, capsys):
 
 
 def test_service_uses_checkpoint_then_calibration(env):
-    pytest.importorskip("fastapi")
+    require("fastapi", "serve")
     from fastapi.testclient import TestClient
 
     from resedis.server import ServeConfig, create_app

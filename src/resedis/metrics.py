@@ -262,7 +262,7 @@ def per_query(
     ``BR@K@τ`` (0.0/1.0), ``top1_in_target``, ``top1_iou`` (None with no detections),
     ``AP50``; for every query the discovery counts ``n_decided, tp, fp, fa_images``
     (distinct non-target images among ``present`` detections) and the SA-Co pair counts
-    ``il_tp, il_fp, il_fn, il_tn`` (None without ``n_images``, the corpus size),
+    ``il_tp, il_fp, il_fn, il_tn`` (``il_tn`` None without ``n_images``, the corpus size),
     ``presence_tp`` (one count per IoU threshold), ``presence_predictions``,
     ``presence_targets``. A query id missing
     from ``results`` is an empty prediction; result ids not among the queries are ignored.

@@ -9,6 +9,7 @@ over a LanceDB index built by ``resedis.index.build_index``.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -52,3 +53,17 @@ def build_corpus(base: Path, synth_small: Path, tiny_models: dict) -> dict:
 def assert_healthy(client):
     r = client.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``condition()`` until it returns something truthy (returned), or fail after a
+    generous ``timeout`` seconds naming ``what`` was awaited. Synchronises on an explicit
+    condition; the deadline only turns a hang into a failure."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

@@ -5,66 +5,96 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+from requires import require
+
+require("fastapi", "serve")
+require("httpx", "serve")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
 from resedis.server import ServeConfig, create_app  # noqa: E402
-from server_helpers import BASE, KEY, assert_healthy  # noqa: E402
+from server_helpers import BASE, KEY, assert_healthy, wait_until  # noqa: E402
 
 
 # ---- concurrency -----------------------------------------------------------------
-def test_healthz_stays_responsive_during_a_slow_search(client, service):
+class ObservedLock:
+    """A drop-in for ``SearchService.model_lock`` that reports when a thread has to wait
+    for it: ``waiting`` is set once an acquire finds the lock taken (the explicit
+    condition "the search is blocked on the model", instead of sleeping and hoping)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.waiting = threading.Event()
+
+    def __enter__(self):
+        if not self._lock.acquire(blocking=False):
+            self.waiting.set()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+def in_thread(fn, deadline_s: float = 120.0):
+    """Run ``fn`` in a thread; its result, or an AssertionError if it has not returned
+    after a generous deadline (a deadlock, not a slow machine)."""
+    out = {}
+    worker = threading.Thread(target=lambda: out.setdefault("result", fn()), daemon=True)
+    worker.start()
+    worker.join(deadline_s)
+    assert not worker.is_alive(), f"{fn} still blocked after {deadline_s} s"
+    return out["result"]
+
+
+def test_healthz_stays_responsive_during_a_slow_search(client, service, monkeypatch):
+    lock = ObservedLock()
+    monkeypatch.setattr(service, "model_lock", lock)
     results = {}
 
     def slow_search():
         results["search"] = client.get("/api/search", params={"q": "a slow query", "top_k": 3})
 
-    with service.model_lock:  # the model is busy: the search must wait for it
+    with lock:  # the model is busy: the search must wait for it
         worker = threading.Thread(target=slow_search)
         worker.start()
-        time.sleep(0.3)
+        assert lock.waiting.wait(120), "the search never reached the model lock"
         assert worker.is_alive() and "search" not in results  # really blocked on the model
-        started = time.perf_counter()
+        # health and images answer while the model is held (they would deadlock here if
+        # they needed it; the deadline only turns such a hang into a failure)
         for _ in range(5):
-            assert_healthy(client)
-        assert client.get("/api/images/a.jpg/thumb").status_code == 200  # images too
-        assert time.perf_counter() - started < 2.0
-    worker.join(timeout=30)
+            in_thread(lambda: assert_healthy(client))
+        assert in_thread(lambda: client.get("/api/images/a.jpg/thumb")).status_code == 200
+        assert "search" not in results  # still waiting: the answers above did not need the model
+    worker.join(timeout=120)
+    assert not worker.is_alive()
     assert results["search"].status_code == 200 and results["search"].json()["hits"]
 
 
-def test_waiting_searches_are_bounded_with_429(client, service):
-    old = service.max_pending
-    service.max_pending = 1
+def test_waiting_searches_are_bounded_with_429(client, service, monkeypatch):
+    lock = ObservedLock()
+    monkeypatch.setattr(service, "model_lock", lock)
+    monkeypatch.setattr(service, "max_pending", 1)
     results = {}
-    try:
-        with service.model_lock:
-            worker = threading.Thread(target=lambda: results.setdefault("first", client.get("/api/search?q=blue")))
-            worker.start()
-            time.sleep(0.3)
-            r = client.get("/api/search?q=green")
-            assert r.status_code == 429 and "retry" in r.json()["detail"]
-    finally:
-        service.max_pending = old
-    worker.join(timeout=30)
+    with lock:
+        worker = threading.Thread(target=lambda: results.setdefault("first", client.get("/api/search?q=blue")))
+        worker.start()
+        assert lock.waiting.wait(120), "the first search never reached the model lock"
+        r = in_thread(lambda: client.get("/api/search?q=green"))
+        assert r.status_code == 429 and r.json()["detail"] == "1 searches already waiting; retry shortly"
+    worker.join(timeout=120)
+    assert not worker.is_alive()
     assert results["first"].status_code == 200
 
 
 # ---- indexing jobs ---------------------------------------------------------------
-def _wait_job(c, job_id, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = c.get(f"/api/jobs/{job_id}").json()
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish")
+def _wait_job(c, job_id, timeout=300):
+    job = wait_until(lambda: (j := c.get(f"/api/jobs/{job_id}").json())["state"] in ("done", "failed") and j,
+                     timeout, f"job {job_id} to finish")
+    return job
 
 
 def test_index_jobs_create_and_update_the_served_index(tmp_path, synth_small, tiny_models, client):
@@ -101,8 +131,8 @@ def test_index_jobs_create_and_update_the_served_index(tmp_path, synth_small, ti
         assert c.get("/api/images/later.jpg").status_code == 404
         job = _wait_job(c, c.post("/api/index", json={"folder": str(photos)}).json()["id"])
         assert job["state"] == "done" and job["report"]["added"] == 1 and job["report"]["unchanged"] == 3
-        time.sleep(1.1)  # the catalog re-reads the image table at most once a second
-        assert c.get("/api/images/later.jpg").status_code == 200
+        # the catalog re-reads the image table at most once a second: poll, do not sleep
+        wait_until(lambda: c.get("/api/images/later.jpg").status_code == 200, 60, "later.jpg to become servable")
         other = allowed / "other"
         other.mkdir()
         r = c.post("/api/index", json={"folder": str(other)})

@@ -1,12 +1,12 @@
 """D³ (Description Detection Dataset, "DOD") protocol: COCO mAP with each description a category.
 
-The official evaluation (``scripts/eval_and_analysis_json.py`` and ``doc.md`` in
+The official evaluation (``scripts/eval_and_analysis_json.py`` and the d-cube toolkit documentation (``doc`` page) in
 shikras/d-cube) loads a COCO ground-truth file whose categories are the descriptions
 (``category_id`` = ``sent_id``), loads the detections as COCO results and runs
 ``pycocotools.cocoeval.COCOeval(..., "bbox")``; the reported mAP is ``stats[0]``
 (AP@[.50:.95], all areas, 100 detections per image and category). FULL, PRES and ABS are
 the same evaluation with the ground truth restricted to all descriptions, the presence
-descriptions, or the absence descriptions. Settings (``doc.md``, "Intra- or Inter-Group"):
+descriptions, or the absence descriptions. Settings (the d-cube toolkit documentation (``doc`` page), "Intra- or Inter-Group"):
 
 * **inter-scenario**: every description is run on every image; all detections count;
 * **intra-scenario**: an image is only run with the descriptions of its own group; here

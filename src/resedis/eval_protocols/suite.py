@@ -1,6 +1,6 @@
 """The ``--protocol`` registry: which metric set ``resedis eval`` reports.
 
-* ``resedis`` — the default suite of :mod:`resedis.metrics` (DESIGN.md §5), which already
+* ``resedis`` — the default suite of :mod:`resedis.metrics` (docs/metrics.md), which already
   includes IL_MCC / pmF1 / cgF1;
 * ``d3``   — :func:`resedis.eval_protocols.d3.d3_metrics`, inter-scenario always and
   intra-scenario when the queries carry a ``scope`` (the D³ loader sets it);

@@ -5,7 +5,7 @@
 image of the step, so :func:`detect` calls the model's own sub-modules in the order
 ``forward`` does — ``image_embedder`` -> ``class_predictor`` / ``box_predictor`` /
 ``objectness_predictor`` and the text tower's ``get_text_features`` — once per image
-and once per text. ``tests/test_finetune.py`` checks it equals ``model(...)``.
+and once per text. ``tests/finetune/test_finetune.py`` checks it equals ``model(...)``.
 
 Shapes: B images, P = (image_size / patch_size)^2 patches, T texts.
 Boxes are cxcywh normalised to the (square) model input.

@@ -6,7 +6,7 @@ generous candidate set; every candidate is then re-scored with its stored full v
 (``vector.astype(float32) @ [q̂, 1]``, the same arithmetic as exact search), so the
 logits — and therefore the scores — of returned regions are exact. Only *which* regions
 make the candidate set is approximate; recall against exact MIPS is measured in
-``tests/test_ann.py`` and by ``resedis bench``.
+``tests/index/test_ann.py`` and by ``resedis bench``.
 
 Why cosine partitions for an inner-product search: the true score is the inner product,
 but an IVF index trained with LanceDB's ``dot`` metric puts most vectors in a few

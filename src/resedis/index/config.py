@@ -24,7 +24,7 @@ class IndexConfig:
     100 regions, NMS IoU 0.5 and float16. An explicit value must match an existing index.
 
     vector_dtype: storage type of region vectors, ``float16`` (default: half the disk and
-    memory; logits within about 1e-3 relative, see tests/test_index.py) or ``float32``.
+    memory; logits within about 1e-3 relative, see tests/index/test_index.py) or ``float32``.
     max_pixels: decompression-bomb guard (images with more pixels are skipped).
     rehash: hash every file even when its size and mtime are unchanged.
     crops: also embed crops for the clip-crops pipeline (:class:`resedis.index.crops.CropConfig`),

@@ -1,7 +1,7 @@
 """D³ (Description Detection Dataset, "DOD", Xie et al., NeurIPS 2023) -> :class:`Dataset`.
 
 Layout of the release, as its toolkit reads it (``d_cube/d3.py``, class ``D3``, and
-``doc.md`` "Key Concepts" in shikras/d-cube; PyPI ``ddd-dataset``)::
+the d-cube toolkit documentation (``doc`` page) "Key Concepts" in shikras/d-cube; PyPI ``ddd-dataset``)::
 
     ROOT/d3_pkl/sentences.pkl    pickled dict  sent_id  -> {id, raw_sent, is_negative, anno_id, group_id, ...}
     ROOT/d3_pkl/annotations.pkl  pickled dict  anno_id  -> {id, image_id, sent_id: [..], segmentation,
@@ -10,12 +10,12 @@ Layout of the release, as its toolkit reads it (``d_cube/d3.py``, class ``D3``, 
     ROOT/d3_pkl/groups.pkl       pickled dict  group_id -> {id, inner_sent_id, img_id, pos_sent_id, outer_sent_id, ...}
     ROOT/d3_images/<file_name>   the images (or ROOT/<file_name>; paths are filled when found)
 
-``ROOT`` may also be the ``d3_pkl`` folder itself. ``doc.md`` documents ``segmentation`` as an
+``ROOT`` may also be the ``d3_pkl`` folder itself. the d-cube toolkit documentation (``doc`` page) documents ``segmentation`` as an
 RLE and ``bbox`` as four numbers; the toolkit's ``convert2coco`` reads them as
 ``segmentation[0]`` and ``bbox[0]`` (a one-element list of RLEs, a (1, 4) array). Both
 forms are accepted; RLE ``counts`` may be bytes.
 
-Mapping (the evaluation settings of ``doc.md``, "Intra- or Inter-Group Settings"):
+Mapping (the evaluation settings of the d-cube toolkit documentation (``doc`` page), "Intra- or Inter-Group Settings"):
 
 * every sentence is one query over the whole corpus (the **inter-scenario** setting,
   where every description is annotated on every image): id ``str(sent_id)``, expression

@@ -1,5 +1,5 @@
 """``resedis serve`` in a subprocess on a free loopback port, for browser tests and the
-screenshot script (``tests/test_web_browser.py``, ``scripts/screenshot.py``).
+screenshot script (``tests/server/test_web_browser.py``, ``scripts/screenshot.py``).
 
 >>> server = ServeProcess(db, log)            # doctest: +SKIP  (returns once /healthz answers)
 >>> server.url                                # doctest: +SKIP

@@ -233,7 +233,7 @@ def check_owl_checkpoint(
 def make_tiny_checkpoints(out_dir: str | Path, families: Sequence[str] | None = None) -> dict[str, Path]:
     """Write tiny checkpoints for ``families`` (default: all in TINY_BUILDERS) under
     ``out_dir/<family>`` and return ``{family: path}``. Deterministic (seeded)."""
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).expanduser().resolve()  # absolute: the paths are used as local model specs
     families = list(TINY_BUILDERS) if families is None else list(families)
     unknown = [f for f in families if f not in TINY_BUILDERS]
     if unknown:

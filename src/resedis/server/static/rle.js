@@ -1,5 +1,5 @@
 // COCO RLE decoding for the page (masks arrive as pycocotools' compressed RLE:
-// {size: [h, w], counts: str}). Tested against pycocotools in tests/test_web_browser.py.
+// {size: [h, w], counts: str}). Tested against pycocotools in tests/server/test_web_browser.py.
 "use strict";
 
 window.resedisRle = (() => {

@@ -15,8 +15,8 @@ from resedis.pipelines.relations import Cue, cue_priors, parse_expression, relat
 
 
 @pytest.fixture(scope="module")
-def env():
-    return pipekit.env()
+def env(pipe_env):
+    return pipe_env
 
 
 @pytest.mark.parametrize(
@@ -120,6 +120,7 @@ def test_siglip_scores_are_the_models_own_sigmoid_probability(env, tmp_path):
     results = QueryEngine(env.db, cfg, pipekit.models(env)).run_dataset(ds, pipeline="clip-crops")
     siglip = pipekit.models(env).get(env.spec("siglip"))
     q, r = next((q, r) for q, r in zip(ds.queries, results) if not parse_expression(q.expression).cues)
+    assert len(r.hits) == cfg.top_k  # the loop below checks every one
     for h in r.hits:
         x0, y0, x1, y1 = h.box
         crop = open_rgb(h.path).crop((int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))))
@@ -186,13 +187,12 @@ def test_gt_proposals_need_a_dataset(env):
             QueryRequest("a red circle", pipeline="clip-crops"))
 
 
-def test_yolo_proposals_without_the_extra_is_a_clear_error():
-    import importlib.util
+def test_yolo_proposals_without_the_extra_is_a_clear_error(monkeypatch):
+    import sys
 
     from resedis.index.crop_proposals import load_yolo
 
-    if importlib.util.find_spec("ultralytics") is not None:
-        pytest.skip("ultralytics is installed")
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # as if not installed, installed or not
     with pytest.raises(MissingExtraError, match=r"resedis\[yolo\]"):
         load_yolo("yolov8n.pt")
 

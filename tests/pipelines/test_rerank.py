@@ -9,12 +9,13 @@ import pytest
 from PIL import Image
 
 import pipekit
+from resedis.errors import ResedisError
 from resedis.pipelines.fusion import FusionParams, evidence, fuse_image
 
 
 @pytest.fixture(scope="module")
-def env():
-    return pipekit.env()
+def env(pipe_env):
+    return pipe_env
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_evidence_and_fusion_hand_computed():
     np.testing.assert_allclose(f0, owl_s)
     b1, f1, _, _ = fuse_image(owl_b, owl_s, gd_b, gd_s, FusionParams(weight=1.0, grounder_boxes=3))
     assert f1[0] == pytest.approx(0.9) and list(b1[0]) == [50, 50, 60, 60]
-    with pytest.raises(Exception, match="weight"):
+    with pytest.raises(ResedisError, match=r"^fusion weight must be in \[0, 1\], got 1.5$"):
         fuse_image(owl_b, owl_s, gd_b, gd_s, FusionParams(weight=1.5))
 
 
@@ -139,10 +140,12 @@ def test_rerank_weight_zero_keeps_owl_scores(env):
     queries = as_queries(dataset=ds)[:3]
     prepared = rerank.prepare(queries, ds)
     fused = rerank.finish(prepared, {"weight": 0.0, "grounder_boxes": 0}, 0.5)
+    assert len(prepared.images) == len(fused) == 3  # the loop below checks every query
     for cands, res in zip(prepared.images, fused):
         owl_pairs = sorted((tuple(b), s) for c in cands for b, s in zip(c.owl_boxes.tolist(), c.owl_scores))
         got = sorted((tuple(h.box), h.score) for h in res.hits)
         # NMS at 0.5 on OWL hits that the index already suppressed per image keeps them all
+        assert len(got) == len(owl_pairs) > 0
         assert [g[1] for g in got] == pytest.approx([p[1] for p in owl_pairs])
         assert all(h.present == (h.score >= 0.5) for h in res.hits)
 

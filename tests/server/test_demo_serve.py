@@ -9,8 +9,10 @@ from unittest import mock
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+from requires import require
+
+require("fastapi", "serve")
+require("httpx", "serve")
 
 from fastapi.testclient import TestClient  # noqa: E402
 

@@ -87,8 +87,9 @@ def test_naive_vs_index(report):
     for r in n["by_corpus_size"]:
         assert r["same_hits"] is True and r["max_score_diff"] <= 1e-5
         assert r["speedup"] == pytest.approx(r["naive_s_per_query"] / r["index_s_per_query"], rel=1e-9)
-    # Naive time is a sum over images, so it grows with the corpus.
-    assert n["by_corpus_size"][1]["naive_s_per_query"] > n["by_corpus_size"][0]["naive_s_per_query"]
+    # (no comparison of measured times: speed is reported, never asserted) the larger
+    # corpus step indexes strictly more regions than the smaller one
+    assert n["by_corpus_size"][1]["index_regions"] > n["by_corpus_size"][0]["index_regions"] > 0
 
 
 def test_peak_rss_and_pipeline(report):

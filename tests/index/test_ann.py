@@ -89,7 +89,9 @@ def test_recall_at_10_against_exact_mips(corpus):
 def test_candidate_logits_are_exact_and_sorted(corpus):
     table, vectors, _ = corpus
     queries = query_vectors(5, SPEC, seed=4)
-    for q, cand in zip(queries, ann_candidates(table, queries, 10, config=CONFIG, columns=("image_id", "region", "box"))):
+    candidates = ann_candidates(table, queries, 10, config=CONFIG, columns=("image_id", "region", "box"))
+    assert len(queries) == len(candidates) == 5  # the loop below checks every query
+    for q, cand in zip(queries, candidates):
         rows = _row_numbers(cand, len(cand))
         assert len(cand) == CONFIG.candidates_for(10) == 500
         reference = vectors[rows].astype(np.float32) @ q  # independent: in-memory matrix, original row order

@@ -11,7 +11,6 @@ chromium`` (``/usr/bin/chromium``); skipped with the reason when either is missi
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from requires import require, require_chromium
+
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("RESEDIS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -30,16 +30,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 KEY = "browser-test-key"
 QUERY = "red circle"
 TOP_K = 20
 TOLERANCE_PX = 2.0
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)", allow_module_level=True)
+sync_api = require("playwright.sync_api", "dev")
+CHROMIUM = require_chromium()
 
 import httpx  # noqa: E402
 from PIL import Image  # noqa: E402

@@ -55,7 +55,7 @@ def test_crop_fingerprint_recorded_and_other_weights_refused(built, tiny_models)
     entry = _entry(db)
     assert entry["model"] == canonical_spec(spec)
     assert entry["weights_fingerprint"] == fp.weights_fingerprint(clip)
-    assert len(_search(db)[0].hits) > 0
+    assert len(_search(db)[0].hits) == 3  # top_k: the pipeline answers in full
     rows = _crop_rows(db)
     assert rows > 0
 
@@ -86,8 +86,8 @@ def test_unknown_crop_fingerprint_opens_with_one_warning(built, tiny_models, cap
     _bump_one_weight(clip)  # would be refused if a fingerprint were recorded
     rows = _crop_rows(db)
     with caplog.at_level(logging.WARNING, logger="resedis.index.crops"):
-        assert len(_search(db)[0].hits) > 0
-        assert len(_search(db)[0].hits) > 0
+        assert len(_search(db)[0].hits) == 3  # top_k: the pipeline answers in full
+        assert len(_search(db)[0].hits) == 3  # top_k: the pipeline answers in full
         _draw_images(images, 1, seed=4)  # more crops: allowed, and the index stays "unknown"
         build_index(images, db, config=IndexConfig(model=f"owlv2:{tiny_models['owlv2']}", max_regions=4, device="cpu"),
                     progress=False)

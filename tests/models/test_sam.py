@@ -15,8 +15,8 @@ from resedis.types import Hit, QueryResult
 
 
 @pytest.fixture(scope="module")
-def env():
-    return pipekit.env()
+def env(pipe_env):
+    return pipe_env
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+from requires import require
+
+ray = require("ray", "ray")
 
 import resedis.index.session as session_module  # noqa: E402
 from resedis.distributed import index_with_ray  # noqa: E402
