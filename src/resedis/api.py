@@ -9,7 +9,7 @@ CLI                                    Python
 ``resedis stats --db DB``              ``open_index(DB).stats()``, ``.skipped()``
 ``resedis eval --dataset D --db DB``   ``QueryEngine(DB).run_dataset(load_dataset(D))``, scored
                                        by ``evaluate_predictions``
-``resedis search --like ID --box B``  ``QueryEngine(DB).run(QueryRequest(like=ByExample(ID, box=B)))``
+``resedis search --like ID --box B``   ``QueryEngine(DB).run(QueryRequest(like=ByExample(ID, box=B)))``
 ``resedis search "TEXT" --folder F``   ``QueryRequest("TEXT", filters=Filters(folder=F))``
 ``resedis search --group-by image``    ``group_by_image(answer.result.hits)``
 (the ``owl`` engine alone)             ``Searcher(DB).search("TEXT")``, ``search_dataset(DB, D)``
