@@ -19,7 +19,7 @@ from resedis.errors import ResedisError
 from resedis.filters import Filters, clean_folder, parse_time
 from resedis.index import IndexConfig, build_index, open_index
 from resedis.index.ann import AnnConfig, build_ann_index
-from resedis.pipelines import Models, PipelineConfig
+from resedis.pipelines import PIPELINES, Models, PipelineConfig
 from resedis.query import QueryEngine, QueryRequest
 from resedis.search import Searcher
 
@@ -221,3 +221,18 @@ def test_validating_twice_changes_nothing():
                 image_ids=("b", "a")).validated()
     assert f.validated() == f
     assert f.image_ids == ("a", "b") and f.folder == "a"
+
+
+@pytest.mark.parametrize("name", [n for n, e in PIPELINES.items() if e.cls.supports_filters and n != "owl+rerank"])  # owl+rerank: needs a grounder
+def test_every_pipeline_that_claims_filters_applies_them(name, db, images, encoder):
+    """A pipeline with ``supports_filters`` (inherited or not) returns only allowed images,
+    for a plain phrase and for a relational one (a composing pipeline's own path)."""
+    models = Models("cpu")
+    models.put(encoder.spec, encoder)
+    engine = QueryEngine(db, PipelineConfig(device="cpu"), models)
+    meta = images[1]
+    for text in ("a red circle", "the red circle left of the blue square"):
+        for f in (Filters(folder="b"), Filters(min_width=90), Filters(image_ids=("a/img04.png",))):
+            hits = engine.run(QueryRequest(text, pipeline=name, filters=f, top_k=40)).result.hits
+            assert hits, (name, text, f)
+            assert all(passes({**meta[h.image_id], "path": h.image_id}, f) for h in hits), (name, text, f)
