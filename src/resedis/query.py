@@ -157,6 +157,8 @@ class QueryEngine:
         for i, req in enumerate(requests):
             filters = self.check_filters(req)
             if req.like is not None:
+                if not isinstance(req.like, ByExample):
+                    raise ResedisError(f"like must be a resedis.by_example.ByExample, got {type(req.like).__name__}")
                 if dataset is not None:
                     raise ResedisError("query by example searches the index, not a dataset run")
                 if req.text and req.text.strip():
