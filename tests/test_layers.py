@@ -43,7 +43,8 @@ PACKAGE = "resedis"
 LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (
         "core",
-        ("types", "errors", "version", "boxes", "masks", "metrics", "eval_protocols", "expressions", "threads"),
+        ("types", "errors", "version", "boxes", "masks", "metrics", "eval_protocols", "expressions", "threads",
+         "filters"),
         "records (Hit, Query, Dataset), errors, box/mask geometry, metrics and benchmark protocols, "
         "the expression parser and its geometric scoring, small pure utilities",
     ),
@@ -70,7 +71,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ),
     (
         "search",
-        ("search", "search_corpus", "search_cache", "search_oneoff", "thresholds", "pipelines", "query", "api"),
+        ("search", "search_corpus", "search_cache", "search_oneoff", "thresholds", "pipelines", "query", "api", "by_example"),
         "the query path: text in, ranked hits with presence (and masks) out; the pipelines",
     ),
     (

@@ -9,6 +9,9 @@ CLI                                    Python
 ``resedis stats --db DB``              ``open_index(DB).stats()``, ``.skipped()``
 ``resedis eval --dataset D --db DB``   ``QueryEngine(DB).run_dataset(load_dataset(D))``, scored
                                        by ``evaluate_predictions``
+``resedis search --like ID --box B``   ``QueryEngine(DB).run(QueryRequest(like=ByExample(ID, box=B)))``
+``resedis search "TEXT" --folder F``   ``QueryRequest("TEXT", filters=Filters(folder=F))``
+``resedis search --group-by image``    ``group_by_image(answer.result.hits)``
 (the ``owl`` engine alone)             ``Searcher(DB).search("TEXT")``, ``search_dataset(DB, D)``
 =====================================  ==============================================
 
@@ -29,14 +32,18 @@ Example (runs offline on tiny random checkpoints; use a real model spec in pract
         print(hit.to_json())                     # {'image_id', 'box', 'score', 'present', 'mask', 'path'}
 """
 
+from resedis.by_example import ByExample
+from resedis.filters import Filters
 from resedis.index import Index, IndexConfig, IndexReport, build_index, open_index
 from resedis.pipelines import PipelineConfig
-from resedis.query import QueryAnswer, QueryEngine, QueryRequest, run_query
+from resedis.query import QueryAnswer, QueryEngine, QueryRequest, group_by_image, run_query
 from resedis.search import Searcher, search, search_dataset
 from resedis.thresholds import DEFAULT_THRESHOLD
 
 __all__ = [
+    "ByExample",
     "DEFAULT_THRESHOLD",
+    "Filters",
     "Index",
     "IndexConfig",
     "IndexReport",
@@ -46,6 +53,7 @@ __all__ = [
     "QueryRequest",
     "Searcher",
     "build_index",
+    "group_by_image",
     "open_index",
     "run_query",
     "search",

@@ -70,6 +70,29 @@ def box_iou(a: np.ndarray, b: np.ndarray, *, same_box_is_one: bool = False) -> n
     return iou
 
 
+def best_match(box, boxes: np.ndarray, priority: np.ndarray | None = None) -> int:
+    """Index of the box of ``boxes`` (N, 4) that best matches ``box`` (xyxy): the highest
+    IoU; when none overlaps it, the highest generalised IoU (IoU minus the share of the
+    enclosing box covered by neither, as transformers' OWL query rule falls back to). Ties
+    go to the highest ``priority`` (e.g. objectness), then the first."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    q = np.asarray(box, dtype=np.float64).reshape(1, 4)
+    if len(b) == 0:
+        raise ValueError("no boxes to match")
+    iou = box_iou(q, b)[0]
+    if not (iou > 0).any():
+        inter = 0.0
+        union = box_area(q)[0] + box_area(b) - inter
+        hull = (np.maximum(q[0, 2], b[:, 2]) - np.minimum(q[0, 0], b[:, 0])) * \
+            (np.maximum(q[0, 3], b[:, 3]) - np.minimum(q[0, 1], b[:, 1]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = np.where(hull > 0, -(hull - union) / hull, -1.0)
+    tied = np.flatnonzero(iou == iou.max())
+    if priority is None or len(tied) == 1:
+        return int(tied[0])
+    return int(tied[np.argmax(np.asarray(priority)[tied])])
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression; returns kept indices, highest score first."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)

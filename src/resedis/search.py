@@ -30,9 +30,10 @@ import numpy as np
 
 from resedis.boxes import box_iou
 from resedis.errors import ResedisError
+from resedis.filters import Filters, ImageMeta, image_meta
 from resedis.index.ann import AnnSearch
 from resedis.index.manifest import check_model, check_preprocessing, check_weights, read_manifest
-from resedis.index.store import Index, open_index
+from resedis.index.store import IMAGES, Index, open_index
 from resedis.models import load_model
 from resedis.models.spec import REGION_TEXT
 from resedis.search_corpus import (
@@ -152,6 +153,7 @@ class Searcher:
         # ANN candidates + exact re-scoring when the regions table has a vector index
         # (resedis.index.ann; built above IndexConfig.ann_min_rows rows); ``ann``: an AnnConfig.
         self.ann = AnnSearch(self.index, ann) if use_ann else None
+        self._meta: tuple[Corpus, ImageMeta] | None = None
 
     def _stat_manifest(self) -> object:
         # Local index: the manifest's mtime; object store: a hash of its content (resedis.index.fs).
@@ -166,6 +168,25 @@ class Searcher:
         if self._corpus is None or self._corpus.version != self.index.version():
             self._corpus = load_corpus(self.index, self.matrix_dtype)
         return self._corpus
+
+    def image_meta(self, corpus: Corpus | None = None) -> ImageMeta:
+        """Id, size and mtime of every image row of ``corpus`` (read once per corpus)."""
+        corpus = corpus if corpus is not None else self.corpus()
+        if self._meta is None or self._meta[0] is not corpus:
+            table = self.index.read(IMAGES, ["image_id", "width", "height", "mtime_ns"])
+            self._meta = (corpus, image_meta(table, corpus.image_ids))
+        return self._meta[1]
+
+    def region_filter(self, filters: Filters | None, corpus: Corpus | None = None) -> np.ndarray | None:
+        """(N,) bool per region of ``corpus``: its image passes ``filters`` (None: no filter)."""
+        if filters is None:
+            return None
+        filters = filters.validated()
+        if not filters.active:
+            return None
+        corpus = corpus if corpus is not None else self.corpus()
+        keep = filters.image_mask(self.image_meta(corpus))
+        return keep[corpus.region_image] if len(corpus) else np.zeros(0, dtype=bool)
 
     @property
     def threshold(self) -> float:
@@ -185,9 +206,10 @@ class Searcher:
                 raise ResedisError(f"empty query {text!r}: describe the object to search for")
         return np.asarray(self.encoder.encode_texts([normalize_text(t) for t in texts]), dtype=np.float32)
 
-    def search(self, text: str, *, top_k: int = DEFAULT_TOP_K, threshold: float | None = None) -> QueryResult:
+    def search(self, text: str, *, top_k: int = DEFAULT_TOP_K, threshold: float | None = None,
+               filters: Filters | None = None) -> QueryResult:
         """One text query -> QueryResult (hits ranked by score, ``query_id`` = the normalised text)."""
-        return self.search_many([text], top_k=top_k, threshold=threshold)[0]
+        return self.search_many([text], top_k=top_k, threshold=threshold, filters=filters)[0]
 
     def search_many(
         self,
@@ -197,11 +219,38 @@ class Searcher:
         threshold: float | None = None,
         query_ids: Sequence[str] | None = None,
         batch_size: int = 32,
+        filters: Filters | None = None,
     ) -> list[QueryResult]:
-        """Several queries, text-encoded in batches of ``batch_size``; one QueryResult each."""
-        return self._search(texts, top_k=top_k, threshold=threshold, query_ids=query_ids, batch_size=batch_size)
+        """Several queries, text-encoded in batches of ``batch_size``; one QueryResult each.
+        ``filters``: only images passing them are searched, before the top-k is cut
+        (:mod:`resedis.filters`)."""
+        corpus = self.corpus()
+        return self._search(texts, top_k=top_k, threshold=threshold, query_ids=query_ids, batch_size=batch_size,
+                            corpus=corpus, prefilter=self.region_filter(filters, corpus))
 
-    def _search(self, texts, *, top_k, threshold, query_ids=None, batch_size=32, allowed=None, id_map=None, corpus=None):
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        labels: Sequence[str],
+        *,
+        top_k: int = DEFAULT_TOP_K,
+        threshold: float | None = None,
+        query_ids: Sequence[str] | None = None,
+        filters: Filters | None = None,
+    ) -> list[QueryResult]:
+        """Queries given as vectors ``[q̂, 1]`` (Q, D), e.g. a region's class embedding
+        (query by example, :mod:`resedis.by_example`), searched exactly as text queries;
+        ``labels`` are the results' expressions (and ids unless ``query_ids``)."""
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        dim = self.index.manifest.vector_dim
+        if vectors.shape != (len(labels), dim):
+            raise ResedisError(f"query vectors of shape {vectors.shape} for {len(labels)} labels; the index needs (Q, {dim})")
+        corpus = self.corpus()
+        return self._search(list(labels), top_k=top_k, threshold=threshold, query_ids=query_ids, corpus=corpus,
+                            prefilter=self.region_filter(filters, corpus), vectors=vectors)
+
+    def _search(self, texts, *, top_k, threshold, query_ids=None, batch_size=32, allowed=None, id_map=None, corpus=None,
+                prefilter=None, vectors=None):
         if isinstance(texts, str):
             raise TypeError("search_many takes a list of strings; use search() for one")
         if top_k < 1:
@@ -216,13 +265,15 @@ class Searcher:
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start : start + batch_size])
             t0 = time.perf_counter()
-            queries = self.encode(chunk)
+            queries = self.encode(chunk) if vectors is None else vectors[start : start + batch_size]
             t1 = time.perf_counter()
-            logits = self.ann.logits(corpus, queries, top_k) if self.ann is not None and allowed is None else None
+            logits = self.ann.logits(corpus, queries, top_k, prefilter) if self.ann is not None and allowed is None else None
             if logits is None:
                 logits = corpus.logits(queries)
             if allowed is not None:
                 logits[~allowed] = -np.inf
+            if prefilter is not None:  # a metadata filter, before the top-k is cut
+                logits[~prefilter] = -np.inf
             if corpus.hidden.any():  # boxes with no visible area (indexes from before the encoder dropped them)
                 logits[corpus.hidden] = -np.inf
             t2 = time.perf_counter()

@@ -173,6 +173,10 @@ def fast_path_refusal(db, request: QueryRequest, storage_options: dict | None) -
         return f"pipeline {request.pipeline!r}"
     if request.masks:
         return "masks asked for"
+    if request.like is not None:
+        return "a query by example"
+    if request.filters is not None:
+        return "filters"
     return None
 
 
@@ -193,7 +197,7 @@ def search_once(
     info = info if info is not None else OneOffInfo()
     config = config or PipelineConfig()
     config.validate()
-    if not isinstance(request.text, str) or not request.text.strip():
+    if request.like is None and (not isinstance(request.text, str) or not request.text.strip()):
         raise ResedisError(f"empty query {request.text!r}: describe the object to search for")
     reason = fast_path_refusal(db, request, storage_options)
     manifest = None

@@ -90,7 +90,7 @@ def test_threshold_parameter_sets_presence(client):
         ({"q": "red", "pipeline": "rerank-xyz"}, 400, "available: owl, owl+rerank, clip-crops"),
         ({"q": "red", "pipeline": "x" * 65}, 422, "pipeline"),
         ({"q": "red", "masks": "perhaps"}, 422, "masks"),
-        ({}, 422, "q:"),
+        ({}, 400, "give q (a description) or like_image_id"),
         ({"q": "\x00"}, 400, "control characters"),
         ({"q": "red\x1b[2J circle"}, 400, "control characters"),
         ({"q": "red", "pipeline": "owl rerank"}, 400, "pipeline=owl%2Brerank"),

@@ -124,17 +124,27 @@ def _wait_images_loaded(page, selector: str) -> None:
 
 
 def _geometry(page, card_selector: str) -> list[dict]:
-    """Per card: displayed image rect and the on-screen rect of its drawn box."""
+    """Per drawn box of every card: the card's displayed image rect and the box's on-screen rect."""
     return page.eval_on_selector_all(
         card_selector,
-        """cards => cards.map(card => {
+        """cards => cards.flatMap(card => {
              const img = card.querySelector('.frame img').getBoundingClientRect();
-             const box = card.querySelector('path.box').getBoundingClientRect();
-             return {index: Number(card.dataset.index),
-                     img: [img.left, img.top, img.width, img.height],
-                     box: [box.left, box.top, box.right, box.bottom]};
+             return [...card.querySelectorAll('.overlay g')].map(g => {
+               const box = g.querySelector('path.box').getBoundingClientRect();
+               return {index: Number(g.dataset.index), card: Number(card.dataset.index),
+                       img: [img.left, img.top, img.width, img.height],
+                       box: [box.left, box.top, box.right, box.bottom]};
+             });
            })""",
     )
+
+
+def _groups(hits: list[dict]) -> list[list[int]]:
+    """Hit indices per image, images in the order of their best hit (one card each)."""
+    groups: dict[str, list[int]] = {}
+    for i, h in enumerate(hits):
+        groups.setdefault(h["image_id"], []).append(i)
+    return list(groups.values())
 
 
 def _assert_box_matches(geom: dict, box: list[float], size: tuple[int, int]) -> None:
@@ -170,17 +180,20 @@ def test_search_draw_filter_open(page, server, corpus):
     page.wait_for_selector(".card")
     assert not page.locator("#empty").is_visible()
     cards = page.locator(".card")
-    assert cards.count() == len(hits)
+    groups = _groups(hits)
+    assert len(groups) < len(hits), "need an image with several hits to test one card per image"
+    assert cards.count() == len(groups)  # one card per image, with all its boxes
     _wait_images_loaded(page, ".card .frame img")
     texts = cards.locator(".score").all_inner_texts()
-    assert texts == [f"{h['score']:.3f}" for h in hits]
-    assert cards.locator(".name").all_inner_texts() == [h["image_id"] for h in hits]
+    assert texts == [f"{hits[g[0]]['score']:.3f}" for g in groups]  # each image's best score
+    assert cards.locator(".name").all_inner_texts() == [hits[g[0]]["image_id"] for g in groups]
 
     # Every drawn box sits on the returned coordinates, scaled to the displayed image.
     geoms = _geometry(page, ".card")
-    assert len(geoms) == len(hits)
+    assert sorted(g["index"] for g in geoms) == list(range(len(hits)))  # every hit drawn once
     for g in geoms:
         hit = hits[g["index"]]
+        assert hits[g["card"]]["image_id"] == hit["image_id"]
         _assert_box_matches(g, hit["box"], sizes[hit["image_id"]])
     _shot(page, "serve-results.png")
 
@@ -193,28 +206,29 @@ def test_search_draw_filter_open(page, server, corpus):
         t = (scores[k - 1] + scores[k]) / 2  # between two scores: no rounding ambiguity
         page.locator("#threshold").fill(repr(t))
         expected = sum(h["score"] >= t for h in hits)
+        images_present = sum(any(hits[i]["score"] >= t for i in g) for g in groups)
         present = page.locator('.card[data-present="true"]')
-        assert present.count() == expected
+        assert present.count() == images_present
         assert 0 < expected < len(hits)
         assert page.locator("#status").get_attribute("data-present") == str(expected)
-        assert page.locator(".card.below").count() == len(hits) - expected
+        assert page.locator(".card.below").count() == len(groups) - images_present
         labels = cards.locator(".badge").all_inner_texts()
-        assert labels == [("present" if h["score"] >= t else "below threshold") for h in hits]
+        assert labels == [("present" if hits[g[0]]["score"] >= t else "below threshold") for g in groups]
         assert cards.locator("path.box.below").count() == len(hits) - expected
         page.uncheck("#show-below")
-        assert page.locator(".cell:visible").count() == expected
+        assert page.locator(".cell:visible").count() == images_present
         page.check("#show-below")
-        assert page.locator(".cell:visible").count() == len(hits)
+        assert page.locator(".cell:visible").count() == len(groups)
     _shot(page, "serve-threshold.png")  # present and below-threshold hits side by side
     page.locator("#threshold").fill("0")
-    assert page.locator('.card[data-present="true"]').count() == len(hits)
+    assert page.locator('.card[data-present="true"]').count() == len(groups)
     assert requests == []
 
     # Open a hit with the keyboard: the large view shows every hit of that image.
     target = max(range(len(hits)), key=lambda i: sum(h["image_id"] == hits[i]["image_id"] for h in hits))
     image_id = hits[target]["image_id"]
     same = [i for i, h in enumerate(hits) if h["image_id"] == image_id]
-    cards.nth(target).focus()
+    page.locator(f'.card[data-index="{target}"]').focus()
     page.keyboard.press("Enter")
     dialog = page.locator("#viewer")
     dialog.wait_for(state="visible")
@@ -238,6 +252,42 @@ def test_search_draw_filter_open(page, server, corpus):
     page.keyboard.press("Escape")
     dialog.wait_for(state="hidden")
     assert page.evaluate("document.activeElement.dataset.index") == str(target)
+    assert page.errors == []
+
+
+def test_find_more_like_this_and_filters(page, server):
+    """"Find more like this" on a box of the large view runs a query by example; the
+    filter row restricts the search; cards show what /api/search answers."""
+    page.goto(server.url + "/")
+    page.select_option("#top-k", str(TOP_K))
+    page.fill("#q", QUERY)
+    page.press("#q", "Enter")
+    page.wait_for_selector(".card")
+    first = page.locator(".card").first
+    image_id = first.locator(".name").inner_text()
+    first.click()
+    page.locator("#viewer").wait_for(state="visible")
+    hit = httpx.get(f"{server.url}/api/search", params={"q": QUERY, "top_k": TOP_K}).json()["hits"][0]
+    assert hit["image_id"] == image_id
+    with page.expect_response(lambda r: "like_image_id=" in r.url) as answer:
+        page.locator("#viewer-list li").first.locator("button.like").click()
+    body = answer.value.json()
+    assert body["example"]["image_id"] == image_id and body["query"].startswith(f"like {image_id}")
+    page.locator("#viewer").wait_for(state="hidden")
+    _wait_js(page, "(q) => document.getElementById('status').textContent.includes(q)", body["query"])
+    want = list(dict.fromkeys(h["image_id"] for h in body["hits"]))
+    assert page.locator(".card .name").all_inner_texts() == want
+    box = ",".join(f"{v:.2f}" for v in hit["box"])
+    api = httpx.get(f"{server.url}/api/search", params={"like_image_id": image_id, "box": box, "top_k": TOP_K}).json()
+    assert [h["image_id"] for h in api["hits"]] == [h["image_id"] for h in body["hits"]]
+    _shot(page, "serve-like.png")
+    # The filter row: only images below more/ (the page re-runs the last search).
+    page.locator("#filters summary").click()
+    page.fill("#f-folder", "more")
+    page.locator("#f-folder").dispatch_event("change")
+    _wait_js(page, "() => [...document.querySelectorAll('.card .name')].every(n => n.textContent.startsWith('more/'))")
+    names = page.locator(".card .name").all_inner_texts()
+    assert names and all(n.startswith("more/") for n in names)
     assert page.errors == []
 
 
@@ -270,7 +320,7 @@ def test_pipeline_choice_and_masks(page, server):
     page.press("#q", "Enter")
     page.wait_for_selector(".card image.mask", timeout=60_000)
     api = httpx.get(f"{server.url}/api/search", params={"q": QUERY, "top_k": 10, "masks": "true"}, timeout=60).json()
-    assert page.locator(".card").count() == len(api["hits"])
+    assert page.locator(".card").count() == len(_groups(api["hits"]))  # one card per image
     assert page.locator(".card image.mask").count() == sum(h["mask"] is not None for h in api["hits"]) == len(api["hits"])
     # A pipeline without its weights (offline) shows the server's message, not a broken page.
     page.select_option("#pipeline", "owl+rerank")

@@ -279,6 +279,7 @@ def ann_candidates(
     *,
     config: AnnConfig | None = None,
     columns: tuple[str, ...] = ("image_id", "region", "batch", "box"),
+    limit: int | None = None,
 ) -> list[Candidates]:
     """Top candidates of each query from the vector index, re-scored exactly.
 
@@ -288,6 +289,7 @@ def ann_candidates(
     each sorted by exact logit, descending (ties: the index's order). ``columns`` are
     returned alongside (``box`` as (M, 4) float32, ``vector`` as (M, D) when asked).
     Works on a table without a vector index too (then LanceDB scans every row).
+    ``limit`` replaces ``config.candidates_for(k)`` (a filtered search widens it).
     """
     config = config or AnnConfig()
     config.validate()
@@ -297,7 +299,9 @@ def ann_candidates(
         raise ResedisError(f"query vectors have dimension {queries.shape[1]}, table {table.name} stores {dim}")
     if k < 1:
         raise ResedisError(f"k must be >= 1, got {k}")
-    limit = config.candidates_for(k)
+    limit = config.candidates_for(k) if limit is None else int(limit)
+    if limit < 1:
+        raise ResedisError(f"limit must be >= 1, got {limit}")
     idx = _vector_index(table)
     metric, hnsw = config.metric, False
     if idx is not None:
@@ -367,22 +371,57 @@ class AnnSearch:
             self._rows = (corpus, {image_id: i for i, image_id in enumerate(corpus.image_ids)}, first)
         return self._rows[1], self._rows[2]
 
-    def logits(self, corpus, queries: np.ndarray, k: int) -> np.ndarray | None:
+    def _candidate_rows(self, corpus, cand) -> np.ndarray:
+        """Matrix rows of one query's candidates (uncommitted or moved rows dropped)."""
+        image_row, first = self._lookup(corpus)
+        img = np.array([image_row.get(i, -1) for i in cand.columns["image_id"]], np.int64)
+        rows = np.where(img >= 0, first[np.maximum(img, 0)] + np.asarray(cand.columns["region"], np.int64), -1)
+        ok = (img >= 0) & (rows >= 0) & (rows < len(corpus))
+        rows_ok = rows[ok]
+        same = (corpus.region_image[rows_ok] == img[ok]) & np.all(corpus.boxes[rows_ok] == cand.columns["box"][ok], axis=1)
+        return rows_ok[same]  # uncommitted (orphan) or moved rows are dropped
+
+    def logits(self, corpus, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray | None:
         """(Q, D) queries -> (N, Q) float32: exact logits on each query's candidate rows,
-        ``-inf`` elsewhere; None when there is no vector index."""
+        ``-inf`` elsewhere; None when there is no vector index.
+
+        ``allowed`` (N,) bool, a filter (:mod:`resedis.filters`): only allowed rows get a
+        logit, and a query gets as many allowed candidates as an unfiltered one gets
+        candidates (``config.candidates_for(k)``). When at most that many rows are allowed,
+        they are all scored exactly (no index needed); otherwise the candidate limit is
+        widened (doubled) until enough allowed candidates come back or the probed
+        partitions hold no more, and a query still short of them is scored exactly over
+        every allowed row. So a filter never empties a result that has matches further down."""
         if len(corpus) == 0 or not self.available():
             return None
-        image_row, first = self._lookup(corpus)
         queries = np.asarray(queries, np.float32)
         out = np.full((len(corpus), queries.shape[0]), -np.inf, np.float32)
-        found = ann_candidates(self.index.regions_table, queries, k, config=self.config, columns=("image_id", "region", "box"))
-        for j, cand in enumerate(found):
-            img = np.array([image_row.get(i, -1) for i in cand.columns["image_id"]], np.int64)
-            rows = np.where(img >= 0, first[np.maximum(img, 0)] + np.asarray(cand.columns["region"], np.int64), -1)
-            ok = (img >= 0) & (rows >= 0) & (rows < len(corpus))
-            rows_ok = rows[ok]
-            same = (corpus.region_image[rows_ok] == img[ok]) & np.all(corpus.boxes[rows_ok] == cand.columns["box"][ok], axis=1)
-            rows_ok = rows_ok[same]  # uncommitted (orphan) or moved rows are dropped
-            out[rows_ok, j] = corpus.vectors[rows_ok].astype(np.float32) @ queries[j]
+        need = self.config.candidates_for(k)
+        if allowed is not None:
+            allowed_rows = np.flatnonzero(allowed)
+            if len(allowed_rows) <= need:  # a selective filter: score its rows exactly
+                if len(allowed_rows):
+                    out[allowed_rows] = corpus.vectors[allowed_rows].astype(np.float32) @ queries.T
+                self.queries_answered += queries.shape[0]
+                return out
+        table = self.index.regions_table
+        total = table.count_rows()
+        limit = need
+        todo = list(range(queries.shape[0]))
+        while todo:
+            found = ann_candidates(table, queries[todo], k, config=self.config, columns=("image_id", "region", "box"),
+                                   limit=limit)
+            short = []
+            for j, cand in zip(todo, found):
+                rows = self._candidate_rows(corpus, cand)
+                if allowed is not None:
+                    rows = rows[allowed[rows]]
+                    if len(rows) < need and len(cand) >= limit and limit < total:
+                        short.append(j)  # the index may hold more allowed candidates: widen
+                        continue
+                    if len(rows) < need:  # the probed partitions hold no more: score the filter exactly
+                        rows = allowed_rows
+                out[rows, j] = corpus.vectors[rows].astype(np.float32) @ queries[j]
+            todo, limit = short, min(total, 2 * limit)
         self.queries_answered += queries.shape[0]
         return out

@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from resedis.boxes import nms, visible
+from resedis.boxes import best_match, nms, visible
 from resedis.errors import ResedisError
 from resedis.models.base import PREPROCESS_SPLIT
 from resedis.models.checkpoint import load_checkpoint
@@ -218,6 +218,76 @@ class OwlBackend:
         objectness first.
         Shapes as in :meth:`encode_patches` with N <= max_regions rows."""
         return [keep_top_regions(r, max_regions, nms_iou) for r in self.encode_patches(images)]
+
+    # ------------------------------------------------------------------ image queries
+    def image_query(self, image: Image.Image, box: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Query by example: one image (and optionally a box in its pixels) -> the query
+        vector ``[q̂, 1]`` (E+1,) float32, the chosen patch's box (4,) xyxy original px and
+        its patch index.
+
+        ``q̂`` is the chosen patch's class embedding ``e`` (the class head's ``dense0``
+        output) normalised as the class head normalises a query, ``e / (|e| + 1e-6)``, so
+        ``region_vector @ [q̂, 1]`` is the detector's image-conditioned logit, exactly what
+        transformers' ``image_guided_detection`` computes with that patch as the query.
+
+        Which patch: with ``box``, the predicted box (clipped to the image) with the highest
+        IoU with it (generalised IoU when none overlaps it), ties by objectness
+        (:func:`resedis.boxes.best_match`).
+        Without, OWL's own rule of ``embed_image_query``: OWLv2 the patch of highest
+        objectness; OWL-ViT (no objectness head) the patches whose box has an IoU with the
+        whole image within 80% of the best one (generalised IoU when none overlaps), and of
+        those the one least similar to the image's mean class embedding."""
+        import torch
+
+        pixel_values, sizes = self.preprocess([image])
+        model = self.model
+        pixel_values = pixel_values.to(self.device, dtype=next(model.parameters()).dtype)
+        with torch.inference_mode():
+            feature_map, _ = model.image_embedder(pixel_values=pixel_values)
+            bsz, ph, pw, hid = feature_map.shape
+            feats = feature_map.reshape(bsz, ph * pw, hid)
+            _, class_embeds = model.class_predictor(feats)  # (1, P, E): dense0, not normalised
+            pred_boxes = model.box_predictor(feats, feature_map)  # (1, P, 4) cxcywh in [0, 1]
+            head = model.class_head
+            if self.has_objectness_head:
+                objectness = model.objectness_predictor(feats)[0].float()
+            else:
+                objectness = ((head.elu(head.logit_scale(feats)) + 1) * (1 + head.logit_shift(feats)))[0, :, 0].float()
+            embeds = class_embeds[0]
+            if box is not None and not (box[0] < image.width and box[1] < image.height and box[2] > 0 and box[3] > 0):
+                raise ResedisError(f"box {[round(float(v), 1) for v in box]} lies outside the {image.width}x"
+                                   f"{image.height} image; give x0,y0,x1,y1 in its pixels")
+            if box is None:
+                index = self._default_query_patch(embeds, pred_boxes[0], objectness)
+            else:
+                index = best_match(box, self._to_pixels(pred_boxes, sizes)[0], objectness.cpu().numpy())
+            e = embeds[index]
+            q = e / (torch.linalg.norm(e, dim=-1, keepdim=True) + 1e-6)  # as the class head normalises queries
+            vector = torch.cat([q, torch.ones_like(q[:1])]).float().cpu().numpy()
+        boxes_px = self._to_pixels(pred_boxes, sizes)[0]
+        return vector, boxes_px[index], int(index)
+
+    def _default_query_patch(self, embeds, boxes_cxcywh, objectness) -> int:
+        """transformers' ``embed_image_query`` choice (see :meth:`image_query`)."""
+        import torch
+
+        if self.has_objectness_head:
+            return int(torch.argmax(objectness))
+        cx, cy, w, h = boxes_cxcywh.float().unbind(-1)
+        corners = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+        whole = torch.tensor([0.0, 0.0, 1.0, 1.0], device=corners.device)
+        area = (corners[:, 2] - corners[:, 0]) * (corners[:, 3] - corners[:, 1])
+        lt = torch.maximum(corners[:, :2], whole[:2])
+        rb = torch.minimum(corners[:, 2:], whole[2:])
+        inter = (rb - lt).clamp(min=0).prod(-1)
+        union = area + 1.0 - inter
+        ious = inter / union
+        if torch.all(ious == 0.0):  # generalised IoU, as transformers falls back to
+            hull = (torch.maximum(corners[:, 2:], whole[2:]) - torch.minimum(corners[:, :2], whole[:2])).clamp(min=0).prod(-1)
+            ious = ious - (hull - union) / hull
+        selected = torch.nonzero(ious >= torch.max(ious) * 0.8).squeeze(1)
+        mean_sim = embeds[selected] @ embeds.mean(dim=0)
+        return int(selected[torch.argmin(mean_sim)])
 
     # ------------------------------------------------------------------ texts
     def _tokenize(self, texts: Sequence[str]):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from resedis.errors import ResedisError
+from resedis.filters import Filters
 from resedis.index.manifest import read_manifest
 from resedis.models.spec import canonical_spec
 from resedis.index.store import Index, open_index
@@ -50,6 +51,8 @@ class PipelineConfig:
     dataset's ground-truth boxes, an oracle; needs a dataset) for ``clip-crops``;
     crop_model: the crop encoder for ``proposals="gt"`` when the index has no crops
     (with index crops it must match the index's crop model).
+    filters: only images passing these metadata filters are searched, before the top-k is
+    cut (:mod:`resedis.filters`; pipelines with ``supports_filters``).
     """
 
     top_k: int = DEFAULT_TOP_K
@@ -64,6 +67,7 @@ class PipelineConfig:
     crop_model: str | None = None
     segmenter: str = DEFAULT_SEGMENTER
     progress: bool = False
+    filters: Filters | None = None
 
     def validate(self) -> None:
         check_matrix_dtype(self.matrix_dtype)
@@ -167,6 +171,8 @@ class Pipeline:
     # True when ``score`` is the index model's own detector score (``owl``), so the
     # presence_threshold fitted with that checkpoint (resedis finetune / demo) applies.
     model_scores = False
+    # True when the pipeline applies ``config.filters`` before cutting its top-k
+    supports_filters = False
 
     def __init__(self, index, config: PipelineConfig | None = None, models: Models | None = None):
         self.index = index if isinstance(index, Index) else open_index(index)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from resedis.errors import ResedisError
 from resedis.pipelines.base import Pipeline, QueryText, finalize_hits, subset_dataset
 from resedis.search import Searcher, search_dataset
 from resedis.types import Dataset, QueryResult
@@ -25,6 +26,7 @@ class OwlPipeline(Pipeline):
     description = "OWL region index: one text encoding + one inner product over all stored region vectors"
     cost = "query: 1 text forward + MIPS over regions; index: 1 OWL forward per image"
     model_scores = True  # scores are the index model's sigmoid scores: its checkpoint threshold applies
+    supports_filters = True  # config.filters restrict the region matrix before ranking
 
     def calibration(self) -> dict | None:
         entry = super().calibration()
@@ -44,12 +46,15 @@ class OwlPipeline(Pipeline):
         """Raw OWL hits (``top_k`` per query, present unset) in the order of ``queries``."""
         searcher = self.searcher()
         if dataset is not None:
+            if self.config.filters is not None and self.config.filters.validated().active:
+                raise ResedisError("filters apply to searches of the index, not to a dataset run (eval / calibrate)")
             sub = subset_dataset(dataset, [q.query_id for q in queries])
             by_id = {r.query_id: r for r in search_dataset(searcher, sub, top_k=top_k, threshold=0.0,
                                                            batch_size=self.config.batch_size)}
             return [by_id[q.query_id] for q in queries]
         return searcher.search_many([q.text for q in queries], top_k=top_k, threshold=0.0,
-                                    query_ids=[q.query_id for q in queries], batch_size=self.config.batch_size)
+                                    query_ids=[q.query_id for q in queries], batch_size=self.config.batch_size,
+                                    filters=self.config.filters)
 
     def prepare(self, queries: list[QueryText], dataset: Dataset | None = None) -> OwlPrepared:
         return OwlPrepared(self.owl_results(queries, dataset, self.config.top_k))

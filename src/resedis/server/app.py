@@ -6,8 +6,11 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``):
   reference (rendered from ``/openapi.json`` by a local script: no CDN), ``GET /healthz``;
 * ``GET /api/search?q=&top_k=&threshold=&pipeline=&masks=`` ->
   ``{query, pipeline, top_k, threshold, threshold_source, hits: [Hit JSON], images: {id: {width, height}},
-  timings}`` (``threshold_source``: argument / calibrated / checkpoint / default, see
-  :mod:`resedis.thresholds`);
+  timings, notes}`` (``threshold_source``: argument / calibrated / checkpoint / default, see
+  :mod:`resedis.thresholds`); query by example with ``like_image_id=&box=x0,y0,x1,y1``
+  instead of ``q`` (adds ``example``); filters ``folder``, ``min_width``, ``max_width``,
+  ``min_height``, ``max_height``, ``modified_after``, ``modified_before``, ``image_id``
+  (repeatable) (:mod:`resedis.filters`); ``group_by=image`` adds ``groups``;
 * ``GET /api/images/{image_id}`` and ``GET /api/images/{image_id}/thumb?size=``: image
   ids are POSIX paths relative to the indexed folder and contain ``/``; the route takes
   the rest of the URL path (Starlette ``path`` converter), so ids are sent as is, each
@@ -33,6 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from resedis.filters import filters_from
 from resedis.version import __version__
 from resedis.server.config import ServeConfig
 from resedis.server.engine import PIPELINE_ALIAS, SearchRequest, SearchService
@@ -161,7 +165,8 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
     @app.get("/api/search", tags=["search"], summary="Find every image region matching a description",
              responses=_errors(400, 401, 409, 429))
     async def api_search(
-        q: str = Query(..., min_length=1, max_length=config.max_query_chars, description="the description"),
+        q: str | None = Query(None, min_length=1, max_length=config.max_query_chars,
+                              description="the description (or query by example: like_image_id)"),
         top_k: int = Query(config.default_top_k, ge=1, le=config.max_top_k, description="hits to return"),
         threshold: float | None = Query(
             None, ge=0.0, le=1.0, description="presence threshold (default: the index's calibrated one, else the "
@@ -172,9 +177,33 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
             PIPELINE_ALIAS, max_length=64, description="pipeline name (see /api/stats); 'default' = the index's engine"
         ),
         masks: bool = Query(False, description="attach a SAM mask (COCO RLE) to every hit; cached in the index"),
+        like_image_id: str | None = Query(None, min_length=1, max_length=4096, description="query by example instead "
+                                          "of q: find regions like a region of this indexed image (the owl pipeline)"),
+        box: str | None = Query(None, max_length=200, description="with like_image_id: the example region "
+                                "x0,y0,x1,y1 in that image's pixels (default: its most object-like stored region)"),
+        folder: str | None = Query(None, max_length=4096, description="filter: only images in this folder (relative "
+                                   "to the indexed folder, as in image ids) or below"),
+        min_width: int | None = Query(None, ge=0, description="filter: image width >= this (pixels)"),
+        max_width: int | None = Query(None, ge=0, description="filter: image width <= this (pixels)"),
+        min_height: int | None = Query(None, ge=0, description="filter: image height >= this (pixels)"),
+        max_height: int | None = Query(None, ge=0, description="filter: image height <= this (pixels)"),
+        modified_after: str | None = Query(None, max_length=64, description="filter: file modified at or after this "
+                                           "ISO date/time (UTC unless a zone is given)"),
+        modified_before: str | None = Query(None, max_length=64, description="filter: file modified before this ISO date/time"),
+        image_id: list[str] | None = Query(None, description="filter: only these image ids (repeat the parameter)"),
+        group_by: str = Query("hit", pattern="^(hit|image)$", description="image: add `groups`, one per image "
+                              "{image_id, score (best), present (any), hits} in the order of their best hit"),
     ):
-        check_query_text(q)
-        request = SearchRequest(text=q, top_k=top_k, threshold=threshold, pipeline=pipeline, masks=masks)
+        if (q is None) == (like_image_id is None):
+            raise RequestRefused(400, "give q (a description) or like_image_id (query by example), exactly one")
+        if q is not None:
+            check_query_text(q)
+        filters = filters_from({"folder": folder, "min_width": min_width, "max_width": max_width,
+                                "min_height": min_height, "max_height": max_height,
+                                "modified_after": modified_after, "modified_before": modified_before,
+                                "image_ids": tuple(image_id) if image_id else None})
+        request = SearchRequest(text=q or "", top_k=top_k, threshold=threshold, pipeline=pipeline, masks=masks,
+                                like_image_id=like_image_id, box=box, filters=filters, group_by=group_by)
         return await service.search(request)
 
     @app.get(

@@ -21,12 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from resedis.by_example import ByExample, parse_box
 from resedis.errors import ResedisError
+from resedis.filters import Filters
 from resedis.index import open_index
 from resedis.index.manifest import MANIFEST_NAME
 from resedis.index.store import IMAGES
 from resedis.pipelines import DEFAULT_PIPELINE, Models, PipelineConfig, list_pipelines
-from resedis.query import QueryEngine, QueryRequest
+from resedis.query import QueryEngine, QueryRequest, group_by_image
 from resedis.server.images import ImageCatalog, ImageRecord
 from resedis.server.security import RequestRefused
 
@@ -47,6 +49,10 @@ class SearchRequest:
     threshold: float | None
     pipeline: str
     masks: bool
+    like_image_id: str | None = None  # query by example: a region of this indexed image ...
+    box: str | None = None  # ... best matching this "x0,y0,x1,y1" box (pixels)
+    filters: Filters | None = None
+    group_by: str = "hit"  # "image": the answer adds ``groups`` (one per image)
 
 
 class SearchService:
@@ -167,8 +173,16 @@ class SearchService:
             if engine is None:
                 raise RequestRefused(409, "the index is empty: start indexing with POST /api/index first")
             try:
-                query = QueryRequest(request.text, pipeline=name, top_k=request.top_k, threshold=request.threshold,
-                                     masks=request.masks)
+                like = None
+                if request.like_image_id is not None:
+                    box = None if request.box is None else parse_box(request.box, "box")
+                    like = ByExample(image_id=request.like_image_id, box=box)
+                    name = "owl"  # the region index answers queries by example
+                elif request.box is not None:
+                    raise ResedisError("box goes with like_image_id (find more like this region)")
+                query = QueryRequest(request.text, pipeline=None if like else name, top_k=request.top_k,
+                                     threshold=request.threshold, masks=request.masks, like=like,
+                                     filters=request.filters)
                 _, choice = engine.resolve(name, request.threshold)
                 key = (request, name, engine.index.version(), choice.value)
                 cached = self._cache.get(key)
@@ -181,6 +195,17 @@ class SearchService:
             except ResedisError as exc:
                 raise RequestRefused(400, self.redact(str(exc))) from None
             body = self._response(request, name, answer.result, answer.threshold.value, answer.threshold.source)
+            body["notes"] = [self.redact(n) for n in answer.notes]
+            if answer.example is not None:
+                body["example"] = {"image_id": request.like_image_id, **answer.example.to_json()}
+            if request.filters is not None:
+                body["filters"] = request.filters.validated().describe()
+            if request.group_by == "image":
+                body["groups"] = [{k: v for k, v in g.to_json().items() if k != "path"}
+                                  for g in group_by_image(answer.result.hits)]
+                for group in body["groups"]:
+                    for hit in group["hits"]:
+                        hit.pop("path", None)
             body["timings"]["queue_ms"] = 1000 * (started - queued)
             body["timings"]["total_ms"] = 1000 * (time.perf_counter() - started)
             self._cache[key] = body
@@ -215,7 +240,7 @@ class SearchService:
             if record is not None:
                 images[record.image_id] = {"width": record.width, "height": record.height}
         return {
-            "query": request.text,
+            "query": request.text or result.expression,
             "pipeline": name,
             "top_k": request.top_k,
             "threshold": threshold,

@@ -138,14 +138,31 @@
   const isPresent = (hit) => hit.score >= state.threshold;
   const dimsOf = (hit) => (state.result.images || {})[String(hit.image_id)] || null;
 
-  function makeCard(hit, index) {
+  /** Hits grouped by image, images in the order of their best hit: [{imageId, indices}]. */
+  function groupHits(hits) {
+    const groups = new Map();
+    hits.forEach((h, i) => {
+      const key = String(h.image_id);
+      if (!groups.has(key)) groups.set(key, { imageId: h.image_id, indices: [] });
+      groups.get(key).indices.push(i);
+    });
+    return [...groups.values()];
+  }
+
+  /** One card per image with every box of its hits; opens the large view at its best hit. */
+  function makeCard(group, rank) {
+    const index = group.indices[0];
+    const hit = state.result.hits[index];
     const dims = dimsOf(hit);
     const img = el("img", { alt: `image ${hit.image_id}`, decoding: "async", loading: "lazy" });
     const stage = el("div", { className: "stage" });
     if (dims) {
       const f = frame(dims);
-      f.overlay.append(boxPath(hit.box, "present", index));
-      if (hit.mask) f.overlay.prepend(maskImage(hit.mask));
+      for (const i of [...group.indices].reverse()) { // the best box drawn last, on top
+        const h = state.result.hits[i];
+        f.overlay.append(boxPath(h.box, "present", i));
+        if (h.mask) f.overlay.prepend(maskImage(h.mask));
+      }
       f.node.append(img, f.overlay);
       stage.append(f.node);
     } else {
@@ -153,11 +170,13 @@
     }
     setImage(img, hit.image_id, THUMB_SIZE);
     const badge = el("span", { className: "badge" });
-    const card = el("button", { type: "button", className: "card", dataset: { index: String(index) } }, [
+    const n = group.indices.length;
+    const card = el("button", { type: "button", className: "card", dataset: { index: String(index), image: String(hit.image_id) } }, [
       stage,
       el("div", { className: "meta" }, [
-        el("span", { className: "rank", textContent: `#${index + 1}` }),
-        el("span", { className: "score", textContent: fmt(hit.score), title: "detector score (sigmoid of the logit)" }),
+        el("span", { className: "rank", textContent: `#${rank + 1}` }),
+        el("span", { className: "score", textContent: fmt(hit.score), title: "best detector score in this image (sigmoid of the logit)" }),
+        el("span", { className: "boxes hint", textContent: `${n} box${n === 1 ? "" : "es"}` }),
         badge,
       ]),
       el("div", { className: "name", textContent: String(hit.image_id), title: String(hit.image_id) }),
@@ -172,7 +191,8 @@
     const r = state.result;
     $("empty").hidden = Boolean(r);
     if (!r) return;
-    r.hits.forEach((hit, i) => grid.append(makeCard(hit, i)));
+    state.groups = groupHits(r.hits);
+    state.groups.forEach((g, rank) => grid.append(makeCard(g, rank)));
     applyThreshold();
   }
 
@@ -184,15 +204,18 @@
     let present = 0;
     for (const card of $("results").querySelectorAll(".card")) {
       const hit = r.hits[Number(card.dataset.index)];
-      const yes = isPresent(hit);
-      present += yes ? 1 : 0;
+      const yes = isPresent(hit); // the best hit of the image: present iff any of its hits is
+      for (const g of card.querySelectorAll(".overlay g")) {
+        const h = r.hits[Number(g.dataset.index)];
+        present += isPresent(h) ? 1 : 0;
+        g.querySelector("path.box").setAttribute("class", `box ${isPresent(h) ? "present" : "below"}`);
+      }
+      if (!card.querySelector(".overlay g")) present += yes ? 1 : 0;
       card.dataset.present = String(yes);
       card.classList.toggle("below", !yes);
       const badge = card.querySelector(".badge");
       badge.className = `badge ${yes ? "present" : "below"}`;
       badge.textContent = yes ? "present" : "below threshold";
-      const box = card.querySelector("path.box");
-      if (box) box.setAttribute("class", `box ${yes ? "present" : "below"}`);
       card.setAttribute("aria-label", `Hit ${Number(card.dataset.index) + 1}: ${hit.image_id}, score ${fmt(hit.score)}, ${yes ? "present" : "below threshold"}`);
       card.parentElement.hidden = !yes && !showBelow;
     }
@@ -201,13 +224,14 @@
     status.dataset.present = String(present);
     status.dataset.below = String(below);
     status.dataset.total = String(r.hits.length);
+    const notes = (r.notes || []).length ? ` (${r.notes.join("; ")})` : "";
     if (r.hits.length === 0) {
-      status.textContent = `No region in the index matches “${r.query}”.`;
+      status.textContent = `No region in the index matches “${r.query}”${notes}.`;
     } else {
       const ms = r.timings && r.timings.total_ms !== undefined ? ` in ${Math.round(r.timings.total_ms)} ms` : "";
       status.replaceChildren(
         el("strong", { textContent: `${present} present` }),
-        ` · ${below} below threshold ${fmt(state.threshold)}${showBelow || below === 0 ? "" : " (hidden)"} — top ${r.hits.length} hits for “${r.query}”${ms}`,
+        ` · ${below} below threshold ${fmt(state.threshold)}${showBelow || below === 0 ? "" : " (hidden)"} — top ${r.hits.length} hits in ${state.groups.length} image${state.groups.length === 1 ? "" : "s"} for “${r.query}”${ms}`,
       );
       if (present === 0 && !showBelow) {
         status.append(" — nothing reaches the threshold: lower it or show below-threshold hits.");
@@ -260,6 +284,11 @@
           onclick: () => { state.viewerIndex = i; renderViewer(); },
         }),
         el("span", { className: `badge ${yes ? "present" : "below"}`, textContent: yes ? "present" : "below threshold" }),
+        el("button", {
+          type: "button", className: "like", textContent: "Find more like this",
+          title: "search the index for regions like this box (query by example)",
+          onclick: () => { $("viewer").close(); runSearch({ like: { imageId: h.image_id, box: h.box } }, Number($("top-k").value)); },
+        }),
       ]);
       list.append(item);
     }
@@ -281,22 +310,39 @@
     box.hidden = false;
   }
 
+  /** The filter row's values as /api/search parameters. */
+  function filterParams(params) {
+    for (const [id, name] of [["f-folder", "folder"], ["f-min-width", "min_width"], ["f-max-width", "max_width"],
+      ["f-min-height", "min_height"], ["f-max-height", "max_height"], ["f-after", "modified_after"], ["f-before", "modified_before"]]) {
+      const v = $(id) ? $(id).value.trim() : "";
+      if (v) params.set(name, v);
+    }
+  }
+
+  /** q: the description, or {like: {imageId, box}} (find more like this region). */
   async function runSearch(q, topK) {
     const seq = ++state.seq;
     state.lastQuery = { q, topK };
     $("error").hidden = true;
     setLoading(true);
     try {
-      const params = new URLSearchParams({ q, top_k: String(topK) });
-      if ($("pipeline").value) params.set("pipeline", $("pipeline").value);
+      const params = new URLSearchParams({ top_k: String(topK) });
+      if (typeof q === "string") {
+        params.set("q", q);
+        if ($("pipeline").value) params.set("pipeline", $("pipeline").value);
+      } else {
+        params.set("like_image_id", String(q.like.imageId));
+        params.set("box", q.like.box.map((v) => v.toFixed(2)).join(","));
+      }
       if ($("masks").checked) params.set("masks", "true");
+      filterParams(params);
       const result = await api(`/api/search?${params}`);
       if (seq !== state.seq) return; // a newer search was started meanwhile
       for (const url of state.blobUrls.values()) URL.revokeObjectURL(url);
       state.blobUrls.clear();
       state.result = result;
       if (!state.thresholdTouched) setThreshold(result.threshold);
-      history.replaceState(null, "", `?${new URLSearchParams({ q })}`);
+      if (typeof q === "string") history.replaceState(null, "", `?${new URLSearchParams({ q })}`);
       renderResults();
     } catch (err) {
       if (seq !== state.seq) return;
@@ -359,7 +405,7 @@
     applyThreshold();
   });
   $("show-below").addEventListener("change", applyThreshold);
-  for (const id of ["masks", "pipeline"]) {
+  for (const id of ["masks", "pipeline", "f-folder", "f-min-width", "f-max-width", "f-min-height", "f-max-height", "f-after", "f-before"]) {
     $(id).addEventListener("change", () => { if (state.lastQuery) runSearch(state.lastQuery.q, state.lastQuery.topK); });
   }
 
