@@ -319,7 +319,7 @@ def _read_table(name: str, table, report: VerifyReport, db: str, columns: list[s
 
 def _as_path(text: str) -> str:
     """A path from a Lance error message (Lance drops the leading '/' of local paths)."""
-    if not text.startswith("/") and os.path.exists("/" + text):
+    if not text.startswith("/") and os.path.isdir(os.path.dirname("/" + text)):
         return "/" + text
     return text
 
