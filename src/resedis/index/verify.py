@@ -112,6 +112,7 @@ class VerifyReport:
     missing_sources: set[str] = field(default_factory=set)  # ids whose source file is gone
     lost_tables: set[str] = field(default_factory=set)  # tables whose directory is gone
     damaged_tables: set[str] = field(default_factory=set)  # tables with rows that fail to decode
+    image_paths: dict[str, str] = field(default_factory=dict)  # image id -> source path, as stored
     manifest: dict | None = None  # the parsed manifest (None: missing or not JSON)
     manifest_ok: bool = False
 
@@ -347,6 +348,8 @@ def _check_images(rows: pa.Table, report: VerifyReport, db: str) -> dict[tuple[s
         if vec is not None and not all(v is not None and math.isfinite(v) for v in vec):
             bad_vector.add(image_id)
         by_key[(image_id, row["batch"])] = row
+        if isinstance(row.get("path"), str):
+            report.image_paths[image_id] = row["path"]
     fix = f"run: resedis repair --db {db} (re-encodes these images from their source files)"
     if duplicates:
         report.add("duplicate-images", ERROR, f"table images: {len(duplicates)} image(s) have more than one row", fix,
