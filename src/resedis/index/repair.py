@@ -40,7 +40,7 @@ from resedis.index.fs import Location, as_location
 from resedis.index.manifest import Manifest, canonical_spec, read_manifest, write_manifest
 from resedis.index.manifest_fields import manifest_problems
 from resedis.index.store import IMAGES, REGIONS, SKIPPED, images_schema, regions_schema, skipped_schema
-from resedis.index.verify import VerifyReport, read_salvage, verify_index
+from resedis.index.verify import CHECKSUM_COLUMN, VerifyReport, read_salvage, verify_index
 from resedis.index.writer import DEFAULT_MAX_REGIONS, DEFAULT_NMS_IOU, IndexConfig, IndexReport, build_index
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class RepairReport:
     reencoded: list[str] = field(default_factory=list)  # ids whose rows were dropped to re-encode
     dropped: list[str] = field(default_factory=list)  # ids whose source file is gone
     index_run: IndexReport | None = None
+    checksums_recorded: int = 0  # intact rows of an older index given their checksum
 
     @property
     def ok(self) -> bool:
@@ -81,6 +82,7 @@ class RepairReport:
             "tables_created": self.tables_created,
             "reencoded": sorted(self.reencoded),
             "dropped": sorted(self.dropped),
+            "checksums_recorded": self.checksums_recorded,
             "index_run": self.index_run.to_json() if self.index_run is not None else None,
             "before": self.before.to_json(),
             "after": self.after.to_json() if self.after is not None else None,
@@ -99,6 +101,8 @@ class RepairReport:
             lines.append(f"{len(self.reencoded)} damaged image(s) re-encoded from their source files")
         if self.dropped:
             lines.append(f"{len(self.dropped)} image(s) dropped: source file gone (recorded in {REPAIR_LOG})")
+        if self.checksums_recorded:
+            lines.append(f"checksums recorded for {self.checksums_recorded} intact image(s) indexed before checksums existed")
         if self.index_run is not None:
             lines.append("index run: " + self.index_run.summary())
         if self.after is not None:
@@ -228,6 +232,20 @@ def _clean_versions(loc: Location) -> None:
             conn.open_table(name).optimize(cleanup_older_than=dt.timedelta(0), delete_unverified=True)
 
 
+def record_checksums(loc: Location, checksums: dict[str, str]) -> int:
+    """Store ``checksums`` (image id -> checksum) in the images rows that have none (an
+    index built before checksums were recorded; the column is added when missing)."""
+    if not checksums:
+        return 0
+    table = _connect(loc).open_table(IMAGES)
+    if CHECKSUM_COLUMN not in table.schema.names:
+        table.add_columns({CHECKSUM_COLUMN: "CAST(NULL AS STRING)"})
+    ids = sorted(checksums)
+    rows = pa.table({"image_id": ids, CHECKSUM_COLUMN: [checksums[i] for i in ids]})
+    table.merge_insert("image_id").when_matched_update_all().execute(rows)
+    return len(ids)
+
+
 def _record(loc: Location, records: list[dict]) -> None:
     if not records or not loc.is_local:
         return
@@ -284,6 +302,9 @@ def repair_index(
     report.index_run = build_index(manifest.root, loc.local_path, config=IndexConfig(device=device),
                                    progress=progress, encoder=encoder)
     with Lock(loc):
+        # Rows that passed every check but carry no checksum (built before they were recorded).
+        intact = {i: c for i, c in before.unrecorded_checksums.items() if i not in before.damaged_images | before.missing_sources}
+        report.checksums_recorded = record_checksums(loc, intact)
         _clean_versions(loc)
     report.after = verify_index(loc)
     return report

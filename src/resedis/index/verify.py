@@ -112,6 +112,7 @@ class VerifyReport:
     missing_sources: set[str] = field(default_factory=set)  # ids whose source file is gone
     lost_tables: set[str] = field(default_factory=set)  # tables whose directory is gone
     damaged_tables: set[str] = field(default_factory=set)  # tables with rows that fail to decode
+    unrecorded_checksums: dict[str, str] = field(default_factory=dict)  # id -> checksum of its rows as read, where none is stored
     image_paths: dict[str, str] = field(default_factory=dict)  # image id -> source path, as stored
     manifest: dict | None = None  # the parsed manifest (None: missing or not JSON)
     manifest_ok: bool = False
@@ -431,12 +432,13 @@ def _check_checksums(images: dict, sums: dict, report: VerifyReport, db: str, ha
         stored = row.get(CHECKSUM_COLUMN) if has_column else None
         if image_id in report.damaged_images:  # already known to need re-encoding
             continue
-        if stored is None:
-            without += 1
-            continue
-        checked += 1
         got = image_checksum(image_id, row["sha256"], row["width"], row["height"], row["n_regions"],
                              sums.get((image_id, batch), (0, 0))[1])
+        if stored is None:
+            without += 1
+            report.unrecorded_checksums[image_id] = got
+            continue
+        checked += 1
         if got != stored:
             mismatch.add(image_id)
     report.counts["checksummed"] = checked
