@@ -40,6 +40,7 @@ from resedis.errors import ResedisError
 from resedis.index.checksum import image_checksum, merge_sums, region_digest_sums
 from resedis.index.fs import Location, as_location
 from resedis.index.manifest_fields import manifest_problems
+from resedis.index.sane import finite_rows, possible_boxes
 from resedis.io.images import sha256_file
 
 MANIFEST_NAME = "resedis.json"
@@ -49,8 +50,6 @@ CHECKSUM_COLUMN = "checksum"
 # Rows read per chunk; a chunk that fails is split down to _MIN_CHUNK rows.
 _CHUNK = 8192
 _MIN_CHUNK = 16
-# Boxes may exceed the image by this many pixels (float rounding of the clip).
-_BOX_SLACK = 0.5
 # Image ids listed per problem in the JSON report (the count is always complete).
 MAX_LISTED = 50
 LANCE_MAGIC = b"LANC"
@@ -326,10 +325,6 @@ def _as_path(text: str) -> str:
     return text
 
 
-def _finite_rows(matrix: np.ndarray) -> np.ndarray:
-    return np.isfinite(matrix).all(axis=1) if matrix.size else np.ones(len(matrix), bool)
-
-
 def _check_images(rows: pa.Table, report: VerifyReport, db: str) -> dict[tuple[str, int], dict]:
     """Per (image_id, batch): its row. Records duplicates, bad sizes, non-finite image vectors."""
     data = rows.to_pydict()
@@ -381,17 +376,12 @@ def _check_regions(chunks: Iterator[pa.Table], images: dict, report: VerifyRepor
         width = chunk.schema.field("vector").type.list_size
         vectors = _matrix(chunk["vector"], width)
         objectness = chunk["objectness"].to_numpy(zero_copy_only=False).astype(np.float64)
-        finite = _finite_rows(boxes) & _finite_rows(vectors) & np.isfinite(objectness)
+        finite = finite_rows(boxes) & finite_rows(vectors) & np.isfinite(objectness)
         sizes = np.array([
             (images[k]["width"], images[k]["height"]) if k in images and isinstance(images[k].get("width"), int)
             else (np.inf, np.inf) for k in zip(ids, batches)
         ], np.float64).reshape(-1, 2)
-        with np.errstate(invalid="ignore"):
-            inside = (
-                (boxes[:, 0] >= -_BOX_SLACK) & (boxes[:, 1] >= -_BOX_SLACK)
-                & (boxes[:, 2] <= sizes[:, 0] + _BOX_SLACK) & (boxes[:, 3] <= sizes[:, 1] + _BOX_SLACK)
-                & (boxes[:, 0] <= boxes[:, 2]) & (boxes[:, 1] <= boxes[:, 3])
-            )
+        inside = possible_boxes(boxes, sizes)
         for i in np.flatnonzero(~finite):
             non_finite.add(ids[i])
         for i in np.flatnonzero(finite & ~inside):
