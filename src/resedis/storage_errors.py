@@ -37,7 +37,7 @@ CAUSES = {
     errno.EROFS: ("read-only filesystem", "use a writable location, or remount it read-write"),
 }
 _OS_ERROR = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]")
-_PATH = re.compile(r"(/[^\s,:'\"]+)")
+_PATH = re.compile(r"(?:(?<=\s)|^)(/[^\s,:'\"]+)")
 
 
 class StorageError(ResedisError):
@@ -60,8 +60,10 @@ def _errno_of(exc: BaseException) -> int | None:
 
 
 def storage_error(exc: BaseException, path: str | os.PathLike | None = None) -> StorageError | None:
-    """``exc`` as a StorageError (naming ``path``, else the path in the error, else none),
-    or None when it is not a storage failure. Follows ``__cause__`` / ``__context__``."""
+    """``exc`` as a StorageError, or None when it is not a storage failure. Follows
+    ``__cause__`` / ``__context__``. The path named is the most precise one known: the
+    file the error itself names (``OSError.filename``, or a path in Lance's message), else
+    ``path`` (what the caller was reading or writing), else none."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -70,10 +72,12 @@ def storage_error(exc: BaseException, path: str | os.PathLike | None = None) -> 
         code = _errno_of(exc)
         if code is not None:
             cause, fix = CAUSES[code]
-            where = str(path) if path is not None else getattr(exc, "filename", None)
+            where = getattr(exc, "filename", None) if isinstance(exc, OSError) else None
             if where is None:
-                match = _PATH.search(str(exc).split(", /root/.cargo")[0].split(".rs:")[0])
-                where = match.group(1) if match and not match.group(1).endswith(".rs") else None
+                match = _PATH.search(re.sub(r",\s*/\S+\.rs:\d+:\d+", "", str(exc)))
+                where = match.group(1) if match else None
+            if where is None and path is not None:
+                where = str(path)
             return StorageError(str(where) if where else None, cause, f"{os.strerror(code)}, errno {code}", fix, code)
         exc = exc.__cause__ or exc.__context__
     return None

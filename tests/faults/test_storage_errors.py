@@ -20,7 +20,7 @@ LANCE_ENOSPC = ("lance error: LanceError(IO): No space left on device (os error 
         (OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device"), "disk full", errno.ENOSPC),
         (OSError(errno.EIO, "Input/output error"), "I/O error", errno.EIO),
         (RuntimeError("lance error: LanceError(IO): Input/output error (os error 5), /x/y.rs:1:1"), "I/O error", errno.EIO),
-        (PermissionError(errno.EACCES, "Permission denied", "/data/db/resedis.json"), "permission denied", errno.EACCES),
+        (PermissionError(errno.EACCES, "Permission denied"), "permission denied", errno.EACCES),
         (RuntimeError("lance error: Permission denied (os error 13)"), "permission denied", errno.EACCES),
         (OSError(errno.EROFS, "Read-only file system"), "read-only filesystem", errno.EROFS),
         (OSError(errno.EDQUOT, "Disk quota exceeded"), "disk quota exceeded", errno.EDQUOT),
@@ -40,12 +40,13 @@ def test_other_errors_are_not_storage_errors(exc):
     assert storage_error(exc, "/x") is None
 
 
-def test_the_path_comes_from_the_error_when_not_given():
-    assert storage_error(PermissionError(errno.EACCES, "Permission denied", "/a/b.json")).path == "/a/b.json"
+def test_the_path_named_by_the_error_wins_over_the_callers():
+    assert storage_error(PermissionError(errno.EACCES, "Permission denied", "/a/b.json"), "/a").path == "/a/b.json"
     err = storage_error(RuntimeError("lance error: LanceError(IO): Generic error writing /data/db/regions.lance/data/x.lance: "
-                                     "No space left on device (os error 28), /root/.cargo/x.rs:1:2"))
+                                     "No space left on device (os error 28), /root/.cargo/x.rs:1:2"), "/data/db")
     assert err.path == "/data/db/regions.lance/data/x.lance"
-    assert storage_error(RuntimeError(LANCE_ENOSPC)).path is None  # Lance named none: we do not invent one
+    assert storage_error(RuntimeError(LANCE_ENOSPC), "/data/db").path == "/data/db"  # Lance named none: the caller's
+    assert storage_error(RuntimeError(LANCE_ENOSPC)).path is None  # and none known: none invented
 
 
 def test_the_cause_chain_is_followed():
