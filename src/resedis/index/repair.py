@@ -40,7 +40,7 @@ from resedis.index.fs import Location, as_location
 from resedis.index.manifest import Manifest, canonical_spec, read_manifest, write_manifest
 from resedis.index.manifest_fields import manifest_problems
 from resedis.index.store import IMAGES, REGIONS, SKIPPED, images_schema, regions_schema, skipped_schema
-from resedis.index.verify import CHECKSUM_COLUMN, VerifyReport, read_salvage, verify_index
+from resedis.index.verify import CHECKSUM_COLUMN, VerifyReport, read_salvage, table_names, verify_index
 from resedis.index.writer import DEFAULT_MAX_REGIONS, DEFAULT_NMS_IOU, IndexConfig, IndexReport, build_index
 
 log = logging.getLogger(__name__)
@@ -203,8 +203,9 @@ def rebuild_manifest(loc: Location, stored: dict | None, model: str | None, root
     return manifest, assumed
 
 
-def _rewrite_table(loc: Location, name: str, schema: pa.Schema) -> int:
-    """Rewrite table ``name`` from the rows that still decode; -> rows lost."""
+def _rewrite_table(loc: Location, name: str, schema: pa.Schema | None) -> int:
+    """Rewrite table ``name`` from the rows that still decode (``schema``: the one to write
+    when the rows read do not carry the table's own; None: the table's own); -> rows lost."""
     conn = _connect(loc)
     table = conn.open_table(name)
     chunks = [c for c in read_salvage(table) if isinstance(c, pa.Table) and c.num_rows]
@@ -214,7 +215,7 @@ def _rewrite_table(loc: Location, name: str, schema: pa.Schema) -> int:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         total = sum(c.num_rows for c in chunks)
-    keep_schema = table.schema if all(c.schema.equals(table.schema) for c in chunks) else schema
+    keep_schema = table.schema if schema is None or all(c.schema.equals(table.schema) for c in chunks) else schema
     rows = pa.concat_tables([c.cast(keep_schema) for c in chunks]) if chunks else keep_schema.empty_table()
     conn.create_table(name, data=rows, schema=keep_schema, mode="overwrite")
     return max(0, total - rows.num_rows)
@@ -224,9 +225,7 @@ def _clean_versions(loc: Location) -> None:
     """Drop every old version and every data file no version reads (damaged ones included).
     Under the writer lock no other writer can be mid-commit."""
     conn = _connect(loc)
-    for name in (IMAGES, REGIONS, SKIPPED):
-        if not loc.exists(f"{name}.lance"):
-            continue
+    for name in table_names(loc):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "removes every version except the latest": intended here
             conn.open_table(name).optimize(cleanup_older_than=dt.timedelta(0), delete_unverified=True)
@@ -286,7 +285,8 @@ def repair_index(
             if name == REGIONS:
                 m = read_manifest(loc)
                 schemas[REGIONS] = regions_schema(m.vector_dim, m.vector_dtype)
-            report.tables_rewritten[name] = _rewrite_table(loc, name, schemas[name])
+            # a side table (crops, masks) keeps its own schema; the run's backfill refills it
+            report.tables_rewritten[name] = _rewrite_table(loc, name, schemas.get(name))
         report.tables_created = sorted(before.lost_tables)
         conn = _connect(loc)
         missing = before.missing_sources

@@ -284,10 +284,15 @@ def _open_tables(loc: Location, report: VerifyReport, db: str) -> dict:
     return tables
 
 
+def table_names(loc: Location) -> list[str]:
+    """Every table directory of the index (core and side tables such as crops, masks)."""
+    return sorted(n[: -len(".lance")] for n in loc.list_names() if n.endswith(".lance"))
+
+
 def _check_files(loc: Location, report: VerifyReport, db: str) -> None:
     if not loc.is_local:
         return
-    for name in CORE_TABLES:
+    for name in table_names(loc):
         for path in _bad_footers(loc.local_path / f"{name}.lance"):
             report.add("bad-data-file", ERROR,
                        f"{path}: not a whole Lance data file (truncated or overwritten: its footer is gone)",
@@ -316,6 +321,26 @@ def _read_table(name: str, table, report: VerifyReport, db: str, columns: list[s
             f"run: resedis repair --db {db} (keeps the rows that decode, re-encodes the lost images from their source files)",
             table=name, path=paths[0] if paths else None,
         )
+
+
+def _check_side_tables(loc: Location, report: VerifyReport, db: str) -> None:
+    """Side tables (crops, masks): every row must decode (their content is checked by
+    their own modules when used)."""
+    side = [t for t in table_names(loc) if t not in CORE_TABLES]
+    if not side:
+        return
+    conn = loc.connect()
+    for name in side:
+        try:
+            table = conn.open_table(name)
+        except BaseException as exc:  # noqa: BLE001
+            if _fatal(exc):
+                raise
+            report.damaged_tables.add(name)
+            report.add("table-unreadable", ERROR, f"{loc / (name + '.lance')} cannot be opened ({short_error(exc)})",
+                       f"run: resedis repair --db {db}", table=name, path=str(loc / f"{name}.lance"))
+            continue
+        report.counts[name] = sum(c.num_rows for c in _read_table(name, table, report, db))
 
 
 def _as_path(text: str) -> str:
@@ -507,6 +532,7 @@ def verify_index(db: str | os.PathLike | Location, *, deep: bool = False,
         report.damaged_images |= {i for i, _ in images}
     if SKIPPED in tables:
         report.counts["skipped"] = sum(c.num_rows for c in _read_table(SKIPPED, tables[SKIPPED], report, name))
+    _check_side_tables(loc, report, name)
     if deep:
         _check_sources(images, report, name)
     return report
