@@ -89,7 +89,7 @@ def main() -> int:
         "random_baseline": score(dataset, random_predictions(dataset, seed=0)),
     }
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"| subset | queries | absent | BR@1@0.5 | IR@1 | mAP50 | F1 | N_acc | random BR@1@0.5 | random N_acc |")
+    print("| subset | queries | absent | BR@1@0.5 | IR@1 | mAP50 | F1 | N_acc | random BR@1@0.5 | random N_acc |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, m in report["model_metrics"].items():
         r = report["random_baseline"][name]

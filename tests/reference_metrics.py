@@ -1,11 +1,12 @@
-"""A slow, obvious reference implementation of DESIGN.md §5, written separately from
+"""A slow, obvious reference implementation of docs/metrics.md, written separately from
 ``resedis.metrics`` to cross-check it. Plain loops over Python lists; only the pairwise
 IoU primitives of ``resedis.masks`` are shared. Not for production use.
 """
 
 from __future__ import annotations
 
-from resedis.masks import box_iou, mask_iou
+from resedis.boxes import box_iou
+from resedis.masks import mask_iou
 
 
 def ref_sorted(hits):
@@ -70,7 +71,7 @@ def ref_ap(flags, npos):
     return ap
 
 
-def ref_evaluate(queries, results, iou="box"):
+def ref_evaluate(queries, results, iou="box", n_images=None):
     ks, taus = (1, 5, 10), (0.5, 0.7, 0.9)
     ir = {k: [] for k in ks}
     br = {(k, t): [] for k in ks for t in taus}
@@ -143,4 +144,75 @@ def ref_evaluate(queries, results, iou="box"):
     out["N_acc"] = absent_ok / absent_total if absent_total else None
     out["queries"] = len(queries)
     out["absent_queries"] = absent_total
+    out.update(ref_presence(queries, results, iou, n_images))
     return out
+
+
+# ---------------------------------------------------------------- SA-Co presence metrics
+# Written from the definitions (sam3/eval/cgf1_eval.py in facebookresearch/sam3): one
+# (query, image) pair at a time, predictions = present detections, max-total-IoU one-to-one
+# assignment found by exhaustive search over subsets (no scipy), then thresholded.
+SACO_THRESHOLDS = [0.5 + 0.05 * i for i in range(10)]
+
+
+def ref_best_assignment(ious):
+    """Matched IoUs of a one-to-one assignment maximising their sum (bitmask search)."""
+    n_dt = len(ious)
+    n_gt = len(ious[0]) if n_dt else 0
+    memo = {}
+
+    def best(i, used):
+        if i == n_dt:
+            return 0.0, []
+        key = (i, used)
+        if key not in memo:
+            cand = best(i + 1, used)  # leave prediction i unmatched
+            for j in range(n_gt):
+                if not used & (1 << j):
+                    s, picked = best(i + 1, used | (1 << j))
+                    if s + ious[i][j] > cand[0] + 1e-15:
+                        cand = (s + ious[i][j], [ious[i][j]] + picked)
+            memo[key] = cand
+        return memo[key]
+
+    return best(0, 0)[1]
+
+
+def ref_presence(queries, results, iou="box", n_images=None):
+    il = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+    tps = [0] * len(SACO_THRESHOLDS)
+    pos_dt = n_gt_total = 0
+    for q in queries:
+        decided = [h for h in results.get(q.query_id, []) if h.present]
+        images = []
+        for x in [i.image_id for i in q.instances] + [h.image_id for h in decided]:
+            if x not in images:
+                images.append(x)
+        for img in images:
+            dts = [h for h in decided if h.image_id == img]
+            gts = [i for i in q.instances if i.image_id == img]
+            n_gt_total += len(gts)
+            if dts and gts:
+                il["tp"] += 1
+                pos_dt += len(dts)
+                matched = ref_best_assignment([[ref_pair_iou(d, g, iou) for g in gts] for d in dts])
+                for k, t in enumerate(SACO_THRESHOLDS):
+                    tps[k] += sum(1 for v in matched if v >= t - 1e-9)
+            elif dts:
+                il["fp"] += 1
+            else:
+                il["fn"] += 1
+        if n_images is not None:
+            il["tn"] += n_images - len(images)
+    f1s = []
+    for tp in tps:
+        p = tp / pos_dt if pos_dt else 0.0
+        r = tp / n_gt_total if n_gt_total else 0.0
+        f1s.append(2 * p * r / (p + r) if p + r > 0 else 0.0)
+    pmf1 = sum(f1s) / len(f1s)
+    if n_images is None:
+        return {"IL_MCC": None, "pmF1": pmf1, "cgF1": None}
+    tp, fp, fn, tn = il["tp"], il["fp"], il["fn"], il["tn"]
+    denom = (tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)
+    mcc = (tp * tn - fp * fn) / denom ** 0.5 if denom else 0.0
+    return {"IL_MCC": mcc, "pmF1": pmf1, "cgF1": pmf1 * mcc}

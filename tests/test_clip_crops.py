@@ -70,7 +70,7 @@ def test_relation_priors_hand_computed():
 def test_crops_stored_at_index_time_are_the_encoders_crop_embeddings(env):
     from resedis.index.store import open_index
     from resedis.io.images import open_rgb
-    from resedis.pipelines.crops import load_crops
+    from resedis.index.crops import load_crops
 
     index = open_index(env.db)
     corpus = load_crops(index)
@@ -185,7 +185,7 @@ def test_gt_proposals_need_a_dataset(env):
 def test_yolo_proposals_without_the_extra_is_a_clear_error():
     import importlib.util
 
-    from resedis.pipelines.proposals import load_yolo
+    from resedis.index.crop_proposals import load_yolo
 
     if importlib.util.find_spec("ultralytics") is not None:
         pytest.skip("ultralytics is installed")
@@ -197,7 +197,7 @@ def test_index_without_crops_is_explained(env, tmp_path):
     import shutil
 
     from resedis.errors import ResedisError
-    from resedis.index.store import read_manifest, write_manifest
+    from resedis.index.manifest import read_manifest, write_manifest
     from resedis.pipelines import PipelineConfig, run_pipeline
 
     db = tmp_path / "db"
@@ -217,7 +217,7 @@ def test_crop_corpus_is_read_once_per_pool_until_the_crops_change(env, tmp_path,
 
     import resedis.pipelines.clip_crops as cc
     from resedis.pipelines import Models, PipelineConfig, run_pipeline
-    from resedis.pipelines.crops import CropConfig, CropWriter, load_crops
+    from resedis.index.crops import CropConfig, CropWriter, load_crops
 
     db = tmp_path / "db"
     shutil.copytree(env.db, db)

@@ -95,7 +95,8 @@ def test_demo_rerun_renders_again_for_other_settings_and_rebuilds_a_stale_index(
     import dataclasses
 
     from resedis.demo import DemoConfig, run_demo
-    from resedis.index.store import open_index, read_manifest, write_manifest
+    from resedis.index.manifest import read_manifest, write_manifest
+    from resedis.index.store import open_index
 
     out = tmp_path / "demo"
     cfg = DemoConfig(seed=5, images=8, queries=12, absent=2, device="cpu", progress=False)

@@ -15,7 +15,7 @@ import resedis.demo
 from resedis.cli import main as cli_main
 from resedis.demo import demo_model_dir
 from resedis.errors import IndexMismatchError, ResedisError, WeightsNotFoundError
-from resedis.index.store import canonical_spec, check_model, read_manifest
+from resedis.index.manifest import canonical_spec, check_model, read_manifest
 from resedis.models import ModelSpec, list_aliases, load_model, parse_spec, resolve_weights
 
 

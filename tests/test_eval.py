@@ -134,9 +134,9 @@ def test_breakdowns_partition_queries_and_match_subset_evaluation(tiny):
     # Each slice equals an independent evaluation restricted to its queries.
     by_id = {p.query_id: p.hits for p in preds}
     rel = [q for q in tiny.queries if q.type == "relation"]
-    assert ev.breakdown["type"]["relation"] == metrics.evaluate(rel, by_id)
+    assert ev.breakdown["type"]["relation"] == metrics.evaluate(rel, by_id, n_images=len(tiny.images))
     square = [q for q in tiny.queries if q.category == "square"]
-    assert ev.breakdown["category"]["square"] == metrics.evaluate(square, by_id)
+    assert ev.breakdown["category"]["square"] == metrics.evaluate(square, by_id, n_images=len(tiny.images))
     # Hand-computed: q_attr hit, q_pos top-1 image wrong (IR@1 = 0), q_rel wrong box, q_rel2 empty.
     assert ev.metrics["IR@1"] == pytest.approx(2 / 4)  # q_attr, q_rel (image right, box wrong)
     assert ev.metrics["BR@1@0.5"] == pytest.approx(1 / 4)

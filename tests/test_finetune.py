@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,13 +88,13 @@ def test_box_losses_hand_values():
 def test_hungarian_assignment_is_optimal():
     rng = np.random.default_rng(3)
     w = LossWeights()
-    for trial in range(5):
+    for _trial in range(5):
         pred = torch.tensor(np.c_[rng.uniform(0.2, 0.8, (6, 2)), rng.uniform(0.05, 0.3, (6, 2))], dtype=torch.float32)
         gt = torch.tensor(np.c_[rng.uniform(0.2, 0.8, (3, 2)), rng.uniform(0.05, 0.3, (3, 2))], dtype=torch.float32)
         obj = torch.tensor(rng.normal(size=6), dtype=torch.float32)
         cls = torch.tensor(rng.uniform(size=(6, 3)), dtype=torch.float32)
 
-        def cost(p, k):  # the documented cost, one pair at a time
+        def cost(p, k, pred=pred, gt=gt, obj=obj, cls=cls):  # the documented cost, one pair at a time
             pb, gb = pred[p].tolist(), gt[k].tolist()
             l1 = sum(abs(x - y) for x, y in zip(pb, gb))
             giou = slow_giou(cxcywh_to_xyxy(pred[p]).tolist(), cxcywh_to_xyxy(gt[k]).tolist())
@@ -313,6 +312,27 @@ def test_finetune_lowers_loss(corpora, trained):
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
     for h in result.history:
         assert set(h["metrics"]) >= {"BR@1@0.5", "mAP50", "N_acc"}
+
+
+def test_rejection_before_and_after_training_is_reported(corpora, trained):
+    from resedis.finetune import checkpoint as ckpt
+    from resedis.finetune.validate import validate_model
+    from resedis.io import load_dataset
+
+    out, result = trained
+    rej = result.rejection
+    assert rej == ckpt.read_meta(out)["rejection"]
+    assert rej["after"] == {k: result.history[-1]["metrics"][k] for k in ("N_acc", "IL_MCC")}
+    # "before" is the validation of the run's initial weights, recomputed independently
+    val_ds = load_dataset(corpora / "val")
+    ts_val = build_training_set(val_ds)
+    before, proc = build_scratch_owlv2(TINY, build_training_set(load_dataset(corpora / "train")).texts, seed=0)
+    cfg = FinetuneConfig()
+    m = validate_model(before, proc, ts_val, val_ds.queries, PixelStore(proc, ts_val.images), batch_size=4,
+                       top_k=cfg.top_k, max_regions=cfg.max_regions,
+                       max_length=int(before.config.text_config.max_position_embeddings))["metrics"]
+    assert rej["before"] == {"N_acc": m["N_acc"], "IL_MCC": m["IL_MCC"]}
+    assert rej["before"]["IL_MCC"] is not None and isinstance(rej["collapsed"], bool)
 
 
 def test_checkpoint_loads_and_matches_index_path(corpora, trained):

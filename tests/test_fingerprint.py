@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from resedis.errors import IndexMismatchError
 from resedis.index import IndexConfig, build_index, open_index
-from resedis.index.store import MANIFEST_NAME
+from resedis.index.manifest import MANIFEST_NAME
 from resedis.models import fingerprint as fp
 from resedis.search import Searcher
 

@@ -21,7 +21,8 @@ from PIL import Image, ImageDraw
 
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index import IndexConfig, build_index, open_index
-from resedis.index.store import MANIFEST_NAME, REGIONS, SCHEMA_VERSION, column_matrix, regions_schema
+from resedis.index.manifest import MANIFEST_NAME, SCHEMA_VERSION
+from resedis.index.store import REGIONS, column_matrix, regions_schema
 from resedis.io.images import load_image
 from resedis.search import Searcher, load_corpus
 

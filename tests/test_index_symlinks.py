@@ -7,7 +7,6 @@ The walk is checked on its own (no model), then end to end through ``resedis ind
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

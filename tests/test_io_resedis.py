@@ -85,11 +85,10 @@ def good_records() -> dict[str, object]:
     }
 
 
-def test_uncompressed_helper_matches_pycocotools_compressed():
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        m = rng.random((9, 7)) > 0.6
-        assert compressed_rle_counts(encode_mask(m)["counts"]) == uncompressed(m)["counts"]
+@pytest.mark.parametrize("seed", range(5))
+def test_uncompressed_helper_matches_pycocotools_compressed(seed):
+    m = np.random.default_rng(seed).random((9, 7)) > 0.6
+    assert compressed_rle_counts(encode_mask(m)["counts"]) == uncompressed(m)["counts"]
 
 
 def test_loads_grouped_queries_in_every_encoding(tmp_path):
@@ -139,10 +138,16 @@ def test_load_dataset_auto_and_determinism(tmp_path):
     a = load_dataset(root)
     b = load_dataset(root, format="resedis")
     assert [(q.query_id, len(q.instances)) for q in a.queries] == [(q.query_id, len(q.instances)) for q in b.queries]
-    with pytest.raises(ValueError, match="unknown dataset format"):
-        load_dataset(root, format="coco")
-    with pytest.raises(FormatError, match="not a recognised dataset"):
-        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("where, kwargs, error, message", [
+    ("ds", {"format": "coco"}, ValueError, "unknown dataset format"),
+    (".", {}, FormatError, "not a recognised dataset"),
+], ids=["unknown-format", "not-a-dataset"])
+def test_load_dataset_refuses(tmp_path, where, kwargs, error, message):
+    make_root(tmp_path, good_records())  # tmp_path/ds is a dataset; tmp_path itself is not
+    with pytest.raises(error, match=message):
+        load_dataset(tmp_path / where, **kwargs)
 
 
 def test_variants_list_file_jsonl_nested_and_coco_annotations_dir(tmp_path):
@@ -237,21 +242,31 @@ def test_malformed_strict_and_lenient(tmp_path, name, content, field):
     assert f"b_{name}.json" in ds.skipped[0].source and repr(field) in ds.skipped[0].reason
 
 
-def test_bad_instances_file_is_fatal_even_when_lenient(tmp_path):
+BAD_IMAGES = [  # (case, image index, key, value: KeyError removes the key, field named by the error)
+    ("height_str", 1, "height", "20", "images[1].height"),
+    ("width_zero", 0, "width", 0, "images[0].width"),
+    ("no_file_name", 2, "file_name", KeyError, "images[2].file_name"),
+    ("no_id", 0, "id", KeyError, "images[0].id"),
+    ("duplicate_id", 2, "id", 1, "images[2].id"),
+]
+
+
+@pytest.mark.parametrize("name, i, key, value, field", BAD_IMAGES, ids=[b[0] for b in BAD_IMAGES])
+def test_bad_instances_file_is_fatal_even_when_lenient(tmp_path, name, i, key, value, field):
     root = make_root(tmp_path, good_records())
     data = json.loads((root / "instances.json").read_text())
-    data["images"][1]["height"] = "20"
+    if value is KeyError:
+        data["images"][i].pop(key)
+    else:
+        data["images"][i][key] = value
     (root / "instances.json").write_text(json.dumps(data))
     with pytest.raises(FormatError) as info:
         load_resedis(root, strict=False)
-    assert "instances.json" in info.value.source and info.value.field_name == "images[1].height"
+    assert "instances.json" in info.value.source and info.value.field_name == field
 
 
-def test_synthetic_corpus_loads(request):
-    synth = pytest.importorskip("resedis.synth")
-    if not hasattr(synth, "generate"):
-        pytest.skip("resedis.synth.generate not available yet")
-    ds = load_dataset(request.getfixturevalue("synth_small"))
+def test_synthetic_corpus_loads(synth_small):
+    ds = load_dataset(synth_small)
     assert ds.skipped == []
     assert len(ds.queries) == 30
     assert sum(q.is_absent for q in ds.queries) == 4

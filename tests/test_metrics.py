@@ -1,4 +1,4 @@
-"""Metric suite (DESIGN.md §5): hand-computed tables + a randomized cross-check
+"""Metric suite (docs/metrics.md): hand-computed tables + a randomized cross-check
 against the slow reference in ``tests/reference_metrics.py``."""
 
 from __future__ import annotations
@@ -114,7 +114,10 @@ def test_pr50_is_zero_when_count_is_zero():
 
 def test_br_at_k_tau_table():
     q = query("q", [inst(1, A)])
-    fill = lambda s: hit("other", A, s)  # same coordinates, wrong image: IoU 0
+
+    def fill(score):  # same coordinates, wrong image: IoU 0
+        return hit("other", A, score)
+
     ranked = [fill(0.99), hit(1, IOU_06, 0.98), fill(0.97), fill(0.96), fill(0.95),
               hit(1, IOU_095, 0.94), fill(0.93), fill(0.92), fill(0.91), fill(0.90), hit(1, IOU_10, 0.5)]
     m = evaluate([q], {"q": ranked[::-1]})  # input order must not matter
@@ -144,16 +147,24 @@ def test_br_requires_iou_with_instance_of_the_same_image():
 
 
 # ---------------------------------------------------------------- matching & AP
-def test_greedy_takes_highest_iou_then_first_in_dataset_order():
-    a, b = (0, 0, 10, 10), (0, 2, 10, 12)
+GREEDY_A, GREEDY_B = (0, 0, 10, 10), (0, 2, 10, 12)
+
+
+def test_greedy_takes_highest_iou():
     # (0,1.5,10,11.5): IoU a = 85/115, b = 95/105 -> b even though a comes first
-    ms = match_detections(query("q", [inst(1, a), inst(1, b)]), [hit(1, (0, 1.5, 10, 11.5), 1.0)])
+    ms = match_detections(
+        query("q", [inst(1, GREEDY_A), inst(1, GREEDY_B)]), [hit(1, (0, 1.5, 10, 11.5), 1.0)]
+    )
     assert ms[0].instance == 1 and ms[0].iou == pytest.approx(95 / 105)
+
+
+@pytest.mark.parametrize("boxes", [(GREEDY_A, GREEDY_B), (GREEDY_B, GREEDY_A)], ids=["a-first", "b-first"])
+def test_greedy_iou_tie_takes_the_first_instance_in_dataset_order(boxes):
     # (0,1,10,11): IoU 90/110 with both -> tie -> the first instance in dataset order
-    for insts, first_box in (([inst(1, a), inst(1, b)], a), ([inst(1, b), inst(1, a)], b)):
-        ms = match_detections(query("q", insts), [hit(1, (0, 1, 10, 11), 0.9), hit(1, (0, 1, 10, 11), 0.8)])
-        assert [m.instance for m in ms] == [0, 1]  # second detection takes the remaining one
-        assert ms[0].iou == ms[1].iou == pytest.approx(90 / 110)
+    insts = [inst(1, box) for box in boxes]
+    ms = match_detections(query("q", insts), [hit(1, (0, 1, 10, 11), 0.9), hit(1, (0, 1, 10, 11), 0.8)])
+    assert [m.instance for m in ms] == [0, 1]  # second detection takes the remaining one
+    assert ms[0].iou == ms[1].iou == pytest.approx(90 / 110)
 
 
 def test_match_detections_fields():
@@ -243,24 +254,25 @@ def _mixed_queries():
     ]
 
 
-def test_perfect_prediction_scores_one():
+@pytest.mark.parametrize("mode", ["box", "mask"])
+def test_perfect_prediction_scores_one(mode):
     qs = _mixed_queries()
     res = {q.query_id: [hit(i.image_id, i.box, 1.0 - 0.01 * k, mask=i.rle) for k, i in enumerate(q.instances)]
            for q in qs}
-    for mode in ("box", "mask"):
-        m = evaluate(qs, res, iou=mode)
-        ones = [k for k in METRIC_KEYS if k not in ("Pr@50_count", "FA_per_query")]
-        assert {k: m[k] for k in ones} == {k: 1.0 for k in ones}
-        assert (m["Pr@50_count"], m["FA_per_query"]) == (3, 0.0)
+    m = evaluate(qs, res, iou=mode, n_images=6)  # images 1..5 hold targets, one more is empty
+    ones = [k for k in METRIC_KEYS if k not in ("Pr@50_count", "FA_per_query")]
+    assert {k: m[k] for k in ones} == {k: 1.0 for k in ones}
+    assert (m["Pr@50_count"], m["FA_per_query"]) == (3, 0.0)
 
 
-def test_empty_prediction_scores_zero():
+@pytest.mark.parametrize("with_lines", [False, True], ids=["no-lines", "empty-lines"])
+def test_empty_prediction_scores_zero(with_lines):
     qs = _mixed_queries()
-    for res in ({}, {q.query_id: [] for q in qs}):
-        m = evaluate(qs, res)
-        zeros = [k for k in METRIC_KEYS if k != "N_acc"]
-        assert {k: m[k] for k in zeros} == {k: 0 for k in zeros}
-        assert m["N_acc"] == 1.0  # saying nothing is right for the absent query
+    res = {q.query_id: [] for q in qs} if with_lines else {}
+    m = evaluate(qs, res, n_images=6)
+    zeros = [k for k in METRIC_KEYS if k != "N_acc"]
+    assert {k: m[k] for k in zeros} == {k: 0 for k in zeros}
+    assert m["N_acc"] == 1.0  # saying nothing is right for the absent query
 
 
 def test_no_queries():
@@ -317,16 +329,18 @@ def test_bad_iou_mode_rejected(fn):
         fn()
 
 
-def test_other_input_errors():
-    q = query("q", [inst(1, A)])
-    with pytest.raises(ValueError, match="more than once"):
-        evaluate([q, query("q")], {})
-    with pytest.raises(ValueError, match="finite"):
-        evaluate([q], {"q": [hit(1, A, float("nan"))]})
-    with pytest.raises(ValueError, match="threshold"):
-        match_detections(q, [], threshold=0.0)
-    with pytest.raises(ValueError, match="more than once"):
-        results_by_query([QueryResult("q", "e"), QueryResult("q", "e")])
+@pytest.mark.parametrize("fn, message", [
+    (lambda: evaluate([query("q", [inst(1, A)]), query("q")], {}), "more than once"),
+    (lambda: evaluate([query("q", [inst(1, A)])], {"q": [hit(1, A, float("nan"))]}), "finite"),
+    (lambda: match_detections(query("q", [inst(1, A)]), [], threshold=0.0), "threshold"),
+    (lambda: results_by_query([QueryResult("q", "e"), QueryResult("q", "e")]), "more than once"),
+], ids=["repeated-query", "nan-score", "zero-threshold", "repeated-result"])
+def test_other_input_errors(fn, message):
+    with pytest.raises(ValueError, match=message):
+        fn()
+
+
+def test_results_by_query():
     assert results_by_query([QueryResult("q", "e", [hit(1, A, 1.0)])])["q"][0].image_id == 1
 
 
@@ -393,20 +407,21 @@ def _random_dataset(rng: np.random.Generator):
     return queries, results
 
 
+@pytest.mark.parametrize("mode", ["box", "mask"])
 @pytest.mark.parametrize("seed", range(50))
-def test_evaluate_matches_reference_on_random_data(seed):
+def test_evaluate_matches_reference_on_random_data(seed, mode):
     rng = np.random.default_rng(seed)
     queries, results = _random_dataset(rng)
-    for mode in ("box", "mask"):
-        got, want = evaluate(queries, results, iou=mode), ref_evaluate(queries, results, iou=mode)
-        assert set(got) == set(want)
-        for k, v in want.items():
-            if v is None:
-                assert got[k] is None, k
-            else:
-                assert math.isclose(got[k], v, rel_tol=0, abs_tol=1e-9), (mode, k, got[k], v)
-        for q in queries:
-            hs = results.get(q.query_id, [])
-            ms = match_detections(q, hs, iou=mode)
-            assert [m.hit for m in ms] == ref_sorted(hs)
-            assert [m.instance for m in ms] == ref_greedy(q, ref_sorted(hs), mode)
+    n = 10 if seed % 2 else None  # ≥ the 1..8 images of the random corpus; None: IL_MCC unknown
+    got, want = evaluate(queries, results, iou=mode, n_images=n), ref_evaluate(queries, results, iou=mode, n_images=n)
+    assert set(got) == set(want)
+    for k, v in want.items():
+        if v is None:
+            assert got[k] is None, k
+        else:
+            assert math.isclose(got[k], v, rel_tol=0, abs_tol=1e-9), (mode, k, got[k], v)
+    for q in queries:
+        hs = results.get(q.query_id, [])
+        ms = match_detections(q, hs, iou=mode)
+        assert [m.hit for m in ms] == ref_sorted(hs)
+        assert [m.instance for m in ms] == ref_greedy(q, ref_sorted(hs), mode)

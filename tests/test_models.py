@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resedis.boxes import box_iou, nms
 from resedis.errors import ResedisError, WeightsNotFoundError
-from resedis.masks import box_iou, nms
 from resedis.models import DEFAULT_MODEL, MODELS, ModelSpec, list_models, load_model, parse_spec
 from resedis.models.base import ImageTextEncoder, RegionEncoder, TextEncoder
 from resedis.models.owl import select_regions

@@ -22,7 +22,8 @@ boto3 = pytest.importorskip("boto3")
 from resedis.errors import ResedisError  # noqa: E402
 from resedis.index import IndexConfig, build_index, open_index  # noqa: E402
 from resedis.index.fs import as_location  # noqa: E402
-from resedis.index.store import IMAGES, MANIFEST_NAME, REGIONS, column_matrix, read_manifest, write_manifest  # noqa: E402
+from resedis.index.manifest import MANIFEST_NAME, read_manifest, write_manifest  # noqa: E402
+from resedis.index.store import IMAGES, REGIONS, column_matrix  # noqa: E402
 from resedis.search import Searcher, search_dataset  # noqa: E402
 
 BUCKET = "resedis-test"

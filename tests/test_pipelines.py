@@ -143,7 +143,7 @@ def test_index_cli_crop_model_writes_crops_in_the_same_run(env, tmp_path, capsys
     import shutil
 
     from resedis.index.store import open_index
-    from resedis.pipelines.crops import load_crops
+    from resedis.index.crops import load_crops
 
     images = tmp_path / "imgs"
     images.mkdir()
@@ -165,7 +165,7 @@ def test_ablation_latency_excludes_model_loading(env, monkeypatch, name):
 
     import resedis.models
     from resedis.ablation import run_ablation
-    from resedis.index.store import canonical_spec
+    from resedis.index.manifest import canonical_spec
     from resedis.pipelines import PIPELINES, Models, PipelineConfig
 
     shared = pipekit.models(env)

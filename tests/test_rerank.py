@@ -116,7 +116,7 @@ def test_rerank_runs_grounding_model_only_on_top_k_images(env, gdino):
     forwards0, images0 = gdino.forward_calls, gdino.images_seen
     results = rerank.run(queries, ds)
     expected_total = 0
-    for q, o, r in zip(queries, owl_results, results):
+    for _q, o, r in zip(queries, owl_results, results):
         top = list(dict.fromkeys(h.image_id for h in o.hits))[:k]
         expected_total += len(top)
         assert {h.image_id for h in r.hits} <= set(top), "a hit from an image the grounder never saw"

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resedis.boxes import nms
 from resedis.cli import main as cli_main
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index import IndexConfig, build_index, open_index
-from resedis.index.store import read_manifest, write_manifest
+from resedis.index.manifest import read_manifest, write_manifest
 from resedis.io.images import open_rgb
-from resedis.masks import nms
 from resedis.search import DEFAULT_THRESHOLD, Searcher, load_corpus, rank_hits, search_dataset, sigmoid
 
 QUERIES = ["red circle", "a small blue square on the left", "the largest yellow star", "green triangle"]
@@ -181,7 +181,7 @@ def test_threshold_present_and_calibration(small_index, backends, tmp_path):
     assert [h.present for h in result.hits] == [h.score >= mid for h in result.hits]
     assert any(h.present for h in result.hits) and not all(h.present for h in result.hits)
     # NMS per image: no two hits of one image overlap above 0.5.
-    from resedis.masks import box_iou
+    from resedis.boxes import box_iou
 
     for a in range(len(hits)):
         for b in range(a + 1, len(hits)):

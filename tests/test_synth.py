@@ -20,6 +20,8 @@ from scipy import ndimage
 
 from resedis.errors import ResedisError
 from resedis.masks import decode_rle
+from resedis.synth import Expression, ObjectTable, evaluate
+from resedis.synth.grammar import NounPhrase
 
 SHAPES = ["circle", "square", "triangle", "star", "hexagon", "diamond", "cross", "ring"]
 COLOURS = {
@@ -289,75 +291,73 @@ def test_deterministic_for_a_seed(synth_small: Path, tmp_path: Path):
     assert other["instances.json"] != _tree_bytes(synth_small)["instances.json"]
 
 
-def test_predicates_on_hand_made_geometry():
-    """Boundary cases of the documented semantics, computed by hand."""
-    from resedis.synth import Expression, ObjectTable, evaluate
-    from resedis.synth.grammar import NounPhrase
-
-    # one 300x300 image; boxes xyxy; areas chosen for the superlative ratio 1.2
-    boxes = [(0, 0, 50, 50), (50, 0, 100, 50), (215, 215, 275, 290), (105, 100, 195, 200)]
-    table = ObjectTable(
-        image=[0, 0, 0, 0],
-        shape=[0, 0, 0, 1],  # circle, circle, circle, square
-        color=[0, 2, 0, 0],  # red, blue, red, red
-        size=[0, 0, 1, 1],
-        box=boxes,
-        area=[1200, 1000, 1440, 5000],
-        width=[300] * 4,
-        height=[300] * 4,
-    )
-
-    def ids(expr):
-        return np.flatnonzero(evaluate(expr, table)).tolist()
-
-    circle, red_circle, square = NounPhrase("circle"), NounPhrase("circle", "red"), NounPhrase("square")
-    assert ids(Expression(red_circle)) == [0, 2]
-    assert ids(Expression(NounPhrase("circle", None, "large"))) == [2]
-    assert ids(Expression(circle, position="left")) == [0, 1]  # centres x=25, 75 < 100
-    assert ids(Expression(square, position="middle")) == [3]  # centre (150, 150)
-    assert ids(Expression(circle, position="bottom_right")) == [2]  # centre (245, 252.5)
-    assert ids(Expression(circle, position="top_left")) == [0, 1]
+# One 300x300 image; boxes xyxy; areas chosen for the superlative ratio 1.2.
+HAND_TABLE = ObjectTable(
+    image=[0, 0, 0, 0],
+    shape=[0, 0, 0, 1],  # circle, circle, circle, square
+    color=[0, 2, 0, 0],  # red, blue, red, red
+    size=[0, 0, 1, 1],
+    box=[(0, 0, 50, 50), (50, 0, 100, 50), (215, 215, 275, 290), (105, 100, 195, 200)],
+    area=[1200, 1000, 1440, 5000],
+    width=[300] * 4,
+    height=[300] * 4,
+)
+CIRCLE, RED_CIRCLE, SQUARE = NounPhrase("circle"), NounPhrase("circle", "red"), NounPhrase("square")
+PREDICATES = [  # (case, expression, the objects of HAND_TABLE it denotes, computed by hand)
+    ("attribute", Expression(RED_CIRCLE), [0, 2]),
+    ("size", Expression(NounPhrase("circle", None, "large")), [2]),
+    ("left", Expression(CIRCLE, position="left"), [0, 1]),  # centres x=25, 75 < 100
+    ("middle", Expression(SQUARE, position="middle"), [3]),  # centre (150, 150)
+    ("bottom_right", Expression(CIRCLE, position="bottom_right"), [2]),  # centre (245, 252.5)
+    ("top_left", Expression(CIRCLE, position="top_left"), [0, 1]),
     # touching boxes (x1 == x0) count as left of
-    assert ids(Expression(red_circle, relation="left_of", ref=NounPhrase("circle", "blue"))) == [0]
-    assert ids(Expression(circle, relation="right_of", ref=red_circle)) == [1, 2]
-    assert ids(Expression(circle, relation="above", ref=square)) == [0, 1]
-    assert ids(Expression(square, relation="below", ref=circle)) == [3]  # y0=100 >= y1=50
+    ("left_of_touching", Expression(RED_CIRCLE, relation="left_of", ref=NounPhrase("circle", "blue")), [0]),
+    ("right_of", Expression(CIRCLE, relation="right_of", ref=RED_CIRCLE), [1, 2]),
+    ("above", Expression(CIRCLE, relation="above", ref=SQUARE), [0, 1]),
+    ("below", Expression(SQUARE, relation="below", ref=CIRCLE), [3]),  # y0=100 >= y1=50
     # next to: gap <= 0.05 * 300 = 15. circle0-circle1: 0; square-circle1: max(5, 50) = 50;
     # square-circle2: max(20, 15) = 20
-    assert ids(Expression(circle, relation="next_to", ref=circle)) == [0, 1]
-    assert ids(Expression(square, relation="next_to", ref=circle)) == []
+    ("next_to", Expression(CIRCLE, relation="next_to", ref=CIRCLE), [0, 1]),
+    ("next_to_none", Expression(SQUARE, relation="next_to", ref=CIRCLE), []),
     # a relation never pairs an object with itself
-    assert ids(Expression(square, relation="next_to", ref=square)) == []
-    # largest red circle: 1440 >= 1.2 * 1200 -> object 2; largest circle: 1440 vs 1200 -> 2
-    assert ids(Expression(red_circle, superlative="largest")) == [2]
+    ("next_to_itself", Expression(SQUARE, relation="next_to", ref=SQUARE), []),
+    # largest red circle: 1440 >= 1.2 * 1200 -> object 2
+    ("largest", Expression(RED_CIRCLE, superlative="largest"), [2]),
     # smallest circle: 1000 * 1.2 = 1200 <= 1200 and <= 1440 -> object 1
-    assert ids(Expression(circle, superlative="smallest")) == [1]
+    ("smallest", Expression(CIRCLE, superlative="smallest"), [1]),
     # smallest red circle: 1200 * 1.2 = 1440 <= 1440 -> object 0
-    assert ids(Expression(red_circle, superlative="smallest")) == [0]
+    ("smallest_at_the_margin", Expression(RED_CIRCLE, superlative="smallest"), [0]),
     # a single square has no superlative
-    assert ids(Expression(square, superlative="largest")) == []
-    assert Expression(red_circle, relation="left_of", ref=square).text() == "the red circle to the left of the square"
-    assert Expression(circle, superlative="largest").type == "relation"
+    ("superlative_of_one", Expression(SQUARE, superlative="largest"), []),
+]
 
 
-def test_superlative_needs_a_clear_margin():
-    from resedis.synth import Expression, ObjectTable, evaluate
-    from resedis.synth.grammar import NounPhrase
+@pytest.mark.parametrize("name, expression, expected", PREDICATES, ids=[p[0] for p in PREDICATES])
+def test_predicates_on_hand_made_geometry(name, expression, expected):
+    """Boundary cases of the documented semantics, computed by hand."""
+    assert np.flatnonzero(evaluate(expression, HAND_TABLE)).tolist() == expected
 
+
+def test_expression_text_and_type():
+    assert Expression(RED_CIRCLE, relation="left_of", ref=SQUARE).text() == "the red circle to the left of the square"
+    assert Expression(CIRCLE, superlative="largest").type == "relation"
+
+
+@pytest.mark.parametrize("superlative", ["largest", "smallest"])
+def test_superlative_needs_a_clear_margin(superlative):
     table = ObjectTable(image=[0, 0], shape=[0, 0], color=[0, 0], size=[0, 0], box=[(0, 0, 10, 10), (20, 0, 30, 10)],
                         area=[100, 119], width=[100, 100], height=[100, 100])
-    assert not evaluate(Expression(NounPhrase("circle"), superlative="largest"), table).any()
-    assert not evaluate(Expression(NounPhrase("circle"), superlative="smallest"), table).any()
+    assert not evaluate(Expression(CIRCLE, superlative=superlative), table).any()
 
 
-def test_too_many_queries_is_a_clear_error_and_leaves_nothing(tmp_path: Path):
+@pytest.mark.parametrize("queries, absent, message", [(400, 0, "queries"), (3, 4, "absent")],
+                         ids=["too-many-queries", "more-absent-than-queries"])
+def test_too_many_queries_is_a_clear_error_and_leaves_nothing(tmp_path: Path, queries, absent, message):
     from resedis.synth import generate
 
-    with pytest.raises(ResedisError, match="queries"):
-        generate(tmp_path / "out", images=2, queries=400, absent=0, seed=0, progress=False)
+    with pytest.raises(ResedisError, match=message):
+        generate(tmp_path / "out", images=2, queries=queries, absent=absent, seed=0, progress=False)
     assert list(tmp_path.iterdir()) == []  # no output and no staging directory left behind
-    with pytest.raises(ResedisError, match="absent"):
-        generate(tmp_path / "out", images=2, queries=3, absent=4, seed=0, progress=False)
 
 
 def test_cli(tmp_path: Path, capsys):

@@ -18,7 +18,7 @@ import pytest
 from resedis.cli import main as cli_main
 from resedis.errors import ResedisError
 from resedis.index import IndexConfig, build_index, open_index
-from resedis.index.store import read_manifest, write_manifest
+from resedis.index.manifest import read_manifest, write_manifest
 from resedis.pipelines import PipelineConfig, get_pipeline, run_pipeline
 from resedis.search import Searcher, search, search_dataset
 from resedis.thresholds import DEFAULT_THRESHOLD, checkpoint_threshold, choose_threshold

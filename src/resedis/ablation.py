@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Sequence
 
 from resedis.errors import ResedisError
-from resedis.index.store import disk_bytes
 from resedis.types import Dataset, QueryResult
 
 TABLE_KEYS = ("IR@1", "IR@10", "Pr@50", "BR@1@0.5", "BR@10@0.5", "mAP50", "precision", "recall", "F1", "FA_per_query", "N_acc")
@@ -48,25 +47,14 @@ class AblationRow:
                 "split": {k: v for k, v in self.split.items() if k != "calibration_query_ids"}}
 
 
-
-
-def record_index_cost(manifest, seconds: float, images: int) -> None:
-    """Fold one indexing run (``seconds`` of wall time for ``images`` images) into the
-    manifest's running mean ``index_seconds_per_image`` (``index_timed_images`` counts)."""
-    n_old = int(manifest.extra.get("index_timed_images", 0))
-    old = float(manifest.extra.get("index_seconds_per_image", 0.0))
-    manifest.extra["index_timed_images"] = n_old + images
-    manifest.extra["index_seconds_per_image"] = (old * n_old + seconds) / (n_old + images)
-
-
 def index_cost(index, pipeline: str) -> tuple[float | None, float | None]:
     """(disk bytes per image of the tables ``pipeline`` reads, indexing seconds per image
     when recorded in the manifest — ``index_seconds_per_image`` and, for crops,
     ``crops.seconds_per_image``)."""
-    n = index.images_table.count_rows()
+    n = index.count("images")
     if n == 0:
         return None, None
-    size = sum(disk_bytes(index.path / f"{t}.lance") for t in TABLES.get(pipeline, ("images", "regions")))
+    size = index.table_bytes(TABLES.get(pipeline, ("images", "regions")))
     extra = index.manifest.extra
     secs = extra.get("index_seconds_per_image")
     if pipeline == "clip-crops" and isinstance(secs, (int, float)):
@@ -102,7 +90,7 @@ def run_ablation(
             results, reported, split_report = evaluate_with_calibration(pipeline, dataset, split, iou=iou)
             query_ms = split_report["query_ms"]
             if masks:
-                from resedis.masks_cache import attach_masks
+                from resedis.index.masks import attach_masks
 
                 seg = models.get(segmenter or DEFAULT_SEGMENTER)  # loaded before timing
                 t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Fitting (:func:`fit_threshold`): for one set of detections, every distinct score is a
 candidate operating point ``present = score >= t``; discovery precision/recall/F1
-(DESIGN.md §5, matching as in :mod:`resedis.metrics`) are swept over all of them at
+(docs/metrics.md, matching as in :mod:`resedis.metrics`) are swept over all of them at
 once (greedy matching in score order means a detection's TP status does not depend on
 the threshold). The best F1 wins (ties: the higher threshold, fewer false alarms); the
 stored threshold is the midpoint between the last kept score and the next lower one.

@@ -1,6 +1,6 @@
 """Score a predictions file against a benchmark: metrics, breakdowns, warnings.
 
-The metric definitions live in :mod:`resedis.metrics` (DESIGN.md §5); this module
+The metric definitions live in :mod:`resedis.metrics` (docs/metrics.md); this module
 checks predictions against the dataset, drops what cannot be scored (and says so),
 and slices the queries by expression type, category and target layout.
 
@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from resedis import metrics
+from resedis.eval_protocols.suite import DEFAULT_PROTOCOL, PROTOCOLS, protocol_metrics
 from resedis.io.coco import check_rle
 from resedis.masks import normalize_segmentation
 from resedis.metrics import IOU_MODES, METRIC_KEYS
 from resedis.types import EXPRESSION_TYPES, Dataset, FormatError, Hit, ImageId, ImageInfo, Query, QueryResult
 
-# Keys every metrics dict carries at the top level (DESIGN.md §5, API.md).
+# Keys every metrics dict carries at the top level (docs/metrics.md, docs/api.md).
 REQUIRED_METRIC_KEYS = METRIC_KEYS
 
 # Bucket names for queries that carry no type / category.
@@ -55,6 +56,8 @@ class EvalResult:
                ``missing_queries`` (dataset queries with no prediction line; scored
                as empty), ``out_of_bounds_detections`` (count; kept)
     results:   the scored detections, ``{query_id: [Hit, ...]}`` (file order kept)
+    protocol / protocol_metrics: the ``--protocol`` asked for and its metric dict
+               (:mod:`resedis.eval_protocols.suite`); empty for the default ``resedis``
     """
 
     metrics: dict
@@ -64,11 +67,16 @@ class EvalResult:
     excluded: dict[str, Any] = field(default_factory=dict)
     results: dict[str, list[Hit]] = field(default_factory=dict)
     iou: str = "box"
+    protocol: str = DEFAULT_PROTOCOL
+    protocol_metrics: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         """The metrics at the top level, plus ``breakdown``, ``warnings``, ``excluded``."""
         out = dict(self.metrics)
         out["iou"] = self.iou
+        if self.protocol != DEFAULT_PROTOCOL:
+            out["protocol"] = self.protocol
+            out[self.protocol] = _jsonable(self.protocol_metrics)
         out["breakdown"] = self.breakdown
         out["warnings"] = list(self.warnings)
         out["excluded"] = _jsonable(self.excluded)
@@ -224,7 +232,7 @@ def _slices(queries: Sequence[Query]) -> dict[str, dict[str, list[Query]]]:
 
 
 def evaluate_predictions(
-    dataset: Dataset, results: Sequence[QueryResult], *, iou: str = "box"
+    dataset: Dataset, results: Sequence[QueryResult], *, iou: str = "box", protocol: str = DEFAULT_PROTOCOL
 ) -> EvalResult:
     """Score ``results`` (one :class:`QueryResult` per query) on ``dataset``.
 
@@ -234,12 +242,16 @@ def evaluate_predictions(
     detection mask whose size is not its image's ``[H, W]`` or whose runs do not cover
     it is a :class:`FormatError`; uncompressed RLE masks are accepted (converted).
     ``iou`` is ``"box"`` or ``"mask"`` (mask IoU where both sides have masks).
+    ``protocol``: also score with another benchmark's protocol (``d3``, ``grec``, ``reir``,
+    ``saco``; see :mod:`resedis.eval_protocols.suite`) into ``protocol_metrics``.
     """
     if iou not in IOU_MODES:
         raise ValueError(f"iou must be one of {IOU_MODES}, got {iou!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     kept, warnings, excluded = _check_results(dataset, results)
     queries = dataset.queries
-    per_query = metrics.per_query(queries, kept, iou=iou)
+    per_query = metrics.per_query(queries, kept, iou=iou, n_images=len(dataset.images))
     for q, row in zip(queries, per_query):
         row["type"] = q.type or UNKNOWN_TYPE
         row["category"] = q.category or NO_CATEGORY
@@ -260,6 +272,9 @@ def evaluate_predictions(
         excluded=excluded,
         results=kept,
         iou=iou,
+        protocol=protocol,
+        protocol_metrics={} if protocol == DEFAULT_PROTOCOL
+        else protocol_metrics(protocol, queries, kept, dataset.images, iou=iou),
     )
 
 
@@ -286,5 +301,8 @@ def format_metrics_table(m: dict) -> str:
     )
     lines.append(
         f"                  FA_per_query {fmt(m.get('FA_per_query'))}  N_acc {fmt(m.get('N_acc'))}"
+    )
+    lines.append(
+        f"presence (SA-Co)  IL_MCC {fmt(m.get('IL_MCC'))}  pmF1 {fmt(m.get('pmF1'))}  cgF1 {fmt(m.get('cgF1'))}"
     )
     return "\n".join(lines)

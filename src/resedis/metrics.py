@@ -1,4 +1,4 @@
-"""The ReSeDis metric suite (DESIGN.md §5) as pure numpy functions.
+"""The ReSeDis metric suite (defined in docs/metrics.md) as pure numpy functions.
 
 Inputs are :class:`resedis.types.Query` (targets: ``Instance`` with ``.box`` xyxy in
 absolute pixels and ``.rle`` a COCO RLE ``{"size": [H, W], "counts": str}``) and, per
@@ -13,6 +13,9 @@ Conventions, fixed once:
 * averages over non-absent queries (IR@K, Pr@50, BR@K@τ, mAP50) are ``0.0`` when
   there are none; ``FA_per_query`` is ``0.0`` when there are no queries; ``N_acc``
   is ``None`` when there are no absent queries;
+* ``IL_MCC``, ``pmF1``, ``cgF1`` are SAM 3's SA-Co presence metrics over (query, corpus
+  image) pairs with ``present`` as the decision (:mod:`resedis.eval_protocols.saco`);
+  IL_MCC and cgF1 need the corpus size (``n_images``) and are None without it;
 * ``iou="mask"`` uses mask IoU (pycocotools) for a pair when the detection has a mask
   (every target instance has one), else box IoU.
 
@@ -29,7 +32,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from resedis.masks import box_iou, mask_iou
+from resedis.boxes import box_iou
+from resedis.eval_protocols.saco import PRESENCE_KEYS, PresenceCounts, from_records, pair_counts, presence_scores
+from resedis.masks import mask_iou
 from resedis.types import Hit, ImageId, Query, QueryResult
 
 IOU_MODES = ("box", "mask")
@@ -41,7 +46,7 @@ BR_KEYS = tuple(f"BR@{k}@{t}" for k in K_VALUES for t in TAUS)
 IR_KEYS = tuple(f"IR@{k}" for k in K_VALUES)
 METRIC_KEYS = (
     *IR_KEYS, "Pr@50", "Pr@50_count", *BR_KEYS, "mAP50",
-    "precision", "recall", "F1", "FA_per_query", "N_acc",
+    "precision", "recall", "F1", "FA_per_query", "N_acc", *PRESENCE_KEYS,
 )
 
 
@@ -188,7 +193,29 @@ def match_detections(
     ]
 
 
-def _query_record(query: Query, hits: Sequence[Hit], iou: str) -> dict[str, Any]:
+def _presence_counts(
+    query: Query, hits: Sequence[Hit], ious: np.ndarray, decided: np.ndarray, n_images: int | None
+) -> PresenceCounts:
+    """SA-Co counts of one query over its (query, image) pairs; ``hits`` sorted, ``ious``
+    from :func:`_iou_matrix` (0 across images), ``decided`` the ``present`` flags."""
+    rows_of: dict[ImageId, list[int]] = {}
+    for i in np.flatnonzero(decided):
+        rows_of.setdefault(hits[i].image_id, []).append(int(i))
+    cols_of: dict[ImageId, list[int]] = {}
+    for j, inst in enumerate(query.instances):
+        cols_of.setdefault(inst.image_id, []).append(j)
+    images = set(rows_of) | set(cols_of)
+    total = PresenceCounts.zero()
+    for image_id in images:
+        rows, cols = rows_of.get(image_id, []), cols_of.get(image_id, [])
+        total = total + pair_counts(ious[np.ix_(rows, cols)])
+    if n_images is not None and n_images < len(images):
+        raise ValueError(f"query {query.query_id!r}: n_images={n_images} but {len(images)} images carry "
+                         "targets or decided detections; n_images must be the corpus size")
+    return total.with_negatives(None if n_images is None else n_images - len(images))
+
+
+def _query_record(query: Query, hits: Sequence[Hit], iou: str, n_images: int | None = None) -> dict[str, Any]:
     _check_scores(query, hits)
     hits = sort_hits(hits)
     n, m = len(hits), len(query.instances)
@@ -220,11 +247,13 @@ def _query_record(query: Query, hits: Sequence[Hit], iou: str) -> dict[str, Any]
         "n_decided": n_decided, "tp": tp, "fp": n_decided - tp,
         "fa_images": len({h.image_id for h, d in zip(hits, decided) if d and h.image_id not in targets}),
     })
+    rec.update(_presence_counts(query, hits, ious, decided, n_images).to_record())
     return rec
 
 
 def per_query(
-    queries: Sequence[Query], results: Mapping[str, Sequence[Hit]], *, iou: str = "box"
+    queries: Sequence[Query], results: Mapping[str, Sequence[Hit]], *, iou: str = "box",
+    n_images: int | None = None,
 ) -> list[dict[str, Any]]:
     """One record per query, in query order.
 
@@ -232,7 +261,10 @@ def per_query(
     n_detections`` and, for non-absent queries (None for absent ones): ``IR@K``,
     ``BR@K@τ`` (0.0/1.0), ``top1_in_target``, ``top1_iou`` (None with no detections),
     ``AP50``; for every query the discovery counts ``n_decided, tp, fp, fa_images``
-    (distinct non-target images among ``present`` detections). A query id missing
+    (distinct non-target images among ``present`` detections) and the SA-Co pair counts
+    ``il_tp, il_fp, il_fn, il_tn`` (None without ``n_images``, the corpus size),
+    ``presence_tp`` (one count per IoU threshold), ``presence_predictions``,
+    ``presence_targets``. A query id missing
     from ``results`` is an empty prediction; result ids not among the queries are ignored.
     """
     _check_iou_mode(iou)
@@ -242,7 +274,7 @@ def per_query(
         if q.query_id in seen:
             raise ValueError(f"query_id {q.query_id!r} appears more than once among the queries")
         seen.add(q.query_id)
-        out.append(_query_record(q, results.get(q.query_id, ()), iou))
+        out.append(_query_record(q, results.get(q.query_id, ()), iou, n_images))
     return out
 
 
@@ -271,21 +303,26 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     out["F1"] = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     out["FA_per_query"] = sum(r["fa_images"] for r in records) / len(records) if records else 0.0
     out["N_acc"] = sum(r["n_decided"] == 0 for r in absent) / len(absent) if absent else None
+    presence = presence_scores(from_records(records))
+    out.update({k: presence[k] for k in PRESENCE_KEYS})
     out["queries"] = len(records)
     out["absent_queries"] = len(absent)
     return out
 
 
 def evaluate(
-    queries: Sequence[Query], results: Mapping[str, Sequence[Hit]], *, iou: str = "box"
+    queries: Sequence[Query], results: Mapping[str, Sequence[Hit]], *, iou: str = "box",
+    n_images: int | None = None,
 ) -> dict[str, Any]:
     """The full metric suite. Keys: ``METRIC_KEYS`` plus ``queries``, ``absent_queries``.
+
+    ``n_images``: the corpus size, needed by IL_MCC and cgF1 (None without it).
 
     ``results`` maps query id -> that query's hits (any order); a missing id is an
     empty prediction. Values are Python floats (``Pr@50_count`` and counts are ints,
     ``N_acc`` may be None).
     """
-    return aggregate(per_query(queries, results, iou=iou))
+    return aggregate(per_query(queries, results, iou=iou, n_images=n_images))
 
 
 def precision_recall_curve(

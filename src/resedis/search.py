@@ -28,17 +28,17 @@ from typing import Sequence
 
 import numpy as np
 
+from resedis.boxes import box_iou
 from resedis.errors import ResedisError
 from resedis.index.manifest import check_model, check_weights, read_manifest
 from resedis.index.store import Index, open_index
-from resedis.masks import box_iou
 from resedis.search_corpus import DEFAULT_MATRIX_DTYPE, Corpus, check_matrix_dtype, load_corpus  # noqa: F401 (re-exported)
 from resedis.thresholds import DEFAULT_THRESHOLD, ThresholdChoice, index_threshold  # noqa: F401 (DEFAULT_THRESHOLD re-exported)
 from resedis.types import Dataset, Hit, ImageId, QueryResult
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NMS_IOU = 0.5
+HIT_NMS_IOU = 0.5
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -111,7 +111,7 @@ class Searcher:
         device: str | None = None,
         model: str | None = None,
         encoder=None,
-        nms_iou: float = DEFAULT_NMS_IOU,
+        nms_iou: float = HIT_NMS_IOU,
         ann=None,
         use_ann: bool = True,
         matrix_dtype: str = DEFAULT_MATRIX_DTYPE,

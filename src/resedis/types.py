@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
-ImageId = Union[int, str]
+ImageId = int | str
 
 EXPRESSION_TYPES = ("attribute", "position", "relation", "absent")
 
@@ -74,6 +74,11 @@ class Query:
     """A referring expression and every instance, across the corpus, it denotes.
 
     An *absent* query has no instances: the right answer is the empty set.
+
+    ``scope``: the images on which the query's annotation is exhaustive, when the
+    benchmark annotates it on fewer than the whole corpus (gRefCOCO: the expression's own
+    image; D³ intra-scenario: its group's images); None = every corpus image. Protocols
+    that score per (query, image) sample (GREC, D³ intra) read it; the default suite does not.
     """
 
     query_id: str
@@ -82,6 +87,7 @@ class Query:
     category: str | None = None
     type: str | None = None
     sources: list[str] = field(default_factory=list)
+    scope: list[ImageId] | None = None
 
     @property
     def is_absent(self) -> bool:

@@ -23,6 +23,7 @@ COMMANDS = [
     "models",
     "index",
     "search",
+    "parse",
     "stats",
     "calibrate",
     "pipelines",

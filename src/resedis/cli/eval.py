@@ -9,6 +9,7 @@ from pathlib import Path
 
 from resedis.cli._args import STORAGE_OPTION_HELP, add_split_option, storage_option
 from resedis.errors import ResedisError
+from resedis.eval_protocols.suite import PROTOCOLS
 
 
 def register(subparsers) -> None:
@@ -16,7 +17,7 @@ def register(subparsers) -> None:
         "eval",
         help="score predictions on a benchmark (metrics table, metrics.json, HTML report)",
         description=(
-            "Score predictions against a benchmark with the metric suite of DESIGN.md §5 and print "
+            "Score predictions against a benchmark with the metric suite of docs/metrics.md and print "
             "a metrics table. Predictions come from a JSONL file (--predictions) or are produced by "
             "searching an index for every query (--db). Prediction lines naming unknown queries or "
             "images are reported as warnings and excluded."
@@ -25,14 +26,23 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", required=True, metavar="DIR", help="benchmark folder (ReSeDis, RefCOCO-family or gRefCOCO layout)")
     add_split_option(p)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--predictions", metavar="P", help="predictions JSONL file (one line per query)")
+    src.add_argument("--predictions", metavar="P", help="predictions: a JSONL file (one line per query) or a COCO "
+                     "results JSON list [{image_id, category_id, bbox [x, y, w, h], score}] (see --category-map)")
     src.add_argument("--db", metavar="DB", help="search this index (a directory, or an s3:// / gs:// / az:// URI) "
                      "for every query of the dataset and score the results")
     p.add_argument("--storage-option", type=storage_option, action="append", default=[], metavar="KEY=VALUE",
                    help="with an object-store --db: " + STORAGE_OPTION_HELP)
+    p.add_argument("--category-map", metavar="FILE", help="with COCO results: JSON object {category_id: query_id}; "
+                   "without it the category id is the query id (D³: sent_id)")
+    p.add_argument("--coco-out", metavar="FILE", help="also write the scored predictions as COCO results "
+                   "(category_id = query id; a 'present' key keeps the decisions)")
     p.add_argument("--json", metavar="M", help="write the metrics (plus breakdown and warnings) to this JSON file")
     p.add_argument("--report", metavar="R", help="write a self-contained HTML report to this file")
     p.add_argument("--iou", choices=("box", "mask"), default="box", help="IoU used for matching (default: box)")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="also score with a benchmark's own protocol: d3 (COCO mAP, description = category), "
+                   "grec (gRefCOCO F1_score / N_acc / T_acc), reir (ir@k over unique images), saco (SAM 3 "
+                   "IL_MCC / pmF1 / cgF1); default: the resedis suite only")
     p.add_argument(
         "--out-predictions",
         metavar="P",
@@ -84,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     if args.storage_option and (args.db is None or not is_uri(args.db)):
         raise ResedisError("--storage-option applies to an object-store --db (s3://, gs://, az://)")
     if args.db is not None and (args.pipeline or args.masks or args.calibration_split is not None):
+        if args.protocol:
+            raise ResedisError("--protocol scores one set of predictions: use it with --predictions, or with --db "
+                               "without --pipeline/--masks/--calibration-split")
         from resedis.cli.pipelines import run_eval_pipelines
 
         return run_eval_pipelines(args, dataset, _default_out_predictions(args))
@@ -102,14 +115,35 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not Path(args.predictions).is_file():
             raise ResedisError(f"--predictions {args.predictions}: file not found")
-        results = read_predictions(args.predictions)
+        from resedis.io import is_coco_results_file, load_category_map, read_coco_results
 
-    ev = evaluate_predictions(dataset, results, iou=args.iou)
+        if is_coco_results_file(args.predictions):
+            cmap = load_category_map(args.category_map) if args.category_map else None
+            results = read_coco_results(args.predictions, category_map=cmap)
+        else:
+            if args.category_map:
+                raise ResedisError("--category-map applies to COCO results (a JSON list), not to a predictions JSONL file")
+            results = read_predictions(args.predictions)
+
+    protocol = {"protocol": args.protocol} if args.protocol else {}
+    ev = evaluate_predictions(dataset, results, iou=args.iou, **protocol)
     for w in ev.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"dataset {dataset.name} · IoU {args.iou}")
     print(format_metrics_table(ev.metrics))
+    if ev.protocol_metrics:
+        from resedis.eval_protocols.suite import format_protocol_table
 
+        print(f"\nprotocol {ev.protocol}")
+        print(format_protocol_table(ev.protocol, ev.protocol_metrics))
+
+    if args.coco_out:
+        from resedis.io import write_coco_results
+        from resedis.types import QueryResult
+
+        scored = [QueryResult(q.query_id, q.expression, ev.results[q.query_id])
+                  for q in dataset.queries if q.query_id in ev.results]
+        print(f"COCO results written to {write_coco_results(args.coco_out, scored)}", file=sys.stderr)
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_pixels is not None:
         config.max_pixels = args.max_pixels
     if args.crop_model:
-        from resedis.pipelines.crops import CropConfig
+        from resedis.index.crops import CropConfig
 
         config.crops = CropConfig(model=args.crop_model, proposals=args.crop_proposals, max_crops=args.max_crops)
     if args.ann_min_rows is not None:
@@ -111,13 +111,13 @@ def run(args: argparse.Namespace) -> int:
         report = build_index(args.images_dir, args.db, config=config, progress=not args.quiet, storage_options=storage_options)
     if args.optimize:
         from resedis.index import open_index
-        from resedis.index.ann import AnnConfig, optimize_ann
+        from resedis.index.ann import AnnConfig
         from resedis.index.commit import Lock
         from resedis.index.fs import as_location
 
         location = as_location(report.db, storage_options)
         with Lock(location):  # one writer at a time, as for indexing
-            built = optimize_ann(open_index(location).regions_table, AnnConfig(min_rows=config.ann_min_rows), rebuild=True)
+            built = open_index(location).rebuild_ann(AnnConfig(min_rows=config.ann_min_rows))
         if built is not None and not args.json:
             print(f"ANN index: {built.index_type} ({built.metric}) over {built.rows} regions in {built.seconds:.1f} s", file=sys.stderr)
     if args.json:

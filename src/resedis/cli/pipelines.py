@@ -130,7 +130,7 @@ def run_eval_pipelines(args: argparse.Namespace, dataset, out_preds) -> int:
     pipeline = get_pipeline(args.pipeline or "owl", index, config, models)
     results, reported, split = evaluate_with_calibration(pipeline, dataset, args.calibration_split, iou=args.iou)
     if args.masks:
-        from resedis.masks_cache import attach_masks
+        from resedis.index.masks import attach_masks
 
         results = attach_masks(results, pipeline.index, models.get(segmenter), progress=True)
     write_predictions(out_preds, results)

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         result = searcher.search(args.text, top_k=args.top_k, threshold=args.threshold)
         threshold = searcher.threshold if args.threshold is None else args.threshold
     if args.masks:
-        from resedis.masks_cache import attach_masks
+        from resedis.index.masks import attach_masks
         from resedis.models import load_model
         from resedis.pipelines import DEFAULT_SEGMENTER
 

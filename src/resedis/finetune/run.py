@@ -19,6 +19,7 @@ from resedis.finetune.train import (
     RESUME_KEYS, FinetuneConfig, StepRunner, config_dict, epoch_batches, lr_factor, rng_state, set_rng_state,
     steps_per_epoch, trainable_parameters,
 )
+from resedis.finetune.rejection import REJECTION_KEYS, rejection_summary
 from resedis.finetune.validate import HISTORY_METRICS, validate_model
 from resedis.types import Dataset
 
@@ -36,6 +37,7 @@ class FinetuneResult:
     history: list[dict] = field(default_factory=list)
     train_losses: list[float] = field(default_factory=list)  # per step, this session only
     stopped_early: bool = False  # max_steps reached before the last epoch ended
+    rejection: dict | None = None  # resedis.finetune.rejection.rejection_summary (with a validation split)
 
 
 def _load_dataset(ds) -> Dataset:
@@ -134,12 +136,14 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
     best_epoch = None
     threshold = None
     epoch_sums = {"loss": 0.0, "n": 0}
+    rejection_before = None
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step, history = state["step"], state["history"]
         best_score, best_epoch, threshold = state["best_score"], state["best_epoch"], state["presence_threshold"]
         epoch_sums = state["epoch_sums"]
+        rejection_before = state.get("rejection_before")
     resumed_from = step if state is not None else None
 
     pixels = PixelStore(processor, ts.images)
@@ -161,7 +165,17 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
             "history": history, "best_score": best_score, "best_epoch": best_epoch,
             "presence_threshold": threshold, "epoch_sums": epoch_sums,
             "scratch": meta_base["scratch"], "base_model": meta_base["base_model"],
+            "rejection_before": rejection_before,
         })
+
+    def validate(model_net):
+        return validate_model(model_net, processor, vs, val_ds.queries, val_pixels, batch_size=config.batch_size,
+                              top_k=config.top_k, max_regions=config.max_regions, max_length=max_length,
+                              progress=config.progress, min_n_acc=config.min_n_acc)
+
+    if vs is not None and state is None:
+        # rejection of absent queries before any step, to compare with after (rejection.py)
+        rejection_before = {k: validate(net)["metrics"].get(k) for k in REJECTION_KEYS}
 
     losses: list[float] = []
     stopped = False
@@ -207,9 +221,7 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
             if vs is not None:
                 runner_val = StepRunner(net, processor, vs, val_pixels, config.loss)
                 entry["val_loss"] = runner_val.mean_loss(config.batch_size, config.negatives_per_image, config.seed)["loss"]
-                res = validate_model(net, processor, vs, val_ds.queries, val_pixels, batch_size=config.batch_size,
-                                     top_k=config.top_k, max_regions=config.max_regions, max_length=max_length,
-                                     progress=config.progress, min_n_acc=config.min_n_acc)
+                res = validate(net)
                 entry["metrics"] = {k: res["metrics"].get(k) for k in HISTORY_METRICS}
                 entry["presence_threshold"] = res["presence_threshold"]
                 score = -entry["val_loss"] if config.select_metric == "val_loss" else res["metrics"][config.select_metric]
@@ -248,10 +260,17 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
         })
     elif history and (meta := ckpt.read_meta(out_dir)) is not None:
         meta["history"] = history  # full history, also epochs after the best one
+        if rejection_before is not None and "metrics" in history[-1]:
+            rejection = rejection_summary(rejection_before, history[-1]["metrics"])
+            meta["rejection"] = rejection
+            for reason in rejection["reasons"]:
+                log.warning("rejection of absent queries collapsed during fine-tuning: %s (validation split, "
+                            "before the first step vs after the last epoch)", reason)
         ckpt.write_meta(out_dir, meta)
     return FinetuneResult(out_dir=out_dir, steps=step, resumed_from_step=resumed_from, best_epoch=best_epoch,
                           best_score=best_score, presence_threshold=threshold, history=history,
-                          train_losses=losses, stopped_early=stopped)
+                          train_losses=losses, stopped_early=stopped,
+                          rejection=(ckpt.read_meta(out_dir) or {}).get("rejection") if vs is not None else None)
 
 
 def refit_threshold(model_dir, val_dataset, *, min_n_acc: float | None = None, device: str | None = None,

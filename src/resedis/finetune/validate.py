@@ -11,7 +11,7 @@ The predictions reproduce the index + search pipeline with the model's own forwa
    best detections over the corpus are the query's hits;
 3. ``present = score >= threshold``.
 
-Threshold fitting maximises the discovery F1 (DESIGN §5) over every distinct score:
+Threshold fitting maximises the discovery F1 (docs/metrics.md) over every distinct score:
 detections are matched once in score order; since greedy matching in sorted order is
 online, the decided set at any threshold is a prefix of that list and its TP count is
 a prefix sum, so each candidate costs O(1).
@@ -25,9 +25,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from resedis.boxes import box_iou, nms
 from resedis.finetune.data import TrainImage
 from resedis.finetune.detector import image_features, is_owlv2, text_embeddings
-from resedis.masks import box_iou, nms
 from resedis.types import Hit, Query, QueryResult
 
 
@@ -196,7 +196,7 @@ def fit_presence_threshold(queries: Sequence[Query], results: Sequence[QueryResu
 
 
 #: metric keys recorded per epoch in the training history
-HISTORY_METRICS = ("BR@1@0.5", "IR@1", "mAP50", "F1", "precision", "recall", "N_acc", "FA_per_query")
+HISTORY_METRICS = ("BR@1@0.5", "IR@1", "mAP50", "F1", "precision", "recall", "N_acc", "FA_per_query", "IL_MCC", "cgF1")
 
 
 def validate_model(model, processor, ts, queries: Sequence[Query], pixels, *, batch_size: int, top_k: int,
@@ -225,5 +225,5 @@ def validate_model(model, processor, ts, queries: Sequence[Query], pixels, *, ba
     for r in results:
         for h in r.hits:
             h.present = h.score >= threshold
-    metrics = evaluate(list(queries), {r.query_id: r.hits for r in results})
+    metrics = evaluate(list(queries), {r.query_id: r.hits for r in results}, n_images=len(ts.images))
     return {"metrics": metrics, "presence_threshold": threshold, "threshold_fit": fit, "results": results}

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.fs import Location, as_location
+from resedis.models.fingerprint import encoder_weights_dir, short_fingerprint, spec_weights_dir, weights_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,8 @@ def canonical_spec(spec: str) -> str:
     return str(_canonical(parse_spec(spec)))
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (the manifest's ``created``/``updated``)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -61,8 +63,8 @@ class Manifest:
     nms_iou: float
     schema_version: int = SCHEMA_VERSION
     package_version: str = ""
-    created: str = field(default_factory=_now)
-    updated: str = field(default_factory=_now)
+    created: str = field(default_factory=utc_now)
+    updated: str = field(default_factory=utc_now)
     calibration: dict | None = None
     weights_fingerprint: str | None = None
     extra: dict = field(default_factory=dict)
@@ -139,6 +141,16 @@ def write_manifest(db: str | os.PathLike | Location, manifest: Manifest) -> None
     as_location(db).write_atomic(MANIFEST_NAME, text.encode("utf-8"))
 
 
+def record_index_cost(manifest: Manifest, seconds: float, images: int) -> None:
+    """Fold one indexing run (``seconds`` of wall time for ``images`` images) into the
+    manifest's running mean ``index_seconds_per_image`` (``index_timed_images`` counts);
+    the ablation table reports it as the region index's cost per image."""
+    n_old = int(manifest.extra.get("index_timed_images", 0))
+    old = float(manifest.extra.get("index_seconds_per_image", 0.0))
+    manifest.extra["index_timed_images"] = n_old + images
+    manifest.extra["index_seconds_per_image"] = (old * n_old + seconds) / (n_old + images)
+
+
 def check_model(manifest: Manifest, requested: str | None, db: Path) -> None:
     """Raise IndexMismatchError when ``requested`` is not the model the index was built with."""
     if requested is None:
@@ -173,8 +185,6 @@ def check_weights(manifest: Manifest, encoder, db) -> None:
     old region vectors score nonsense, and an update would mix two models. A manifest without
     a fingerprint (built before they were recorded) is "unknown": allowed, with one log
     warning per index and process."""
-    from resedis.models.fingerprint import encoder_weights_dir, short_fingerprint, spec_weights_dir, weights_fingerprint
-
     stored = manifest.weights_fingerprint
     if stored is None:
         warn_once(

@@ -12,9 +12,15 @@
   ``grefcoco`` subfolder) -> :func:`resedis.io.grefcoco.load_grefcoco`; no-target
   expressions become absent queries (see that module for what this means).
 
-``split=`` (``train``, ``val``, ``testA``, ...) keeps one split of the two split-based
-formats (RefCOCO family, gRefCOCO): its queries, and as corpus only the images they
-refer to. The ReSeDis format has no splits; asking for one is an error.
+* **D³**: a folder holding ``d3_pkl/`` (or the four pickles ``sentences.pkl``,
+  ``annotations.pkl``, ``images.pkl``, ``groups.pkl``) -> :func:`resedis.io.d3.load_d3`;
+* **REIRCOCO**: a folder holding one ``*.p``/``*.pkl`` whose records have ``ref_anno`` and
+  ``sentences`` (recognised by content; the release fixes no file name) ->
+  :func:`resedis.io.reircoco.load_reircoco`.
+
+``split=`` (``train``, ``val``, ``testA``, ...) keeps one split of the split-based
+formats (RefCOCO family, gRefCOCO, REIRCOCO): its queries, and as corpus only the images
+they refer to. The ReSeDis and D³ formats have no splits; asking for one is an error.
 
 Image decoding for indexing lives in ``resedis.io.images``.
 """
@@ -23,14 +29,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from resedis.io.coco_results import is_coco_results_file, load_category_map, read_coco_results, write_coco_results
+from resedis.io.d3 import d3_pkl_folder, load_d3
 from resedis.io.grefcoco import grefs_files, load_grefcoco
 from resedis.io.predictions import read_predictions, write_predictions
 from resedis.io.refcoco import DEFAULT_SPLIT_BY, load_refcoco
+from resedis.io.reircoco import load_reircoco, reircoco_files
 from resedis.io.resedis_format import load_resedis
 from resedis.errors import ResedisError
 from resedis.types import Dataset, FormatError
 
-FORMATS = ("auto", "resedis", "refcoco", "grefcoco")
+FORMATS = ("auto", "resedis", "refcoco", "grefcoco", "d3", "reircoco")
 _REF_NAMES = ("refcoco", "refcoco+", "refcocog")
 _SPLIT_BY_PREFERENCE = ("unc", "umd", "google")
 
@@ -70,7 +79,7 @@ def _grefcoco_location(root: Path) -> tuple[Path, str] | None:
 def load_dataset(path: str | Path, *, format: str = "auto", strict: bool = True, split: str | None = None) -> Dataset:
     """Load a benchmark folder into a :class:`Dataset`.
 
-    ``format``: ``auto`` (detect), ``resedis``, ``refcoco`` or ``grefcoco``. ``strict=False`` skips
+    ``format``: ``auto`` (detect), ``resedis``, ``refcoco``, ``grefcoco``, ``d3`` or ``reircoco``. ``strict=False`` skips
     malformed records into ``Dataset.skipped`` instead of raising :class:`FormatError`.
     ``split``: keep only that split of a RefCOCO-family or gRefCOCO dataset (its queries; the
     corpus becomes the images they refer to). A name absent from the refs file is a
@@ -93,6 +102,12 @@ def load_dataset(path: str | Path, *, format: str = "auto", strict: bool = True,
                                "of `resedis synth` too), which has no splits; splits exist in the RefCOCO-family and "
                                "gRefCOCO formats. Keep one folder per split instead")
         return load_resedis(root, strict=strict)
+    if format == "d3" or (format == "auto" and d3_pkl_folder(root) is not None):
+        if split is not None:
+            raise ResedisError(f"{root}: split {split!r} asked for, but D³ has no splits; its evaluation settings "
+                               "(inter/intra-scenario) and partitions (FULL/PRES/ABS) are reported by "
+                               "`resedis eval --protocol d3`")
+        return load_d3(root, strict=strict)
     gref = _grefcoco_location(root) if format in ("auto", "grefcoco") else None
     # a grefs file in ROOT itself names the layout; in a subfolder, RefCOCO keeps precedence
     if gref is not None and (format == "grefcoco" or gref[0] == root or _refcoco_location(root) is None):
@@ -105,9 +120,13 @@ def load_dataset(path: str | Path, *, format: str = "auto", strict: bool = True,
         return load_refcoco(folder, dataset=name, split_by=split_by, split=split, strict=strict)
     if format == "refcoco":
         raise FormatError(str(root), "refs", "no refs(*).p file found (RefCOCO layout)")
+    if format == "reircoco" or reircoco_files(root):
+        return load_reircoco(root, split=split, strict=strict)
     raise FormatError(str(root), "<root>", "not a recognised dataset: expected expressions/ + instances.json "
-                      "(ReSeDis), refs(*).p + instances.json (RefCOCO family) or grefs(*).json + "
-                      "instances.json (gRefCOCO)")
+                      "(ReSeDis), refs(*).p + instances.json (RefCOCO family), grefs(*).json + "
+                      "instances.json (gRefCOCO), d3_pkl/ (D³) or a REIRCOCO pickle (records with "
+                      "ref_anno and sentences)")
 
 
-__all__ = ["load_dataset", "load_resedis", "load_refcoco", "load_grefcoco", "read_predictions", "write_predictions", "FORMATS"]
+__all__ = ["load_dataset", "load_resedis", "load_refcoco", "load_grefcoco", "load_d3", "load_reircoco", "read_predictions", "write_predictions",
+           "read_coco_results", "write_coco_results", "load_category_map", "is_coco_results_file", "FORMATS"]

@@ -35,7 +35,7 @@ Mapping to resedis:
   the distinct names joined by ``+`` when the targets differ in category.
 
 **No-target expressions.** A no-target sentence becomes a query with *no instances*, so
-resedis scores it as an *absent* query (DESIGN §4/§5): any ``present`` detection anywhere
+resedis scores it as an *absent* query (docs/metrics.md): any ``present`` detection anywhere
 in the corpus is a false alarm, and N-acc counts it correct only when nothing at all is
 decided present. gRefCOCO only asserts absence from the expression's *own* image, so over
 a many-image corpus this is stricter than gRefCOCO's per-image N-acc: a real match in
@@ -158,7 +158,7 @@ def _ref_queries(src: str, ref: Any, coco: CocoInstances) -> tuple[list[Query], 
                               attributes={"category_id": cat, "ref_id": ref["ref_id"]})
                      for ann_id, rle, cat in targets]
         queries.append(Query(query_id=query_id, expression=expression, instances=instances,
-                             category=category, type=kind, sources=[src]))
+                             category=category, type=kind, sources=[src], scope=[info.id]))
     return queries, notes
 
 

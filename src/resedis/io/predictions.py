@@ -1,4 +1,4 @@
-"""Predictions JSONL: one line per query (DESIGN.md §4).
+"""Predictions JSONL: one line per query.
 
 Each line::
 

@@ -35,9 +35,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from resedis.boxes import nms
 from resedis.errors import ResedisError
 from resedis.models.resolver import load_checkpoint
-from resedis.masks import nms
 from resedis.types import ImageRegions
 
 logger = logging.getLogger(__name__)

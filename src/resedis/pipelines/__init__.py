@@ -95,7 +95,7 @@ def run_pipeline(
     pipeline = get_pipeline(name, db, config, models, storage_options=storage_options)
     results = pipeline.run(as_queries(texts, dataset), dataset)
     if masks:
-        from resedis.masks_cache import attach_masks
+        from resedis.index.masks import attach_masks
 
         results = attach_masks(results, pipeline.index, pipeline.models.get(segmenter), progress=pipeline.config.progress)
     return results

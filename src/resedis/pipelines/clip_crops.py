@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from resedis.errors import ResedisError
+from resedis.index.crops import CROPS, CropCorpus, check_crop_weights, load_crops
 from resedis.pipelines.base import Pipeline, QueryText, finalize_hits
-from resedis.pipelines.crops import CropCorpus, load_crops
 from resedis.pipelines.proposals import embed_gt_crops
 from resedis.pipelines.relations import DEFAULT_WEIGHT, ParsedExpression, cue_priors, parse_expression
 from resedis.types import Dataset, Hit, QueryResult
@@ -123,12 +123,9 @@ class ClipCropsPipeline(Pipeline):
     def index_crops(self) -> CropCorpus:
         """The index's crop corpus, kept in the model pool until the index's tables change
         (a server or an ablation does not re-read the crops table for every query)."""
-        from resedis.pipelines.crops import check_crop_weights, open_crops_table
-
         if (self.index.manifest.extra.get("crops") or {}).get("model"):  # same spec, retrained crop weights?
             check_crop_weights(self.index.manifest, self.encoder, self.index.path)
-        table = open_crops_table(self.index)
-        version = (self.index.version(), None if table is None else table.version,
+        version = (self.index.version(), self.index.table_version(CROPS),
                    repr(self.index.manifest.extra.get("crops")))
         return self.models.cached(f"crops:{self.index.path}", version, lambda: load_crops(self.index))
 

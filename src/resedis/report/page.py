@@ -23,6 +23,9 @@ METRIC_HELP = {
     "F1": "harmonic mean of discovery precision and recall",
     "FA_per_query": "distinct non-target images decided present, per query (false alarms)",
     "N_acc": "share of absent queries for which nothing was decided present",
+    "IL_MCC": "SA-Co image-level presence: Matthews correlation over all (query, image) pairs",
+    "pmF1": "SA-Co positive micro F1: instance F1 on pairs with targets, mean over IoU 0.50:0.95",
+    "cgF1": "SA-Co concept-grounding F1 = pmF1 × IL_MCC",
 }
 
 BREAKDOWN_COLUMNS = ["IR@1", "IR@5", "Pr@50", "BR@1@0.5", "BR@5@0.5", "mAP50", "precision", "recall", "F1", "FA_per_query", "N_acc"]
@@ -117,6 +120,7 @@ def _metrics_section(m: dict) -> str:
     rows = [("IR@1", "IR@K"), ("IR@5", "IR@K"), ("IR@10", "IR@K"), ("Pr@50", "Pr@50")]
     rows += [("mAP50", "mAP50"), ("precision", "precision"), ("recall", "recall"), ("F1", "F1")]
     rows += [("FA_per_query", "FA_per_query"), ("N_acc", "N_acc")]
+    rows += [("IL_MCC", "IL_MCC"), ("pmF1", "pmF1"), ("cgF1", "cgF1")]
     out.append('<div class="plots"><table><tr><th class="l">metric</th><th>value</th><th class="l">meaning</th></tr>')
     for key, help_key in rows:
         val = _fmt(m.get(key))

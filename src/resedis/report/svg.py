@@ -181,7 +181,7 @@ def histogram(
     ymax = max(float(s.max()) for s in shares) * 1.1 or 1.0
     frame = _Frame((lo, hi), (0.0, ymax))
     parts = frame.axes(title, xlabel, "share of detections", _nice_ticks(lo, hi), _nice_ticks(0.0, ymax, 4))
-    for (label, values, color), share in zip(groups, shares):
+    for (_label, _values, color), share in zip(groups, shares):
         for i, v in enumerate(share):
             if v <= 0:
                 continue

@@ -181,7 +181,7 @@ class SearchService:
                     return body
                 result = pipeline.run(as_queries([request.text]))[0]
                 if request.masks:
-                    from resedis.masks_cache import attach_masks
+                    from resedis.index.masks import attach_masks
 
                     t_masks = time.perf_counter()
                     result = attach_masks([result], self.index, self.models.get(self.segmenter))[0]
