@@ -49,6 +49,13 @@ class StorageError(ResedisError):
         super().__init__(f"{where}{cause} ({detail}): {fix}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error, without the Rust source location Lance appends."""
+    text = str(exc).strip()
+    text = text.splitlines()[0] if text else type(exc).__name__
+    return re.sub(r",\s*/\S+\.rs:\d+:\d+$", "", text)
+
+
 def _errno_of(exc: BaseException) -> int | None:
     if isinstance(exc, OSError) and exc.errno in CAUSES:
         return exc.errno

@@ -41,7 +41,8 @@ from resedis.index.manifest import Manifest, canonical_spec, read_manifest, writ
 from resedis.index.manifest_fields import manifest_problems
 from resedis.index.store import IMAGES, REGIONS, SKIPPED, images_schema, regions_schema, skipped_schema
 from resedis.index.verify import CHECKSUM_COLUMN, VerifyReport, read_salvage, table_names, verify_index
-from resedis.index.writer import DEFAULT_MAX_REGIONS, DEFAULT_NMS_IOU, IndexConfig, IndexReport, build_index
+from resedis.index.config import DEFAULT_MAX_REGIONS, REGION_NMS_IOU, IndexConfig, IndexReport
+from resedis.index.writer import build_index
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def rebuild_manifest(loc: Location, stored: dict | None, model: str | None, root
         assumed["max_regions"] = max_regions
     nms_iou = good("nms_iou")
     if nms_iou is None:
-        nms_iou = DEFAULT_NMS_IOU
+        nms_iou = REGION_NMS_IOU
         assumed["nms_iou"] = nms_iou
     manifest = Manifest(
         model=canonical_spec(spec),

@@ -39,14 +39,15 @@ import pyarrow as pa
 from resedis.errors import ResedisError
 from resedis.index.checksum import image_checksum, merge_sums, region_digest_sums
 from resedis.index.fs import Location, as_location
+from resedis.index.manifest import MANIFEST_NAME
 from resedis.index.manifest_fields import manifest_problems
 from resedis.index.sane import finite_rows, possible_boxes
+from resedis.index.store import CHECKSUM, IMAGES, REGIONS, SKIPPED
 from resedis.io.images import sha256_file
+from resedis.storage_errors import first_line
 
-MANIFEST_NAME = "resedis.json"
-IMAGES, REGIONS, SKIPPED = "images", "regions", "skipped"
 CORE_TABLES = (IMAGES, REGIONS, SKIPPED)
-CHECKSUM_COLUMN = "checksum"
+CHECKSUM_COLUMN = CHECKSUM
 # Rows read per chunk; a chunk that fails is split down to _MIN_CHUNK rows.
 _CHUNK = 8192
 _MIN_CHUNK = 16
@@ -63,10 +64,8 @@ def _fatal(exc: BaseException) -> bool:
 
 
 def short_error(exc: BaseException) -> str:
-    """The first line of a storage error, without the Rust source location Lance appends."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r",\s*/\S+\.rs:\d+:\d+$", "", text)
-    return f"{type(exc).__name__}: {text}"
+    """``Type: first line`` of a read error (Lance's Rust source location dropped)."""
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 @dataclass
