@@ -17,7 +17,8 @@ from resedis.index import IndexConfig, build_index
 from resedis.index.manifest import canonical_spec
 from resedis.index.manifest import MANIFEST_NAME
 from resedis.models import fingerprint as fp
-from resedis.pipelines import PipelineConfig, run_pipeline
+from resedis.pipelines import PipelineConfig
+from resedis.query import QueryEngine, QueryRequest
 from resedis.index.crops import CropConfig, add_crops
 
 
@@ -46,7 +47,7 @@ def built(tiny_models, tmp_path):
 
 
 def _search(db: Path):
-    return run_pipeline("clip-crops", db, texts=["a red circle"], config=PipelineConfig(top_k=3, device="cpu"))
+    return [QueryEngine(db, PipelineConfig(top_k=3, device="cpu")).run(QueryRequest("a red circle", pipeline="clip-crops")).result]
 
 
 def test_crop_fingerprint_recorded_and_other_weights_refused(built, tiny_models):

@@ -330,14 +330,15 @@ def test_eval_pipeline_with_holdout_calibration_on_s3_matches_local(s3, pipeline
     _assert_same_predictions(local_p, remote_p)
 
 
-def test_run_pipeline_with_masks_on_s3_caches_them_on_the_store(s3, pipeline_dbs):
-    from resedis.pipelines import PipelineConfig, run_pipeline
+def test_query_with_masks_on_s3_caches_them_on_the_store(s3, pipeline_dbs):
+    from resedis.pipelines import PipelineConfig
+    from resedis.query import QueryEngine, QueryRequest
 
     flags, local, uri, sam = pipeline_dbs
-    kwargs = dict(texts=["a red circle"], config=PipelineConfig(top_k=3, device="cpu"), masks=True, segmenter=sam)
-    remote = run_pipeline("owl", uri, storage_options=s3["options"], **kwargs)
+    config, request = PipelineConfig(top_k=3, device="cpu", segmenter=sam), QueryRequest("a red circle", masks=True)
+    remote = [QueryEngine(uri, config, storage_options=s3["options"]).run(request).result]
     assert any(k.startswith("pipe/masks.lance/") for k in _objects(s3["client"], "pipe/"))  # the cache, on the store
-    _assert_same_predictions(run_pipeline("owl", local, **kwargs), remote, masks=True)
+    _assert_same_predictions([QueryEngine(local, config).run(request).result], remote, masks=True)
     assert len(remote[0].hits) == 3
 
 

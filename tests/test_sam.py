@@ -135,11 +135,12 @@ def test_mask_iou_mode_scores_attached_masks(env, sam, tmp_path):
     from resedis.eval import evaluate_predictions
     from resedis.index.store import open_index
     from resedis.index.masks import attach_masks
-    from resedis.pipelines import PipelineConfig, run_pipeline
+    from resedis.pipelines import PipelineConfig
+    from resedis.query import QueryEngine
 
     ds = env.dataset
     db = pipekit.copy_db(env, tmp_path)
-    results = run_pipeline("owl", db, dataset=ds, config=PipelineConfig(top_k=5), models=pipekit.models(env))
+    results = QueryEngine(db, PipelineConfig(top_k=5), pipekit.models(env)).run_dataset(ds, pipeline="owl")
     results = attach_masks(results, open_index(db), sam)
     ev = evaluate_predictions(ds, results, iou="mask")
     from resedis import metrics

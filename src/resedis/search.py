@@ -8,7 +8,7 @@ with one text encoding and one matrix product. Hits are then suppressed per imag
 interact) and ranked by score. ``present = score >= threshold``; the threshold is the
 argument when given, else the calibrated one stored in the index manifest
 (``calibration.threshold``), else the model checkpoint's own ``presence_threshold``
-(a ``resedis finetune`` output or ``demo``), else :data:`DEFAULT_THRESHOLD` — see
+(a ``resedis finetune`` output or ``demo``), else :data:`resedis.thresholds.DEFAULT_THRESHOLD` — see
 :mod:`resedis.thresholds`.
 
 >>> from resedis.search import Searcher
@@ -30,15 +30,26 @@ import numpy as np
 
 from resedis.boxes import box_iou
 from resedis.errors import ResedisError
+from resedis.index.ann import AnnSearch
 from resedis.index.manifest import check_model, check_weights, read_manifest
 from resedis.index.store import Index, open_index
-from resedis.search_corpus import DEFAULT_MATRIX_DTYPE, Corpus, check_matrix_dtype, load_corpus  # noqa: F401 (re-exported)
-from resedis.thresholds import DEFAULT_THRESHOLD, ThresholdChoice, index_threshold  # noqa: F401 (DEFAULT_THRESHOLD re-exported)
+from resedis.boxes import box_iou
+from resedis.models import load_model
+from resedis.search_corpus import (
+    DEFAULT_MATRIX_DTYPE,
+    Corpus,
+    check_matrix_dtype,
+    load_corpus,
+)
+from resedis.threads import set_threads
+from resedis.thresholds import ThresholdChoice, index_threshold
 from resedis.types import Dataset, Hit, ImageId, QueryResult
 
 log = logging.getLogger(__name__)
 
 HIT_NMS_IOU = 0.5
+#: hits returned per query unless a caller asks for another number
+DEFAULT_TOP_K = 20
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -117,15 +128,11 @@ class Searcher:
         matrix_dtype: str = DEFAULT_MATRIX_DTYPE,
         threads: int | None = None,
     ):
-        from resedis.threads import set_threads
-
         self.matrix_dtype = check_matrix_dtype(matrix_dtype)
         self.threads = set_threads(threads)["torch"]
         self.index = index if isinstance(index, Index) else open_index(index)
         check_model(self.index.manifest, model, self.index.path)
         if encoder is None:
-            from resedis.models import load_model
-
             encoder = load_model(self.index.manifest.model, device)
         else:
             check_model(self.index.manifest, encoder.spec, self.index.path)
@@ -143,8 +150,6 @@ class Searcher:
         self._manifest_mtime = self._stat_manifest()
         # ANN candidates + exact re-scoring when the regions table has a vector index
         # (resedis.index.ann; built above IndexConfig.ann_min_rows rows); ``ann``: an AnnConfig.
-        from resedis.index.ann import AnnSearch
-
         self.ann = AnnSearch(self.index, ann) if use_ann else None
 
     def _stat_manifest(self) -> object:
@@ -169,7 +174,7 @@ class Searcher:
     @property
     def threshold_choice(self) -> ThresholdChoice:
         """Default presence threshold and its source: calibrated (manifest), else the model
-        checkpoint's ``presence_threshold``, else :data:`DEFAULT_THRESHOLD`."""
+        checkpoint's ``presence_threshold``, else :data:`resedis.thresholds.DEFAULT_THRESHOLD`."""
         return index_threshold(self.index.manifest)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -179,7 +184,7 @@ class Searcher:
                 raise ResedisError(f"empty query {text!r}: describe the object to search for")
         return np.asarray(self.encoder.encode_texts([normalize_text(t) for t in texts]), dtype=np.float32)
 
-    def search(self, text: str, *, top_k: int = 20, threshold: float | None = None) -> QueryResult:
+    def search(self, text: str, *, top_k: int = DEFAULT_TOP_K, threshold: float | None = None) -> QueryResult:
         """One text query -> QueryResult (hits ranked by score, ``query_id`` = the normalised text)."""
         return self.search_many([text], top_k=top_k, threshold=threshold)[0]
 
@@ -187,7 +192,7 @@ class Searcher:
         self,
         texts: Sequence[str],
         *,
-        top_k: int = 20,
+        top_k: int = DEFAULT_TOP_K,
         threshold: float | None = None,
         query_ids: Sequence[str] | None = None,
         batch_size: int = 32,
@@ -217,6 +222,8 @@ class Searcher:
                 logits = corpus.logits(queries)
             if allowed is not None:
                 logits[~allowed] = -np.inf
+            if corpus.hidden.any():  # boxes with no visible area (indexes from before the encoder dropped them)
+                logits[corpus.hidden] = -np.inf
             t2 = time.perf_counter()
             for j, text in enumerate(chunk):
                 t3 = time.perf_counter()
@@ -248,7 +255,7 @@ def search(
     text: str,
     db: str | os.PathLike | Index,
     *,
-    top_k: int = 20,
+    top_k: int = DEFAULT_TOP_K,
     threshold: float | None = None,
     device: str | None = None,
 ) -> QueryResult:
@@ -300,7 +307,7 @@ def search_dataset(
     db: str | os.PathLike | Index | Searcher,
     dataset: Dataset,
     *,
-    top_k: int = 20,
+    top_k: int = DEFAULT_TOP_K,
     threshold: float | None = None,
     device: str | None = None,
     batch_size: int = 32,

@@ -24,6 +24,7 @@ import threading
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from resedis.errors import ResedisError
 from resedis.index.store import IMAGES, REGIONS, Index, column_matrix
@@ -52,7 +53,8 @@ class Corpus:
     image_ids / paths: per image row; region_image (N,) int64 image row of each region;
     boxes (N, 4) float32 xyxy original px; vectors (N, D) as stored (float16/float32)
     until the first exact product under ``matrix_dtype="float32"``, then the same
-    values in float32 (see the module docstring).
+    values in float32 (see the module docstring); hidden (N,) bool: regions whose box,
+    clipped to its image, has zero area (never returned as hits; None: none hidden).
     """
 
     version: tuple[int, int]
@@ -62,10 +64,15 @@ class Corpus:
     boxes: np.ndarray
     vectors: np.ndarray
     matrix_dtype: str = DEFAULT_MATRIX_DTYPE
+    hidden: np.ndarray | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_matrix_dtype(self.matrix_dtype)
+        if self.hidden is None:
+            self.hidden = np.zeros(len(self), dtype=bool)
+        elif self.hidden.shape != (len(self),):
+            raise ResedisError(f"hidden must have one flag per region ({len(self)}), got shape {self.hidden.shape}")
 
     def __len__(self) -> int:
         return int(self.region_image.shape[0])
@@ -92,12 +99,22 @@ class Corpus:
         return out
 
 
-def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpus:
-    """Read images + regions and keep regions whose ``(image_id, batch)`` has an images row."""
-    import pyarrow as pa
+def zero_area(boxes: np.ndarray, widths: np.ndarray, heights: np.ndarray) -> np.ndarray:
+    """(N,) bool: boxes ``(N, 4)`` xyxy px whose part inside their image (``widths`` /
+    ``heights`` (N,) px) has zero area, e.g. ``[0, 528, 264, 528]`` or a box wholly below
+    a 264 x 264 image (OWLv2 predicts boxes in its padding of non-square images)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    w = np.minimum(boxes[:, 2], widths) - np.maximum(boxes[:, 0], 0.0)
+    h = np.minimum(boxes[:, 3], heights) - np.maximum(boxes[:, 1], 0.0)
+    return ~((w > 0) & (h > 0))
 
+
+def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpus:
+    """Read images + regions and keep regions whose ``(image_id, batch)`` has an images row.
+    Regions whose box has no visible area in its image are kept as rows (the ANN path
+    addresses rows by position) and flagged ``hidden``."""
     version = index.version()
-    images = index.read(IMAGES, ["image_id", "path", "batch"])
+    images = index.read(IMAGES, ["image_id", "path", "batch", "width", "height"])
     regions = index.read(REGIONS, ["image_id", "batch", "box", "vector"])
     keys_img = pa.table(
         {"image_id": images["image_id"], "batch": images["batch"], "img_row": pa.array(np.arange(images.num_rows, dtype=np.int64))}
@@ -112,12 +129,19 @@ def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpu
     boxes = column_matrix(regions["box"], 4, np.float32)
     if len(reg_rows) != regions.num_rows:
         vectors, boxes = vectors[reg_rows], boxes[reg_rows]
+    region_image = joined["img_row"].to_numpy().astype(np.int64)
+    widths = images["width"].to_numpy(zero_copy_only=False).astype(np.float64)
+    heights = images["height"].to_numpy(zero_copy_only=False).astype(np.float64)
+    hidden = zero_area(boxes, widths[region_image], heights[region_image])
+    if hidden.any():
+        log.info("%d of %d regions have no visible area in their image and are never returned", hidden.sum(), len(hidden))
     return Corpus(
         version=version,
         image_ids=images["image_id"].to_pylist(),
         paths=images["path"].to_pylist(),
-        region_image=joined["img_row"].to_numpy().astype(np.int64),
+        region_image=region_image,
         boxes=boxes,
         vectors=np.ascontiguousarray(vectors),
         matrix_dtype=matrix_dtype,
+        hidden=hidden,
     )

@@ -5,7 +5,7 @@ Sections of the JSON report (see ``docs/benchmarks.md`` for the meaning of each 
 * ``machine`` — measured dense matmul GFLOP/s (same torch thread count as the models);
 * ``indexing`` — region-encoder throughput at real sizes with random weights, FLOPs
   per image and the achieved share of the machine's matmul FLOP/s;
-* ``indexing_pipeline`` — the real writer's images/s against the sum of its stages;
+* ``indexing_writer`` — the real writer's images/s against the sum of its stages;
 * ``query`` — exact vs ANN (+ exact re-scoring) latency, recall and disk per corpus size;
 * ``ann_variants`` (full mode) — the LanceDB index types compared on one corpus;
 * ``naive_vs_index`` — seconds per query of running the detector on every image vs the
@@ -35,6 +35,9 @@ from resedis.index.ann import AnnConfig
 SCHEMA = "resedis-bench/1"
 
 
+#: where ``resedis bench`` writes its report unless told
+DEFAULT_REPORT = "bench.json"
+
 @dataclass
 class BenchPlan:
     """What one run measures. :func:`quick_plan` / :func:`full_plan` are the two modes.
@@ -43,7 +46,7 @@ class BenchPlan:
     compares like with like), and numpy's BLAS threads (the exact search's product) when
     threadpoolctl is installed (:func:`resedis.threads.set_threads`); None keeps the
     libraries' defaults.
-    pipeline_models: (model, images, batch size) run through the real writer in a child
+    writer_models: (model, images, batch size) run through the real writer in a child
     process (a :data:`resedis.bench.indexing.MODELS` name or ``"tiny"``).
     """
 
@@ -53,7 +56,7 @@ class BenchPlan:
     naive: NaiveBenchConfig
     ann: AnnConfig = field(default_factory=AnnConfig)
     ann_variants_rows: int | None = None
-    pipeline_models: list[tuple[str, int, int]] = field(default_factory=lambda: [("tiny", 200, 8)])
+    writer_models: list[tuple[str, int, int]] = field(default_factory=lambda: [("tiny", 200, 8)])
     matmul_n: int = 2048
     matmul_seconds: float = 1.5
     threads: int | None = 1
@@ -86,7 +89,7 @@ def full_plan(max_rows: int = 1_000_000) -> BenchPlan:
         query=QueryBenchConfig(sizes=sizes, queries=50),
         naive=NaiveBenchConfig(images=200, steps=(25, 50, 100, 200), queries=5, repeats=10),
         ann_variants_rows=100_000,
-        pipeline_models=[("tiny", 200, 8), ("owlvit-b32-768", 16, 8)],
+        writer_models=[("tiny", 200, 8), ("owlvit-b32-768", 16, 8)],
     )
 
 
@@ -147,7 +150,7 @@ def run_bench(
     temporary directory by default, removed afterwards)."""
     from tqdm.auto import tqdm
 
-    from resedis.bench import indexing, machine, naive, pipeline, query
+    from resedis.bench import indexing, jobs, machine, naive, query
 
     plan = plan or (quick_plan() if quick else full_plan())
     started = time.perf_counter()
@@ -158,7 +161,7 @@ def run_bench(
     scratch = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="resedis-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
     report: dict = {"schema": SCHEMA, "mode": plan.mode, "argv": sys.argv, "plan": _plan_json(plan)}
-    steps = ["machine", "indexing", "naive", "pipeline", "query"] + (["variants"] if plan.ann_variants_rows else [])
+    steps = ["machine", "indexing", "naive", "writer", "query"] + (["variants"] if plan.ann_variants_rows else [])
     bar = tqdm(total=len(steps), desc="bench", unit="part", disable=not progress, file=sys.stderr)
     try:
         bar.set_postfix_str("matmul")
@@ -169,7 +172,7 @@ def run_bench(
         bar.update(1)
 
         bar.set_postfix_str("indexing throughput")
-        n_photos = max([8] + [c.images for c in plan.encoders] + [n for m, n, _ in plan.pipeline_models if m != "tiny"])
+        n_photos = max([8] + [c.images for c in plan.encoders] + [n for m, n, _ in plan.writer_models if m != "tiny"])
         photos = indexing.write_test_images(scratch / "photos", n_photos)
         report["indexing"] = []
         for case in plan.encoders:
@@ -184,28 +187,28 @@ def run_bench(
         report["naive_vs_index"] = naive.run_naive_vs_index(scratch / "naive", tiny_spec, plan.naive)
         bar.update(1)
 
-        bar.set_postfix_str("indexing pipeline + RSS")
+        bar.set_postfix_str("indexing writer + RSS")
         corpus_images = scratch / "naive" / "corpus" / "images"
-        report["indexing_pipeline"] = []
+        report["indexing_writer"] = []
         rss_index = None
-        for model, n_images, batch in plan.pipeline_models:
+        for model, n_images, batch in plan.writer_models:
             spec = tiny_spec if model == "tiny" else model
             src = corpus_images if model == "tiny" else scratch / "photos"
-            folder = scratch / f"pipeline_{len(report['indexing_pipeline'])}"
+            folder = scratch / f"writer_{len(report['indexing_writer'])}"
             _link_first(src, folder, n_images)
-            db = scratch / f"pipeline_{len(report['indexing_pipeline'])}.db"
-            job, rss = machine.run_isolated(pipeline.index_job, str(folder), str(db), spec, batch, plan.threads)
-            stages = pipeline.stage_rate(spec, folder, batch, min(n_images, 32))
+            db = scratch / f"writer_{len(report['indexing_writer'])}.db"
+            job, rss = machine.run_isolated(jobs.index_job, str(folder), str(db), spec, batch, plan.threads)
+            stages = jobs.stage_rate(spec, folder, batch, min(n_images, 32))
             job.update(
                 serial_stage_sum_images_per_s=stages["serial_images_per_s"],
                 overlap_gain=round(job["images_per_s"] / stages["serial_images_per_s"], 4),
                 stages_ms=stages,
                 peak_rss_mb=round(rss, 1),
             )
-            report["indexing_pipeline"].append(job)
+            report["indexing_writer"].append(job)
             rss_index = rss_index or {"mb": round(rss, 1), "model": spec, "images": n_images, "batch_size": batch}
         search, rss_search = machine.run_isolated(
-            pipeline.search_job, str(scratch / "naive" / "growing.db"), tiny_spec,
+            jobs.search_job, str(scratch / "naive" / "growing.db"), tiny_spec,
             report["naive_vs_index"]["query_texts"], 3, plan.threads,
         )
         report["peak_rss_mb"] = {
@@ -251,11 +254,11 @@ def run_bench(
 
 
 def _link_first(src: Path, dst: Path, n: int) -> None:
-    from resedis.bench.naive import _link_images
+    from resedis.bench.naive import link_images
 
     shutil.rmtree(dst, ignore_errors=True)
     files = sorted(p for p in Path(src).iterdir() if p.is_file())
-    _link_images([files[i % len(files)] for i in range(min(n, len(files)))], dst)
+    link_images([files[i % len(files)] for i in range(min(n, len(files)))], dst)
 
 
 def _json_default(obj):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resedis.cli._args import STORAGE_OPTION_HELP, storage_option
+from resedis.cli.options import STORAGE_OPTION_HELP, storage_option
 
 
 def register(subparsers) -> None:
@@ -34,7 +34,11 @@ def _weights_line(manifest) -> tuple[str, str | None]:
     """-> (the ``weights`` line, the fingerprint of the weights the model spec resolves to
     now or None when they are not found here). Never downloads."""
     from resedis.errors import ResedisError
-    from resedis.models.fingerprint import short_fingerprint, spec_weights_dir, weights_fingerprint
+    from resedis.models.fingerprint import (
+        short_fingerprint,
+        spec_weights_dir,
+        weights_fingerprint,
+    )
 
     stored = manifest.weights_fingerprint
     try:

@@ -27,7 +27,14 @@ from resedis.errors import ResedisError
 from resedis.index.crops import CROPS, CropCorpus, check_crop_weights, load_crops
 from resedis.pipelines.base import Pipeline, QueryText, finalize_hits
 from resedis.pipelines.proposals import embed_gt_crops
-from resedis.pipelines.relations import DEFAULT_WEIGHT, ParsedExpression, cue_priors, parse_expression
+from resedis.pipelines.relations import (
+    DEFAULT_WEIGHT,
+    ParsedExpression,
+    cue_priors,
+    parse_expression,
+)
+from resedis.search import map_dataset_images
+from resedis.search_corpus import zero_area
 from resedis.types import Dataset, Hit, QueryResult
 
 RESCORE_IMAGES = 100
@@ -113,8 +120,6 @@ class ClipCropsPipeline(Pipeline):
         corpus = self.index_crops()
         if dataset is None:
             return corpus, list(corpus.image_ids)
-        from resedis.search import map_dataset_images
-
         mapping, _ = map_dataset_images(corpus, self.index.manifest.root, dataset)
         if not any(m is not None for m in mapping):
             raise ResedisError(f"index {self.index.path} and dataset {dataset.name!r} share no images")
@@ -151,9 +156,12 @@ class ClipCropsPipeline(Pipeline):
             emb.update(zip(chunk, np.asarray(self.encoder.encode_texts(chunk), np.float32)))
         allowed_rows = np.array([i is not None for i in ids], bool)
         allowed = allowed_rows[corpus.crop_image] if len(corpus) else np.zeros(0, bool)
+        if len(corpus):  # a crop box with no visible area in its image is never a hit
+            size = np.asarray(corpus.sizes, np.float64).reshape(-1, 2)[corpus.crop_image]
+            allowed &= ~zero_area(corpus.boxes, size[:, 0], size[:, 1])
         by_row: dict[int, np.ndarray] = {}
         for row in np.unique(corpus.crop_image):
-            by_row[int(row)] = np.flatnonzero(corpus.crop_image == row)
+            by_row[int(row)] = np.flatnonzero((corpus.crop_image == row) & allowed)
         prepared = CropsPrepared(queries=queries, corpus=corpus, image_ids=ids)
         n_images = max(RESCORE_IMAGES, self.config.top_k)
         for p in parsed:
