@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resedis.cli.verify import EXIT_DAMAGED
+from resedis.cli import EXIT_DAMAGED
 
 
 def register(subparsers) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from resedis.cli._args import STORAGE_OPTION_HELP, storage_option
+from resedis.cli import EXIT_DAMAGED
+from resedis.cli.options import STORAGE_OPTION_HELP, storage_option
 
-# Exit status when the index is damaged (sysexits EX_DATAERR); 0 when it is sound.
-EXIT_DAMAGED = 65
 
 
 def register(subparsers) -> None:
