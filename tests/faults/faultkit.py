@@ -83,3 +83,17 @@ def delete_manifest_field(db: Path, field: str) -> None:
 def copy_index(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def overwrite_bytes(db: Path, table: str, old: bytes, new: bytes) -> int:
+    """Replace every occurrence of ``old`` by ``new`` (same length) in the table's data
+    files: bit rot aimed at chosen stored values (e.g. one row's vector). Returns how many
+    occurrences were replaced. LanceDB refuses to write NaN vectors, rot does not ask."""
+    assert len(old) == len(new)
+    count = 0
+    for path in data_files(db, table):
+        data = path.read_bytes()
+        if old in data:
+            count += data.count(old)
+            path.write_bytes(data.replace(old, new))
+    return count
