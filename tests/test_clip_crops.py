@@ -132,7 +132,7 @@ class RecordingEncoder:
 
     def __init__(self, inner):
         self.inner = inner
-        self.spec = inner.spec
+        self.spec, self.kind, self.model = inner.spec, inner.kind, inner.model
         self.embed_dim = inner.embed_dim
         self.calls: list[tuple[tuple[int, int], np.ndarray]] = []
 

@@ -24,7 +24,7 @@ def test_bundled_model_files():
     ids = proc.tokenizer(["the small red circle on the left"])["input_ids"][0]
     assert ids[0] != 0 and vocab["<unk>"] not in ids
     assert model.config.text_config.vocab_size == len(vocab)
-    meta = json.loads((d / "resedis.json").read_text())
+    meta = json.loads((d / "resedis_checkpoint.json").read_text())
     assert 0.0 < meta["presence_threshold"] < 1.0 and meta["threshold_source"] == "validation"
     assert demo_threshold() == meta["presence_threshold"]
 

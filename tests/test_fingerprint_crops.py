@@ -14,7 +14,7 @@ from test_fingerprint import _bump_one_weight, _draw_images
 
 from resedis.errors import IndexMismatchError
 from resedis.index import IndexConfig, build_index
-from resedis.index.manifest import canonical_spec
+from resedis.models.spec import canonical_spec
 from resedis.index.manifest import MANIFEST_NAME
 from resedis.models import fingerprint as fp
 from resedis.pipelines import PipelineConfig

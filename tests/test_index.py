@@ -350,9 +350,11 @@ class _BreaksOnWidth13:
     (stands in for an image that crashes a model); no preprocess split, so the writer
     goes through encode_images."""
 
+    capabilities = frozenset()  # no PREPROCESS_SPLIT: the writer calls encode_images
+
     def __init__(self, inner, always: bool = False):
         self.inner, self.always = inner, always
-        self.spec, self.vector_dim = inner.spec, inner.vector_dim
+        self.spec, self.vector_dim, self.kind, self.model = inner.spec, inner.vector_dim, inner.kind, inner.model
 
     def preprocessing(self):
         return self.inner.preprocessing()

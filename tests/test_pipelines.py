@@ -167,7 +167,7 @@ def test_ablation_latency_excludes_model_loading(env, monkeypatch, name):
 
     import resedis.models
     from resedis.ablation import run_ablation
-    from resedis.index.manifest import canonical_spec
+    from resedis.models.spec import canonical_spec
     from resedis.pipelines import PIPELINES, Models, PipelineConfig
 
     shared = pipekit.models(env)

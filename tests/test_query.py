@@ -17,7 +17,8 @@ from resedis.cli import main
 from resedis.index import IndexConfig, build_index, open_index
 from resedis.pipelines import PipelineConfig
 from resedis.query import QueryEngine, QueryRequest
-from resedis.search_corpus import load_corpus, zero_area
+from resedis.boxes import visible
+from resedis.search_corpus import load_corpus
 
 CLI_DIR = Path(__file__).resolve().parents[1] / "src" / "resedis" / "cli"
 
@@ -39,7 +40,7 @@ CLI_DIR = Path(__file__).resolve().parents[1] / "src" / "resedis" / "cli"
     ],
 )
 def test_zero_area_table(box, size, hidden):
-    assert bool(zero_area(np.array([box], float), *size)[0]) is hidden
+    assert bool(~visible(np.array([box], float), *size)[0]) is hidden
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def odd_db(tmp_path_factory, owlv2_spec):
 
 
 def _visible(hit, sizes) -> bool:
-    return not zero_area(np.array([hit.box]), *sizes[hit.image_id])[0]
+    return visible(np.array([hit.box]), *sizes[hit.image_id])[0]
 
 
 def test_no_hit_has_zero_visible_area_on_non_square_and_1x1_images(odd_db, encoder, tmp_path):
@@ -75,8 +76,8 @@ def test_no_hit_has_zero_visible_area_on_non_square_and_1x1_images(odd_db, encod
     sizes = {r["image_id"]: (r["width"], r["height"]) for r in index.read("images", ["image_id", "width", "height"]).to_pylist()}
     corpus = load_corpus(index)
     assert corpus.hidden.sum() >= 12  # the planted ones at least
-    assert corpus.hidden.tolist() == zero_area(corpus.boxes, *np.array(
-        [sizes[corpus.image_ids[i]] for i in corpus.region_image], float).T).tolist()
+    assert corpus.hidden.tolist() == (~visible(corpus.boxes, *np.array(
+        [sizes[corpus.image_ids[i]] for i in corpus.region_image], float).T)).tolist()
     engine = QueryEngine(index, PipelineConfig(nms_iou=1.0, device="cpu"))
     engine.models.put(index.manifest.model, encoder)
     for text in ("a red thing", "a blue dot", "the yellow square"):

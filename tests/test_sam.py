@@ -156,7 +156,7 @@ def test_mask_iou_mode_scores_attached_masks(env, sam, tmp_path):
 def test_masks_cached_under_another_mask_rule_are_recomputed(env, sam, tmp_path):
     """A cache row written before the box-restriction rule changed (keyed by the bare spec)
     is never served: the key carries the segmenter's ``mask_rule``."""
-    from resedis.index.manifest import canonical_spec
+    from resedis.models.spec import canonical_spec
     from resedis.index.store import open_index
     from resedis.masks import encode_mask
     from resedis.index.masks import MaskCache, attach_masks, box_key

@@ -27,7 +27,8 @@ from resedis.index.manifest import read_manifest, write_manifest
 from resedis.io.images import open_rgb
 from resedis.boxes import nms
 from resedis.search import Searcher, rank_hits, search_dataset, sigmoid
-from resedis.search_corpus import load_corpus, zero_area
+from resedis.boxes import visible
+from resedis.search_corpus import load_corpus
 from resedis.thresholds import DEFAULT_THRESHOLD
 
 QUERIES = ["red circle", "a small blue square on the left", "the largest yellow star", "green triangle"]
@@ -48,6 +49,11 @@ def backends(tiny_models) -> dict:
     from resedis.models import load_model
 
     return {fam: load_model(f"{fam}:{tiny_models[fam]}", "cpu") for fam in ("owlv2", "owlvit")}
+
+
+def _visible(boxes: np.ndarray) -> np.ndarray:
+    """Boxes wider and taller than 1/100 px (the encoder drops the others: tests/test_zero_area.py)."""
+    return (boxes[:, 2] - boxes[:, 0] > 0.01) & (boxes[:, 3] - boxes[:, 1] > 0.01)
 
 
 def n_patches(backend) -> int:
@@ -118,18 +124,20 @@ def test_scores_equal_the_detectors_own_forward(family, full_indexes, backends):
     total = index.stats()["regions"]
     paths = {r["image_id"]: r["path"] for r in index.read("images", ["image_id", "path"]).to_pylist()}
     images = {image_id: open_rgb(p) for image_id, p in paths.items()}
+    # every patch whose box (clipped to the image) has visible area is stored; none other
+    stored_visible = {i: _visible(backend.detector_logits(img, QUERIES[:1])[0]) for i, img in images.items()}
+    assert total == sum(int(v.sum()) for v in stored_visible.values()) <= 6 * patches
     for query in QUERIES:
         forward = {i: backend.detector_logits(img, [query]) for i, img in images.items()}
-        visible = {i: ~zero_area(forward[i][0], *images[i].size) for i in images}
-        n_visible = sum(int(v.sum()) for v in visible.values())
-        assert total in (6 * patches, n_visible)  # every patch stored, or every visible one
+        shown = {i: _visible(forward[i][0]) for i in images}
+        assert all((shown[i] == stored_visible[i]).all() for i in images)  # the boxes do not depend on the text
         hits = searcher.search(query, top_k=total).hits
-        assert len(hits) == n_visible
+        assert len(hits) == total
         assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
         used = {i: np.zeros(patches, bool) for i in images}
         for hit in hits:
             boxes, logits, _ = forward[hit.image_id]
-            assert not zero_area(np.array([hit.box]), *images[hit.image_id].size)[0]
+            assert visible(np.array([hit.box]), *images[hit.image_id].size)[0]
             logit = float(np.log(hit.score) - np.log1p(-hit.score))
             same_box = np.flatnonzero(np.all(np.abs(boxes - np.asarray(hit.box)) <= 1e-2, axis=1) & ~used[hit.image_id])
             assert len(same_box), f"{family} {query!r}: no forward box equals {hit.box} in {hit.image_id}"
@@ -138,12 +146,11 @@ def test_scores_equal_the_detectors_own_forward(family, full_indexes, backends):
             ref = float(logits[best, 0])
             assert abs(ref - logit) <= 1e-4 * max(1.0, abs(ref)), (family, query, hit.image_id, ref, logit)
             assert hit.score == pytest.approx(float(sigmoid(ref)), abs=1e-5)
-        assert all((used[i] == visible[i]).all() for i in images)  # every visible patch of every image, once
+        assert all((used[i] == shown[i]).all() for i in images)  # every visible patch of every image, once
         # The corpus's top hit is the detector's best visible box over all images.
-        best_logit = {i: forward[i][1][visible[i], 0].max() for i in images if visible[i].any()}
-        best_image = max(best_logit, key=best_logit.get)
+        best_image = max(forward, key=lambda i: forward[i][1][shown[i]].max(initial=-np.inf))
         assert hits[0].image_id == best_image
-        assert float(sigmoid(best_logit[best_image])) == pytest.approx(hits[0].score, abs=1e-5)
+        assert float(sigmoid(forward[best_image][1][shown[best_image]].max())) == pytest.approx(hits[0].score, abs=1e-5)
 
 
 @pytest.mark.parametrize("family", ["owlv2", "owlvit"])
@@ -249,7 +256,7 @@ def test_searcher_sees_new_images(tmp_path, backends):
     assert len({(r["image_id"], tuple(r["box"])) for r in stored}) == len(stored)
     sizes = {"a.jpg": (32, 32), "b.png": (40, 40)}
     distinct = {(r["image_id"], tuple(np.float32(r["box"]).tolist())) for r in stored
-                if not zero_area(np.array([r["box"]]), *sizes[r["image_id"]])[0]}
+                if visible(np.array([r["box"]]), *sizes[r["image_id"]])[0]}
     assert {h.image_id for h in hits} == {"a.jpg", "b.png"} and len(hits) == len(distinct)
     assert len({(h.image_id, h.box) for h in hits}) == len(hits)
     assert {h.path for h in hits} == {str((images / n).resolve()) for n in ("a.jpg", "b.png")}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from resedis.version import __version__
 
 _LAZY = {
     "build_index": "resedis.api",

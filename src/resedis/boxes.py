@@ -22,6 +22,30 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(b, 0, np.asarray([width, height, width, height], np.float32)).astype(np.float32)
 
 
+#: a box narrower or shorter than this (px, after clipping to its image) shows nothing
+MIN_VISIBLE_PX = 0.01
+
+
+def visible(boxes: np.ndarray, width=None, height=None) -> np.ndarray:
+    """(N,) bool: the xyxy ``boxes`` whose part inside their image is wider and taller than
+    :data:`MIN_VISIBLE_PX`. ``width`` / ``height``: the image size (scalars, or (N,) arrays
+    of each box's image); None when the boxes are already clipped.
+
+    OWLv2 predicts boxes in its square padding too; clipped to a non-square image such a
+    box is a line or a point (``[0, 528, 264, 528]``), or, when float round-off puts its
+    edge a hair inside the image, a sliver (``[79.99998, 40, 80, 50]``): nothing visible.
+    The region encoder never stores such a box and search never returns one."""
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x0, y0 = np.maximum(b[:, 0], 0.0), np.maximum(b[:, 1], 0.0)
+    x1 = b[:, 2] if width is None else np.minimum(b[:, 2], width)
+    y1 = b[:, 3] if height is None else np.minimum(b[:, 3], height)
+    if width is None:
+        x0 = b[:, 0]
+    if height is None:
+        y0 = b[:, 1]
+    return (x1 - x0 > MIN_VISIBLE_PX) & (y1 - y0 > MIN_VISIBLE_PX)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray, *, same_box_is_one: bool = False) -> np.ndarray:
     """Pairwise IoU of xyxy boxes: (N, 4) x (M, 4) -> (N, M). Empty boxes give 0.
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resedis.errors import IndexMismatchError, ResedisError
+from resedis.models.checkpoint import read_checkpoint_meta
+from resedis.models.spec import demo_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +36,6 @@ MIN_IMAGES = 10
 #: where ``resedis demo`` writes when no output folder is given
 DEFAULT_OUT = "resedis-demo"
 EXAMPLE_TYPES = ("attribute", "position", "relation", "absent")
-
-
-def demo_model_dir() -> Path:
-    """Directory of the bundled demo model (an ``owlv2`` checkpoint + ``resedis.json``)."""
-    return Path(__file__).resolve().parent / "assets" / "demo_model"
 
 
 def demo_model_spec() -> str:
@@ -52,7 +49,7 @@ def demo_model_spec() -> str:
 
 def demo_threshold() -> float:
     """The presence threshold fitted on the demo model's validation corpus."""
-    return float(json.loads((demo_model_dir() / "resedis.json").read_text())["presence_threshold"])
+    return float(read_checkpoint_meta(demo_model_dir())["presence_threshold"])
 
 
 @dataclass

@@ -37,7 +37,7 @@ from resedis.index.prefetch import encode_batch
 from resedis.index.session import IndexingSession, stored_side_tables
 from resedis.io.images import load_image, pixel_limit
 from resedis.models import load_model
-from resedis.models.fingerprint import encoder_fingerprint, short_fingerprint
+from resedis.models.fingerprint import encoder_fingerprint, short_fingerprint, spec_weights_dir, weights_fingerprint
 from resedis.types import ImageRegions, Skipped
 
 log = logging.getLogger(__name__)
@@ -155,11 +155,22 @@ def _regions_of(row: dict, dim: int) -> ImageRegions:
     )
 
 
-def _check_worker_weights(manifest, batch: pa.Table, db) -> None:
-    """Refuse a batch encoded with weights other than the index's (when it records them)."""
+def accepted_fingerprints(manifest) -> set[str] | None:
+    """The worker fingerprints that stand for the index's weights: the recorded one, plus the
+    current (v2) fingerprint of the spec's weights on the driver once :func:`check_weights`
+    has matched them (an index recorded before v2 holds a v1 fingerprint, which the workers,
+    reporting v2, can never equal). None: the index records none (nothing to check)."""
     if manifest.weights_fingerprint is None:
+        return None
+    return {manifest.weights_fingerprint, weights_fingerprint(spec_weights_dir(manifest.model))}
+
+
+def check_worker_weights(manifest, accepted: set[str] | None, batch: pa.Table, db) -> None:
+    """Refuse a batch encoded with weights other than the index's (when it records them);
+    ``accepted``: :func:`accepted_fingerprints`."""
+    if accepted is None:
         return
-    other = sorted(set(batch.column("weights").to_pylist()) - {manifest.weights_fingerprint})
+    other = sorted(set(batch.column("weights").to_pylist()) - accepted)
     if other:
         raise IndexMismatchError(
             f"{db}: a Ray worker loaded model {manifest.model!r} with weights {short_fingerprint(other[0])}, "
@@ -222,6 +233,7 @@ def index_with_ray(
         m = session.index.manifest
         if tasks:  # the driver's view of the weights first, then every worker's (below)
             check_weights(m, None, session.location)
+            accepted = accepted_fingerprints(m)
             by_rel = {task.rel: task for task in tasks}
             items = [{"rel": t.rel, "path": str(t.path)} for t in tasks]
             ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), num_workers * 4)))
@@ -239,7 +251,7 @@ def index_with_ray(
             )
             with tqdm(total=len(tasks), unit="img", desc="indexing (ray)", disable=not progress, dynamic_ncols=True) as bar:
                 for batch in ds.iter_batches(batch_size=config.batch_size, batch_format="pyarrow"):
-                    _check_worker_weights(m, batch, session.location)
+                    check_worker_weights(m, accepted, batch, session.location)
                     for row in batch.to_pylist():
                         task = by_rel[row["rel"]]
                         if row["reason"] is not None:

@@ -31,10 +31,10 @@ import numpy as np
 from resedis.boxes import box_iou
 from resedis.errors import ResedisError
 from resedis.index.ann import AnnSearch
-from resedis.index.manifest import check_model, check_weights, read_manifest
+from resedis.index.manifest import check_model, check_preprocessing, check_weights, read_manifest
 from resedis.index.store import Index, open_index
-from resedis.boxes import box_iou
 from resedis.models import load_model
+from resedis.models.spec import REGION_TEXT
 from resedis.search_corpus import (
     DEFAULT_MATRIX_DTYPE,
     Corpus,
@@ -137,11 +137,12 @@ class Searcher:
         else:
             check_model(self.index.manifest, encoder.spec, self.index.path)
         check_weights(self.index.manifest, encoder, self.index.path)  # same spec, retrained weights?
-        if not hasattr(encoder, "encode_texts") or getattr(encoder, "vector_dim", None) != self.index.manifest.vector_dim:
+        if encoder.kind != REGION_TEXT or encoder.vector_dim != self.index.manifest.vector_dim:
             raise ResedisError(
-                f"{encoder.spec}: not a text encoder for this index (vector dim "
-                f"{getattr(encoder, 'vector_dim', '?')} vs the index's {self.index.manifest.vector_dim})"
+                f"{encoder.spec}: not a text encoder for this index ({encoder.kind} backend, vector dim "
+                f"{encoder.vector_dim if encoder.kind == REGION_TEXT else '-'} vs the index's {self.index.manifest.vector_dim})"
             )
+        check_preprocessing(self.index.manifest, encoder, self.index.path)  # same processor config?
         if not 0.0 < nms_iou <= 1.0:
             raise ResedisError(f"nms_iou must be in (0, 1] (1 disables NMS), got {nms_iou}")
         self.encoder = encoder

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from resedis.boxes import visible
 from resedis.errors import ResedisError
 from resedis.index.sane import sane_regions
 from resedis.index.store import IMAGES, REGIONS, Index, column_matrix
@@ -100,16 +101,6 @@ class Corpus:
         return out
 
 
-def zero_area(boxes: np.ndarray, widths: np.ndarray, heights: np.ndarray) -> np.ndarray:
-    """(N,) bool: boxes ``(N, 4)`` xyxy px whose part inside their image (``widths`` /
-    ``heights`` (N,) px) has zero area, e.g. ``[0, 528, 264, 528]`` or a box wholly below
-    a 264 x 264 image (OWLv2 predicts boxes in its padding of non-square images)."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    w = np.minimum(boxes[:, 2], widths) - np.maximum(boxes[:, 0], 0.0)
-    h = np.minimum(boxes[:, 3], heights) - np.maximum(boxes[:, 1], 0.0)
-    return ~((w > 0) & (h > 0))
-
-
 def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpus:
     """Read images + regions and keep regions whose ``(image_id, batch)`` has an images row.
     Regions whose box has no visible area in its image are kept as rows (the ANN path
@@ -133,7 +124,7 @@ def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpu
     region_image = joined["img_row"].to_numpy().astype(np.int64)
     widths = images["width"].to_numpy(zero_copy_only=False).astype(np.float64)
     heights = images["height"].to_numpy(zero_copy_only=False).astype(np.float64)
-    hidden = zero_area(boxes, widths[region_image], heights[region_image])
+    hidden = ~visible(boxes, widths[region_image], heights[region_image])
     if hidden.any():
         log.info("%d of %d regions have no visible area in their image and are never returned", hidden.sum(), len(hidden))
     damaged = ~sane_regions(boxes, vectors, np.stack([widths[region_image], heights[region_image]], axis=1))

@@ -144,7 +144,7 @@ def _owl_image_path(model, pixel_values) -> None:
     head.dense0(feats)
     head.logit_shift(feats)
     head.logit_scale(feats)
-    if hasattr(model, "objectness_predictor"):
+    if model.config.model_type == "owlv2":  # OWL-ViT has no objectness head
         model.objectness_predictor(feats)
     base = getattr(model, model.base_model_prefix)
     base.visual_projection(vision_outputs.pooler_output)

@@ -82,7 +82,7 @@ def stage_rate(model: str, images_dir: Path, batch_size: int, images: int) -> di
     from resedis.bench.indexing import time_batch
 
     backend = _backend(model)
-    family = getattr(backend, "family", "owlv2")
+    family = backend.family
     paths = sorted(p for p in Path(images_dir).iterdir() if p.is_file())[:images]
     time_batch(backend, family, paths[:1], 100, 0.5)  # warm-up
     totals = {"decode": 0.0, "preprocess": 0.0, "forward": 0.0, "select": 0.0}

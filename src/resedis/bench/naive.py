@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resedis.search_corpus import zero_area
+from resedis.boxes import visible
 
 BOX_TOL_PX = 1e-3
 SCORE_TOL = 1e-5
@@ -83,7 +83,7 @@ def naive_per_image(backend, images: dict, texts: list[str], max_regions: int, n
             t0 = time.perf_counter()
             boxes, logits, objectness = backend.detector_logits(image, [text])
             keep = select_regions(np.asarray(boxes, np.float32), np.asarray(objectness, np.float32), max_regions, nms_iou)
-            keep = keep[~zero_area(np.asarray(boxes)[keep], *image.size)]  # never a hit (resedis.search_corpus)
+            keep = keep[visible(np.asarray(boxes)[keep], *image.size)]  # never a hit (resedis.search_corpus)
             seconds = time.perf_counter() - t0
             per_image[image_id] = (seconds, np.asarray(boxes, np.float32)[keep], np.asarray(logits, np.float32)[keep, 0])
         out[text] = per_image

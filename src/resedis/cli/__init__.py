@@ -44,7 +44,7 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from resedis import __version__
+    from resedis.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="resedis",

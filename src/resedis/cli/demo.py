@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from resedis.cli import main as cli_main
+from resedis.cli import serve as serve_command
 from resedis.cli.options import field_default, given
 from resedis.demo import DEFAULT_OUT, MIN_IMAGES, DemoConfig
 from resedis.server.config import ServeConfig
@@ -68,5 +68,13 @@ def run(args: argparse.Namespace) -> int:
               f"F1 {row['F1']:.3f}  N_acc {n_acc}")
     print(f"report: {result.report}\npage:   {result.page}")
     if args.serve:
-        return cli_main(["serve", "--db", str(result.db), *serve])
+        return _serve(["--db", str(result.db), *serve])
     return 0
+
+
+def _serve(argv: list[str]) -> int:
+    """``resedis serve ARGV`` (its own parser: the same options, checks and defaults)."""
+    parser = argparse.ArgumentParser(prog="resedis")
+    serve_command.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", *argv])
+    return args.func(args)

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
             "(negatives). Loss: sigmoid focal loss on the query logits with Hungarian box "
             "assignment, L1 + generalised-IoU box losses, objectness focal loss. Validates each "
             "epoch with the metric suite, keeps the best model in OUT_DIR (loadable as "
-            "owlv2:OUT_DIR, presence threshold in OUT_DIR/resedis.json) and a resume point in "
+            "owlv2:/abs/OUT_DIR, presence threshold in OUT_DIR/resedis_checkpoint.json) and a resume point in "
             "OUT_DIR/last: rerunning the same command after an interruption continues from it."
         ),
     )
@@ -65,7 +65,7 @@ def register(subparsers) -> None:
                         "nothing found) is >= X (default: plain max F1)")
     p.add_argument("--refit-threshold", action="store_true",
                    help="no training: recompute the presence threshold of the model in --out on --val-dataset "
-                        "(with --min-n-acc) and store it in OUT_DIR/resedis.json")
+                        "(with --min-n-acc) and store it in OUT_DIR/resedis_checkpoint.json")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 

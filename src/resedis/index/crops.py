@@ -42,11 +42,12 @@ from PIL import Image
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.commit import Lock, delete_ids
 from resedis.index.crop_proposals import DEFAULT_YOLO_WEIGHTS, load_yolo, owl_boxes, yolo_boxes
-from resedis.index.manifest import canonical_spec, read_manifest, warn_once, write_manifest
+from resedis.index.manifest import read_manifest, warn_once, write_manifest
 from resedis.index.store import IMAGES, REGIONS, Index, column_matrix, in_list, open_index
 from resedis.io.images import open_rgb
 from resedis.models import load_model
-from resedis.models.fingerprint import encoder_fingerprint, encoder_weights_dir, short_fingerprint
+from resedis.models.fingerprint import encoder_fingerprint, encoder_weights_dir, fingerprint_matches, short_fingerprint
+from resedis.models.spec import IMAGE_TEXT, canonical_spec
 from resedis.types import ImageRegions
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class CropWriter:
         self.config = config
         if encoder is None:
             encoder = load_model(config.model, device)
-        if not hasattr(encoder, "encode_crops"):
+        if encoder.kind != IMAGE_TEXT:
             raise ResedisError(f"{config.model}: not an image-text encoder (clip:/siglip:)")
         self.encoder = encoder
         self._yolo = None
@@ -232,8 +233,8 @@ def check_crop_weights(manifest, encoder, db) -> None:
             "now; if those weights changed since, re-embed the crops into a new --db", db, spec,
         )
         return
-    current = encoder_fingerprint(encoder)
-    if stored != current:
+    matches, current = fingerprint_matches(stored, encoder_weights_dir(encoder))  # v1 or v2
+    if not matches:
         raise IndexMismatchError(
             f"{db}: its crops were embedded with crop model {spec!r} weights {short_fingerprint(stored)}, but "
             f"the weights at {encoder_weights_dir(encoder)} are now {short_fingerprint(current)}: they were "

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from resedis.index.manifest import canonical_spec
+from resedis.models.spec import canonical_spec
 from resedis.index.store import IMAGES, Index, in_list, sql_quote
 from resedis.io.images import open_rgb, sha256_file
 from resedis.masks import encode_mask
@@ -94,7 +94,7 @@ class MaskCache:
 def segmenter_key(segmenter) -> str:
     """The cache's ``segmenter`` value: canonical spec [+ ``#`` + the backend's ``mask_rule``]."""
     spec = canonical_spec(segmenter.spec)
-    rule = getattr(segmenter, "mask_rule", None)
+    rule = segmenter.mask_rule
     return f"{spec}#{rule}" if rule else spec
 
 

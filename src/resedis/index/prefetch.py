@@ -16,6 +16,7 @@ from PIL import Image
 
 from resedis.index.plan import FileTask
 from resedis.io.images import LoadedImage, load_image
+from resedis.models.base import PREPROCESS_SPLIT
 from resedis.types import ImageRegions, Skipped
 
 
@@ -49,8 +50,9 @@ def prefetch(
 
 def preprocessor(backend):
     """``backend.preprocess`` when the backend splits preprocessing from the forward pass
-    (OWL: ``preprocess`` + ``encode_preprocessed``), so it can run in the decode threads."""
-    if callable(getattr(backend, "preprocess", None)) and callable(getattr(backend, "encode_preprocessed", None)):
+    (OWL: ``preprocess`` + ``encode_preprocessed``), so it can run in the decode threads;
+    None without that capability, or without a backend (nothing to encode)."""
+    if backend is not None and PREPROCESS_SPLIT in backend.capabilities:
         return backend.preprocess
     return None
 

@@ -34,15 +34,19 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from resedis import __version__
 from resedis.errors import ResedisError
 from resedis.index.commit import Lock, delete_ids
 from resedis.index.fs import Location, as_location
-from resedis.index.manifest import Manifest, canonical_spec, read_manifest, write_manifest
+from resedis.index.manifest import Manifest, read_manifest, write_manifest
 from resedis.index.manifest_fields import manifest_problems
 from resedis.index.store import IMAGES, REGIONS, SKIPPED, images_schema, regions_schema, skipped_schema
 from resedis.index.verify import CHECKSUM_COLUMN, VerifyReport, read_salvage, table_names, verify_index
 from resedis.index.config import DEFAULT_MAX_REGIONS, REGION_NMS_IOU, IndexConfig, IndexReport
 from resedis.index.writer import build_index
+from resedis.models import load_model
+from resedis.models.fingerprint import encoder_fingerprint
+from resedis.models.spec import canonical_spec
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +150,6 @@ def rebuild_manifest(loc: Location, stored: dict | None, model: str | None, root
     """A valid manifest from what is valid in ``stored``, what the tables say and the
     arguments; -> (manifest, {field: value assumed}). Raises ResedisError naming what to
     pass when the model or the image folder cannot be known."""
-    from resedis import __version__
-    from resedis.models import load_model
-    from resedis.models.fingerprint import encoder_fingerprint
-
     stored = stored if isinstance(stored, dict) else {}
     bad = {p.field for p in manifest_problems(stored)}
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from resedis import __version__
+from resedis.version import __version__
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.ann import AnnConfig, optimize_ann
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
@@ -39,6 +39,7 @@ from resedis.index.manifest import (
     Manifest,
     canonical_spec,
     check_model,
+    check_preprocessing,
     check_weights,
     read_manifest,
     record_index_cost,
@@ -48,6 +49,8 @@ from resedis.index.manifest import (
 from resedis.index.plan import FileTask, plan_tasks
 from resedis.index.side import SideTable
 from resedis.index.store import Index, in_list
+from resedis.models.base import require_kind
+from resedis.models.spec import REGION_TEXT
 from resedis.io.images import ImageWalk, LoadedImage, walk_images
 from resedis.models import DEFAULT_MODEL, load_model
 from resedis.models.fingerprint import encoder_fingerprint
@@ -73,8 +76,7 @@ def locate(images_dir: str | os.PathLike, db, storage_options: dict[str, str] | 
 def load_region_encoder(spec: str, device: str | None):
     """The region encoder ``spec`` names; ResedisError when that model is not one."""
     backend = load_model(spec, device)
-    if not hasattr(backend, "encode_images") or not hasattr(backend, "vector_dim"):
-        raise ResedisError(f"model {spec} is not a region encoder; index needs an OWL-family model (owlv2:, owlvit:)")
+    require_kind(backend, REGION_TEXT, "index needs an OWL-family model (owlv2:, owlvit:)")
     return backend
 
 
@@ -86,6 +88,7 @@ def open_for_write(db: Location, root: Path, config: IndexConfig, encoder):
         check_model(manifest, config.model, db)
         if encoder is not None:
             check_model(manifest, encoder.spec, db)
+            check_preprocessing(manifest, encoder, db)
         if Path(manifest.root) != root:
             raise ResedisError(
                 f"{db}: this index holds images of {manifest.root}, not {root}; "
@@ -199,6 +202,7 @@ class IndexingSession:
         if self._encoder is None:
             m = self.index.manifest
             self._encoder = load_region_encoder(m.model, self.config.device)
+            check_preprocessing(m, self._encoder, self.location)
             if self._encoder.vector_dim != m.vector_dim:
                 raise IndexMismatchError(
                     f"{self.location}: index vectors have dimension {m.vector_dim}, model {m.model} gives {self._encoder.vector_dim}"

@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from resedis.errors import ResedisError
-from resedis.index.manifest import canonical_spec, read_manifest
+from resedis.index.manifest import read_manifest
+from resedis.models.spec import canonical_spec
 from resedis.index.store import Index, open_index
 from resedis.search import HIT_NMS_IOU, DEFAULT_TOP_K, Searcher, normalize_text
 from resedis.search_corpus import DEFAULT_MATRIX_DTYPE, check_matrix_dtype

@@ -34,7 +34,7 @@ from resedis.pipelines.relations import (
     parse_expression,
 )
 from resedis.search import map_dataset_images
-from resedis.search_corpus import zero_area
+from resedis.boxes import visible
 from resedis.types import Dataset, Hit, QueryResult
 
 RESCORE_IMAGES = 100
@@ -78,7 +78,7 @@ class ClipCropsPipeline(Pipeline):
 
     def crop_model(self) -> str:
         """The crop encoder spec: the index's crop model, or ``config.crop_model`` for GT proposals."""
-        from resedis.index.manifest import canonical_spec
+        from resedis.models.spec import canonical_spec
 
         entry = self.index.manifest.extra.get("crops") or {}
         asked = canonical_spec(self.config.crop_model) if self.config.crop_model else None
@@ -158,7 +158,7 @@ class ClipCropsPipeline(Pipeline):
         allowed = allowed_rows[corpus.crop_image] if len(corpus) else np.zeros(0, bool)
         if len(corpus):  # a crop box with no visible area in its image is never a hit
             size = np.asarray(corpus.sizes, np.float64).reshape(-1, 2)[corpus.crop_image]
-            allowed &= ~zero_area(corpus.boxes, size[:, 0], size[:, 1])
+            allowed &= visible(corpus.boxes, size[:, 0], size[:, 1])
         by_row: dict[int, np.ndarray] = {}
         for row in np.unique(corpus.crop_image):
             by_row[int(row)] = np.flatnonzero((corpus.crop_image == row) & allowed)
