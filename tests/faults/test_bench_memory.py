@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 from PIL import Image
 
-from resedis.bench.memory import index_memory, write_tiny_images
+from resedis.bench.memory import write_tiny_images
+from resedis.cli import main
 
 
 def test_tiny_images_are_distinct_and_reused(tmp_path):
@@ -23,9 +25,18 @@ def test_tiny_images_are_distinct_and_reused(tmp_path):
 
 
 @pytest.mark.slow
-def test_index_memory_measures_each_size_in_its_own_process(tmp_path, owlv2_spec):
-    result = index_memory([12, 6], owlv2_spec, tmp_path, batch_size=4)
+def test_bench_index_memory_measures_each_size_in_its_own_process(tmp_path, capsys):
+    out = tmp_path / "memory.json"
+    assert main(["bench", "--index-memory", "12,6", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    result = json.loads(out.read_text())
     assert [r["images"] for r in result["runs"]] == [6, 12]
     assert [r["added"] for r in result["runs"]] == [6, 12]
     assert all(r["peak_rss_mb"] > 50 and r["disk_mb"] > 0 for r in result["runs"])
     assert result["growth"] == pytest.approx(result["runs"][1]["peak_rss_mb"] / result["runs"][0]["peak_rss_mb"], abs=1e-3)
+    assert "growth (peak at 12 / at 6)" in capsys.readouterr().out
+
+
+def test_bad_sizes_are_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--index-memory", "5000,x"])
+    assert "comma-separated image counts" in capsys.readouterr().err

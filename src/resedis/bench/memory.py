@@ -14,8 +14,10 @@ within 1.2x of the peak at the smallest).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,3 +71,23 @@ def index_memory(sizes: list[int], model: str, workdir: str | os.PathLike, *, si
     growth = runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"] if runs else None
     return {"model": model, "side": side, "batch_size": batch_size, "runs": runs,
             "growth": round(growth, 3) if growth else None}
+
+
+def run_index_memory(sizes: list[int], out: str | os.PathLike, *, workdir: str | os.PathLike | None = None,
+                     side: int = 1, batch_size: int = 8) -> dict:
+    """``resedis bench --index-memory``: :func:`index_memory` with a tiny OWLv2 checkpoint
+    written for the run; the report is written to ``out`` as JSON and returned. Scratch
+    data lives in ``workdir`` (kept) or a temporary directory (removed)."""
+    from resedis.testing.tiny import make_tiny_checkpoints
+
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"sizes must be positive image counts, got {sizes}")
+    scratch = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="resedis-bench-memory-"))
+    try:
+        tiny = make_tiny_checkpoints(scratch / "tiny", families=["owlv2"])["owlv2"]
+        report = {"section": "index_memory", **index_memory(sizes, f"owlv2:{tiny}", scratch, side=side, batch_size=batch_size)}
+    finally:
+        if not workdir:
+            shutil.rmtree(scratch, ignore_errors=True)
+    Path(out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
