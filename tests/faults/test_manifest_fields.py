@@ -25,7 +25,7 @@ def test_a_valid_manifest_has_no_problems():
     "field,value",
     [
         ("vector_dim", "abc"), ("vector_dim", 0), ("vector_dim", True), ("vector_dim", 3.0),
-        ("model", 7), ("model", ""), ("model", "owlv2:"),
+        ("model", 7), ("model", ""), ("model", "owlv2:"), ("model", None),
         ("root", 12345), ("root", "relative/dir"),
         ("vector_dtype", "int8"),
         ("max_regions", -5), ("max_regions", 0), ("max_regions", "100"),

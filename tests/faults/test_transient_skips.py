@@ -19,7 +19,7 @@ class FailsOn:
 
     def __init__(self, inner, widths):
         self.inner, self.widths = inner, set(widths)
-        self.spec, self.vector_dim = inner.spec, inner.vector_dim
+        self.spec, self.vector_dim, self.model = inner.spec, inner.vector_dim, inner.model
 
     def preprocessing(self):
         return self.inner.preprocessing()

@@ -79,8 +79,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
         "an index written by a newer resedis needs that version (pip install -U resedis); otherwise " + _REBUILD,
     ),
     "model": (
-        lambda v: isinstance(v, str) and ":" in v and v.split(":", 1)[1] != "",
-        "a model spec string 'family:source' (e.g. 'owlv2:google/owlv2-base-patch16-ensemble')",
+        lambda v: isinstance(v, str) and v.strip() != "" and not v.endswith(":"),
+        "a model spec string ('family:source' such as 'owlv2:google/owlv2-base-patch16-ensemble', or a name such as 'demo')",
         "set it to the spec the index was built with, or run: resedis repair --db {db} --model SPEC",
     ),
     "vector_dim": (
