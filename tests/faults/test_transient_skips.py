@@ -11,6 +11,7 @@ from PIL import Image
 from resedis.index import IndexConfig, build_index, open_index
 from resedis.index.skips import FILE, TRANSIENT, skip_kind
 from resedis.index.verify import verify_index
+from resedis.models.base import PREPROCESS_SPLIT
 
 
 class FailsOn:
@@ -20,9 +21,15 @@ class FailsOn:
     def __init__(self, inner, widths):
         self.inner, self.widths = inner, set(widths)
         self.spec, self.vector_dim, self.model = inner.spec, inner.vector_dim, inner.model
+        self.capabilities = type(inner.capabilities)(c for c in inner.capabilities if c != PREPROCESS_SPLIT)
 
     def preprocessing(self):
         return self.inner.preprocessing()
+
+    def __getattr__(self, name):  # everything else from the real encoder, except the preprocess split
+        if name in ("preprocess", "encode_preprocessed", "inner"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def encode_images(self, images, max_regions=100, nms_iou=0.5):
         if any(im.width in self.widths for im in images):
