@@ -32,8 +32,8 @@ CAUSES = {
     errno.ENOSPC: ("disk full", "free space on that filesystem, then run the same command again (what was written so far is kept)"),
     errno.EDQUOT: ("disk quota exceeded", "free space or raise the quota, then run the same command again"),
     errno.EIO: ("I/O error", "the disk or network storage failed; check it (dmesg, the storage service), then run resedis verify --db DB"),
-    errno.EACCES: ("permission denied", "give this user read/write access to the path, or use another --db"),
-    errno.EPERM: ("operation not permitted", "give this user read/write access to the path, or use another --db"),
+    errno.EACCES: ("permission denied", "give this user read/write access to that path, or choose another location"),
+    errno.EPERM: ("operation not permitted", "give this user read/write access to that path, or choose another location"),
     errno.EROFS: ("read-only filesystem", "use a writable location, or remount it read-write"),
 }
 _OS_ERROR = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]")
