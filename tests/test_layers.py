@@ -43,7 +43,7 @@ PACKAGE = "resedis"
 LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (
         "core",
-        ("types", "errors", "version", "boxes", "masks", "metrics", "eval_protocols", "expressions", "threads",
+        ("types", "errors", "storage_errors", "version", "boxes", "masks", "metrics", "eval_protocols", "expressions", "threads",
          "filters"),
         "records (Hit, Query, Dataset), errors, box/mask geometry, metrics and benchmark protocols, "
         "the expression parser and its geometric scoring, small pure utilities",

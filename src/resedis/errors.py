@@ -17,6 +17,16 @@ class IndexMismatchError(ResedisError):
     """The index was built with a different model / schema than the one asked for."""
 
 
+class DamagedIndexError(ResedisError):
+    """The index on disk is damaged (a table lost, rows that fail to decode); the message
+    names what and says to run ``resedis verify`` / ``resedis repair``."""
+
+
+#: exit status of a damaged index (sysexits EX_DATAERR): `resedis verify` / `repair`, and any
+#: command that finds the index damaged (storage failures: resedis.storage_errors.EXIT_STORAGE)
+EXIT_DAMAGED = 65
+
+
 class MissingExtraError(ResedisError):
     """An optional dependency is not installed; the message names the extra."""
 
@@ -24,4 +34,4 @@ class MissingExtraError(ResedisError):
         super().__init__(f"{package} is not installed; install it with: pip install 'resedis[{extra}]'")
 
 
-__all__ = ["ResedisError", "WeightsNotFoundError", "IndexMismatchError", "MissingExtraError", "FormatError"]
+__all__ = ["ResedisError", "WeightsNotFoundError", "IndexMismatchError", "DamagedIndexError", "MissingExtraError", "FormatError"]

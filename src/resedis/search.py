@@ -274,8 +274,9 @@ class Searcher:
                 logits[~allowed] = -np.inf
             if prefilter is not None:  # a metadata filter, before the top-k is cut
                 logits[~prefilter] = -np.inf
-            if corpus.hidden.any():  # boxes with no visible area (indexes from before the encoder dropped them)
+            if corpus.hidden.any():  # no visible area (indexes from before the encoder dropped them), or damaged
                 logits[corpus.hidden] = -np.inf
+            logits[~np.isfinite(logits)] = -np.inf  # a NaN/inf score is never an answer (float32 overflow)
             t2 = time.perf_counter()
             for j, text in enumerate(chunk):
                 t3 = time.perf_counter()

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from resedis.boxes import visible
 from resedis.errors import ResedisError
+from resedis.index.sane import sane_regions
 from resedis.index.store import IMAGES, REGIONS, Index, column_matrix
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,14 @@ def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpu
     hidden = ~visible(boxes, widths[region_image], heights[region_image])
     if hidden.any():
         log.info("%d of %d regions have no visible area in their image and are never returned", hidden.sum(), len(hidden))
+    damaged = ~sane_regions(boxes, vectors, np.stack([widths[region_image], heights[region_image]], axis=1))
+    if damaged.any():  # never a wrong answer in silence: left out, said once per loaded index
+        log.warning(
+            "%s: %d regions of %d images hold non-finite values or impossible boxes (the index is damaged) and are "
+            "left out of every answer; see: resedis verify --db %s, then run: resedis repair --db %s",
+            index.location, int(damaged.sum()), len(np.unique(region_image[damaged])), index.location, index.location,
+        )
+        hidden = hidden | damaged
     return Corpus(
         version=version,
         image_ids=images["image_id"].to_pylist(),

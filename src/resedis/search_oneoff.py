@@ -253,6 +253,7 @@ def _answer_fast(root: Path, manifest: Manifest, request: QueryRequest, config: 
         logits = corpus.logits(queries)
     if corpus.hidden.any():  # as the Searcher: boxes with no visible area are never returned
         logits[corpus.hidden] = -np.inf
+    logits[~np.isfinite(logits)] = -np.inf  # as the Searcher: a NaN/inf score is never an answer
     result = rank_corpus(corpus, logits, [query_id], [request.text], top_k=top_k, threshold=choice.value,
                          nms_iou=config.nms_iou)[0]
     result.timings = {"encode_ms": 1000 * (t2 - t1), "search_ms": 1000 * (time.perf_counter() - t2 + t1 - t0)}

@@ -30,6 +30,14 @@ def test_broken_pipe_exits_quietly():
 
 
 def test_os_error_is_one_line_exit_2():
-    proc = _run("PermissionError(13, 'Permission denied', '/out/metrics.json')")
+    proc = _run("IsADirectoryError(21, 'Is a directory', '/out/metrics.json')")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["error: [Errno 13] Permission denied: '/out/metrics.json'"]
+    assert proc.stderr.strip().splitlines() == ["error: [Errno 21] Is a directory: '/out/metrics.json'"]
+
+
+def test_storage_error_is_one_line_exit_74():
+    """Permission, disk-full and I/O errors are storage failures: the path, the cause, exit 74."""
+    proc = _run("PermissionError(13, 'Permission denied', '/out/metrics.json')")
+    assert proc.returncode == 74
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: /out/metrics.json: permission denied")

@@ -51,7 +51,7 @@ def test_ray_index_equals_single_process_index(ray_cluster, synth_small, tiny_mo
     # Both drive one IndexingSession: the same periodic compaction (here every 2nd batch).
     compactions: list[str] = []
     monkeypatch.setattr(session_module, "COMPACT_EVERY", 2)
-    monkeypatch.setattr(session_module, "compact", lambda index: compactions.append(str(index.path)) or compact(index))
+    monkeypatch.setattr(session_module, "compact", lambda index, **kw: compactions.append(str(index.path)) or compact(index, **kw))
 
     single = build_index(images_dir, tmp_path / "single.db", config=config, progress=False)
     report = index_with_ray(images_dir, tmp_path / "ray.db", config, num_workers=2, progress=False)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageDraw
 
-from resedis.errors import IndexMismatchError, ResedisError
+from resedis.errors import DamagedIndexError, IndexMismatchError, ResedisError
 from resedis.index import IndexConfig, build_index, open_index
 from resedis.index.manifest import MANIFEST_NAME, SCHEMA_VERSION
 from resedis.index.store import REGIONS, column_matrix, regions_schema
@@ -268,7 +268,8 @@ def test_orphans_are_ignored_then_repaired(tmp_path, encoder):
 
 
 def test_lost_regions_table_is_reported_and_reencoded(tmp_path, encoder):
-    """Regions lost outside resedis (regions.lance deleted): stats says so, a rerun re-encodes."""
+    """Regions lost outside resedis (regions.lance deleted): readers refuse the damaged index
+    (never "0 hits"), a rerun re-encodes."""
     import shutil
 
     images = tmp_path / "images"
@@ -279,8 +280,8 @@ def test_lost_regions_table_is_reported_and_reencoded(tmp_path, encoder):
     assert good["incomplete_images"] == 0 and good["regions"] > 0
     shutil.rmtree(db / f"{REGIONS}.lance")
 
-    damaged = open_index(db).stats()
-    assert damaged["regions"] == 0 and damaged["incomplete_images"] == 4
+    with pytest.raises(DamagedIndexError, match="regions.lance is missing"):
+        open_index(db)
     report = build_index(images, db, progress=False, encoder=encoder)
     assert report.unchanged == 0 and report.added + report.updated == 4
     index = open_index(db)

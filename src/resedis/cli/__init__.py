@@ -15,7 +15,8 @@ import logging
 import os
 import sys
 
-from resedis.errors import FormatError, ResedisError
+from resedis.errors import EXIT_DAMAGED, DamagedIndexError, FormatError, ResedisError
+from resedis.storage_errors import EXIT_STORAGE, StorageError, storage_error
 
 # Order is the order shown in --help. A module missing here is simply not offered.
 COMMANDS = [
@@ -27,6 +28,8 @@ COMMANDS = [
     "search",
     "parse",
     "stats",
+    "verify",
+    "repair",
     "calibrate",
     "pipelines",
     "serve",
@@ -85,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except StorageError as exc:  # disk full, I/O error, no permission: one line, its own code
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
+    except DamagedIndexError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_DAMAGED
     except (ResedisError, FormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -92,8 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the exit-time flush does not complain
         return 141
-    except OSError as exc:  # unwritable output, a file where a folder is needed, disk full...
+    except Exception as exc:  # noqa: BLE001 - a storage failure raised where no library code named it
         if args.verbose:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        storage = storage_error(exc, getattr(args, "db", None))
+        if storage is not None:
+            print(f"error: {storage}", file=sys.stderr)
+            return EXIT_STORAGE
+        if isinstance(exc, OSError):  # unwritable output, a file where a folder is needed...
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise

@@ -52,7 +52,25 @@ def register(subparsers) -> None:
     )
     p.add_argument("--startup-db", metavar="DB", help="with --startup-only: time searches of a copy of this local "
                    "index (default: a demo-model index of 200 synthetic images built in the workdir)")
+    p.add_argument(
+        "--index-memory",
+        type=sizes_list,
+        metavar="N,N,...",
+        help="measure only the peak RSS of indexing N tiny (1x1) images from scratch, each size in its own "
+        "process (e.g. 5000,15000,50000): does indexing memory stay bounded as the corpus grows?",
+    )
     p.set_defaults(func=run)
+
+
+def sizes_list(text: str) -> list[int]:
+    """``5000,15000`` -> [5000, 15000] (each >= 1)."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated image counts, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"image counts must be >= 1, got {text!r}")
+    return sizes
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +86,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
         return 0
 
+    if args.index_memory is not None:
+        from resedis.bench.memory import run_index_memory
+
+        out = Path(args.out or DEFAULT_REPORT)
+        report = run_index_memory(args.index_memory, out, workdir=args.workdir)
+        for r in report["runs"]:
+            print(f"{r['images']:>8} images: peak RSS {r['peak_rss_mb']:.0f} MiB, {r['disk_mb']:.1f} MB on disk, {r['seconds']:.0f} s")
+        print(f"growth (peak at {report['runs'][-1]['images']} / at {report['runs'][0]['images']}): {report['growth']:.3f}")
+        print(f"wrote {out}")
+        return 0
     if args.threads is not None and args.threads < 0:
         raise ResedisError(f"--threads must be >= 0, got {args.threads}")
     if args.quick and args.max_rows is not None:

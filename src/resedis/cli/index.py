@@ -55,6 +55,9 @@ def register(subparsers) -> None:
                    f"{REGION_NMS_IOU} for a new index; 1 = no NMS)")
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--prune", action="store_true", help="remove entries of files no longer present in IMAGES_DIR")
+    p.add_argument("--retry-skipped", action="store_true",
+                   help="read every recorded skip again, also files that were bad themselves (by default those wait "
+                        "until the file changes; skips whose cause may pass, e.g. the model failed, are always retried)")
     p.add_argument("--follow-symlinks", action="store_true",
                    help="also index symlinked files and folders whose target lies outside IMAGES_DIR (default: record "
                    "them as skipped; symlinks inside it are always indexed, each file once). Each run applies its own "
@@ -103,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
     storage_options = storage_options_from_pairs(args.storage_option)
 
-    config = IndexConfig(**given(args, "model", "batch_size", "max_regions", "nms_iou", "device", "prune", "vector_dtype",
-                                 "follow_symlinks", "max_pixels", "ann_min_rows"))
+    config = IndexConfig(**given(args, "model", "batch_size", "max_regions", "nms_iou", "device", "prune", "retry_skipped",
+                                 "vector_dtype", "follow_symlinks", "max_pixels", "ann_min_rows"))
     if args.crop_model:
         config.crops = CropConfig(model=args.crop_model, **given(args, "max_crops"),
                                   **({"proposals": args.crop_proposals} if args.crop_proposals is not None else {}))

@@ -25,11 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resedis.errors import ResedisError
+from resedis.index.checksum import batch_checksums
 from resedis.index.fs import Location
 from resedis.index.plan import FileTask
 from resedis.index.prefetch import encode_batch
 from resedis.index.side import SideTable
 from resedis.index.store import (
+    CHECKSUM,
     IMAGES,
     REGIONS,
     SKIPPED,
@@ -234,7 +236,13 @@ class BatchWriter:
                 )
             )
         if ids:
-            idx.regions_table.add(region_rows(ids, regions, self.batch, m.vector_dim, m.vector_dtype))
+            rows = region_rows(ids, regions, self.batch, m.vector_dim, m.vector_dtype)
+            idx.regions_table.add(rows)
+            # checksums over the rows exactly as written (bit rot shows in resedis verify)
+            checksums = batch_checksums(
+                [(task.rel, li.sha256, li.width, li.height, len(r)) for (task, li), r in zip(self.images, regions)],
+                rows, self.batch,
+            )
             for table in self.side_tables:  # same decoded images, before the commit point
                 table.add(ids, [li.image for _, li in self.images], regions, self.batch)
             image_vectors = [
@@ -254,6 +262,7 @@ class BatchWriter:
                         "n_regions": pa.array([len(r) for r in regions], pa.int32()),
                         "batch": pa.array([self.batch] * len(ids), pa.int64()),
                         "image_vector": pa.array(image_vectors, pa.list_(pa.float32())),
+                        CHECKSUM: pa.array(checksums, pa.string()),
                     },
                     schema=images_schema(),
                 )
@@ -264,11 +273,12 @@ class BatchWriter:
 
 
 def existing_entries(index: Index) -> tuple[dict[str, tuple], dict[str, tuple]]:
-    """image_id -> (sha256, size, mtime_ns) for indexed images; image_id -> (size, mtime_ns) for skips."""
+    """image_id -> (sha256, size, mtime_ns) for indexed images; image_id -> (size, mtime_ns,
+    reason) for skips."""
     img = index.read(IMAGES, ["image_id", "sha256", "size_bytes", "mtime_ns"]).to_pydict()
     indexed = {i: (s, b, m) for i, s, b, m in zip(img["image_id"], img["sha256"], img["size_bytes"], img["mtime_ns"])}
-    sk = index.read(SKIPPED, ["image_id", "size_bytes", "mtime_ns"]).to_pydict()
-    skipped = {i: (b, m) for i, b, m in zip(sk["image_id"], sk["size_bytes"], sk["mtime_ns"])}
+    sk = index.read(SKIPPED, ["image_id", "size_bytes", "mtime_ns", "reason"]).to_pydict()
+    skipped = {i: (b, m, r) for i, b, m, r in zip(sk["image_id"], sk["size_bytes"], sk["mtime_ns"], sk["reason"])}
     return indexed, skipped
 
 
@@ -281,11 +291,19 @@ def next_batch(index: Index) -> int:
     return top + 1
 
 
-def compact(index: Index) -> None:
-    """Merge the small per-batch fragments and drop superseded versions."""
+# Versions younger than this stay when old ones are dropped, so a concurrent reader never
+# loses the files of the version it is reading.
+KEEP_VERSIONS_FOR = dt.timedelta(minutes=1)
+
+
+def compact(index: Index, *, end_of_run: bool = False) -> None:
+    """Merge the small per-batch fragments and drop superseded versions (older than
+    :data:`KEEP_VERSIONS_FOR`). ``end_of_run`` (the writer holds the lock, no other writer
+    can be mid-commit): also delete data files no version reads any more — Lance keeps
+    such "unverified" files otherwise, and an index was about 5x its live data after a
+    build."""
     for table in (index.images_table, index.regions_table, index.skipped_table):
         try:
-            # Versions younger than a minute stay, so a concurrent reader never loses its files.
-            table.optimize(cleanup_older_than=dt.timedelta(minutes=1))
+            table.optimize(cleanup_older_than=KEEP_VERSIONS_FOR, delete_unverified=end_of_run)
         except Exception as exc:  # compaction is an optimisation; never fail the build on it
             log.warning("could not compact table %s: %s", table.name, exc)

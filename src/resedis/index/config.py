@@ -8,6 +8,7 @@ from resedis.errors import ResedisError
 from resedis.index.ann import DEFAULT_MIN_ROWS as DEFAULT_ANN_MIN_ROWS
 from resedis.index.crops import CropConfig
 from resedis.index.manifest import VECTOR_DTYPES
+from resedis.index.skips import FILE, RETRY, TRANSIENT, skip_kind
 from resedis.io.images import DEFAULT_MAX_PIXELS
 from resedis.types import Skipped
 
@@ -27,6 +28,9 @@ class IndexConfig:
     memory; logits within about 1e-3 relative, see tests/index/test_index.py) or ``float32``.
     max_pixels: decompression-bomb guard (images with more pixels are skipped).
     rehash: hash every file even when its size and mtime are unchanged.
+    retry_skipped: read every recorded skip again, also those caused by the file itself
+    (without it those wait until the file changes; skips whose cause may pass — the model
+    or device failed, a read error — are retried on every run: :mod:`resedis.index.skips`).
     crops: also embed crops for the clip-crops pipeline (:class:`resedis.index.crops.CropConfig`),
     written in the same batches from the same decoded images; an index that has crops keeps
     them in sync on later runs even without it (the crops side table,
@@ -47,6 +51,7 @@ class IndexConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     workers: int = 4
     rehash: bool = False
+    retry_skipped: bool = False
     crops: CropConfig | None = None
     ann_min_rows: int = DEFAULT_ANN_MIN_ROWS
     follow_symlinks: bool = False
@@ -99,15 +104,23 @@ class IndexReport:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "removed": self.removed,
-            "skipped": [{"path": s.source, "reason": s.reason} for s in self.skipped],
+            "skipped": [
+                {"path": s.source, "reason": s.reason, "kind": skip_kind(s.reason), "retry": RETRY[skip_kind(s.reason)]}
+                for s in self.skipped
+            ],
             "new_skipped": self.new_skipped,
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 3),
         }
 
     def summary(self) -> str:
+        kinds = [skip_kind(s.reason) for s in self.skipped]
+        transient, bad = kinds.count(TRANSIENT), kinds.count(FILE)
+        why = ""
+        if self.skipped:
+            why = (f"; {transient} transient: {RETRY[TRANSIENT]}, {bad} file: {RETRY[FILE]}")
         return (
             f"{self.added} added, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.removed} removed, {len(self.skipped)} skipped ({self.new_skipped} new) "
+            f"{self.removed} removed, {len(self.skipped)} skipped ({self.new_skipped} new{why}) "
             f"in {self.seconds:.1f} s"
         )

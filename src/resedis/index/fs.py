@@ -75,6 +75,12 @@ _ENV = {
     "gcs": {},  # GOOGLE_APPLICATION_CREDENTIALS is read by both libraries themselves
 }
 _TRUE = {"1", "true", "yes", "on"}
+# LanceDB's per-connection metadata cache (default 1 GiB) keeps the manifest of every table
+# version it has seen; each commit adds a version whose manifest lists every fragment, so
+# while an indexing run commits batch after batch the cache (and the process's RSS) grows
+# with the square of the number of commits until compaction (measured: docs/integrity.md).
+# Readers need only the latest versions' manifests, so a small bound costs nothing.
+METADATA_CACHE_BYTES = 64 << 20
 
 
 def is_uri(db: object) -> bool:
@@ -195,12 +201,14 @@ class Location:
 
     # -- LanceDB -------------------------------------------------------------------------
     def connect(self):
-        """A LanceDB connection to this location, reading the latest version on every access."""
+        """A LanceDB connection to this location, reading the latest version on every access,
+        with its metadata cache bounded (:data:`METADATA_CACHE_BYTES`; see there why)."""
         import lancedb
 
         try:
             return lancedb.connect(
-                self.uri, read_consistency_interval=_dt.timedelta(0), storage_options=self.options or None
+                self.uri, read_consistency_interval=_dt.timedelta(0), storage_options=self.options or None,
+                session=lancedb.Session(metadata_cache_size_bytes=METADATA_CACHE_BYTES),
             )
         except (OSError, RuntimeError) as exc:
             raise ResedisError(f"{self.uri}: could not open the index tables: {exc}") from exc

@@ -21,14 +21,14 @@ import pyarrow as pa
 
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.fs import Location, as_location
+from resedis.index.manifest_fields import SCHEMA_VERSION, VECTOR_DTYPE_NAMES, check_manifest_fields
 from resedis.models.fingerprint import encoder_weights_dir, fingerprint_matches, short_fingerprint, spec_weights_dir
 from resedis.models.spec import canonical_spec
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 MANIFEST_NAME = "resedis.json"
-VECTOR_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}  # manifest vector_dtype -> Arrow type
+VECTOR_DTYPES = {name: getattr(pa, name)() for name in VECTOR_DTYPE_NAMES}  # manifest vector_dtype -> Arrow type
 
 
 def utc_now() -> str:
@@ -62,13 +62,13 @@ class Manifest:
     weights_fingerprint: str | None = None
     extra: dict = field(default_factory=dict)
 
-    _KEYS = (
+    KEYS = (
         "model", "vector_dim", "vector_dtype", "preprocessing", "root", "max_regions", "nms_iou",
         "schema_version", "package_version", "created", "updated", "calibration", "weights_fingerprint",
     )
 
     def to_json(self) -> dict:
-        out = {key: getattr(self, key) for key in self._KEYS}
+        out = {key: getattr(self, key) for key in self.KEYS}
         out.update(self.extra)
         return out
 
@@ -84,18 +84,10 @@ class Manifest:
                 f"{source}: index schema version {version} was written by a newer resedis "
                 f"(package {data.get('package_version', '?')}); this version reads schema <= {SCHEMA_VERSION}. Upgrade resedis."
             )
-        if version < 1:
-            raise ResedisError(f"{source}: unknown index schema version {version}")
-        missing = [k for k in ("model", "vector_dim", "vector_dtype", "root") if k not in data]
-        if missing:
-            raise ResedisError(f"{source}: manifest lacks field(s) {', '.join(missing)}")
-        fingerprint = data.get("weights_fingerprint")
-        if fingerprint is not None and not (isinstance(fingerprint, str) and fingerprint):
-            raise ResedisError(f"{source}: field 'weights_fingerprint' must be a string (\"sha256:<hex>\") or null, got {fingerprint!r}")
-        if data["vector_dtype"] not in VECTOR_DTYPES:
-            raise ResedisError(f"{source}: field 'vector_dtype' must be one of {sorted(VECTOR_DTYPES)}, got {data['vector_dtype']!r}")
-        known = {k: data[k] for k in cls._KEYS if k in data}
-        extra = {k: v for k, v in data.items() if k not in cls._KEYS}
+        # every field by type and range (resedis.index.manifest_fields), naming the field and the fix
+        check_manifest_fields(data, source, db=source.rsplit("/", 1)[0] if source.endswith(MANIFEST_NAME) else "DB")
+        known = {k: data[k] for k in cls.KEYS if k in data}
+        extra = {k: v for k, v in data.items() if k not in cls.KEYS}
         known.setdefault("preprocessing", {})
         known.setdefault("max_regions", 0)
         known.setdefault("nms_iou", 0.0)
@@ -115,6 +107,11 @@ def read_manifest(db: str | os.PathLike | Location) -> Manifest:
     try:
         text = loc.read_bytes(MANIFEST_NAME).decode("utf-8")
     except FileNotFoundError:
+        if any(name.endswith(".lance") for name in loc.list_names()):
+            raise ResedisError(
+                f"{db}: the index manifest {MANIFEST_NAME} is missing (the tables are there); rebuild it with: "
+                f"resedis repair --db {db} --model SPEC (SPEC: the model the index was built with)"
+            ) from None
         raise ResedisError(
             f"{db}: not a resedis index (no {MANIFEST_NAME}); build one with: resedis index IMAGES_DIR --db {db}"
         ) from None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from resedis.index.skips import should_retry
 from resedis.types import Skipped
 
 
@@ -41,14 +42,16 @@ class Plan:
 
 
 def plan_tasks(files: list[Path], root: Path, indexed: dict[str, tuple], skipped_before: dict[str, tuple], *, rehash: bool,
-               refused: Sequence[tuple[Path, str]] = ()) -> Plan:
+               refused: Sequence[tuple[Path, str]] = (), retry_skipped: bool = False) -> Plan:
     """The incremental rule, shared by the single-process and the Ray drivers.
 
     ``indexed``: image id -> (sha256, size, mtime_ns) of indexed images; ``skipped_before``:
-    image id -> (size, mtime_ns) of recorded skips (:func:`resedis.index.commit.existing_entries`).
+    image id -> (size, mtime_ns, reason) of recorded skips (:func:`resedis.index.commit.existing_entries`).
     A file whose size and mtime match its indexed row is unchanged (unless ``rehash``); a
-    known bad file whose size and mtime did not change is not retried (and not a task);
-    every other file is a task, carrying the indexed sha256 when it replaces an entry.
+    recorded skip is retried when its cause may have passed (a model, device or read
+    failure), when the file changed, or with ``retry_skipped`` or ``rehash``; otherwise it
+    is not a task (:mod:`resedis.index.skips`). Every other file is a task, carrying the
+    indexed sha256 when it replaces an entry.
 
     ``refused``: ``(path, reason)`` from :func:`resedis.io.images.walk_images`; each becomes a
     skip (replacing an indexed entry of that id), keyed by the entry's own ``lstat`` so that a
@@ -70,7 +73,9 @@ def plan_tasks(files: list[Path], root: Path, indexed: dict[str, tuple], skipped
         if old is not None and not rehash and old[1] == size and old[2] == mtime:
             unchanged += 1
             continue
-        if old is None and skipped_before.get(rel) == (size, mtime) and not rehash:
+        before = skipped_before.get(rel)
+        if (old is None and before is not None and not rehash
+                and not should_retry(before[2], (size, mtime), before[:2], retry_skipped=retry_skipped)):
             continue  # known bad file, unchanged: not retried, still reported
         tasks.append(FileTask(rel, path, size, mtime, old[0] if old else None))
     skips: list[tuple[FileTask, Skipped]] = []
@@ -83,7 +88,7 @@ def plan_tasks(files: list[Path], root: Path, indexed: dict[str, tuple], skipped
         except OSError:
             size, mtime = -1, -1
         old = indexed.get(rel)
-        if old is None and skipped_before.get(rel) == (size, mtime) and not rehash:
+        if old is None and skipped_before.get(rel, ())[:2] == (size, mtime) and not rehash:
             continue
         skips.append((FileTask(rel, path, size, mtime, old[0] if old else None), Skipped(str(path), reason)))
     forget = sorted(rel for rel in skipped_before if rel not in present and (root / rel).is_dir())

@@ -105,7 +105,7 @@ def open_for_write(db: Location, root: Path, config: IndexConfig, encoder):
                     f"{db}: the index was built with {name}={stored!r}, but {name}={asked!r} was asked for; "
                     "omit it to keep the index's setting, or build a new index with --db NEW_DIR"
                 )
-        return Index(db, manifest), manifest.model, encoder
+        return Index(db, manifest, create=True), manifest.model, encoder
     if any(name != ".lock" for name in db.list_names()):
         raise ResedisError(f"{db}: exists, is not empty, and has no {MANIFEST_NAME}; refusing to write an index into it")
     if encoder is None:
@@ -125,7 +125,7 @@ def open_for_write(db: Location, root: Path, config: IndexConfig, encoder):
         package_version=__version__,
     )
     write_manifest(db, manifest)
-    return Index(db, manifest), spec, encoder
+    return Index(db, manifest, create=True), spec, encoder
 
 
 def open_side_tables(index: Index, config: IndexConfig, device: str | None = None) -> list[SideTable]:
@@ -173,7 +173,8 @@ class IndexingSession:
             self.indexed, self.skipped_before = existing_entries(self.index)
             self.report = IndexReport(db=str(self.location), root=str(self.root), model=spec)
             self.plan = plan_tasks(self.walk.files, self.root, self.indexed, self.skipped_before,
-                                   rehash=self.config.rehash, refused=self.walk.refused)
+                                   rehash=self.config.rehash, refused=self.walk.refused,
+                                   retry_skipped=self.config.retry_skipped)
             self.report.unchanged += self.plan.unchanged
         except BaseException:
             self._lock.__exit__(None, None, None)
@@ -314,7 +315,7 @@ class IndexingSession:
             if gone_skips:
                 delete_ids(index.skipped_table, "image_id", gone_skips)
         if self.tasks or (config.prune and report.removed):
-            compact(index)
+            compact(index, end_of_run=True)
             manifest = read_manifest(self.location)  # keep keys written by others (calibration)
             manifest.updated = utc_now()
             if report.encoded > 0:  # region-index wall time per image (side tables excluded), for the ablation table

@@ -27,13 +27,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from resedis.errors import ResedisError
+from resedis.errors import DamagedIndexError, ResedisError
+from resedis.storage_errors import first_line, storage_error
 from resedis.index.ann import AnnBuild, AnnConfig, optimize_ann
 from resedis.index.fs import Location, as_location
 from resedis.index.manifest import MANIFEST_NAME, VECTOR_DTYPES, Manifest, check_model, read_manifest
 from resedis.types import Skipped
 
 IMAGES, REGIONS, SKIPPED = "images", "regions", "skipped"
+CHECKSUM = "checksum"  # images column: per-image checksum of the stored rows
 # Side tables, kept in step with ``images`` by their own modules: crops.lance
 # (resedis.index.crops) and masks.lance (resedis.index.masks).
 CROPS, MASKS = "crops", "masks"
@@ -53,6 +55,9 @@ def images_schema() -> pa.Schema:
             pa.field("n_regions", pa.int32(), nullable=False),
             pa.field("batch", pa.int64(), nullable=False),
             pa.field("image_vector", pa.list_(pa.float32()), nullable=True),
+            # "v1:<hex>" over the image's rows as stored (resedis.index.checksum); null in
+            # rows written before checksums were recorded
+            pa.field(CHECKSUM, pa.string(), nullable=True),
         ]
     )
 
@@ -107,7 +112,11 @@ class Index:
     handles (``images_table``, :meth:`table`) are for the index package's own modules.
     """
 
-    def __init__(self, path: str | os.PathLike | Location, manifest: Manifest):
+    def __init__(self, path: str | os.PathLike | Location, manifest: Manifest, *, create: bool = False):
+        """``create``: create missing tables (the writer: a new index, or one whose tables
+        were lost and are rebuilt by the run). A reader refuses an index that lost some of
+        its tables (DamagedIndexError: searching it would answer "0 hits" in silence); an
+        index none of whose tables exist yet (nothing committed) reads as empty."""
         self.location = as_location(path)
         # A pathlib.Path for a local index (as always); for an object-store index its
         # Location (``str()`` is the URI, ``/`` joins, no local file operations).
@@ -120,13 +129,28 @@ class Index:
             SKIPPED: skipped_schema(),
         }
         self._tables = {}
-        for name, schema in schemas.items():
+        missing = []
+        for name in schemas:
             try:
                 self._tables[name] = self._db.open_table(name)
-            except ValueError:  # not created yet (new index, or killed before its first batch)
-                self._tables[name] = self._db.create_table(name, schema=schema, exist_ok=True)
-            except (OSError, RuntimeError) as exc:
-                raise ResedisError(f"{self.location}: could not open table {name}: {exc}") from exc
+            except ValueError:  # not created yet (new index, or killed before its first batch), or lost
+                missing.append(name)
+            except Exception as exc:  # noqa: BLE001 - a storage failure, or a damaged table
+                raise storage_error(exc, self.location / f"{name}.lance") or DamagedIndexError(
+                    f"{self.location}: table {name} cannot be opened ({first_line(exc)}): the index is damaged; "
+                    f"see: resedis verify --db {self.location}, then run: resedis repair --db {self.location}"
+                ) from exc
+        if missing and not create and len(missing) < len(schemas):
+            lost = ", ".join(f"{name}.lance" for name in missing)
+            raise DamagedIndexError(
+                f"{self.location}: the index is damaged: table {lost} is missing; "
+                f"see: resedis verify --db {self.location}, then run: resedis repair --db {self.location}"
+            )
+        for name in missing:
+            self._tables[name] = self._db.create_table(name, schema=schemas[name], exist_ok=True)
+        if create and CHECKSUM not in self._tables[IMAGES].schema.names:
+            # an index from before checksums: new rows carry one, old rows read as null
+            self._tables[IMAGES].add_columns({CHECKSUM: "CAST(NULL AS STRING)"})
 
     def __repr__(self) -> str:
         return f"Index({str(self.path)!r}, model={self.manifest.model!r})"
@@ -153,11 +177,33 @@ class Index:
         return (self.images_table.version, self.regions_table.version)
 
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        """A table (or some of its columns) at its latest version, as Arrow."""
+        """A table (or some of its columns) at its latest version, as Arrow. A storage
+        failure raises StorageError; rows that fail to decode raise DamagedIndexError."""
         tbl = self._tables[table]
-        if columns is None:
-            return tbl.to_arrow()
-        return tbl.search().select(columns).limit(None).to_arrow()
+        try:
+            if columns is None:
+                return tbl.to_arrow()
+            return tbl.search().select(columns).limit(None).to_arrow()
+        except Exception as exc:  # noqa: BLE001 - Lance reports damage as ValueError/RuntimeError/OSError
+            raise self.read_error(table, exc) from exc
+        except BaseException as exc:  # Lance panics on some damage (pyo3 PanicException)
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise self.read_error(table, exc) from exc
+
+    def read_error(self, table: str, exc: BaseException) -> Exception:
+        """What reading ``table`` failing with ``exc`` means: a storage failure
+        (StorageError), a programming error (``exc`` itself: a column that does not
+        exist), or damage (DamagedIndexError naming verify and repair)."""
+        storage = storage_error(exc, self.location / f"{table}.lance")
+        if storage is not None:
+            return storage
+        if isinstance(exc, Exception) and ("No field named" in str(exc) or "Schema error" in str(exc)):
+            return exc
+        return DamagedIndexError(
+            f"{self.location}: table {table} has rows that cannot be read ({first_line(exc)}): the index is damaged; "
+            f"see: resedis verify --db {self.location}, then run: resedis repair --db {self.location}"
+        )
 
     def orphan_keys(self) -> set[tuple[str, int]]:
         """``(image_id, batch)`` of regions with no images row (left by an interrupted batch)."""

@@ -15,6 +15,7 @@ from resedis.index.config import IndexConfig, IndexReport
 from resedis.index.prefetch import prefetch, preprocessor
 from resedis.index.session import IndexingSession, open_side_tables
 from resedis.io.images import pixel_limit
+from resedis.storage_errors import storage_errors
 
 
 def build_index(
@@ -34,16 +35,26 @@ def build_index(
     Incremental: files whose path, size and mtime (or, when those changed, sha256) match
     the index are left alone; changed files are re-encoded and replace their old rows;
     with ``config.prune`` entries of files no longer present are removed. Files recorded
-    as skipped are retried only when their size or mtime changed. Image ids are POSIX
+    as skipped are retried on the next run when the cause may have passed (the model or
+    device failed, a read error), else when their size or mtime changed or with
+    ``config.retry_skipped`` (:mod:`resedis.index.skips`). Image ids are POSIX
     paths relative to ``images_dir``. Bad files never abort the run: they are recorded
     (``Index.skipped()``) with a reason.
 
     ``encoder`` (optional): an already loaded RegionEncoder to use instead of loading
     ``config.model``; its ``spec`` must match the index's model.
+
+    A full disk, an I/O or a permission error raises :class:`resedis.storage_errors.StorageError`
+    naming the path and the cause; every committed batch stays, so a rerun completes the work.
     """
+    config = config or IndexConfig()
+    with storage_errors(db):
+        return _build(images_dir, db, config, progress, encoder, storage_options)
+
+
+def _build(images_dir, db, config: IndexConfig, progress: bool, encoder, storage_options) -> IndexReport:
     from tqdm.auto import tqdm
 
-    config = config or IndexConfig()
     session = IndexingSession(images_dir, db, config, encoder=encoder, storage_options=storage_options, progress=progress)
     with session, pixel_limit(config.max_pixels):
         backend = session.region_encoder()

@@ -39,6 +39,7 @@ from resedis.boxes import best_match, nms, visible
 from resedis.errors import ResedisError
 from resedis.models.base import PREPROCESS_SPLIT
 from resedis.models.checkpoint import load_checkpoint
+from resedis.models.quiet import quiet_ambiguous_channels
 from resedis.models.spec import REGION_TEXT
 from resedis.types import ImageRegions
 
@@ -98,6 +99,7 @@ class OwlBackend:
         self.model = model
         self.processor = processor
         self.device = device
+        quiet_ambiguous_channels()  # tiny images: no per-image warnings from the image processor
         self._base = getattr(model, model.base_model_prefix)
         self.has_objectness_head = family == "owlv2"  # OWL-ViT has no objectness head
         self.embed_dim = int(model.class_head.dense0.out_features)

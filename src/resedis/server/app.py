@@ -83,6 +83,7 @@ def _errors(*codes: int) -> dict:
         409: "not possible now (index not built yet, an indexing job already running)",
         413: "request body too large",
         429: "too many searches waiting; retry shortly",
+        503: "the index is damaged or its storage failed (the message says which; run resedis verify / repair)",
     }
     return {c: {"model": ErrorBody, "description": meaning[c]} for c in codes}
 
@@ -163,7 +164,7 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         return {"status": "ok", "ready": service.ready, "version": __version__}
 
     @app.get("/api/search", tags=["search"], summary="Find every image region matching a description",
-             responses=_errors(400, 401, 409, 429))
+             responses=_errors(400, 401, 409, 429, 503))
     async def api_search(
         q: str | None = Query(None, min_length=1, max_length=config.max_query_chars,
                               description="the description (or query by example: like_image_id)"),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resedis.by_example import ByExample, parse_box
-from resedis.errors import ResedisError
+from resedis.errors import DamagedIndexError, ResedisError
 from resedis.filters import Filters
 from resedis.index import open_index
 from resedis.index.manifest import MANIFEST_NAME
@@ -31,6 +31,7 @@ from resedis.pipelines import DEFAULT_PIPELINE, Models, PipelineConfig, list_pip
 from resedis.query import QueryEngine, QueryRequest, group_by_image
 from resedis.server.images import ImageCatalog, ImageRecord
 from resedis.server.security import RequestRefused
+from resedis.storage_errors import StorageError
 
 PIPELINE_ALIAS = "default"
 
@@ -192,6 +193,8 @@ class SearchService:
                     body["timings"] = {**cached["timings"], "queue_ms": 1000 * (started - queued), "cached": True}
                     return body
                 answer = engine.run(query)
+            except (DamagedIndexError, StorageError) as exc:  # the server's index, not the request: 503
+                raise RequestRefused(503, self.redact(str(exc))) from None
             except ResedisError as exc:
                 raise RequestRefused(400, self.redact(str(exc))) from None
             body = self._response(request, name, answer.result, answer.threshold.value, answer.threshold.source)
