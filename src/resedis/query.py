@@ -44,7 +44,10 @@ class QueryRequest:
     text); pipeline: a name of :data:`resedis.pipelines.PIPELINES` (None: the default);
     top_k: hits kept (None: the engine's ``config.top_k``); threshold: presence threshold
     on the score (None: calibrated, else checkpoint, else the pipeline's default); masks:
-    attach a SAM mask (COCO RLE) to every returned hit.
+    attach a SAM mask (COCO RLE) to every returned hit; negative: texts to exclude (each
+    suppresses regions that match it, see ``docs/queries.md``; pipelines that take them:
+    ``owl+compose``); explain: each hit carries ``explain`` (the subject logit and each cue's
+    contribution; ``owl+compose``).
     """
 
     text: str
@@ -53,6 +56,8 @@ class QueryRequest:
     top_k: int | None = None
     threshold: float | None = None
     masks: bool = False
+    negative: tuple[str, ...] = ()
+    explain: bool = False
 
 
 @dataclass
@@ -71,6 +76,18 @@ def pipeline_name(name: str | None) -> str:
     if name not in PIPELINES:
         raise ResedisError(f"unknown pipeline {name!r}; available: {', '.join(PIPELINES)} (see `resedis pipelines`)")
     return name
+
+
+def check_features(request: QueryRequest, pipeline: str) -> None:
+    """A request's ``negative`` / ``explain`` need a pipeline that honours them."""
+    if isinstance(request.negative, str):
+        raise ResedisError("QueryRequest.negative is a list of texts, e.g. ['a hat'], not one string")
+    asked = [f for f, on in (("negative", bool(request.negative)), ("explain", request.explain)) if on]
+    missing = [f for f in asked if f not in PIPELINES[pipeline].cls.query_features]
+    if missing:
+        able = [n for n, e in PIPELINES.items() if set(missing) <= e.cls.query_features]
+        raise ResedisError(f"pipeline {pipeline} does not support {' / '.join(missing)}; use "
+                           f"{' or '.join(able) or 'another pipeline'}")
 
 
 class QueryEngine:
@@ -139,11 +156,13 @@ class QueryEngine:
             if not isinstance(req.text, str) or not req.text.strip():
                 raise ResedisError(f"empty query {req.text!r}: describe the object to search for")
             key = (pipeline_name(req.pipeline), req.top_k, req.threshold, bool(req.masks))
+            check_features(req, key[0])
             groups.setdefault(key, []).append(i)
         answers: list[QueryAnswer | None] = [None] * len(requests)
         for (name, top_k, threshold, masks), members in groups.items():
             pipeline = self.pipeline(name, top_k=top_k, threshold=threshold)
-            queries = [QueryText(requests[i].query_id or normalize_text(requests[i].text), requests[i].text)
+            queries = [QueryText(requests[i].query_id or normalize_text(requests[i].text), requests[i].text,
+                                 tuple(requests[i].negative), bool(requests[i].explain))
                        for i in members]
             results = pipeline.run(queries, dataset)
             if masks:

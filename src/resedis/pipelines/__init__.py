@@ -2,6 +2,9 @@
 
 ======================  =====================================================================
 ``owl`` (default)       the engine: corpus-scale OWL detection by one inner product
+``owl+compose``         ``owl`` with the expression parsed: subject, anchors and excluded phrases
+                        each scored by the same inner product, combined per image with
+                        position / size / relation / negation priors (:mod:`resedis.pipelines.compose`)
 ``owl+rerank``          ``owl``, then the top-K images re-scored by Grounding DINO on the whole
                         expression; documented score fusion (:mod:`resedis.pipelines.fusion`)
 ``clip-crops``          the paper-style baseline: proposals + frozen CLIP/SigLIP crop scores +
@@ -35,6 +38,7 @@ from resedis.pipelines.base import (
     as_queries,
 )
 from resedis.pipelines.clip_crops import ClipCropsPipeline
+from resedis.pipelines.compose import ComposePipeline
 from resedis.pipelines.owl import OwlPipeline
 from resedis.pipelines.rerank import RerankPipeline
 
@@ -50,7 +54,7 @@ class PipelineEntry:
 
 
 PIPELINES: dict[str, PipelineEntry] = {
-    c.name: PipelineEntry(c.name, c.description, c.cost, c) for c in (OwlPipeline, RerankPipeline, ClipCropsPipeline)
+    c.name: PipelineEntry(c.name, c.description, c.cost, c) for c in (OwlPipeline, ComposePipeline, RerankPipeline, ClipCropsPipeline)
 }
 
 
