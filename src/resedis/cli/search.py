@@ -48,6 +48,11 @@ def register(subparsers) -> None:
     p.add_argument("--model", metavar="SPEC", help="refuse to search unless the index was built with this model")
     p.add_argument("--nms-iou", type=float_in(0.0, 1.0, low_open=True), metavar="F",
                    help=f"per-image NMS IoU for hits (default {field_default(PipelineConfig, 'nms_iou')}; 1 = none)")
+    p.add_argument("--not", dest="negative", action="append", default=[], metavar="TEXT",
+                   help="exclude regions that match TEXT (repeatable; colour/size words alone take the subject's "
+                   "noun: --not large on 'a red circle' excludes 'large circle'); pipeline owl+compose, see docs/queries.md")
+    p.add_argument("--explain", action="store_true",
+                   help="show each hit's subject logit and every cue's contribution (pipeline owl+compose)")
     add_threads_option(p)
     add_pipeline_options(p)
     p.set_defaults(func=run)
@@ -64,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     # One query per process: converting the region matrix to float32 would cost what one
     # query in the stored dtype converts anyway, plus twice the memory.
     engine = QueryEngine(index, engine_config(args, matrix_dtype="stored"))
-    request = QueryRequest(args.text, **given(args, "pipeline", "top_k", "threshold", "masks"))
+    request = QueryRequest(args.text, **given(args, "pipeline", "top_k", "threshold", "masks"),
+                           negative=tuple(args.negative), explain=args.explain)
     answer = engine.run(request)
     result = answer.result
     if args.json:
@@ -79,4 +85,6 @@ def run(args: argparse.Namespace) -> int:
             box = ", ".join(f"{v:.1f}" for v in h.box)
             mark = "*" if h.present else " "
             print(f"{rank:>4}  {h.score:6.4f} {mark}  {str(h.image_id):<{width}}  [{box}]")
+            if h.explain:
+                print("      " + "  ".join(f"{k} {v:+.3f}" for k, v in h.explain.items()))
     return 0

@@ -4,8 +4,8 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``):
 
 * ``GET /`` the web page (static files under ``/static``), ``GET /docs`` the API
   reference (rendered from ``/openapi.json`` by a local script: no CDN), ``GET /healthz``;
-* ``GET /api/search?q=&top_k=&threshold=&pipeline=&masks=`` ->
-  ``{query, pipeline, top_k, threshold, threshold_source, hits: [Hit JSON], images: {id: {width, height}},
+* ``GET /api/search?q=&top_k=&threshold=&pipeline=&masks=&not=&explain=`` ->
+  ``{query, negative, pipeline, top_k, threshold, threshold_source, hits: [Hit JSON], images: {id: {width, height}},
   timings}`` (``threshold_source``: argument / calibrated / checkpoint / default, see
   :mod:`resedis.thresholds`);
 * ``GET /api/images/{image_id}`` and ``GET /api/images/{image_id}/thumb?size=``: image
@@ -172,9 +172,17 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
             PIPELINE_ALIAS, max_length=64, description="pipeline name (see /api/stats); 'default' = the index's engine"
         ),
         masks: bool = Query(False, description="attach a SAM mask (COCO RLE) to every hit; cached in the index"),
+        negative: list[str] = Query([], alias="not", description="exclude regions matching this text (repeatable; owl+compose)"),
+        explain: bool = Query(False, description="each hit carries 'explain': subject logit and each cue's "
+                              "contribution (owl+compose)"),
     ):
         check_query_text(q)
-        request = SearchRequest(text=q, top_k=top_k, threshold=threshold, pipeline=pipeline, masks=masks)
+        for text in negative:
+            check_query_text(text)
+            if len(text) > config.max_query_chars:
+                raise RequestRefused(400, f"not: longer than {config.max_query_chars} characters")
+        request = SearchRequest(text=q, top_k=top_k, threshold=threshold, pipeline=pipeline, masks=masks,
+                                negative=tuple(negative), explain=explain)
         return await service.search(request)
 
     @app.get(

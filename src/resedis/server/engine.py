@@ -47,6 +47,8 @@ class SearchRequest:
     threshold: float | None
     pipeline: str
     masks: bool
+    negative: tuple[str, ...] = ()
+    explain: bool = False
 
 
 class SearchService:
@@ -168,7 +170,7 @@ class SearchService:
                 raise RequestRefused(409, "the index is empty: start indexing with POST /api/index first")
             try:
                 query = QueryRequest(request.text, pipeline=name, top_k=request.top_k, threshold=request.threshold,
-                                     masks=request.masks)
+                                     masks=request.masks, negative=request.negative, explain=request.explain)
                 _, choice = engine.resolve(name, request.threshold)
                 key = (request, name, engine.index.version(), choice.value)
                 cached = self._cache.get(key)
@@ -216,6 +218,7 @@ class SearchService:
                 images[record.image_id] = {"width": record.width, "height": record.height}
         return {
             "query": request.text,
+            "negative": list(request.negative),
             "pipeline": name,
             "top_k": request.top_k,
             "threshold": threshold,
