@@ -83,6 +83,18 @@ class ComposePipeline(OwlPipeline):
     model_scores = True  # plain queries are owl's scores; cues only lower them
     query_features = frozenset({"negative", "explain"})
 
+    def calibration(self) -> dict | None:
+        """Its own stored calibration; else the ``owl`` threshold (its scores are owl's for
+        queries without cues, and cues only lower them), with the default cue weights."""
+        entry = super(OwlPipeline, self).calibration()
+        if entry is not None:
+            return entry
+        cal = self.index.manifest.calibration
+        owl = cal.get("owl") if isinstance(cal, dict) else None
+        if isinstance(owl, dict) and isinstance(owl.get("threshold"), (int, float)):
+            return {"threshold": owl["threshold"]}
+        return super().calibration()
+
     def default_params(self) -> dict:
         w = FusionWeights()
         return {k: getattr(w, k) for k in CUE_WEIGHTS}
