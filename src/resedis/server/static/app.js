@@ -163,7 +163,13 @@
       el("div", { className: "name", textContent: String(hit.image_id), title: String(hit.image_id) }),
     ]);
     card.addEventListener("click", () => openViewer(index));
-    return el("li", { className: "cell" }, [card]);
+    const cell = el("li", { className: "cell" }, [card]);
+    if (hit.explain) {  // subject logit and each cue's contribution (they sum to "total")
+      const rows = Object.entries(hit.explain).map(([k, v]) => `${k}: ${v >= 0 ? "+" : ""}${v.toFixed(3)}`);
+      cell.append(el("details", { className: "explain" }, [
+        el("summary", { textContent: "why this score" }), el("pre", { textContent: rows.join("\n") })]));
+    }
+    return cell;
   }
 
   function renderResults() {
@@ -290,6 +296,8 @@
       const params = new URLSearchParams({ q, top_k: String(topK) });
       if ($("pipeline").value) params.set("pipeline", $("pipeline").value);
       if ($("masks").checked) params.set("masks", "true");
+      $("not").value.split(",").map((t) => t.trim()).filter(Boolean).forEach((t) => params.append("not", t));
+      if ($("explain").checked) params.set("explain", "true");
       const result = await api(`/api/search?${params}`);
       if (seq !== state.seq) return; // a newer search was started meanwhile
       for (const url of state.blobUrls.values()) URL.revokeObjectURL(url);
