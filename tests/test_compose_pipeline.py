@@ -165,8 +165,11 @@ def test_calibrate_fits_and_stores_the_cue_weights(env, tmp_path):
     grid = pipe.param_grid()
     assert len(grid) > 4 and all(set(p) == set(CUE_WEIGHTS) for p in grid)
     assert len({p["negation"] for p in grid}) > 1 and len({p["relation"] for p in grid}) > 1
+    assert grid[0] == pipe.default_params()  # ties keep the defaults (the test set has no negation)
     result, stored, _ = calibrate_pipeline(pipe, env.dataset)
     assert stored["params"] == result.params and result.params in grid
+    assert not any(parse(q.expression).negations for q in env.dataset.queries)
+    assert result.params["negation"] == pipe.default_params()["negation"]  # nothing to fit it on
     params, choice = pipe.resolved_choice()
     assert params == result.params and choice.source == "calibrated"
     assert choice.value == pytest.approx(result.threshold)

@@ -42,9 +42,11 @@ from resedis.types import Dataset, Hit, QueryResult
 
 #: the cue weights ``resedis calibrate`` fits (the other FusionWeights fields stay at their defaults)
 CUE_WEIGHTS = ("position", "position_relative", "size", "relation", "negation")
-#: calibration grid: the four geometric cue weights scaled together x CUE_SCALES, negation weight x NEGATION_GRID
-CUE_SCALES = (0.5, 1.0, 2.0)
-NEGATION_GRID = (0.0, 2.0, 4.0, 8.0)
+#: calibration grid: the four geometric cue weights scaled together x CUE_SCALES, negation weight x NEGATION_GRID.
+#: The defaults come first: calibration keeps the first of equal-F1 settings, so a labelled set
+#: without negated queries (every negation weight ties) keeps the default negation weight.
+CUE_SCALES = (1.0, 0.5, 2.0)
+NEGATION_GRID = (2.0, 0.0, 4.0, 8.0)
 
 
 def subject_text(parsed: ParsedQuery) -> str | None:
