@@ -109,7 +109,8 @@ def test_calibrate_cli_stores_threshold_per_pipeline_and_search_uses_it(env, tmp
     from resedis.search import Searcher
 
     db = pipekit.copy_db(env, tmp_path)
-    assert main(["calibrate", "--dataset", str(env.synth), "--db", str(db), "--top-k", "10"]) == 0
+    # the default pipeline is owl+compose (its own entry); owl is calibrated explicitly here
+    assert main(["calibrate", "--dataset", str(env.synth), "--db", str(db), "--top-k", "10", "--pipeline", "owl"]) == 0
     out = capsys.readouterr().out
     assert "threshold" in out and "F1" in out and "N_acc" in out
     cal = read_manifest(db).calibration

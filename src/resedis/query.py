@@ -55,6 +55,10 @@ class QueryRequest:
     region of an indexed image, or of an image file; answered by the ``owl`` region index,
     see :mod:`resedis.by_example`); filters: search only the images passing these metadata
     filters, applied before the top-k is cut (:class:`~resedis.filters.Filters`).
+    negative: texts to exclude (each
+    suppresses regions that match it, see ``docs/queries.md``; pipelines that take them:
+    ``owl+compose``); explain: each hit carries ``explain`` (the subject logit and each cue's
+    contribution; ``owl+compose``).
     """
 
     text: str = ""
@@ -65,6 +69,8 @@ class QueryRequest:
     masks: bool = False
     like: ByExample | None = None
     filters: Filters | None = None
+    negative: tuple[str, ...] = ()
+    explain: bool = False
 
 
 @dataclass
@@ -87,6 +93,18 @@ def pipeline_name(name: str | None) -> str:
     if name not in PIPELINES:
         raise ResedisError(f"unknown pipeline {name!r}; available: {', '.join(PIPELINES)} (see `resedis pipelines`)")
     return name
+
+
+def check_features(request: QueryRequest, pipeline: str) -> None:
+    """A request's ``negative`` / ``explain`` need a pipeline that honours them."""
+    if isinstance(request.negative, str):
+        raise ResedisError("QueryRequest.negative is a list of texts, e.g. ['a hat'], not one string")
+    asked = [f for f, on in (("negative", bool(request.negative)), ("explain", request.explain)) if on]
+    missing = [f for f in asked if f not in PIPELINES[pipeline].cls.query_features]
+    if missing:
+        able = [n for n, e in PIPELINES.items() if set(missing) <= e.cls.query_features]
+        raise ResedisError(f"pipeline {pipeline} does not support {' / '.join(missing)}; use "
+                           f"{' or '.join(able) or 'another pipeline'}")
 
 
 class QueryEngine:
@@ -171,6 +189,7 @@ class QueryEngine:
             if not isinstance(req.text, str) or not req.text.strip():
                 raise ResedisError(f"empty query {req.text!r}: describe the object to search for")
             key = (pipeline_name(req.pipeline), req.top_k, req.threshold, bool(req.masks), filters)
+            check_features(req, key[0])
             if filters is not None and not PIPELINES[key[0]].cls.supports_filters:
                 able = [n for n, e in PIPELINES.items() if e.cls.supports_filters]
                 raise ResedisError(f"pipeline {key[0]} does not support filters; use {' or '.join(able)}")
@@ -179,7 +198,8 @@ class QueryEngine:
             answers[i] = self.run_example(requests[i])
         for (name, top_k, threshold, masks, filters), members in groups.items():
             pipeline = self.pipeline(name, top_k=top_k, threshold=threshold, filters=filters)
-            queries = [QueryText(requests[i].query_id or normalize_text(requests[i].text), requests[i].text)
+            queries = [QueryText(requests[i].query_id or normalize_text(requests[i].text), requests[i].text,
+                                 tuple(requests[i].negative), bool(requests[i].explain))
                        for i in members]
             results = pipeline.run(queries, dataset)
             if masks:

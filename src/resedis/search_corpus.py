@@ -56,7 +56,8 @@ class Corpus:
     boxes (N, 4) float32 xyxy original px; vectors (N, D) as stored (float16/float32)
     until the first exact product under ``matrix_dtype="float32"``, then the same
     values in float32 (see the module docstring); hidden (N,) bool: regions whose box,
-    clipped to its image, has zero area (never returned as hits; None: none hidden).
+    clipped to its image, has zero area (never returned as hits; None: none hidden);
+    image_sizes (I, 2) float64 ``(W, H)`` pixels per image row (used by compositional search).
     """
 
     version: tuple[int, int]
@@ -67,6 +68,7 @@ class Corpus:
     vectors: np.ndarray
     matrix_dtype: str = DEFAULT_MATRIX_DTYPE
     hidden: np.ndarray | None = None
+    image_sizes: np.ndarray | None = None  # (I, 2) float64 (W, H) px per image row (None: not loaded)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -144,4 +146,5 @@ def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpu
         vectors=np.ascontiguousarray(vectors),
         matrix_dtype=matrix_dtype,
         hidden=hidden,
+        image_sizes=np.stack([widths, heights], axis=1) if len(widths) else np.zeros((0, 2)),
     )

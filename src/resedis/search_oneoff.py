@@ -47,6 +47,8 @@ from resedis.models import load_model, parse_spec
 from resedis.models.fingerprint import VERSION as FINGERPRINT_VERSION, spec_weights_dir, weights_fingerprint
 from resedis.models.text_light import LIGHT_VERSION, LightUnsupported, light_unsupported_reason, load_light_text_encoder
 from resedis.pipelines.base import PipelineConfig, finalize_hits
+from resedis.expressions import parse
+from resedis.pipelines.compose import ComposePipeline
 from resedis.pipelines.owl import OwlPipeline
 from resedis.query import QueryAnswer, QueryEngine, QueryRequest, pipeline_name
 from resedis.search import normalize_text, rank_hits, sigmoid
@@ -165,12 +167,29 @@ class _NoCache(QueryCache):
         return None
 
 
+def plain_compose(db, request: QueryRequest, name: str) -> bool:
+    """``owl+compose`` answering as ``owl`` does: an expression without cues (the parser
+    finds no position, size, relation or negation), no negative terms, no explain, and no
+    calibration of its own stored in a local index (it then uses the ``owl`` threshold).
+    Its hits are then exactly ``owl``'s (tests/test_compose_pipeline.py)."""
+    if name != ComposePipeline.name or request.negative or request.explain or request.like is not None:
+        return False
+    if "://" in str(db) or parse(request.text).has_cues:
+        return False
+    try:
+        calibration = read_manifest(Path(db)).calibration or {}
+    except (OSError, ResedisError):
+        return False  # the engine reports it
+    return ComposePipeline.name not in calibration
+
+
 def fast_path_refusal(db, request: QueryRequest, storage_options: dict | None) -> str | None:
     """Why :func:`search_once` must use a :class:`QueryEngine` for this query (None: it need not)."""
     if storage_options or "://" in str(db):
         return "not a local index"
-    if pipeline_name(request.pipeline) != OwlPipeline.name:
-        return f"pipeline {request.pipeline!r}"
+    name = pipeline_name(request.pipeline)
+    if name != OwlPipeline.name and not plain_compose(db, request, name):
+        return f"pipeline {name!r}"
     if request.masks:
         return "masks asked for"
     if request.like is not None:
@@ -259,7 +278,7 @@ def _answer_fast(root: Path, manifest: Manifest, request: QueryRequest, config: 
     result.timings = {"encode_ms": 1000 * (t2 - t1), "search_ms": 1000 * (time.perf_counter() - t2 + t1 - t0)}
     if not info.encoder:
         info.encoder = "cache" if encoder.misses == 0 else info.encoder
-    return QueryAnswer(result, OwlPipeline.name, choice)
+    return QueryAnswer(result, pipeline_name(request.pipeline), choice)
 
 
 def refresh_sidecar(db: str | os.PathLike) -> bool:

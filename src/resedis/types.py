@@ -149,6 +149,9 @@ class Hit:
     present: bool
     mask: dict | None = None
     path: str | None = None
+    # Only when asked (QueryRequest(explain=True), owl+compose): {"subject": logit, "<cue>": logit
+    # contribution, ..., "total": logit}; absent from the JSON otherwise.
+    explain: dict | None = None
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {
@@ -160,6 +163,8 @@ class Hit:
         }
         if self.path is not None:
             out["path"] = self.path
+        if self.explain is not None:
+            out["explain"] = self.explain
         return out
 
     @classmethod

@@ -26,19 +26,20 @@ def test_pipelines_command_lists_every_pipeline_with_its_cost(capsys):
 
     assert main(["pipelines"]) == 0
     out = capsys.readouterr().out
-    for name in ("owl", "owl+rerank", "clip-crops"):
+    for name in ("owl+compose", "owl", "owl+rerank", "clip-crops"):
         assert name in out
-    assert out.count("cost:") == len(PIPELINES) == 3
+    assert out.count("cost:") == len(PIPELINES) == 4
     assert main(["pipelines", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["name"] for r in rows] == ["owl", "owl+rerank", "clip-crops"]
-    assert [r["default"] for r in rows] == [True, False, False] and all(r["cost"] for r in rows)
+    assert [r["name"] for r in rows] == ["owl+compose", "owl", "owl+rerank", "clip-crops"]
+    assert [r["default"] for r in rows] == [True, False, False, False] and all(r["cost"] for r in rows)
 
 
 @pytest.mark.parametrize(
     "name, extra",
     [
         ("owl", []),
+        ("owl+compose", []),
         ("owl+rerank", ["--rerank-k", "2"]),
         ("clip-crops", []),
         ("clip-crops", ["--proposals", "gt"]),
@@ -95,7 +96,7 @@ def test_ablation_report_lists_every_pipeline(env, tmp_path, capsys):
     out = capsys.readouterr().out
     page = report.read_text()
     data = json.loads(mj.read_text())
-    names = ["owl", "owl+rerank", "clip-crops"]
+    names = ["owl+compose", "owl", "owl+rerank", "clip-crops"]
     assert [p["pipeline"] for p in data["pipelines"]] == names
     for p in data["pipelines"]:
         assert p["status"] == "ok", p

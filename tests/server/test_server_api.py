@@ -7,6 +7,8 @@ import io
 import shutil
 from pathlib import Path
 
+import math
+
 import pytest
 
 from requires import require
@@ -29,7 +31,8 @@ def test_search_returns_the_engines_hits_in_the_shared_schema(client, service):
     r = client.get("/api/search", params={"q": "red circle", "top_k": 7})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["query"] == "red circle" and body["pipeline"] == "owl" and body["top_k"] == 7
+    # "red circle" has no cue: the default owl+compose answers it with owl's own hits
+    assert body["query"] == "red circle" and body["pipeline"] == "owl+compose" and body["top_k"] == 7
     hits = body["hits"]
     assert 0 < len(hits) <= 7
     # Exactly what the library returns for the same query (same ids, boxes, scores, order).
@@ -87,7 +90,7 @@ def test_threshold_parameter_sets_presence(client):
         ({"q": "red", "top_k": "many"}, 422, "top_k"),
         ({"q": "red", "threshold": 1.5}, 422, "threshold"),
         ({"q": "red", "threshold": "nan"}, 422, "threshold"),
-        ({"q": "red", "pipeline": "rerank-xyz"}, 400, "available: owl, owl+rerank, clip-crops"),
+        ({"q": "red", "pipeline": "rerank-xyz"}, 400, "available: owl+compose, owl, owl+rerank, clip-crops"),
         ({"q": "red", "pipeline": "x" * 65}, 422, "pipeline"),
         ({"q": "red", "masks": "perhaps"}, 422, "masks"),
         ({}, 400, "give q (a description) or like_image_id"),
@@ -113,11 +116,33 @@ def test_query_bytes_that_are_not_utf8_are_a_400(client):
 
 def test_pipeline_names(client):
     by_alias = client.get("/api/search", params={"q": "yellow star", "pipeline": "default"}).json()
-    by_name = client.get("/api/search", params={"q": "yellow star", "pipeline": "owl"}).json()
-    assert by_alias["pipeline"] == by_name["pipeline"] == "owl"
-    assert by_alias["hits"] == by_name["hits"]
+    by_name = client.get("/api/search", params={"q": "yellow star", "pipeline": "owl+compose"}).json()
+    owl = client.get("/api/search", params={"q": "yellow star", "pipeline": "owl"}).json()
+    assert by_alias["pipeline"] == by_name["pipeline"] == "owl+compose" and owl["pipeline"] == "owl"
+    assert by_alias["hits"] == by_name["hits"] == owl["hits"]  # no cue: owl's hits
     stats = client.get("/api/stats").json()
-    assert list(stats["pipelines"]) == ["owl", "owl+rerank", "clip-crops"] and stats["default_pipeline"] == "owl"
+    assert list(stats["pipelines"]) == ["owl+compose", "owl", "owl+rerank", "clip-crops"]
+    assert stats["default_pipeline"] == "owl+compose"
+
+
+def test_search_not_and_explain(client):
+    plain = client.get("/api/search", params={"q": "the red circle at the top", "top_k": 5}).json()
+    assert plain["negative"] == [] and all("explain" not in h for h in plain["hits"])
+    r = client.get("/api/search", params=[("q", "the red circle at the top"), ("top_k", "5"), ("not", "large"),
+                                          ("not", "a blue square"), ("explain", "true")])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["negative"] == ["large", "a blue square"]
+    for h in body["hits"]:
+        keys = set(h["explain"])
+        assert {"subject", "position top", "not: large circle", "not: a blue square", "total"} <= keys
+        parts = sum(v for k, v in h["explain"].items() if k != "total")
+        assert parts == pytest.approx(h["explain"]["total"], abs=1e-9)
+        assert h["score"] == pytest.approx(1 / (1 + math.exp(-h["explain"]["total"])), abs=1e-9)
+    bad = client.get("/api/search", params={"q": "red circle", "not": "large", "pipeline": "owl"})
+    assert bad.status_code == 400 and "owl+compose" in bad.json()["detail"]
+    blank = client.get("/api/search", params={"q": "red circle", "not": "  "})
+    assert blank.status_code == 400
 
 
 def test_unavailable_models_are_a_clear_400(client):

@@ -50,6 +50,11 @@ def register(subparsers) -> None:
     p.add_argument("--model", metavar="SPEC", help="refuse to search unless the index was built with this model")
     p.add_argument("--nms-iou", type=float_in(0.0, 1.0, low_open=True), metavar="F",
                    help=f"per-image NMS IoU for hits (default {field_default(PipelineConfig, 'nms_iou')}; 1 = none)")
+    p.add_argument("--not", dest="negative", action="append", default=[], metavar="TEXT",
+                   help="exclude regions that match TEXT (repeatable; colour/size words alone take the subject's "
+                   "noun: --not large on 'a red circle' excludes 'large circle'); pipeline owl+compose, see docs/queries.md")
+    p.add_argument("--explain", action="store_true",
+                   help="show each hit's subject logit and every cue's contribution (pipeline owl+compose)")
     add_threads_option(p)
     add_pipeline_options(p)
     ex = p.add_argument_group("query by example (instead of TEXT; docs/queries.md)")
@@ -119,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     # One query per process: the one-off path (query cache, light text encoder, region
     # sidecar where they give the engine's answer), the region matrix kept as stored.
     request = QueryRequest(args.text or "", like=example, filters=filters,
-                           **given(args, "pipeline", "top_k", "threshold", "masks"))
+                           **given(args, "pipeline", "top_k", "threshold", "masks"),
+                           negative=tuple(args.negative), explain=args.explain)
     answer = search_once(args.db, request, engine_config(args, matrix_dtype="stored"), model=args.model,
                          storage_options=storage_options_from_pairs(args.storage_option))
     result = answer.result
@@ -154,4 +160,6 @@ def run(args: argparse.Namespace) -> int:
             box = ", ".join(f"{v:.1f}" for v in h.box)
             mark = "*" if h.present else " "
             print(f"{rank:>4}  {h.score:6.4f} {mark}  {str(h.image_id):<{width}}  [{box}]")
+            if h.explain:
+                print("      " + "  ".join(f"{k} {v:+.3f}" for k, v in h.explain.items()))
     return 0

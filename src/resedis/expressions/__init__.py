@@ -5,7 +5,7 @@ Core layer: imports nothing above ``resedis.errors`` / ``resedis.types``.
 """
 
 from resedis.expressions.fusion import Composition, compose, compose_image
-from resedis.expressions.parser import normalize, parse
+from resedis.expressions.parser import normalize, parse, with_negatives
 from resedis.expressions.query import (
     Negation,
     ParsedQuery,
@@ -18,5 +18,5 @@ from resedis.expressions.weights import FusionWeights
 
 __all__ = [
     "Composition", "FusionWeights", "Negation", "ParsedQuery", "Phrase", "Position", "Relation", "Superlative",
-    "compose", "compose_image", "normalize", "parse",
+    "compose", "compose_image", "normalize", "parse", "with_negatives",
 ]

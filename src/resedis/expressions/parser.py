@@ -48,7 +48,7 @@ no cues (``fallback=True``), i.e. exactly today's single-phrase query.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from resedis.errors import ResedisError
 from resedis.expressions.grammar import (
@@ -327,3 +327,21 @@ def parse(expression: str) -> ParsedQuery:
         raise ResedisError(f"empty expression {expression!r}: describe the object to look for")
     draft, _ = _segment(tokens, 0, nested=False)
     return _finish(draft, text=" ".join(t for t in tokens if t != ","))
+
+
+def with_negatives(parsed: ParsedQuery, negatives) -> ParsedQuery:
+    """``parsed`` with extra excluded phrases (``--not TEXT``), each read as the parser reads
+    "without TEXT": colour / size words alone take the subject's head noun (``--not large``
+    on "a red circle" excludes "large circle"). Empty texts raise ResedisError."""
+    if isinstance(negatives, str):
+        raise ResedisError("negative terms are a list of texts, e.g. ['large'], not one string")
+    extra = []
+    for text in negatives:
+        if not isinstance(text, str) or not [t for t in normalize(text) if t != ","]:
+            raise ResedisError(f"empty negative term {text!r}: name what to exclude, e.g. --not \"a hat\"")
+        words = [t for t in normalize(text) if t != ","]
+        phrase = _excluded(words, None if parsed.fallback and not parsed.has_cues else parsed.subject)
+        extra.append(Negation(phrase, "--not " + " ".join(words)))
+    if not extra:
+        return parsed
+    return replace(parsed, negations=parsed.negations + tuple(extra))

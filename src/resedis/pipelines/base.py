@@ -50,7 +50,8 @@ class PipelineConfig:
     grounder: its spec; proposals: ``index`` (crops stored in the index) or ``gt`` (the
     dataset's ground-truth boxes, an oracle; needs a dataset) for ``clip-crops``;
     crop_model: the crop encoder for ``proposals="gt"`` when the index has no crops
-    (with index crops it must match the index's crop model).
+    (with index crops it must match the index's crop model); compose_images: images per
+    query that ``owl+compose`` composes (those with the best subject logits).
     filters: only images passing these metadata filters are searched, before the top-k is
     cut (:mod:`resedis.filters`; pipelines with ``supports_filters``).
     """
@@ -66,6 +67,7 @@ class PipelineConfig:
     proposals: str = "index"
     crop_model: str | None = None
     segmenter: str = DEFAULT_SEGMENTER
+    compose_images: int = 256
     progress: bool = False
     filters: Filters | None = None
 
@@ -77,6 +79,8 @@ class PipelineConfig:
             raise ResedisError(f"top_k must be >= 1, got {self.top_k}")
         if self.batch_size < 1:
             raise ResedisError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.compose_images < 1:
+            raise ResedisError(f"compose_images must be >= 1, got {self.compose_images}")
         if self.rerank_k < 1:
             raise ResedisError(f"rerank_k must be >= 1, got {self.rerank_k}")
         if self.proposals not in PROPOSALS:
@@ -127,8 +131,13 @@ class Models:
 
 @dataclass(frozen=True)
 class QueryText:
+    """One query as pipelines see it. ``negative``: excluded phrases (``--not``; only
+    ``owl+compose`` uses them); ``explain``: attach each hit's score breakdown (``owl+compose``)."""
+
     query_id: str
     text: str
+    negative: tuple[str, ...] = ()
+    explain: bool = False
 
 
 def as_queries(texts: Sequence[str] | None = None, dataset: Dataset | None = None,
@@ -173,6 +182,8 @@ class Pipeline:
     model_scores = False
     # True when the pipeline applies ``config.filters`` before cutting its top-k
     supports_filters = False
+    # QueryText options this pipeline honours besides the text ("negative", "explain")
+    query_features: frozenset = frozenset()
 
     def __init__(self, index, config: PipelineConfig | None = None, models: Models | None = None):
         self.index = index if isinstance(index, Index) else open_index(index)

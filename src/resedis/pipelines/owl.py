@@ -1,4 +1,5 @@
-"""``owl`` — the engine's corpus-scale OWL detection (the default pipeline).
+"""``owl`` — the engine's corpus-scale OWL detection (``owl+compose``, the default, answers
+queries without cues through it).
 
 One text encoding per query and one inner product with every stored region vector
 (:mod:`resedis.search`); ``score`` = the detector's own sigmoid score. Cost per query:

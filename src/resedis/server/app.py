@@ -11,6 +11,8 @@ Routes (OpenAPI at ``/docs`` and ``/openapi.json``):
   instead of ``q`` (adds ``example``); filters ``folder``, ``min_width``, ``max_width``,
   ``min_height``, ``max_height``, ``modified_after``, ``modified_before``, ``image_id``
   (repeatable) (:mod:`resedis.filters`); ``group_by=image`` adds ``groups``;
+  ``not=`` (repeatable) excludes regions matching a text and ``explain=true`` adds each
+  hit's ``explain`` (``owl+compose``); the body also carries ``negative``;
 * ``GET /api/images/{image_id}`` and ``GET /api/images/{image_id}/thumb?size=``: image
   ids are POSIX paths relative to the indexed folder and contain ``/``; the route takes
   the rest of the URL path (Starlette ``path`` converter), so ids are sent as is, each
@@ -194,17 +196,25 @@ def create_app(config: ServeConfig, *, service: SearchService | None = None) -> 
         image_id: list[str] | None = Query(None, description="filter: only these image ids (repeat the parameter)"),
         group_by: str = Query("hit", pattern="^(hit|image)$", description="image: add `groups`, one per image "
                               "{image_id, score (best), present (any), hits} in the order of their best hit"),
+        negative: list[str] = Query([], alias="not", description="exclude regions matching this text (repeatable; owl+compose)"),
+        explain: bool = Query(False, description="each hit carries 'explain': subject logit and each cue's "
+                              "contribution (owl+compose)"),
     ):
         if (q is None) == (like_image_id is None):
             raise RequestRefused(400, "give q (a description) or like_image_id (query by example), exactly one")
         if q is not None:
             check_query_text(q)
+        for text in negative:
+            check_query_text(text)
+            if len(text) > config.max_query_chars:
+                raise RequestRefused(400, f"not: longer than {config.max_query_chars} characters")
         filters = filters_from({"folder": folder, "min_width": min_width, "max_width": max_width,
                                 "min_height": min_height, "max_height": max_height,
                                 "modified_after": modified_after, "modified_before": modified_before,
                                 "image_ids": tuple(image_id) if image_id else None})
         request = SearchRequest(text=q or "", top_k=top_k, threshold=threshold, pipeline=pipeline, masks=masks,
-                                like_image_id=like_image_id, box=box, filters=filters, group_by=group_by)
+                                like_image_id=like_image_id, box=box, filters=filters, group_by=group_by,
+                                negative=tuple(negative), explain=explain)
         return await service.search(request)
 
     @app.get(

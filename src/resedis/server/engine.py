@@ -54,6 +54,8 @@ class SearchRequest:
     box: str | None = None  # ... best matching this "x0,y0,x1,y1" box (pixels)
     filters: Filters | None = None
     group_by: str = "hit"  # "image": the answer adds ``groups`` (one per image)
+    negative: tuple[str, ...] = ()
+    explain: bool = False
 
 
 class SearchService:
@@ -183,7 +185,7 @@ class SearchService:
                     raise ResedisError("box goes with like_image_id (find more like this region)")
                 query = QueryRequest(request.text, pipeline=None if like else name, top_k=request.top_k,
                                      threshold=request.threshold, masks=request.masks, like=like,
-                                     filters=request.filters)
+                                     filters=request.filters, negative=request.negative, explain=request.explain)
                 _, choice = engine.resolve(name, request.threshold)
                 key = (request, name, engine.index.version(), choice.value)
                 cached = self._cache.get(key)
@@ -244,6 +246,7 @@ class SearchService:
                 images[record.image_id] = {"width": record.width, "height": record.height}
         return {
             "query": request.text or result.expression,
+            "negative": list(request.negative),
             "pipeline": name,
             "top_k": request.top_k,
             "threshold": threshold,

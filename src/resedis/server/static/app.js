@@ -182,7 +182,13 @@
       el("div", { className: "name", textContent: String(hit.image_id), title: String(hit.image_id) }),
     ]);
     card.addEventListener("click", () => openViewer(index));
-    return el("li", { className: "cell" }, [card]);
+    const cell = el("li", { className: "cell" }, [card]);
+    if (hit.explain) {  // subject logit and each cue's contribution (they sum to "total")
+      const rows = Object.entries(hit.explain).map(([k, v]) => `${k}: ${v >= 0 ? "+" : ""}${v.toFixed(3)}`);
+      cell.append(el("details", { className: "explain" }, [
+        el("summary", { textContent: "why this score" }), el("pre", { textContent: rows.join("\n") })]));
+    }
+    return cell;
   }
 
   function renderResults() {
@@ -336,6 +342,8 @@
       }
       if ($("masks").checked) params.set("masks", "true");
       filterParams(params);
+      $("not").value.split(",").map((t) => t.trim()).filter(Boolean).forEach((t) => params.append("not", t));
+      if ($("explain").checked) params.set("explain", "true");
       const result = await api(`/api/search?${params}`);
       if (seq !== state.seq) return; // a newer search was started meanwhile
       for (const url of state.blobUrls.values()) URL.revokeObjectURL(url);
