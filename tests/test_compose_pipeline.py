@@ -32,8 +32,8 @@ CUED = ["the red circle left of the blue square", "the largest green triangle", 
 
 
 @pytest.fixture(scope="module")
-def env():
-    return pipekit.env()
+def env(pipe_env):
+    return pipe_env
 
 
 @pytest.fixture(scope="module")

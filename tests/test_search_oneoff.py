@@ -24,6 +24,7 @@ from resedis.models import load_model
 from resedis.models.fingerprint import clear_cache
 from resedis.models.fingerprint import spec_weights_dir, weights_fingerprint
 from resedis.pipelines.base import PipelineConfig
+from resedis.pipelines import DEFAULT_PIPELINE
 from resedis.query import QueryEngine, QueryRequest
 from resedis.search_cache import CACHE_NAME, QueryCache, cache_key
 from resedis.search_oneoff import OneOffInfo, refresh_sidecar, search_once
@@ -65,15 +66,28 @@ def db(base_index, tmp_path) -> Path:
 
 def reference(db: Path, text: str, top_k: int = 20, threshold: float | None = None):
     answer = QueryEngine(db, PipelineConfig(device="cpu", matrix_dtype="stored")).run(
-        QueryRequest(text, top_k=top_k, threshold=threshold))
+        QueryRequest(text, pipeline="owl", top_k=top_k, threshold=threshold))
     return answer.result
 
 
 def oneoff_search(db, text, *, top_k=20, threshold=None, info=None, use_cache=True):
-    answer = search_once(db, QueryRequest(text, top_k=top_k, threshold=threshold), PipelineConfig(device="cpu"),
+    answer = search_once(db, QueryRequest(text, pipeline="owl", top_k=top_k, threshold=threshold), PipelineConfig(device="cpu"),
                          info=info, use_cache=use_cache)
     assert answer.pipeline == "owl"
     return answer.result
+
+
+def test_a_plain_query_of_the_default_pipeline_takes_the_fast_path(db):
+    """owl+compose (the default) answers an expression without cues exactly as owl does, so
+    the one-off path serves it; one with a cue goes through the engine."""
+    assert DEFAULT_PIPELINE == "owl+compose"
+    info = OneOffInfo()
+    fast = search_once(db, QueryRequest("red circle", top_k=10), PipelineConfig(device="cpu"), info=info)
+    assert info.path == "fast" and fast.pipeline == DEFAULT_PIPELINE
+    assert_same_hits(fast.result, reference(db, "red circle", top_k=10))
+    cued = OneOffInfo()
+    search_once(db, QueryRequest("the red circle on the left", top_k=10), PipelineConfig(device="cpu"), info=cued)
+    assert cued.path == "engine" and "owl+compose" in cued.reason
 
 
 def assert_same_hits(got, expected):

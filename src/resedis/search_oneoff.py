@@ -94,10 +94,11 @@ def rank_corpus(corpus: Corpus, logits: np.ndarray, query_ids: list[str], texts:
     return results
 
 
-def owl_threshold(manifest: Manifest, explicit: float | None) -> ThresholdChoice:
+def owl_threshold(manifest: Manifest, explicit: float | None, pipeline: str = OwlPipeline.name) -> ThresholdChoice:
     """The presence threshold the ``owl`` pipeline uses on an index with this manifest
     (:meth:`resedis.pipelines.base.Pipeline.resolved_choice` with ``OwlPipeline.calibration``:
-    argument > its stored calibration or the top-level one > checkpoint > default)."""
+    argument > its stored calibration or the top-level one > checkpoint > default); named
+    after ``pipeline`` (``owl+compose`` without a calibration of its own uses ``owl``'s)."""
     cal = manifest.calibration
     entry = cal.get(OwlPipeline.name) if isinstance(cal, dict) else None
     if not isinstance(entry, dict) and manifest.threshold is not None:
@@ -107,7 +108,7 @@ def owl_threshold(manifest: Manifest, explicit: float | None) -> ThresholdChoice
         calibrated = float(entry["threshold"])
     return choose_threshold(explicit=explicit, calibrated=calibrated, model=manifest.model,
                             default=OwlPipeline.default_threshold,
-                            calibrated_origin=f"index manifest calibration of pipeline {OwlPipeline.name}")
+                            calibrated_origin=f"index manifest calibration of pipeline {pipeline}")
 
 
 def text_encoder_for(manifest: Manifest, db: Path, device: str | None = None, *, use_cache: bool = True,
@@ -242,7 +243,8 @@ def _answer_fast(root: Path, manifest: Manifest, request: QueryRequest, config: 
     top_k = config.top_k if request.top_k is None else request.top_k
     if top_k < 1:
         raise ResedisError(f"top_k must be >= 1, got {top_k}")
-    choice = owl_threshold(manifest, config.threshold if request.threshold is None else request.threshold)
+    choice = owl_threshold(manifest, config.threshold if request.threshold is None else request.threshold,
+                           pipeline_name(request.pipeline))
     encoder = text_encoder_for(manifest, root, config.device, use_cache=use_cache, info=info)
     query_id = request.query_id or normalize_text(request.text)
     t0 = time.perf_counter()
