@@ -142,11 +142,12 @@ def test_searcher_rejects_bad_threads(index16, owl, bad):
 
 
 def test_cli_search_threads(index16, monkeypatch, capsys, restore_threads):
-    seen = _spy_threads(monkeypatch)
     torch.set_num_threads(2)
     db = str(index16.path)
+    # the one-off path may encode without a Searcher (the light text encoder): the bound is
+    # process-wide, set before any encoding, and still in force once the command returns
     assert cli_main(["search", "red circle", "--db", db, "--top-k", "2", "--json", "--device", "cpu", "--threads", "1"]) == 0
-    assert seen == [1]
+    assert torch.get_num_threads() == 1
     assert len([json.loads(line) for line in capsys.readouterr().out.splitlines()]) == 2
     for bad, message in (("0", "must be >= 1, got 0"), ("-1", "must be >= 1, got -1"), ("two", "expected an integer")):
         with pytest.raises(SystemExit) as exc:
