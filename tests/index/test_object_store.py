@@ -228,7 +228,8 @@ def test_cli_index_stats_search_eval_on_s3(s3, synth_small, owlv2_spec, encoder,
     hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     expected = Searcher(open_index(uri)).search("a red circle", top_k=3).hits
     assert [h["image_id"] for h in hits] == [h.image_id for h in expected] and len(hits) == 3
-    assert main(["eval", "--dataset", str(synth_small), "--db", uri, "--json", str(tmp_path / "m.json")]) == 0
+    assert main(["eval", "--dataset", str(synth_small), "--db", uri, "--pipeline", "owl", "--json",
+                 str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["queries"] == 30
     from resedis.io import load_dataset, read_predictions
 
@@ -374,7 +375,8 @@ def test_calibrate_on_s3_stores_the_threshold_and_eval_uses_it(s3, pipeline_dbs,
     flags, local, uri, _ = pipeline_dbs
     fitted = {}
     for name, db, opts in (("s3", uri, flags), ("local", str(local), [])):
-        assert main(["calibrate", "--dataset", str(synth_small), "--db", db, "--top-k", "5", "--json", *opts]) == 0
+        assert main(["calibrate", "--dataset", str(synth_small), "--db", db, "--pipeline", "owl", "--top-k", "5",
+                     "--json", *opts]) == 0
         fitted[name] = json.loads(capsys.readouterr().out)
     assert fitted["s3"]["stored"] and fitted["s3"]["threshold"] == fitted["local"]["threshold"]
     # Read back independently of resedis: the manifest object in the bucket holds it.

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from resedis.pipelines import DEFAULT_PIPELINE
+
 from requires import require, require_chromium
 
 pytestmark = pytest.mark.browser
@@ -312,7 +314,7 @@ def test_pipeline_choice_and_masks(page, server):
     page.goto(server.url + "/")
     select = page.locator("#pipeline")
     select.wait_for(state="visible")  # more than one pipeline registered
-    assert select.input_value() == "owl"
+    assert select.input_value() == DEFAULT_PIPELINE  # the page offers the library's default first
     assert "owl+rerank" in select.locator("option").all_inner_texts()
     page.check("#masks")
     page.select_option("#top-k", "10")
