@@ -21,13 +21,12 @@ First that applies:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from resedis.errors import ResedisError
-from resedis.models.checkpoint import checkpoint_meta_path
+from resedis.models.checkpoint import checkpoint_meta_path, read_checkpoint_meta
 from resedis.models.spec import parse_spec
 
 # OWL-ViT's published examples keep detections with sigmoid score >= 0.1.
@@ -63,15 +62,14 @@ def checkpoint_threshold(model: str | None) -> tuple[float, Path] | None:
     spec = parse_spec(model)
     if not spec.local:
         return None
-    meta = checkpoint_meta_path(Path(spec.source).expanduser())  # resedis_checkpoint.json, or the old resedis.json
+    model_dir = Path(spec.source).expanduser()
+    meta = checkpoint_meta_path(model_dir)  # resedis_checkpoint.json, or the old resedis.json
     if meta is None:
         return None
     try:
-        data = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ResedisError(f"{meta}: unreadable checkpoint metadata ({exc}); fix or remove it, or pass --threshold") from None
-    if not isinstance(data, dict):
-        raise ResedisError(f"{meta}: checkpoint metadata must be a JSON object")
+        data = read_checkpoint_meta(model_dir)  # the one reader: a JSON object, or an error naming the file
+    except ResedisError as exc:
+        raise ResedisError(f"{exc}, or pass --threshold") from None
     value = data.get("presence_threshold")
     if value is None:
         return None
