@@ -199,3 +199,43 @@ def test_search_cli_not_and_explain(env, capsys):
         assert set(h["explain"]) == {"subject", "not: large circle", "not: blue circle", "total"}
     assert cli_main(args[:-6] + ["--json"]) == 0
     assert all("explain" not in json.loads(line) for line in capsys.readouterr().out.splitlines())
+
+
+def test_with_a_vector_index_images_come_from_its_candidates_and_scores_stay_exact(env, tmp_path, monkeypatch):
+    """With a vector index, the images to compose are chosen from the index's candidates
+    (a library too large for a full scan: no region-matrix product over every region), and
+    the phrases are scored exactly on those images. A one-partition IVF_FLAT dot index
+    returns the true top candidates, so with only 8 of them per query the composed hits
+    equal the exact path's (same images, boxes and scores)."""
+    import shutil
+
+    import resedis.search_corpus as search_corpus
+    from resedis.index.ann import AnnConfig, build_ann_index
+
+    ann_db = tmp_path / "db"
+    shutil.copytree(env.db, ann_db)
+    build_ann_index(open_index(ann_db).regions_table,
+                    AnnConfig(min_rows=1, index_type="IVF_FLAT", metric="dot", num_partitions=1))
+    config = PipelineConfig(device="cpu", top_k=50, nms_iou=1.0, compose_images=2)
+    exact = QueryEngine(env.db, config, pipekit.models(env))
+    want = {t: exact.run(QueryRequest(t, pipeline="owl+compose")).result.hits for t in CUED}
+    monkeypatch.setattr(AnnConfig, "candidates_for", lambda self, k: 8)
+    full_scans = []
+    real = search_corpus.Corpus.logits
+
+    def spy(self, queries):
+        full_scans.append(np.shape(queries))
+        return real(self, queries)
+
+    monkeypatch.setattr(search_corpus.Corpus, "logits", spy)
+    ann = QueryEngine(ann_db, config, pipekit.models(env))
+    searcher = ann.pipeline("owl+compose").searcher()
+    assert searcher.ann is not None and searcher.ann.available()
+    before = searcher.ann.queries_answered
+    for t in CUED:
+        got = ann.run(QueryRequest(t, pipeline="owl+compose")).result.hits
+        assert len(got) > 0
+        assert [(h.image_id, h.box, h.score, h.present) for h in got] == \
+            [(h.image_id, h.box, h.score, h.present) for h in want[t]], t
+    assert full_scans == []  # never a product over every region
+    assert searcher.ann.queries_answered - before == len(CUED)

@@ -206,6 +206,20 @@ class Searcher:
                 raise ResedisError(f"empty query {text!r}: describe the object to search for")
         return np.asarray(self.encoder.encode_texts([normalize_text(t) for t in texts]), dtype=np.float32)
 
+    def ranking_logits(self, corpus: Corpus, queries: np.ndarray, k: int,
+                       prefilter: np.ndarray | None = None) -> np.ndarray:
+        """(Q, D) query vectors -> (N, Q) float32 logits for finding the top ``k`` regions:
+        with a vector index, exact logits on each query's ANN candidates and ``-inf``
+        elsewhere (:class:`resedis.index.ann.AnnSearch`; ``prefilter`` rows only); without
+        one, every region's exact logit (rows outside ``prefilter`` at ``-inf``)."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        logits = self.ann.logits(corpus, queries, k, prefilter) if self.ann is not None else None
+        if logits is None:
+            logits = corpus.logits(queries)
+            if prefilter is not None:
+                logits[~prefilter] = -np.inf
+        return logits
+
     def search(self, text: str, *, top_k: int = DEFAULT_TOP_K, threshold: float | None = None,
                filters: Filters | None = None) -> QueryResult:
         """One text query -> QueryResult (hits ranked by score, ``query_id`` = the normalised text)."""

@@ -102,6 +102,14 @@ class Corpus:
             out[start : start + _CHUNK_ROWS] = block @ queries.T
         return out
 
+    def rows_logits(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """(M,) region rows, (Q, D) query vectors -> (M, Q) float32 logits of those rows
+        only, from the stored vectors converted exactly to float32 (never the whole
+        matrix: a compositional query scores its chosen images' regions this way)."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        rows = np.asarray(rows, dtype=np.int64)
+        return self.vectors[rows].astype(np.float32, copy=False) @ queries.T
+
 
 def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpus:
     """Read images + regions and keep regions whose ``(image_id, batch)`` has an images row.

@@ -7,9 +7,13 @@ the parser cannot structure) is answered by ``owl`` itself: the same hits, boxes
 scores. Otherwise:
 
 1. the whole expression and every phrase of the parse (subject, anchors, excluded
-   phrases) are encoded with the index's text encoder in one batch and scored by the
-   same exact inner product over every stored region (:meth:`Corpus.logits`): each
-   phrase's value at a region is the detector's own logit for that phrase and box;
+   phrases) are encoded with the index's text encoder in one batch. The subject term
+   (rule 2) picks the images to compose (below) from every stored region: by the exact
+   inner product (:meth:`Corpus.logits`), or, when the regions table has a vector index,
+   by its candidates re-scored exactly (:meth:`resedis.search.Searcher.ranking_logits`,
+   as ``owl`` ranks: a library too large for a full scan). Every phrase is then scored
+   exactly on the chosen images' regions (:meth:`Corpus.rows_logits`): each phrase's
+   value at a region is the detector's own logit for that phrase and box;
 2. the subject term is the WHOLE expression's logit (today's ``owl`` score: it keeps
    the attributes and the detector's own reading of the sentence), except when the
    expression itself contains a negation, whose words the detector would read as a bag
@@ -22,7 +26,7 @@ scores. Otherwise:
 
 Speed: composition costs O(regions of the composed images), pairwise within each image.
 Only the ``config.compose_images`` images (default 256) with the highest subject logit
-(their best region) are composed; a region of any other image is never returned for a
+(their best region; with a vector index, their best candidate region) are composed; a region of any other image is never returned for a
 query with cues. The returned scores are exact for the images composed (composition
 only looks inside an image). Below that many images, every image is composed.
 """
@@ -146,16 +150,10 @@ class ComposePipeline(OwlPipeline):
             valid = valid & np.array([m is not None for m in mapping], dtype=bool)[corpus.region_image]
         # every text once: whole expressions, subjects, anchors, excluded phrases
         texts: dict[str, int] = {}
+        terms: dict[int, tuple[ParsedQuery, str]] = {}
         for i in todo:
             for t in [normalize_text(queries[i].text), *parsed[i].phrases()]:
                 texts.setdefault(t, len(texts))
-        names = list(texts)
-        vectors = np.concatenate([searcher.encode(names[s:s + self.config.batch_size])
-                                  for s in range(0, len(names), self.config.batch_size)])
-        logits = corpus.logits(vectors)  # (R, T) float32: the detector's logits
-        n_images = len(corpus.image_ids)
-        region_image = corpus.region_image
-        for i in todo:
             p = parsed[i]
             own = subject_text(p)
             if own is None:  # the whole expression is the subject term
@@ -163,17 +161,39 @@ class ComposePipeline(OwlPipeline):
                 p = replace(p, subject=replace(p.subject, text=term))
             else:
                 term = own
-            s = np.where(valid, logits[:, texts[term]], -np.inf)
+            terms[i] = (p, term)
+        names = list(texts)
+        vectors = np.concatenate([searcher.encode(names[s:s + self.config.batch_size])
+                                  for s in range(0, len(names), self.config.batch_size)])
+        # Which images to compose: the subject term over every region -- through the vector
+        # index when the table has one (exact logits of its candidates; a library too large
+        # for a full scan), else exactly. Every phrase is then scored exactly, on the chosen
+        # images' regions only.
+        subjects = list(dict.fromkeys(term for _, term in terms.values()))
+        subject_col = {term: j for j, term in enumerate(subjects)}
+        sub_vectors = vectors[[texts[term] for term in subjects]]
+        k = self.config.compose_images
+        if dataset is None:
+            subject_logits = searcher.ranking_logits(corpus, sub_vectors, k, allowed)
+        else:  # a dataset run scores exactly what the dataset holds (as owl does)
+            subject_logits = corpus.logits(sub_vectors)
+        n_images = len(corpus.image_ids)
+        region_image = corpus.region_image
+        for i in todo:
+            p, term = terms[i]
+            s = np.where(valid, subject_logits[:, subject_col[term]], -np.inf)
             best = np.full(n_images, -np.inf)
-            np.maximum.at(best, region_image, s)
+            scored = np.flatnonzero(np.isfinite(s))  # with a vector index: the candidates only
+            np.maximum.at(best, region_image[scored], s[scored])
             finite = np.flatnonzero(np.isfinite(best))
-            k = self.config.compose_images
             chosen = finite if len(finite) <= k else finite[np.argpartition(-best[finite], k - 1)[:k]]
             chosen = np.sort(chosen)
             local = np.full(n_images, -1, dtype=np.int64)
             local[chosen] = np.arange(len(chosen))
             regions = np.flatnonzero(valid & (local[region_image] >= 0))
-            phrase_logits = {t: logits[regions, texts[t]].astype(np.float64) for t in p.phrases()}
+            phrases = list(p.phrases())
+            block = corpus.rows_logits(regions, vectors[[texts[t] for t in phrases]])
+            phrase_logits = {t: block[:, j].astype(np.float64) for j, t in enumerate(phrases)}
             prepared.composed[i] = ComposedQuery(
                 query=queries[i], parsed=p, logits=phrase_logits,
                 boxes=np.asarray(corpus.boxes[regions], dtype=np.float64),
