@@ -27,11 +27,11 @@ import pyarrow.compute as pc
 from resedis.errors import ResedisError
 from resedis.index.fs import Location
 from resedis.index.pipeline import Job, encode_batch
+from resedis.index.columns import vector_columns
 from resedis.index.store import (
     IMAGES,
     REGIONS,
     SKIPPED,
-    VECTOR_DTYPES,
     Index,
     images_schema,
     in_list,
@@ -120,7 +120,6 @@ def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: in
     vectors = np.concatenate([r.vectors for r in regions]) if n else np.zeros((0, dim))
     if vectors.shape[1] != dim:
         raise ResedisError(f"model returned vectors of dimension {vectors.shape[1]}, the index stores {dim}")
-    vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32)
     objectness = np.concatenate([r.objectness for r in regions]).astype(np.float32) if n else np.zeros(0, np.float32)
     return pa.table(
         {
@@ -128,7 +127,7 @@ def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: in
             "region": pa.array(np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if n else [], pa.int32()),
             "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes.ravel(), pa.float32()), 4),
             "objectness": pa.array(objectness, pa.float32()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), VECTOR_DTYPES[dtype]), dim),
+            **vector_columns(vectors, dtype),  # the storage format's columns (resedis.quant)
             "batch": pa.array(np.full(n, batch, np.int64), pa.int64()),
         },
         schema=regions_schema(dim, dtype),

@@ -21,12 +21,13 @@ import pyarrow as pa
 
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.fs import Location, as_location
+from resedis.quant import STORAGE_FORMATS
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "resedis.json"
-VECTOR_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}  # manifest vector_dtype -> Arrow type
+VECTOR_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}  # float storage formats -> Arrow type
 
 
 def canonical_spec(spec: str) -> str:
@@ -50,6 +51,9 @@ class Manifest:
     ``weights_fingerprint``: ``"sha256:<hex>"`` of the weights the region vectors were
     encoded with (:mod:`resedis.models.fingerprint`); None in manifests written before it
     was recorded ("unknown": such an index is used as before, with a one-time warning).
+    ``vector_dtype``: the storage format of the region vectors, one of
+    :data:`resedis.quant.STORAGE_FORMATS` (``float16``/``float32``: the vector
+    itself; ``int8``/``int4``: per-row scaled codes + exact bias, :mod:`resedis.quant`).
     """
 
     model: str
@@ -97,14 +101,22 @@ class Manifest:
         fingerprint = data.get("weights_fingerprint")
         if fingerprint is not None and not (isinstance(fingerprint, str) and fingerprint):
             raise ResedisError(f"{source}: field 'weights_fingerprint' must be a string (\"sha256:<hex>\") or null, got {fingerprint!r}")
-        if data["vector_dtype"] not in VECTOR_DTYPES:
-            raise ResedisError(f"{source}: field 'vector_dtype' must be one of {sorted(VECTOR_DTYPES)}, got {data['vector_dtype']!r}")
+        if data["vector_dtype"] not in STORAGE_FORMATS:
+            raise ResedisError(
+                f"{source}: field 'vector_dtype' (the region storage format) must be one of {list(STORAGE_FORMATS)}, "
+                f"got {data['vector_dtype']!r}; an index written by a newer resedis needs that version"
+            )
         known = {k: data[k] for k in cls._KEYS if k in data}
         extra = {k: v for k, v in data.items() if k not in cls._KEYS}
         known.setdefault("preprocessing", {})
         known.setdefault("max_regions", 0)
         known.setdefault("nms_iou", 0.0)
         return cls(**known, extra=extra)
+
+    @property
+    def storage(self) -> str:
+        """The region storage format (the manifest key is ``vector_dtype``, kept for old indexes)."""
+        return self.vector_dtype
 
     @property
     def threshold(self) -> float | None:

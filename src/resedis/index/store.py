@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from resedis.errors import ResedisError
 from resedis.index.fs import Location, as_location
+from resedis.index.columns import vector_fields
 # The manifest (what the index is, which model built it) lives in resedis.index.manifest;
 # its names stay importable from here for existing callers.
 from resedis.index.manifest import (  # noqa: F401
@@ -65,13 +66,14 @@ def images_schema() -> pa.Schema:
 
 
 def regions_schema(vector_dim: int, vector_dtype: str) -> pa.Schema:
+    """``vector_dtype``: the storage format (:data:`resedis.quant.STORAGE_FORMATS`)."""
     return pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),
             pa.field("region", pa.int32(), nullable=False),  # rank within the image (objectness order)
             pa.field("box", pa.list_(pa.float32(), 4), nullable=False),  # xyxy original pixels
             pa.field("objectness", pa.float32(), nullable=False),
-            pa.field("vector", pa.list_(VECTOR_DTYPES[vector_dtype], vector_dim), nullable=False),
+            *vector_fields(vector_dim, vector_dtype),  # "vector", or codes/step/bias/signs (resedis.quant)
             pa.field("batch", pa.int64(), nullable=False),
         ]
     )

@@ -20,7 +20,6 @@ from resedis.index.fs import Location, as_location
 from resedis.index.pipeline import Job, Plan, plan_jobs, prefetch, preprocessor
 from resedis.index.manifest import (
     MANIFEST_NAME,
-    VECTOR_DTYPES,
     Manifest,
     _now,
     canonical_spec,
@@ -29,6 +28,7 @@ from resedis.index.manifest import (
     read_manifest,
     write_manifest,
 )
+from resedis.quant import DEFAULT_STORAGE, check_storage
 from resedis.index.store import Index, in_list
 from resedis.io.images import DEFAULT_MAX_PIXELS, ImageWalk, pixel_limit, walk_images
 from resedis.types import Skipped
@@ -49,8 +49,10 @@ class IndexConfig:
     left at None mean: the index's own setting, or for a new index the default model,
     100 regions, NMS IoU 0.5 and float16. An explicit value must match an existing index.
 
-    vector_dtype: storage type of region vectors, ``float16`` (default: half the disk and
-    memory; logits within about 1e-3 relative, see tests/test_index.py) or ``float32``.
+    vector_dtype: storage format of region vectors (:mod:`resedis.quant`): ``float16``
+    (logits within about 1e-3 relative, see tests/test_index.py), ``float32``, ``int8`` or
+    ``int4`` (per-row scaled codes + exact bias; logit error within the tested bound
+    ``(step/2)·‖q̂‖₁``). None: the index's own, or :data:`DEFAULT_STORAGE` for a new index.
     max_pixels: decompression-bomb guard (images with more pixels are skipped).
     rehash: hash every file even when its size and mtime are unchanged.
     crops: also embed crops for the clip-crops pipeline (``resedis.pipelines.crops.CropConfig``),
@@ -85,8 +87,8 @@ class IndexConfig:
             raise ResedisError(f"max_regions must be >= 1, got {self.max_regions}")
         if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
             raise ResedisError(f"nms_iou must be in (0, 1] (1 disables NMS), got {self.nms_iou}")
-        if self.vector_dtype is not None and self.vector_dtype not in VECTOR_DTYPES:
-            raise ResedisError(f"vector_dtype must be one of {sorted(VECTOR_DTYPES)}, got {self.vector_dtype!r}")
+        if self.vector_dtype is not None:
+            check_storage(self.vector_dtype)
         if self.max_pixels < 1:
             raise ResedisError(f"max_pixels must be >= 1, got {self.max_pixels}")
         if self.workers < 1:
@@ -208,7 +210,7 @@ def _open_for_write(db: Location, root: Path, config: IndexConfig, encoder):
         model=spec,
         weights_fingerprint=encoder_fingerprint(encoder),
         vector_dim=int(encoder.vector_dim),
-        vector_dtype=config.vector_dtype or "float16",
+        vector_dtype=config.vector_dtype or DEFAULT_STORAGE,
         preprocessing=encoder.preprocessing(),
         root=str(root),
         max_regions=config.max_regions or DEFAULT_MAX_REGIONS,
