@@ -208,13 +208,13 @@ def test_the_ann_path_never_loads_the_region_matrix(indexes, encoder, storage, t
     expected = [exact.search(t, top_k=8) for t in TEXTS]
 
     loads = []
-    real_load = search_corpus.Corpus._load
+    real_load = search_corpus.Corpus.load
 
     def spy(self):
         loads.append(len(self))
         real_load(self)
 
-    monkeypatch.setattr(search_corpus.Corpus, "_load", spy)
+    monkeypatch.setattr(search_corpus.Corpus, "load", spy)
     searcher = Searcher(db, encoder=encoder, ann=everything)
     for text, want in zip(TEXTS, expected):
         got = searcher.search(text, top_k=8)

@@ -94,7 +94,8 @@ class Corpus:
     def vectors_loaded(self) -> bool:
         return self.vectors is not None
 
-    def _load(self) -> None:
+    def load(self) -> None:
+        """Read the region matrix now (a no-op when it is in memory)."""
         with self._lock:
             if self.vectors is None:
                 self.vectors, self.step, self.bias = self.loader()
@@ -104,7 +105,7 @@ class Corpus:
         (converted once, exactly for float16, replacing the stored vectors or codes), else
         ``vectors`` as stored (codes for compact storage). Loads the matrix on first use."""
         if self.vectors is None:
-            self._load()
+            self.load()
         if self.matrix_dtype == "float32" and self.vectors.dtype != np.float32:
             with self._lock:  # the service may search from several threads
                 if self.vectors.dtype != np.float32:
@@ -138,8 +139,11 @@ class Corpus:
         return out
 
 
-def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpus:
-    """Read images + regions and keep regions whose ``(image_id, batch)`` has an images row."""
+def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE, *, lazy: bool = False) -> Corpus:
+    """Read images + regions and keep regions whose ``(image_id, batch)`` has an images row.
+
+    ``lazy``: read ids and boxes now and the region matrix (vectors or codes) only at the
+    first exact product (:meth:`Corpus.matrix`) — what a Searcher with an ANN index does."""
     import pyarrow as pa
 
     version = index.version()
@@ -179,7 +183,7 @@ def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpu
             vectors = vectors[reg_rows]
         return np.ascontiguousarray(vectors), step, bias
 
-    return Corpus(
+    corpus = Corpus(
         version=version,
         image_ids=images["image_id"].to_pylist(),
         paths=images["path"].to_pylist(),
@@ -191,3 +195,6 @@ def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpu
         dim=dim,
         loader=load_vectors,
     )
+    if not lazy:
+        corpus.load()
+    return corpus

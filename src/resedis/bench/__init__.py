@@ -10,7 +10,9 @@ Sections of the JSON report (see ``docs/benchmarks.md`` for the meaning of each 
 * ``ann_variants`` (full mode) — the LanceDB index types compared on one corpus;
 * ``naive_vs_index`` — seconds per query of running the detector on every image vs the
   index, the speedup, whether the hits are identical, and how it grows with the corpus;
-* ``peak_rss_mb`` — of an indexing process and of a search process (each isolated).
+* ``peak_rss_mb`` — of an indexing process and of a search process (each isolated);
+* ``storage`` — bytes per image of each region storage format and the top-10 agreement of
+  the compact ones (int8, int4) with float16 (:mod:`resedis.bench.storage`).
 
 >>> from resedis.bench import run_bench
 >>> report = run_bench(quick=True, out="bench.json")  # doctest: +SKIP
@@ -57,6 +59,7 @@ class BenchPlan:
     matmul_n: int = 2048
     matmul_seconds: float = 1.5
     threads: int | None = 1
+    storage_rows: tuple[int, int, int] = (20_000, 50, 10_000)  # agreement rows, queries, bytes rows
     tiny_owlv2: str | None = None  # an existing tiny OWLv2 checkpoint dir (else one is written)
 
 
@@ -86,6 +89,7 @@ def full_plan(max_rows: int = 1_000_000) -> BenchPlan:
         query=QueryBenchConfig(sizes=sizes, queries=50),
         naive=NaiveBenchConfig(images=200, steps=(25, 50, 100, 200), queries=5, repeats=10),
         ann_variants_rows=100_000,
+        storage_rows=(200_000, 200, 50_000),
         pipeline_models=[("tiny", 200, 8), ("owlvit-b32-768", 16, 8)],
     )
 
@@ -128,6 +132,16 @@ def _table(report: dict) -> str:
         f"naive vs index ({n['images']} images): {n['naive_s_per_query']:.3f} s vs {1000 * n['index_s_per_query']:.2f} ms "
         f"per query = {n['speedup']:.0f}x, same hits: {n['same_hits']} (growth {growth})"
     )
+    st = report.get("storage")
+    if st:
+        sizes = ", ".join(f"{k} {v['total'] / 1000:.1f}" for k, v in st["bytes_per_image"].items())
+        lines.append(f"storage kB/image (100 regions, 513-d, index + ANN): {sizes}")
+        for name, a in st["agreement_vs_float16"].items():
+            if isinstance(a, dict):
+                lines.append(
+                    f"  {name} vs float16: top-10 identical {a['top10_identical']:.3f}, same set {a['top10_same_set']:.3f}, "
+                    f"top-1 {a['top1_identical']:.3f}, max score diff {a['max_score_diff']:.4f}, bound held: {a['bound_ok']}"
+                )
     rss = report["peak_rss_mb"]
     lines.append(f"peak RSS: indexing {rss['indexing']:.0f} MiB, search {rss['search']:.0f} MiB")
     return "\n".join(lines)
@@ -158,7 +172,7 @@ def run_bench(
     scratch = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="resedis-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
     report: dict = {"schema": SCHEMA, "mode": plan.mode, "argv": sys.argv, "plan": _plan_json(plan)}
-    steps = ["machine", "indexing", "naive", "pipeline", "query"] + (["variants"] if plan.ann_variants_rows else [])
+    steps = ["machine", "indexing", "naive", "pipeline", "query", "storage"] + (["variants"] if plan.ann_variants_rows else [])
     bar = tqdm(total=len(steps), desc="bench", unit="part", disable=not progress, file=sys.stderr)
     try:
         bar.set_postfix_str("matmul")
@@ -222,6 +236,12 @@ def run_bench(
         for rows in plan.query.sizes:
             report["query"].append(query.run_query_size(rows, scratch / "query", plan.query, plan.ann))
         report["ann"] = {"config": asdict(plan.ann), "largest_rows": max(plan.query.sizes)}
+        bar.update(1)
+
+        bar.set_postfix_str("storage formats")
+        from resedis.bench.storage import run_storage_bench
+
+        report["storage"] = run_storage_bench(*plan.storage_rows, workdir=scratch / "storage")
         bar.update(1)
 
         if plan.ann_variants_rows:

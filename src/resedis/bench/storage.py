@@ -7,7 +7,7 @@ and compared with float16's:
 
 * ``top10_identical``: share of queries whose top-10 hits are the same list, in the same
   order (with ``boxes``: the engine's hits, per-image NMS applied; else the top-10 rows);
-* ``top10_same_set``: the same, as sets;
+* ``top10_same_set``: the same, as sets; ``top1_identical``: the first hit only;
 * ``max_score_diff``: the largest ``|sigmoid(logit_format) - sigmoid(logit_float16)|``
   over every region and query, and the same for logits;
 * ``bound_ok``: every compact logit lies within :func:`~resedis.quant.logit_error_bound`
@@ -76,6 +76,7 @@ def agreement(
         got = format_logits(vectors, queries, storage)
         top = _top(got, k, region_image, boxes, nms_iou)
         entry = {
+            "top1_identical": float(np.mean([a[:1] == b[:1] for a, b in zip(top, ref_top)])),
             "top10_identical": float(np.mean([a == b for a, b in zip(top, ref_top)])),
             "top10_same_set": float(np.mean([set(a) == set(b) for a, b in zip(top, ref_top)])),
             "max_score_diff": float(np.abs(sigmoid(got) - ref_sig).max()),
@@ -150,3 +151,17 @@ def bytes_per_image(
             shutil.rmtree(scratch, ignore_errors=True)
     return out
 
+
+
+def run_storage_bench(rows: int, queries: int, bytes_rows: int, workdir: str | Path | None = None,
+                      formats: tuple[str, ...] = ("int8", "int4")) -> dict:
+    """The ``storage`` section of ``resedis bench``: agreement with float16 on ``rows``
+    OWL-sized synthetic regions (:mod:`resedis.bench.synthetic`, 513-d) for ``queries``
+    queries, and bytes per image (100 regions) of each format on ``bytes_rows`` regions."""
+    from resedis.bench.synthetic import SyntheticSpec, query_vectors, region_vectors
+
+    spec = SyntheticSpec()
+    vectors = np.concatenate(list(region_vectors(rows, spec, dtype=np.float32)))
+    report = {"vectors": "synthetic OWL-like, 513-d", "agreement_vs_float16": agreement(vectors, query_vectors(queries, spec), formats)}
+    report["bytes_per_image"] = bytes_per_image(vectors[:bytes_rows], ("float16", *formats), workdir=workdir)
+    return report
