@@ -7,6 +7,9 @@ Sections of the JSON report (see ``docs/benchmarks.md`` for the meaning of each 
   per image and the achieved share of the machine's matmul FLOP/s;
 * ``indexing_pipeline`` — the real writer's images/s against the sum of its stages;
 * ``query`` — exact vs ANN (+ exact re-scoring) latency, recall and disk per corpus size;
+* ``scale`` — sizes above 1M regions, streamed with bounded memory (:mod:`resedis.bench.scale`):
+  p50/p95, recall@10/@100 against a streaming exact scan, build time, bytes per image and
+  the query process's peak RSS;
 * ``ann_variants`` (full mode) — the LanceDB index types compared on one corpus;
 * ``naive_vs_index`` — seconds per query of running the detector on every image vs the
   index, the speedup, whether the hits are identical, and how it grows with the corpus;
@@ -35,6 +38,8 @@ from resedis.bench.query import QueryBenchConfig
 from resedis.index.ann import AnnConfig
 
 SCHEMA = "resedis-bench/1"
+# Query-sweep sizes above this are measured with bounded memory (resedis.bench.scale).
+STREAM_ABOVE_ROWS = 1_000_000
 
 
 @dataclass
@@ -60,6 +65,7 @@ class BenchPlan:
     matmul_seconds: float = 1.5
     threads: int | None = 1
     storage_rows: tuple[int, int, int] = (20_000, 50, 10_000)  # agreement rows, queries, bytes rows
+    scale_storage: str = "int4"  # storage format of the streamed sizes (> STREAM_ABOVE_ROWS)
     tiny_owlv2: str | None = None  # an existing tiny OWLv2 checkpoint dir (else one is written)
 
 
@@ -132,6 +138,12 @@ def _table(report: dict) -> str:
         f"naive vs index ({n['images']} images): {n['naive_s_per_query']:.3f} s vs {1000 * n['index_s_per_query']:.2f} ms "
         f"per query = {n['speedup']:.0f}x, same hits: {n['same_hits']} (growth {growth})"
     )
+    for sc in report.get("scale", []):
+        lines.append(
+            f"{sc['rows']:>10} {sc['storage']} streamed: ANN p50 {sc['p50_ms']:.1f} ms, p95 {sc['p95_ms']:.1f} ms, "
+            f"R@10 {sc['recall_at_10']:.3f}, R@100 {sc['recall_at_100']:.3f}, build {sc['write_s'] + sc['ann_build_s']:.0f} s, "
+            f"{sc['bytes_per_image'] / 1000:.1f} kB/image, Searcher RSS {sc['searcher_peak_rss_mb']:.0f} MiB"
+        )
     st = report.get("storage")
     if st:
         sizes = ", ".join(f"{k} {v['total'] / 1000:.1f}" for k, v in st["bytes_per_image"].items())
@@ -234,6 +246,13 @@ def run_bench(
         bar.set_postfix_str("query sweep")
         report["query"] = []
         for rows in plan.query.sizes:
+            if rows > STREAM_ABOVE_ROWS:  # the matrix would not fit: streamed (resedis.bench.scale)
+                from resedis.bench.scale import run_scale
+
+                report.setdefault("scale", []).append(
+                    run_scale(rows, scratch / "scale", storage=plan.scale_storage, queries=plan.query.queries, ann=plan.ann)
+                )
+                continue
             report["query"].append(query.run_query_size(rows, scratch / "query", plan.query, plan.ann))
         report["ann"] = {"config": asdict(plan.ann), "largest_rows": max(plan.query.sizes)}
         bar.update(1)
