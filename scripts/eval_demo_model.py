@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Evaluate a trained detector on a synthetic corpus through the DEFAULT pipeline:
 ``resedis index`` (region vectors in LanceDB) + ``search_dataset`` (exact MIPS, per-image
-NMS) with the presence threshold stored in the model's ``resedis.json``; scored with
+NMS) with the presence threshold stored in the model's ``resedis_checkpoint.json``; scored with
 ``resedis.metrics.evaluate``, by query type, beside the seeded random baseline.
 
     python scripts/eval_demo_model.py --model DIR --corpus DIR [--seed S] --db DB --json OUT.json
@@ -48,7 +48,7 @@ def score(dataset, results) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="model directory (owlv2 checkpoint with resedis.json)")
+    ap.add_argument("--model", required=True, help="model directory (owlv2 checkpoint with resedis_checkpoint.json)")
     ap.add_argument("--corpus", required=True, help="synthetic corpus directory (generated if missing)")
     ap.add_argument("--seed", type=int, default=7, help="seed used to generate a missing corpus (default 7)")
     ap.add_argument("--db", required=True, help="index directory to build (must not exist: an index of the same "
@@ -60,6 +60,7 @@ def main() -> int:
     from resedis.baselines import random_predictions
     from resedis.index import IndexConfig, build_index
     from resedis.io import load_dataset
+    from resedis.models.checkpoint import read_checkpoint_meta
     from resedis.search import search_dataset
     from resedis.synth import generate
 
@@ -70,7 +71,9 @@ def main() -> int:
         generate(corpus, images=200, queries=150, absent=20, seed=args.seed, progress=False)
     dataset = load_dataset(corpus)
     model_dir = Path(args.model).resolve()
-    meta = json.loads((model_dir / "resedis.json").read_text())
+    meta = read_checkpoint_meta(model_dir)  # resedis_checkpoint.json (or the older resedis.json)
+    if meta is None:
+        raise SystemExit(f"{model_dir}: no checkpoint metadata (resedis_checkpoint.json) with a presence_threshold")
     threshold = float(meta["presence_threshold"])
     t0 = time.time()
     build_index(corpus / "images", args.db, config=IndexConfig(model=f"owlv2:{model_dir}", batch_size=16,

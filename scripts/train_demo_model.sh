@@ -27,6 +27,7 @@ PHASE3_EPOCHS="${PHASE3_EPOCHS:-8}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$WORK"
+WORK="$(cd "$WORK" && pwd)"  # absolute: a model spec owlv2:DIR without /, ./ or ~ is a hub id
 START=$(date +%s)
 
 synth() {  # synth DIR IMAGES QUERIES ABSENT SEED
@@ -92,7 +93,7 @@ if [ "$PHASE3_EPOCHS" -gt 0 ]; then
   for f in config.json model.safetensors processor_config.json tokenizer.json tokenizer_config.json; do
     cp "$WORK/model3/last/$f" "$FINAL/$f"
   done
-  cp "$WORK/model3/resedis.json" "$FINAL/resedis.json"
+  cp "$WORK/model3/resedis_checkpoint.json" "$FINAL/resedis_checkpoint.json"
   resedis finetune --refit-threshold --out "$FINAL" --val-dataset "$WORK/val_101" --min-n-acc 0.9 \
     --device cpu --no-progress > "$WORK/refit_threshold.json"
 fi
@@ -110,7 +111,7 @@ echo "wall time: training $((TRAINED - START)) s (data included), total $((END -
 if [ "${INSTALL:-0}" = "1" ]; then
   DEST="$REPO/src/resedis/assets/demo_model"
   mkdir -p "$DEST"
-  for f in config.json model.safetensors processor_config.json tokenizer.json tokenizer_config.json resedis.json; do
+  for f in config.json model.safetensors processor_config.json tokenizer.json tokenizer_config.json resedis_checkpoint.json; do
     cp "$FINAL/$f" "$DEST/$f"
   done
   cp "$WORK/heldout_metrics.json" "$DEST/heldout_metrics.json"

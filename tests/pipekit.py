@@ -31,7 +31,7 @@ def env() -> Env:
         return _CACHE["env"]  # type: ignore[return-value]
     from resedis.index import IndexConfig, build_index
     from resedis.io import load_dataset
-    from resedis.pipelines.crops import CropConfig, add_crops
+    from resedis.index.crops import CropConfig, add_crops
     from resedis.synth import generate
     from resedis.testing.tiny import make_tiny_checkpoints
     from resedis.testing.tiny_extra import make_extra_checkpoints

@@ -5,7 +5,8 @@ IoU primitives of ``resedis.masks`` are shared. Not for production use.
 
 from __future__ import annotations
 
-from resedis.masks import box_iou, mask_iou
+from resedis.boxes import box_iou
+from resedis.masks import mask_iou
 
 
 def ref_sorted(hits):

@@ -17,7 +17,8 @@ from resedis.index.ann import (
     optimize_ann,
     should_build,
 )
-from resedis.index.store import VECTOR_DTYPES, regions_schema
+from resedis.index.manifest import VECTOR_DTYPES
+from resedis.index.store import regions_schema
 
 ROWS = 20_000
 RPI = 50  # regions per synthetic image

@@ -27,7 +27,7 @@ def report(tiny_models, tmp_path_factory):
         query=QueryBenchConfig(sizes=(1000, 3000), queries=5, regions_per_image=50),
         naive=NaiveBenchConfig(images=12, steps=(6, 12), queries=2, repeats=2),
         ann=AnnConfig(min_rows=1, num_partitions=8),
-        pipeline_models=[("tiny", 12, 4)],
+        writer_models=[("tiny", 12, 4)],
         matmul_n=256,
         matmul_seconds=0.2,
         storage_rows=(2000, 10, 2000),
@@ -40,7 +40,7 @@ def report(tiny_models, tmp_path_factory):
 def test_report_is_written_and_complete(report):
     result, on_disk = report
     assert on_disk["schema"] == "resedis-bench/1" and on_disk["mode"] == "test"
-    for key in ("machine", "indexing", "indexing_pipeline", "query", "naive_vs_index", "peak_rss_mb", "seconds"):
+    for key in ("machine", "indexing", "indexing_writer", "query", "naive_vs_index", "peak_rss_mb", "seconds"):
         assert key in on_disk, key
     assert on_disk["query"] == result["query"]
     assert on_disk["machine"]["matmul_gflops"] > 0
@@ -115,7 +115,7 @@ def test_peak_rss_and_pipeline(report):
     result, _ = report
     rss = result["peak_rss_mb"]
     assert 0 < rss["indexing"] and 0 < rss["search"]
-    pipe = result["indexing_pipeline"][0]
+    pipe = result["indexing_writer"][0]
     assert pipe["images"] == 12 and pipe["images_per_s"] > 0
     assert pipe["overlap_gain"] == pytest.approx(pipe["images_per_s"] / pipe["serial_stage_sum_images_per_s"], rel=2e-3, abs=2e-4)
 

@@ -102,7 +102,7 @@ def env():
 
 def test_calibrate_cli_stores_threshold_per_pipeline_and_search_uses_it(env, tmp_path, capsys):
     from resedis.cli import main
-    from resedis.index.store import read_manifest
+    from resedis.index.manifest import read_manifest
     from resedis.pipelines import PipelineConfig, get_pipeline
     from resedis.search import Searcher
 
@@ -173,7 +173,7 @@ def test_calibration_fitted_with_another_crop_encoder_or_grounder_is_not_used(en
     probabilities (nor rerank weights for another grounder): the entry records the models
     it was fitted with and is ignored, with a note, under other ones."""
     from resedis.calibrate import calibrate_prepared, store_calibration
-    from resedis.index.store import read_manifest
+    from resedis.index.manifest import read_manifest
     from resedis.pipelines import PipelineConfig, as_queries, get_pipeline
 
     db = pipekit.copy_db(env, tmp_path)

@@ -70,7 +70,7 @@ def test_relation_priors_hand_computed():
 def test_crops_stored_at_index_time_are_the_encoders_crop_embeddings(env):
     from resedis.index.store import open_index
     from resedis.io.images import open_rgb
-    from resedis.pipelines.crops import load_crops
+    from resedis.index.crops import load_crops
 
     index = open_index(env.db)
     corpus = load_crops(index)
@@ -90,10 +90,11 @@ def test_crops_stored_at_index_time_are_the_encoders_crop_embeddings(env):
 
 def test_clip_crops_scores_are_the_crop_models_cosine(env):
     from resedis.io.images import open_rgb
-    from resedis.pipelines import PipelineConfig, run_pipeline
+    from resedis.pipelines import PipelineConfig
+    from resedis.query import QueryEngine
 
     ds = env.dataset
-    results = run_pipeline("clip-crops", env.db, dataset=ds, config=PipelineConfig(top_k=8), models=pipekit.models(env))
+    results = QueryEngine(env.db, PipelineConfig(top_k=8), pipekit.models(env)).run_dataset(ds, pipeline="clip-crops")
     clip = pipekit.models(env).get(env.spec("clip"))
     checked = 0
     for q, r in zip(ds.queries, results):
@@ -111,11 +112,12 @@ def test_clip_crops_scores_are_the_crop_models_cosine(env):
 def test_siglip_scores_are_the_models_own_sigmoid_probability(env, tmp_path):
     """GT proposals + a SigLIP crop model: score = sigmoid(SiglipModel logit) of the crop."""
     from resedis.io.images import open_rgb
-    from resedis.pipelines import PipelineConfig, run_pipeline
+    from resedis.pipelines import PipelineConfig
+    from resedis.query import QueryEngine
 
     ds = env.dataset
     cfg = PipelineConfig(top_k=3, proposals="gt", crop_model=env.spec("siglip"))
-    results = run_pipeline("clip-crops", env.db, dataset=ds, config=cfg, models=pipekit.models(env))
+    results = QueryEngine(env.db, cfg, pipekit.models(env)).run_dataset(ds, pipeline="clip-crops")
     siglip = pipekit.models(env).get(env.spec("siglip"))
     q, r = next((q, r) for q, r in zip(ds.queries, results) if not parse_expression(q.expression).cues)
     for h in r.hits:
@@ -130,7 +132,7 @@ class RecordingEncoder:
 
     def __init__(self, inner):
         self.inner = inner
-        self.spec = inner.spec
+        self.spec, self.kind, self.model = inner.spec, inner.kind, inner.model
         self.embed_dim = inner.embed_dim
         self.calls: list[tuple[tuple[int, int], np.ndarray]] = []
 
@@ -146,14 +148,15 @@ class RecordingEncoder:
 
 
 def test_gt_proposals_give_the_scorer_exactly_the_ground_truth_boxes(env):
-    from resedis.pipelines import Models, PipelineConfig, run_pipeline
+    from resedis.pipelines import Models, PipelineConfig
+    from resedis.query import QueryEngine
 
     ds = env.dataset
     models = Models("cpu")
     recorder = RecordingEncoder(pipekit.models(env).get(env.spec("clip")))
     models.put(env.spec("clip"), recorder)
     cfg = PipelineConfig(top_k=5, proposals="gt")
-    results = run_pipeline("clip-crops", env.db, dataset=ds, config=cfg, models=models)
+    results = QueryEngine(env.db, cfg, models).run_dataset(ds, pipeline="clip-crops")
     # the reference: every annotation of instances.json, read independently
     inst = json.loads((env.synth / "instances.json").read_text())
     expected: dict = {}
@@ -175,17 +178,18 @@ def test_gt_proposals_give_the_scorer_exactly_the_ground_truth_boxes(env):
 
 def test_gt_proposals_need_a_dataset(env):
     from resedis.errors import ResedisError
-    from resedis.pipelines import PipelineConfig, run_pipeline
+    from resedis.pipelines import PipelineConfig
+    from resedis.query import QueryEngine, QueryRequest
 
     with pytest.raises(ResedisError, match="needs a dataset"):
-        run_pipeline("clip-crops", env.db, texts=["a red circle"], config=PipelineConfig(proposals="gt"),
-                     models=pipekit.models(env))
+        QueryEngine(env.db, PipelineConfig(proposals="gt"), pipekit.models(env)).run(
+            QueryRequest("a red circle", pipeline="clip-crops"))
 
 
 def test_yolo_proposals_without_the_extra_is_a_clear_error():
     import importlib.util
 
-    from resedis.pipelines.proposals import load_yolo
+    from resedis.index.crop_proposals import load_yolo
 
     if importlib.util.find_spec("ultralytics") is not None:
         pytest.skip("ultralytics is installed")
@@ -197,8 +201,9 @@ def test_index_without_crops_is_explained(env, tmp_path):
     import shutil
 
     from resedis.errors import ResedisError
-    from resedis.index.store import read_manifest, write_manifest
-    from resedis.pipelines import PipelineConfig, run_pipeline
+    from resedis.index.manifest import read_manifest, write_manifest
+    from resedis.pipelines import PipelineConfig
+    from resedis.query import QueryEngine, QueryRequest
 
     db = tmp_path / "db"
     shutil.copytree(env.db, db)
@@ -207,7 +212,7 @@ def test_index_without_crops_is_explained(env, tmp_path):
     write_manifest(db, m)
     shutil.rmtree(db / "crops.lance")
     with pytest.raises(ResedisError, match="--crop-model"):
-        run_pipeline("clip-crops", db, texts=["a red circle"], config=PipelineConfig(), models=pipekit.models(env))
+        QueryEngine(db, PipelineConfig(), pipekit.models(env)).run(QueryRequest("a red circle", pipeline="clip-crops"))
 
 
 def test_crop_corpus_is_read_once_per_pool_until_the_crops_change(env, tmp_path, monkeypatch):
@@ -216,8 +221,9 @@ def test_crop_corpus_is_read_once_per_pool_until_the_crops_change(env, tmp_path,
     import shutil
 
     import resedis.pipelines.clip_crops as cc
-    from resedis.pipelines import Models, PipelineConfig, run_pipeline
-    from resedis.pipelines.crops import CropConfig, CropWriter, load_crops
+    from resedis.pipelines import Models, PipelineConfig
+    from resedis.query import QueryEngine, QueryRequest
+    from resedis.index.crops import CropConfig, CropWriter, load_crops
 
     db = tmp_path / "db"
     shutil.copytree(env.db, db)
@@ -225,8 +231,8 @@ def test_crop_corpus_is_read_once_per_pool_until_the_crops_change(env, tmp_path,
     monkeypatch.setattr(cc, "load_crops", lambda index: reads.append(1) or load_crops(index))
     models = Models("cpu")
     models.put(env.spec("clip"), pipekit.models(env).get(env.spec("clip")))
-    first = run_pipeline("clip-crops", db, texts=["a red circle"], config=PipelineConfig(top_k=5), models=models)
-    again = run_pipeline("clip-crops", db, texts=["a red circle"], config=PipelineConfig(top_k=5), models=models)
+    first = [QueryEngine(db, PipelineConfig(top_k=5), models).run(QueryRequest("a red circle", pipeline="clip-crops")).result]
+    again = [QueryEngine(db, PipelineConfig(top_k=5), models).run(QueryRequest("a red circle", pipeline="clip-crops")).result]
     assert len(reads) == 1
     assert [(h.image_id, h.box, h.score) for h in first[0].hits] == [(h.image_id, h.box, h.score) for h in again[0].hits]
     # new crop rows (an image embedded again under a fresh batch) invalidate the cached corpus
@@ -235,5 +241,5 @@ def test_crop_corpus_is_read_once_per_pool_until_the_crops_change(env, tmp_path,
     index = open_index(db)
     writer = CropWriter(index, CropConfig(model=env.spec("clip"), max_crops=5), encoder=models.get(env.spec("clip")))
     writer.delete(["nonexistent.jpg"])
-    run_pipeline("clip-crops", db, texts=["a red circle"], config=PipelineConfig(top_k=5), models=models)
+    [QueryEngine(db, PipelineConfig(top_k=5), models).run(QueryRequest("a red circle", pipeline="clip-crops")).result]
     assert len(reads) == 2

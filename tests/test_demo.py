@@ -24,7 +24,7 @@ def test_bundled_model_files():
     ids = proc.tokenizer(["the small red circle on the left"])["input_ids"][0]
     assert ids[0] != 0 and vocab["<unk>"] not in ids
     assert model.config.text_config.vocab_size == len(vocab)
-    meta = json.loads((d / "resedis.json").read_text())
+    meta = json.loads((d / "resedis_checkpoint.json").read_text())
     assert 0.0 < meta["presence_threshold"] < 1.0 and meta["threshold_source"] == "validation"
     assert demo_threshold() == meta["presence_threshold"]
 
@@ -95,7 +95,8 @@ def test_demo_rerun_renders_again_for_other_settings_and_rebuilds_a_stale_index(
     import dataclasses
 
     from resedis.demo import DemoConfig, run_demo
-    from resedis.index.store import open_index, read_manifest, write_manifest
+    from resedis.index.manifest import read_manifest, write_manifest
+    from resedis.index.store import open_index
 
     out = tmp_path / "demo"
     cfg = DemoConfig(seed=5, images=8, queries=12, absent=2, device="cpu", progress=False)

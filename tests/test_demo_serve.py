@@ -41,7 +41,7 @@ def test_demo_serve_uses_the_demo_threshold(served):
     stats = client.get("/api/stats").json()
     assert stats["model"] == "demo" and stats["images"] == 12
     assert (stats["threshold"], stats["threshold_source"]) == (t, "checkpoint")
-    assert "demo_model/resedis.json" in stats["threshold_origin"]
+    assert "demo_model/resedis_checkpoint.json" in stats["threshold_origin"]
     hits = []
     for q in dataset.queries:
         body = client.get("/api/search", params={"q": q.expression, "top_k": 20}).json()

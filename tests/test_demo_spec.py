@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import resedis.demo
+import resedis.models.spec
 from resedis.cli import main as cli_main
-from resedis.demo import demo_model_dir
+from resedis.models.spec import demo_model_dir
 from resedis.errors import IndexMismatchError, ResedisError, WeightsNotFoundError
-from resedis.index.store import canonical_spec, check_model, read_manifest
+from resedis.index.manifest import check_model, read_manifest
+from resedis.models.spec import canonical_spec
 from resedis.models import ModelSpec, list_aliases, load_model, parse_spec, resolve_weights
 
 
@@ -54,7 +55,7 @@ def test_resolves_offline_and_loads(monkeypatch):
 
 
 def test_missing_bundle_says_what_to_do(monkeypatch, tmp_path):
-    monkeypatch.setattr(resedis.demo, "demo_model_dir", lambda: tmp_path / "gone")
+    monkeypatch.setattr(resedis.models.spec, "demo_model_dir", lambda: tmp_path / "gone")
     with pytest.raises(WeightsNotFoundError) as err:
         resolve_weights("demo")
     msg = str(err.value)
@@ -109,7 +110,7 @@ def test_index_survives_the_package_moving(demo_index, tmp_path, monkeypatch):
     moved = tmp_path / "site-packages" / "resedis" / "assets" / "demo_model"
     shutil.copytree(demo_model_dir(), moved)
     real = demo_model_dir()
-    monkeypatch.setattr(resedis.demo, "demo_model_dir", lambda: moved)
+    monkeypatch.setattr(resedis.models.spec, "demo_model_dir", lambda: moved)
     assert resolve_weights("demo") == moved != real
     searcher = Searcher(db, device="cpu")
     assert Path(parse_spec(searcher.index.manifest.model).source) == moved

@@ -9,8 +9,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
+import resedis.index.session as session_module  # noqa: E402
 from resedis.distributed import index_with_ray  # noqa: E402
 from resedis.index import IndexConfig, build_index, open_index  # noqa: E402
+from resedis.index.commit import compact  # noqa: E402
 from resedis.index.store import IMAGES, REGIONS, column_matrix  # noqa: E402
 
 # Same model, same batch size, float32 storage: the two indexes must agree to float
@@ -39,15 +41,21 @@ def _by_region(index):
 
 
 @pytest.mark.slow
-def test_ray_index_equals_single_process_index(ray_cluster, synth_small, tiny_models, tmp_path):
+def test_ray_index_equals_single_process_index(ray_cluster, synth_small, tiny_models, tmp_path, monkeypatch):
     images_dir = tmp_path / "images"
     shutil.copytree(synth_small / "images", images_dir)
     (images_dir / "broken.jpg").write_bytes(b"not an image")  # recorded as a skip both ways
     config = IndexConfig(model=f"owlv2:{tiny_models['owlv2']}", batch_size=4, vector_dtype="float32", max_regions=20)
+    # Both drive one IndexingSession: the same periodic compaction (here every 2nd batch).
+    compactions: list[str] = []
+    monkeypatch.setattr(session_module, "COMPACT_EVERY", 2)
+    monkeypatch.setattr(session_module, "compact", lambda index: compactions.append(str(index.path)) or compact(index))
 
     single = build_index(images_dir, tmp_path / "single.db", config=config, progress=False)
     report = index_with_ray(images_dir, tmp_path / "ray.db", config, num_workers=2, progress=False)
     assert report.added == single.added == 24
+    # 6 batches of 4 images: after batches 1, 3 and 5 (batch ids 2, 4, 6 next), and once at the end
+    assert compactions.count(str(tmp_path / "single.db")) == compactions.count(str(tmp_path / "ray.db")) == 4
     assert [s.reason for s in report.skipped] == [s.reason for s in single.skipped] and len(report.skipped) == 1
 
     a, b = open_index(tmp_path / "single.db"), open_index(tmp_path / "ray.db")
@@ -67,6 +75,11 @@ def test_ray_index_equals_single_process_index(ray_cluster, synth_small, tiny_mo
         assert abs(obj_b - obj) <= ATOL
         np.testing.assert_allclose(vec_b, vec, atol=ATOL, rtol=0)
     assert b.stats()["orphan_regions"] == 0
+    # the same cost record: the running mean of indexing seconds per image, over 24 images
+    for index in (a, b):
+        assert index.manifest.extra["index_timed_images"] == 24
+        assert index.manifest.extra["index_seconds_per_image"] > 0
+    assert set(a.manifest.extra) == set(b.manifest.extra)
 
     # Incremental on Ray: nothing to do the second time; a new file is added alone.
     again = index_with_ray(images_dir, tmp_path / "ray.db", config, num_workers=2, progress=False)
@@ -83,6 +96,32 @@ def test_bad_arguments(tmp_path, tiny_models):
         index_with_ray(tmp_path, tmp_path / "db", IndexConfig(), num_workers=0)
     with pytest.raises(ResedisError, match="no such image folder"):
         index_with_ray(tmp_path / "missing", tmp_path / "db", IndexConfig(model=f"owlv2:{tiny_models['owlv2']}"))
+    from resedis.index.crops import CropConfig
+
+    with pytest.raises(ResedisError, match="not supported with --ray.*index without --ray"):
+        index_with_ray(tmp_path, tmp_path / "db", IndexConfig(crops=CropConfig(model="clip:some/model")))
+
+
+def test_index_with_crops_is_refused_before_ray_starts(tmp_path, encoder, monkeypatch):
+    """An index that keeps a side table (crops) cannot be updated on Ray: refused, with the fix,
+    before any Ray work and without touching the index."""
+    from PIL import Image
+
+    from resedis.errors import ResedisError
+    from resedis.index.manifest import read_manifest, write_manifest
+
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(images_dir / "a.png")
+    build_index(images_dir, tmp_path / "db", config=IndexConfig(batch_size=2), encoder=encoder, progress=False)
+    m = read_manifest(tmp_path / "db")
+    m.extra["crops"] = {"model": "clip:some/model", "embed_dim": 8, "proposals": "owl", "max_crops": 5}
+    write_manifest(tmp_path / "db", m)
+    Image.new("RGB", (40, 30), (30, 200, 30)).save(images_dir / "b.png")
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    with pytest.raises(ResedisError, match="stores crops.*update it without --ray"):
+        index_with_ray(images_dir, tmp_path / "db", IndexConfig(), num_workers=1, progress=False)
+    assert open_index(tmp_path / "db").stats()["images"] == 1
 
 
 @pytest.mark.slow

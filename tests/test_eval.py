@@ -9,7 +9,8 @@ import pytest
 from evalkit import make_dataset, oracle
 
 from resedis import metrics
-from resedis.eval import REQUIRED_METRIC_KEYS, evaluate_predictions, format_metrics_table
+from resedis.eval import evaluate_predictions, format_metrics_table
+from resedis.metrics import METRIC_KEYS
 from resedis.masks import decode_rle, encode_mask
 from resedis.types import FormatError, Hit, QueryResult
 
@@ -27,7 +28,7 @@ def test_oracle_scores_perfectly_on_hand_built_dataset(tiny):
     assert m["FA_per_query"] == 0.0
     assert m["queries"] == 5 and m["absent_queries"] == 1
     assert ev.warnings == []
-    assert set(REQUIRED_METRIC_KEYS) <= set(m)
+    assert set(METRIC_KEYS) <= set(m)
 
 
 def test_unknown_query_and_image_ids_are_reported_and_excluded(tiny):
@@ -160,7 +161,7 @@ def test_format_metrics_table_shows_values(tiny):
 def test_to_json_keeps_required_keys_top_level(tiny):
     ev = evaluate_predictions(tiny, _perturbed(tiny))
     data = json.loads(json.dumps(ev.to_json()))
-    for key in REQUIRED_METRIC_KEYS:
+    for key in METRIC_KEYS:
         assert data[key] == ev.metrics[key], key
     assert data["breakdown"]["type"]["attribute"]["queries"] == 1
 
@@ -206,7 +207,7 @@ def test_cli_end_to_end(synth_small, tmp_path, capsys):
     captured = capsys.readouterr()
     data = json.loads(out_json.read_text())
     expected = evaluate_predictions(ds, preds).metrics
-    for key in REQUIRED_METRIC_KEYS:
+    for key in METRIC_KEYS:
         assert key in data, key
         assert data[key] == pytest.approx(expected[key]) if expected[key] is not None else data[key] is None
     assert f"IR@1 {expected['IR@1']:.4f}" in captured.out
@@ -278,5 +279,5 @@ def test_cli_db_mode_searches_scores_and_writes_predictions(synth_small, tiny_mo
     data = json.loads(out_json.read_text())
     assert data["warnings"] == []
     expected = evaluate_predictions(ds, preds).metrics
-    for key in REQUIRED_METRIC_KEYS:
+    for key in METRIC_KEYS:
         assert data[key] == pytest.approx(expected[key]) if expected[key] is not None else data[key] is None

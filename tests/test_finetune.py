@@ -342,7 +342,7 @@ def test_checkpoint_loads_and_matches_index_path(corpora, trained):
     from resedis.models import load_model
 
     out, result = trained
-    meta = json.loads((out / "resedis.json").read_text())
+    meta = json.loads((out / "resedis_checkpoint.json").read_text())
     assert 0.0 <= meta["presence_threshold"] <= 1.0
     assert meta["presence_threshold"] == pytest.approx(result.presence_threshold)
     assert meta["best_epoch"] == result.best_epoch and meta["selected_by"] == "BR@1@0.5"
@@ -416,7 +416,7 @@ def test_cli_resumes_after_sigkill(corpora, tmp_path):
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["resumed_from_step"] >= step and summary["steps"] == 3 * 8
-    assert (out / "model.safetensors").is_file() and (out / "resedis.json").is_file()
+    assert (out / "model.safetensors").is_file() and (out / "resedis_checkpoint.json").is_file()
 
 
 def test_cli_needs_a_model(corpora, tmp_path, capsys):

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from resedis.errors import IndexMismatchError
 from resedis.index import IndexConfig, build_index, open_index
-from resedis.index.store import MANIFEST_NAME
+from resedis.index.manifest import MANIFEST_NAME
 from resedis.models import fingerprint as fp
 from resedis.search import Searcher
 
@@ -26,10 +26,17 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _reference(weights_dir: Path, names: list[str]) -> str:
+def _reference(weights_dir: Path, names: list[str], version: str = "resedis-weights-v2") -> str:
     """The documented recipe, written out for small files: content hash of each named file."""
-    lines = ["resedis-weights-v1"] + [f"{n}\tcontent:{_sha((weights_dir / n).read_bytes())}" for n in sorted(names)]
+    lines = [version] + [f"{n}\tcontent:{_sha((weights_dir / n).read_bytes())}" for n in sorted(names)]
     return "sha256:" + _sha(("\n".join(lines) + "\n").encode())
+
+
+def _processor_files(weights_dir: Path) -> list[str]:
+    """The processor/tokenizer files the tiny and demo checkpoints hold (written out, not derived from fp)."""
+    names = {"preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt"}
+    return sorted(p.name for p in weights_dir.iterdir() if p.name in names)
 
 
 def _bump_one_weight(weights_dir: Path) -> None:
@@ -77,15 +84,27 @@ def test_fingerprint_is_the_documented_recipe_and_memoised(ckpt, monkeypatch):
     real = fp._hash_content
     monkeypatch.setattr(fp, "_hash_content", lambda path: calls.append(path.name) or real(path))
     first = fp.weights_fingerprint(ckpt)
-    assert first == _reference(ckpt, ["config.json", "model.safetensors"])
-    assert sorted(calls) == ["config.json", "model.safetensors"]  # tokenizer/processor files not covered
-    assert fp.weights_fingerprint(ckpt) == first and len(calls) == 2  # memoised: nothing rehashed
-    assert fp.spec_fingerprint(f"owlv2:{ckpt}") == first and len(calls) == 2
+    covered = sorted(["config.json", "model.safetensors", *_processor_files(ckpt)])
+    assert len(covered) >= 4 and "tokenizer_config.json" in covered
+    assert first == _reference(ckpt, covered)
+    assert sorted(calls) == covered
+    assert fp.weights_fingerprint(ckpt) == first and len(calls) == len(covered)  # memoised: nothing rehashed
+    assert fp.spec_fingerprint(f"owlv2:{ckpt}") == first and len(calls) == len(covered)
     assert fp.short_fingerprint(first) == first[len("sha256:"):][:12] and fp.short_fingerprint(None) == "unknown"
+    legacy = fp.weights_fingerprint(ckpt, fp.LEGACY_VERSION)  # v1: config.json + weights only
+    assert legacy == _reference(ckpt, ["config.json", "model.safetensors"], "resedis-weights-v1") != first
+    assert fp.fingerprint_matches(first, ckpt) == (True, first) and fp.fingerprint_matches(legacy, ckpt) == (True, first)
 
-    # Files outside the covered set do not matter; config.json does.
-    (ckpt / "tokenizer_config.json").write_text((ckpt / "tokenizer_config.json").read_text() + " ")
+    # Files outside the covered set do not matter; the checkpoint metadata neither.
+    (ckpt / "notes.txt").write_text("hello")
+    (ckpt / "resedis_checkpoint.json").write_text('{"presence_threshold": 0.5}')
     assert fp.weights_fingerprint(ckpt) == first
+    # The processor configuration does (v2); a v1 fingerprint ignores it, as it always did.
+    (ckpt / "tokenizer_config.json").write_text((ckpt / "tokenizer_config.json").read_text() + " ")
+    changed = fp.weights_fingerprint(ckpt)
+    assert changed != first and fp.fingerprint_matches(first, ckpt) == (False, changed)
+    assert fp.fingerprint_matches(legacy, ckpt) == (True, changed)
+    first = changed
     config = json.loads((ckpt / "config.json").read_text())
     config["resedis_note"] = "changed"
     (ckpt / "config.json").write_text(json.dumps(config))
@@ -98,7 +117,7 @@ def test_one_changed_weight_changes_the_fingerprint(ckpt, tmp_path):
     assert fp.weights_fingerprint(same) == before
     _bump_one_weight(ckpt)
     after = fp.weights_fingerprint(ckpt)
-    assert after != before and after == _reference(ckpt, ["config.json", "model.safetensors"])
+    assert after != before and after == _reference(ckpt, ["config.json", "model.safetensors", *_processor_files(ckpt)])
     assert fp.weights_fingerprint(same) == before
 
 
@@ -114,7 +133,7 @@ def test_large_files_outside_and_inside_a_hub_snapshot(tmp_path, monkeypatch):
     st = weights.stat()
     ends = _sha(b"0123" + b"cdef")
     expected = "sha256:" + _sha(
-        f"resedis-weights-v1\nconfig.json\tcontent:{_sha(b'{}')}\nmodel.safetensors\t"
+        f"resedis-weights-v2\nconfig.json\tcontent:{_sha(b'{}')}\nmodel.safetensors\t"
         f"stat:size:16:mtime_ns:{st.st_mtime_ns}:ends:{ends}\n".encode()
     )
     assert fp.weights_fingerprint(plain) == expected
@@ -138,7 +157,7 @@ def test_large_files_outside_and_inside_a_hub_snapshot(tmp_path, monkeypatch):
     (snap / "model.safetensors").symlink_to(os.path.relpath(blob, snap))
     hub = fp.weights_fingerprint(snap)
     assert hub == "sha256:" + _sha(
-        f"resedis-weights-v1\nconfig.json\tcontent:{_sha(b'{}')}\nmodel.safetensors\tcontent:{_sha(content)}\n".encode()
+        f"resedis-weights-v2\nconfig.json\tcontent:{_sha(b'{}')}\nmodel.safetensors\tcontent:{_sha(content)}\n".encode()
     )
     # A blob not named by a content hash: revision + size.
     other = repo / "blobs" / "not-a-sha"
@@ -146,7 +165,7 @@ def test_large_files_outside_and_inside_a_hub_snapshot(tmp_path, monkeypatch):
     (snap / "model.safetensors").unlink()
     (snap / "model.safetensors").symlink_to(os.path.relpath(other, snap))
     assert fp.weights_fingerprint(snap) == "sha256:" + _sha(
-        f"resedis-weights-v1\nconfig.json\tcontent:{_sha(b'{}')}\nmodel.safetensors\t"
+        f"resedis-weights-v2\nconfig.json\tcontent:{_sha(b'{}')}\nmodel.safetensors\t"
         f"revision:{rev}:size:{len(content)}\n".encode()
     )
 
@@ -223,8 +242,9 @@ def test_the_demo_spec_has_a_fingerprint(tmp_path):
 
     weights = demo_model_dir()
     got = fp.spec_fingerprint("demo")
-    # resedis.json (threshold, training record) and tokenizer files are not part of it.
-    assert got == _reference(weights, ["config.json", "model.safetensors"])
+    # the checkpoint metadata (threshold, training record) is not part of it; processor files are.
+    assert got == _reference(weights, ["config.json", "model.safetensors", *_processor_files(weights)])
+    assert {"processor_config.json", "tokenizer.json"} <= set(_processor_files(weights))
 
     images, db = tmp_path / "images", tmp_path / "demo.db"
     _draw_images(images, 2, seed=4)
@@ -234,7 +254,9 @@ def test_the_demo_spec_has_a_fingerprint(tmp_path):
 
 
 def test_ray_actor_reports_its_weights_and_the_driver_refuses_others(built, ckpt):
-    from resedis.distributed import RegionEncoderActor, _check_worker_weights
+    import dataclasses
+
+    from resedis.distributed import RegionEncoderActor, accepted_fingerprints, check_worker_weights
 
     spec, images, db = built
     manifest = open_index(db).manifest
@@ -242,10 +264,16 @@ def test_ray_actor_reports_its_weights_and_the_driver_refuses_others(built, ckpt
     paths = sorted(images.glob("*.png"))
     out = actor(pa.table({"rel": [p.name for p in paths], "path": [str(p) for p in paths]}))
     assert out.column("weights").to_pylist() == [manifest.weights_fingerprint] * len(paths)
-    _check_worker_weights(manifest, out, db)  # same weights: accepted
+    accepted = accepted_fingerprints(manifest)  # computed once by the driver, before any batch
+    check_worker_weights(manifest, accepted, out, db)  # same weights: accepted
+    # An index recorded before fingerprints covered the processor holds a v1 fingerprint; the
+    # workers report v2, which stands for the same weights once the driver matched them.
+    legacy = dataclasses.replace(manifest, weights_fingerprint=fp.weights_fingerprint(ckpt, fp.LEGACY_VERSION))
+    assert legacy.weights_fingerprint != manifest.weights_fingerprint
+    check_worker_weights(legacy, accepted_fingerprints(legacy), out, db)
 
     _bump_one_weight(ckpt)
     stale = RegionEncoderActor(spec, "cpu", manifest.max_regions, manifest.nms_iou, 10**7, None)
     bad = stale(pa.table({"rel": [paths[0].name], "path": [str(paths[0])]}))
     with pytest.raises(IndexMismatchError, match=fp.short_fingerprint(fp.weights_fingerprint(ckpt))):
-        _check_worker_weights(manifest, bad, db)
+        check_worker_weights(manifest, accepted, bad, db)

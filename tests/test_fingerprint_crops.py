@@ -14,11 +14,12 @@ from test_fingerprint import _bump_one_weight, _draw_images
 
 from resedis.errors import IndexMismatchError
 from resedis.index import IndexConfig, build_index
-from resedis.index.manifest import canonical_spec
-from resedis.index.store import MANIFEST_NAME
+from resedis.models.spec import canonical_spec
+from resedis.index.manifest import MANIFEST_NAME
 from resedis.models import fingerprint as fp
-from resedis.pipelines import PipelineConfig, run_pipeline
-from resedis.pipelines.crops import CropConfig, add_crops
+from resedis.pipelines import PipelineConfig
+from resedis.query import QueryEngine, QueryRequest
+from resedis.index.crops import CropConfig, add_crops
 
 
 def _crop_rows(db: Path) -> int:
@@ -46,7 +47,7 @@ def built(tiny_models, tmp_path):
 
 
 def _search(db: Path):
-    return run_pipeline("clip-crops", db, texts=["a red circle"], config=PipelineConfig(top_k=3, device="cpu"))
+    return [QueryEngine(db, PipelineConfig(top_k=3, device="cpu")).run(QueryRequest("a red circle", pipeline="clip-crops")).result]
 
 
 def test_crop_fingerprint_recorded_and_other_weights_refused(built, tiny_models):
@@ -84,7 +85,7 @@ def test_unknown_crop_fingerprint_opens_with_one_warning(built, tiny_models, cap
     (db / MANIFEST_NAME).write_text(json.dumps(manifest))
     _bump_one_weight(clip)  # would be refused if a fingerprint were recorded
     rows = _crop_rows(db)
-    with caplog.at_level(logging.WARNING, logger="resedis.pipelines.crops"):
+    with caplog.at_level(logging.WARNING, logger="resedis.index.crops"):
         assert len(_search(db)[0].hits) > 0
         assert len(_search(db)[0].hits) > 0
         _draw_images(images, 1, seed=4)  # more crops: allowed, and the index stays "unknown"

@@ -43,8 +43,9 @@ PACKAGE = "resedis"
 LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (
         "core",
-        ("types", "errors", "masks", "metrics", "threads"),
-        "records (Hit, Query, Dataset), errors, box/mask geometry, metrics, small pure utilities",
+        ("types", "errors", "version", "boxes", "masks", "metrics", "eval_protocols", "expressions", "threads"),
+        "records (Hit, Query, Dataset), errors, box/mask geometry, metrics and benchmark protocols, "
+        "the expression parser and its geometric scoring, small pure utilities",
     ),
     (
         "data",
@@ -57,13 +58,19 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "model specs, checkpoint loading, backends behind Protocols, the registry",
     ),
     (
+        "testing",
+        ("testing",),
+        "tiny random checkpoints of the real architectures (tests and `resedis bench` build them), "
+        "a subprocess launcher for `resedis serve` in tests",
+    ),
+    (
         "index",
-        ("index", "masks_cache"),
+        ("index",),
         "the LanceDB index and every table in it, the indexing session, ANN",
     ),
     (
         "search",
-        ("search", "search_corpus", "thresholds", "pipelines", "api"),
+        ("search", "search_corpus", "thresholds", "pipelines", "query", "api"),
         "the query path: text in, ranked hits with presence (and masks) out; the pipelines",
     ),
     (
@@ -85,11 +92,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "shells",
         ("cli", "server", "__main__", "__init__"),
         "thin shells: the CLI, the HTTP server, the package facade",
-    ),
-    (
-        "testing",
-        ("testing",),
-        "helpers for tests (tiny checkpoints, a server launcher); nothing in the package uses them",
     ),
 )
 

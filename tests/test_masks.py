@@ -1,9 +1,10 @@
-"""Box geometry and NMS in resedis.masks: hand-computed tables and a slow reference."""
+"""Box geometry and NMS (resedis.boxes) and mask RLE (resedis.masks): hand-computed tables and a slow reference."""
 
 import numpy as np
 import pytest
 
-from resedis.masks import box_iou, decode_rle, encode_mask, nms, rle_to_box
+from resedis.boxes import box_area, box_iou, clip_boxes, nms
+from resedis.masks import decode_rle, encode_mask, rle_to_box
 
 
 @pytest.mark.parametrize(
@@ -63,3 +64,19 @@ def test_rle_round_trip_and_box():
     assert isinstance(rle["counts"], str) and rle["size"] == [20, 30]
     assert (decode_rle(rle) == mask).all()
     assert rle_to_box(rle) == (10.0, 5.0, 17.0, 9.0)
+
+
+@pytest.mark.parametrize(
+    "box, area",
+    [([0, 0, 10, 10], 100.0), ([2, 3, 5, 4], 3.0), ([0, 528, 264, 528], 0.0), ([5, 5, 1, 9], 0.0)],
+)
+def test_box_area_hand_table(box, area):
+    assert box_area(np.array([box]))[0] == pytest.approx(area)
+
+
+def test_clip_boxes_to_a_non_square_image():
+    boxes = np.array([[-5, -5, 20, 8], [0, 560, 264, 600], [3, 2, 4, 3]], np.float32)
+    clipped = clip_boxes(boxes, width=16, height=528)
+    np.testing.assert_array_equal(clipped, [[0, 0, 16, 8], [0, 528, 16, 528], [3, 2, 4, 3]])
+    assert clipped.dtype == np.float32
+    assert box_area(clipped)[1] == 0.0  # wholly below the image: nothing visible once clipped

@@ -22,7 +22,8 @@ boto3 = pytest.importorskip("boto3")
 from resedis.errors import ResedisError  # noqa: E402
 from resedis.index import IndexConfig, build_index, open_index  # noqa: E402
 from resedis.index.fs import as_location  # noqa: E402
-from resedis.index.store import MANIFEST_NAME, REGIONS, column_matrix, read_manifest, write_manifest  # noqa: E402
+from resedis.index.manifest import MANIFEST_NAME, read_manifest, write_manifest  # noqa: E402
+from resedis.index.store import IMAGES, REGIONS, column_matrix  # noqa: E402
 from resedis.search import Searcher, search_dataset  # noqa: E402
 
 BUCKET = "resedis-test"
@@ -179,8 +180,9 @@ def test_s3_index_searches_like_local_resumes_and_round_trips(
     assert [h.present for h in result.hits] == [h.score >= 0.375 for h in result.hits]
 
 
-def test_cli_index_stats_search_eval_on_s3(s3, synth_small, owlv2_spec, tmp_path, monkeypatch, capsys):
+def test_cli_index_stats_search_eval_on_s3(s3, synth_small, owlv2_spec, encoder, tmp_path, monkeypatch, capsys):
     from resedis.cli import main
+    from resedis.io.images import open_rgb
 
     uri = f"s3://{BUCKET}/cli"
     flags = [x for k, v in s3["options"].items() for x in ("--storage-option", f"{k}={v}")]
@@ -189,7 +191,11 @@ def test_cli_index_stats_search_eval_on_s3(s3, synth_small, owlv2_spec, tmp_path
     assert capsys.readouterr().out.startswith(f"{uri}: 24 added")
     assert main(["stats", "--db", uri, "--json", *flags]) == 0
     stats = json.loads(capsys.readouterr().out)
-    assert stats["images"] == 24 and stats["regions"] == 24 * 10 - stats["orphan_regions"]
+    # up to 10 regions per image: those of positive visible area the encoder keeps (tests/test_zero_area.py)
+    nms_iou = read_manifest(as_location(uri, s3["options"])).nms_iou
+    kept = sum(len(encoder.encode_images([open_rgb(p)], max_regions=10, nms_iou=nms_iou)[0])
+               for p in sorted((synth_small / "images").iterdir()))
+    assert stats["images"] == 24 and stats["regions"] == kept - stats["orphan_regions"] and kept <= 24 * 10
     assert stats["bytes"] == sum(_objects(s3["client"], "cli/").values())
 
     # The same settings from the standard environment instead of --storage-option.
@@ -329,14 +335,15 @@ def test_eval_pipeline_with_holdout_calibration_on_s3_matches_local(s3, pipeline
     _assert_same_predictions(local_p, remote_p)
 
 
-def test_run_pipeline_with_masks_on_s3_caches_them_on_the_store(s3, pipeline_dbs):
-    from resedis.pipelines import PipelineConfig, run_pipeline
+def test_query_with_masks_on_s3_caches_them_on_the_store(s3, pipeline_dbs):
+    from resedis.pipelines import PipelineConfig
+    from resedis.query import QueryEngine, QueryRequest
 
     flags, local, uri, sam = pipeline_dbs
-    kwargs = dict(texts=["a red circle"], config=PipelineConfig(top_k=3, device="cpu"), masks=True, segmenter=sam)
-    remote = run_pipeline("owl", uri, storage_options=s3["options"], **kwargs)
+    config, request = PipelineConfig(top_k=3, device="cpu", segmenter=sam), QueryRequest("a red circle", masks=True)
+    remote = [QueryEngine(uri, config, storage_options=s3["options"]).run(request).result]
     assert any(k.startswith("pipe/masks.lance/") for k in _objects(s3["client"], "pipe/"))  # the cache, on the store
-    _assert_same_predictions(run_pipeline("owl", local, **kwargs), remote, masks=True)
+    _assert_same_predictions([QueryEngine(local, config).run(request).result], remote, masks=True)
     assert len(remote[0].hits) == 3
 
 

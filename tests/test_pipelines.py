@@ -116,8 +116,10 @@ def test_ablation_lists_a_pipeline_that_cannot_run_with_its_reason(env, tmp_path
     from resedis.ablation import run_ablation
     from resedis.pipelines import PipelineConfig
 
-    rows = run_ablation(env.dataset, env.db, config=PipelineConfig(top_k=3, grounder="gdino:/nonexistent/dir"),
-                        models=pipekit.models(env), pipelines=["owl", "owl+rerank"])
+    from resedis.query import QueryEngine
+
+    engine = QueryEngine(env.db, PipelineConfig(top_k=3, grounder="gdino:/nonexistent/dir"), pipekit.models(env))
+    rows = run_ablation(env.dataset, engine, pipelines=["owl", "owl+rerank"])
     assert rows[0].status == "ok"
     assert rows[1].status.startswith("not run:") and "/nonexistent/dir" in rows[1].status
 
@@ -143,7 +145,7 @@ def test_index_cli_crop_model_writes_crops_in_the_same_run(env, tmp_path, capsys
     import shutil
 
     from resedis.index.store import open_index
-    from resedis.pipelines.crops import load_crops
+    from resedis.index.crops import load_crops
 
     images = tmp_path / "imgs"
     images.mkdir()
@@ -165,7 +167,7 @@ def test_ablation_latency_excludes_model_loading(env, monkeypatch, name):
 
     import resedis.models
     from resedis.ablation import run_ablation
-    from resedis.index.store import canonical_spec
+    from resedis.models.spec import canonical_spec
     from resedis.pipelines import PIPELINES, Models, PipelineConfig
 
     shared = pipekit.models(env)
@@ -187,7 +189,9 @@ def test_ablation_latency_excludes_model_loading(env, monkeypatch, name):
     monkeypatch.setattr(resedis.models, "load_model", slow_load)
     monkeypatch.setattr(cls, "prepare", timed_prepare)
     config = PipelineConfig(top_k=3, rerank_k=1, grounder=env.spec("gdino"))
-    [row] = run_ablation(env.dataset, env.db, config=config, models=Models("cpu"), pipelines=[name], split="none")
+    from resedis.query import QueryEngine
+
+    [row] = run_ablation(env.dataset, QueryEngine(env.db, config, Models("cpu")), pipelines=[name], split="none")
     assert row.status == "ok", row.status
     assert loads and prepares, "nothing loaded / prepared through the pool: the check would be blind"
     assert max(loads) < min(prepares), "a model was loaded inside the timed part"

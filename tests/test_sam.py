@@ -99,7 +99,7 @@ def _hits(env, n_images=3, boxes_per_image=2):
 
 def test_attach_masks_valid_cached_and_batched_per_image(env, sam, tmp_path):
     from resedis.index.store import open_index
-    from resedis.masks_cache import attach_masks
+    from resedis.index.masks import attach_masks
 
     db = pipekit.copy_db(env, tmp_path)
     index = open_index(db)
@@ -134,12 +134,13 @@ def test_mask_iou_mode_scores_attached_masks(env, sam, tmp_path):
     """eval --iou mask scores hit masks with pycocotools mask IoU against the targets."""
     from resedis.eval import evaluate_predictions
     from resedis.index.store import open_index
-    from resedis.masks_cache import attach_masks
-    from resedis.pipelines import PipelineConfig, run_pipeline
+    from resedis.index.masks import attach_masks
+    from resedis.pipelines import PipelineConfig
+    from resedis.query import QueryEngine
 
     ds = env.dataset
     db = pipekit.copy_db(env, tmp_path)
-    results = run_pipeline("owl", db, dataset=ds, config=PipelineConfig(top_k=5), models=pipekit.models(env))
+    results = QueryEngine(db, PipelineConfig(top_k=5), pipekit.models(env)).run_dataset(ds, pipeline="owl")
     results = attach_masks(results, open_index(db), sam)
     ev = evaluate_predictions(ds, results, iou="mask")
     from resedis import metrics
@@ -155,9 +156,10 @@ def test_mask_iou_mode_scores_attached_masks(env, sam, tmp_path):
 def test_masks_cached_under_another_mask_rule_are_recomputed(env, sam, tmp_path):
     """A cache row written before the box-restriction rule changed (keyed by the bare spec)
     is never served: the key carries the segmenter's ``mask_rule``."""
-    from resedis.index.store import canonical_spec, open_index
+    from resedis.models.spec import canonical_spec
+    from resedis.index.store import open_index
     from resedis.masks import encode_mask
-    from resedis.masks_cache import MaskCache, attach_masks, box_key
+    from resedis.index.masks import MaskCache, attach_masks, box_key
 
     db = pipekit.copy_db(env, tmp_path)
     index = open_index(db)

@@ -19,13 +19,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resedis.boxes import nms
 from resedis.cli import main as cli_main
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index import IndexConfig, build_index, open_index
-from resedis.index.store import read_manifest, write_manifest
+from resedis.index.manifest import read_manifest, write_manifest
 from resedis.io.images import open_rgb
-from resedis.masks import nms
-from resedis.search import DEFAULT_THRESHOLD, Searcher, load_corpus, rank_hits, search_dataset, sigmoid
+from resedis.boxes import nms
+from resedis.search import Searcher, rank_hits, search_dataset, sigmoid
+from resedis.boxes import visible
+from resedis.search_corpus import load_corpus
+from resedis.thresholds import DEFAULT_THRESHOLD
 
 QUERIES = ["red circle", "a small blue square on the left", "the largest yellow star", "green triangle"]
 FP16_UNIT = 2.0**-11
@@ -45,6 +49,11 @@ def backends(tiny_models) -> dict:
     from resedis.models import load_model
 
     return {fam: load_model(f"{fam}:{tiny_models[fam]}", "cpu") for fam in ("owlv2", "owlvit")}
+
+
+def _visible(boxes: np.ndarray) -> np.ndarray:
+    """Boxes wider and taller than 1/100 px (the encoder drops the others: tests/test_zero_area.py)."""
+    return (boxes[:, 2] - boxes[:, 0] > 0.01) & (boxes[:, 3] - boxes[:, 1] > 0.01)
 
 
 def n_patches(backend) -> int:
@@ -105,22 +114,30 @@ def test_rank_hits_excludes_masked_regions():
 
 @pytest.mark.parametrize("family", ["owlv2", "owlvit"])
 def test_scores_equal_the_detectors_own_forward(family, full_indexes, backends):
+    """Every visible box of every image comes back once, with the detector's own logit; a
+    box with no visible area in its image (OWLv2 predicts boxes in the padding of
+    non-square images) never does, whether or not the index stored it."""
     backend = backends[family]
     index = full_indexes[family, "float32"]
     searcher = Searcher(index, encoder=backend, nms_iou=1.0)
     patches = n_patches(backend)
     total = index.stats()["regions"]
-    assert total == 6 * patches
     paths = {r["image_id"]: r["path"] for r in index.read("images", ["image_id", "path"]).to_pylist()}
     images = {image_id: open_rgb(p) for image_id, p in paths.items()}
+    # every patch whose box (clipped to the image) has visible area is stored; none other
+    stored_visible = {i: _visible(backend.detector_logits(img, QUERIES[:1])[0]) for i, img in images.items()}
+    assert total == sum(int(v.sum()) for v in stored_visible.values()) <= 6 * patches
     for query in QUERIES:
         forward = {i: backend.detector_logits(img, [query]) for i, img in images.items()}
+        shown = {i: _visible(forward[i][0]) for i in images}
+        assert all((shown[i] == stored_visible[i]).all() for i in images)  # the boxes do not depend on the text
         hits = searcher.search(query, top_k=total).hits
         assert len(hits) == total
         assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
         used = {i: np.zeros(patches, bool) for i in images}
         for hit in hits:
             boxes, logits, _ = forward[hit.image_id]
+            assert visible(np.array([hit.box]), *images[hit.image_id].size)[0]
             logit = float(np.log(hit.score) - np.log1p(-hit.score))
             same_box = np.flatnonzero(np.all(np.abs(boxes - np.asarray(hit.box)) <= 1e-2, axis=1) & ~used[hit.image_id])
             assert len(same_box), f"{family} {query!r}: no forward box equals {hit.box} in {hit.image_id}"
@@ -129,11 +146,11 @@ def test_scores_equal_the_detectors_own_forward(family, full_indexes, backends):
             ref = float(logits[best, 0])
             assert abs(ref - logit) <= 1e-4 * max(1.0, abs(ref)), (family, query, hit.image_id, ref, logit)
             assert hit.score == pytest.approx(float(sigmoid(ref)), abs=1e-5)
-        assert all(u.all() for u in used.values())  # every patch of every image, once
-        # The corpus's top hit is the detector's best box over all images.
-        best_image = max(forward, key=lambda i: forward[i][1].max())
+        assert all((used[i] == shown[i]).all() for i in images)  # every visible patch of every image, once
+        # The corpus's top hit is the detector's best visible box over all images.
+        best_image = max(forward, key=lambda i: forward[i][1][shown[i]].max(initial=-np.inf))
         assert hits[0].image_id == best_image
-        assert float(sigmoid(forward[best_image][1].max())) == pytest.approx(hits[0].score, abs=1e-5)
+        assert float(sigmoid(forward[best_image][1][shown[best_image]].max())) == pytest.approx(hits[0].score, abs=1e-5)
 
 
 @pytest.mark.parametrize("family", ["owlv2", "owlvit"])
@@ -181,7 +198,7 @@ def test_threshold_present_and_calibration(small_index, backends, tmp_path):
     assert [h.present for h in result.hits] == [h.score >= mid for h in result.hits]
     assert any(h.present for h in result.hits) and not all(h.present for h in result.hits)
     # NMS per image: no two hits of one image overlap above 0.5.
-    from resedis.masks import box_iou
+    from resedis.boxes import box_iou
 
     for a in range(len(hits)):
         for b in range(a + 1, len(hits)):
@@ -223,19 +240,23 @@ def test_query_validation_and_batching(small_index, backends, caplog):
 def test_searcher_sees_new_images(tmp_path, backends):
     images = tmp_path / "imgs"
     images.mkdir()
-    Image.new("RGB", (64, 48), (200, 0, 0)).save(images / "a.jpg")
+    # square red images: the tiny random OWLv2 puts every box of flat non-square ones in the
+    # padding, and gives flat blue or green ones only zero-width boxes (never hits)
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(images / "a.jpg")
     db = tmp_path / "db"
     build_index(images, db, config=IndexConfig(max_regions=5), progress=False, encoder=backends["owlv2"])
     searcher = Searcher(db, encoder=backends["owlv2"])
     assert {h.image_id for h in searcher.search("red", top_k=50).hits} == {"a.jpg"}
-    Image.new("RGB", (50, 70), (0, 0, 200)).save(images / "b.png")
+    Image.new("RGB", (40, 40), (200, 0, 0)).save(images / "b.png")
     build_index(images, db, progress=False, encoder=backends["owlv2"])
     hits = searcher.search("red", top_k=50).hits
     stored = open_index(db).read("regions", ["image_id", "box"]).to_pylist()
     # NMS (at index time and per image at search time) keeps one of each set of identical
     # boxes (random tiny weights give duplicate degenerate boxes on flat images).
     assert len({(r["image_id"], tuple(r["box"])) for r in stored}) == len(stored)
-    distinct = {(r["image_id"], tuple(np.float32(r["box"]).tolist())) for r in stored}
+    sizes = {"a.jpg": (32, 32), "b.png": (40, 40)}
+    distinct = {(r["image_id"], tuple(np.float32(r["box"]).tolist())) for r in stored
+                if visible(np.array([r["box"]]), *sizes[r["image_id"]])[0]}
     assert {h.image_id for h in hits} == {"a.jpg", "b.png"} and len(hits) == len(distinct)
     assert len({(h.image_id, h.box) for h in hits}) == len(hits)
     assert {h.path for h in hits} == {str((images / n).resolve()) for n in ("a.jpg", "b.png")}
@@ -280,8 +301,9 @@ def test_search_dataset_maps_ids_and_restricts(synth, backends, tmp_path):
 def test_cli_index_search_stats(tmp_path, tiny_models, capsys):
     images = tmp_path / "imgs"
     images.mkdir()
-    Image.new("RGB", (64, 48), (200, 0, 0)).save(images / "a.jpg")
-    Image.new("RGB", (48, 64), (0, 200, 0)).save(images / "b.png")
+    # square red: flat non-square images give the tiny OWLv2 boxes with no visible area only
+    Image.new("RGB", (64, 64), (200, 0, 0)).save(images / "a.jpg")
+    Image.new("RGB", (48, 48), (200, 0, 0)).save(images / "b.png")
     (images / "empty.jpg").write_bytes(b"")
     db = tmp_path / "db"
     spec = f"owlv2:{tiny_models['owlv2']}"

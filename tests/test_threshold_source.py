@@ -18,8 +18,9 @@ import pytest
 from resedis.cli import main as cli_main
 from resedis.errors import ResedisError
 from resedis.index import IndexConfig, build_index, open_index
-from resedis.index.store import read_manifest, write_manifest
-from resedis.pipelines import PipelineConfig, get_pipeline, run_pipeline
+from resedis.index.manifest import read_manifest, write_manifest
+from resedis.pipelines import PipelineConfig, get_pipeline
+from resedis.query import QueryEngine, QueryRequest
 from resedis.search import Searcher, search, search_dataset
 from resedis.thresholds import DEFAULT_THRESHOLD, checkpoint_threshold, choose_threshold
 
@@ -109,7 +110,7 @@ def test_checkpoint_threshold_everywhere(env, capsys):
     # pipelines: owl takes it; owl+rerank (fused scores) keeps its own default
     assert get_pipeline("owl", db).resolved()[1:] == (t, "checkpoint")
     assert get_pipeline("owl+rerank", db).resolved()[1:] == (0.3, "default")
-    results = run_pipeline("owl", db, texts=TEXTS, config=PipelineConfig(device="cpu"))
+    results = [a.result for a in QueryEngine(db, PipelineConfig(device="cpu")).run_many([QueryRequest(t) for t in TEXTS])]
     _present_matches([h for r in results for h in r.hits], t)
     # eval --db
     preds = env["base"] / "preds.jsonl"

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 
 from resedis.testing.tiny import (
-    BASE_WORDS,
     TINY_BUILDERS,
     build_word_tokenizer,
     check_owl_checkpoint,
     check_tokenizer,
     main,
     make_tiny_checkpoints,
-    vocabulary_words,
 )
+from resedis.testing.words import BASE_WORDS, vocabulary_words
 
 
 def test_every_family_written_and_loadable(tiny_models):

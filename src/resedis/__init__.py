@@ -4,7 +4,8 @@ The public API mirrors the CLI (see ``resedis.api``)::
 
     import resedis
     resedis.build_index("photos/", "photos.db")          # resedis index photos/ --db photos.db
-    hits = resedis.Searcher("photos.db").search("a red mug").hits
+    engine = resedis.QueryEngine("photos.db")             # resedis search "a red mug" --db photos.db
+    hits = engine.run(resedis.QueryRequest("a red mug")).result.hits
 
 Names are imported lazily so ``import resedis`` stays cheap (no torch, no LanceDB).
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from resedis.version import __version__
 
 _LAZY = {
     "build_index": "resedis.api",
@@ -22,6 +23,9 @@ _LAZY = {
     "IndexConfig": "resedis.api",
     "IndexReport": "resedis.api",
     "Index": "resedis.api",
+    "QueryEngine": "resedis.api",
+    "QueryRequest": "resedis.api",
+    "run_query": "resedis.api",
     "Searcher": "resedis.api",
     "search_dataset": "resedis.api",
     "load_dataset": "resedis.io",

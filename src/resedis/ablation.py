@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import html
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from resedis.calibrate import evaluate_with_calibration
 from resedis.errors import ResedisError
+from resedis.eval import evaluate_predictions
 from resedis.index.store import disk_bytes
+from resedis.pipelines import PIPELINES
+from resedis.query import QueryEngine
+from resedis.report import write_report
 from resedis.types import Dataset, QueryResult
 
 TABLE_KEYS = ("IR@1", "IR@10", "Pr@50", "BR@1@0.5", "BR@10@0.5", "mAP50", "precision", "recall", "F1", "FA_per_query", "N_acc")
@@ -40,6 +44,7 @@ class AblationRow:
     split: dict = field(default_factory=dict)
     results: list[QueryResult] = field(default_factory=list)
     eval_result: object | None = None
+    reported: Dataset | None = None  # the queries the metrics are over (a hold-out split reports fewer)
 
     def to_json(self) -> dict:
         return {"pipeline": self.pipeline, "status": self.status, "metrics": self.metrics, "query_ms": self.query_ms,
@@ -48,25 +53,14 @@ class AblationRow:
                 "split": {k: v for k, v in self.split.items() if k != "calibration_query_ids"}}
 
 
-
-
-def record_index_cost(manifest, seconds: float, images: int) -> None:
-    """Fold one indexing run (``seconds`` of wall time for ``images`` images) into the
-    manifest's running mean ``index_seconds_per_image`` (``index_timed_images`` counts)."""
-    n_old = int(manifest.extra.get("index_timed_images", 0))
-    old = float(manifest.extra.get("index_seconds_per_image", 0.0))
-    manifest.extra["index_timed_images"] = n_old + images
-    manifest.extra["index_seconds_per_image"] = (old * n_old + seconds) / (n_old + images)
-
-
 def index_cost(index, pipeline: str) -> tuple[float | None, float | None]:
     """(disk bytes per image of the tables ``pipeline`` reads, indexing seconds per image
     when recorded in the manifest — ``index_seconds_per_image`` and, for crops,
     ``crops.seconds_per_image``)."""
-    n = index.images_table.count_rows()
+    n = index.count("images")
     if n == 0:
         return None, None
-    size = sum(disk_bytes(index.path / f"{t}.lance") for t in TABLES.get(pipeline, ("images", "regions")))
+    size = index.table_bytes(TABLES.get(pipeline, ("images", "regions")))
     extra = index.manifest.extra
     secs = extra.get("index_seconds_per_image")
     if pipeline == "clip-crops" and isinstance(secs, (int, float)):
@@ -75,46 +69,42 @@ def index_cost(index, pipeline: str) -> tuple[float | None, float | None]:
     return size / n, (float(secs) if isinstance(secs, (int, float)) else None)
 
 
+def evaluate_pipeline(engine: QueryEngine, dataset: Dataset, pipeline: str | None = None, *, top_k: int | None = None,
+                      split: str | float | None = None, iou: str = "box", masks: bool = False) -> AblationRow:
+    """Run pipeline ``pipeline`` (None: the default) of ``engine`` on every query of
+    ``dataset``, deciding presence by ``split`` (:func:`resedis.calibrate.evaluate_with_calibration`:
+    never fitted on what is reported), attach masks when asked, and score the reported
+    queries. ``resedis eval --db`` is this function; :func:`run_ablation` runs it per pipeline.
+    ``row.eval_result`` is scored on ``row.reported`` (the reported queries)."""
+    p = engine.pipeline(pipeline, top_k=top_k)
+    results, reported, split_report = evaluate_with_calibration(p, dataset, split, iou=iou)
+    query_ms = split_report["query_ms"]
+    if masks:
+        results = engine.attach_masks(results)
+        query_ms += results[0].timings["masks_ms"] if results else 0.0
+    ev = evaluate_predictions(reported, results, iou=iou)
+    b, s = index_cost(engine.index, p.name)
+    return AblationRow(p.name, "ok", dict(ev.metrics), query_ms, b, s, split_report, results, ev, reported)
+
+
 def run_ablation(
     dataset: Dataset,
-    db,
+    engine: QueryEngine,
     *,
     pipelines: Sequence[str] | None = None,
-    config=None,
-    models=None,
+    top_k: int | None = None,
     split: str | float | None = None,
     iou: str = "box",
     masks: bool = False,
-    segmenter: str | None = None,
 ) -> list[AblationRow]:
-    """Score each pipeline (default: all registered) on ``dataset``; one row each."""
-    from resedis.calibrate import evaluate_with_calibration
-    from resedis.eval import evaluate_predictions
-    from resedis.index.store import open_index
-    from resedis.pipelines import DEFAULT_SEGMENTER, PIPELINES, Models, get_pipeline
-
-    index = open_index(db)
-    models = models or Models(getattr(config, "device", None))
+    """Score each pipeline (default: all registered) of ``engine`` on ``dataset``
+    (:func:`evaluate_pipeline`); one row each, a pipeline that cannot run listed with the reason."""
     rows = []
     for name in pipelines or list(PIPELINES):
         try:
-            pipeline = get_pipeline(name, index, config, models)
-            results, reported, split_report = evaluate_with_calibration(pipeline, dataset, split, iou=iou)
-            query_ms = split_report["query_ms"]
-            if masks:
-                from resedis.masks_cache import attach_masks
-
-                seg = models.get(segmenter or DEFAULT_SEGMENTER)  # loaded before timing
-                t0 = time.perf_counter()
-                results = attach_masks(results, index, seg)
-                query_ms += 1000 * (time.perf_counter() - t0) / max(1, len(results))
+            rows.append(evaluate_pipeline(engine, dataset, name, top_k=top_k, split=split, iou=iou, masks=masks))
         except (ResedisError, OSError) as exc:
             rows.append(AblationRow(name, f"not run: {exc}".splitlines()[0]))
-            continue
-        ev = evaluate_predictions(reported, results, iou=iou)
-        b, s = index_cost(index, name)
-        rows.append(AblationRow(name, "ok", dict(ev.metrics), query_ms, b, s,
-                                split_report, results, ev))
     return rows
 
 
@@ -186,8 +176,6 @@ def _held_out(split: dict) -> str:
 def write_ablation(path, dataset: Dataset, rows: Sequence[AblationRow], *, title: str | None = None) -> Path:
     """Self-contained HTML: the side-by-side table, split handling, and links to per-pipeline
     reports written next to it (``<stem>.<pipeline>.html``) via :func:`resedis.report.write_report`."""
-    from resedis.report import write_report
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     links = {}

@@ -31,7 +31,7 @@ def oracle_predictions(dataset: Dataset) -> list[QueryResult]:
     return out
 
 
-def random_predictions(dataset: Dataset, *, seed: int, detections_per_query: int = 10) -> list[QueryResult]:
+def random_predictions(dataset: Dataset, *, seed: int = 0, detections_per_query: int = 10) -> list[QueryResult]:
     """Seeded random guesses: ``detections_per_query`` detections per query, each on a
     uniformly drawn corpus image, with a uniform random box inside that image
     (``0 <= x0 <= x1 <= width``, same for y), a uniform score in [0, 1) and

@@ -2,7 +2,7 @@
 
 Fitting (:func:`fit_threshold`): for one set of detections, every distinct score is a
 candidate operating point ``present = score >= t``; discovery precision/recall/F1
-(docs/metrics.md, matching as in :mod:`resedis.metrics`) are swept over all of them at
+(``docs/metrics.md``, matching as in :mod:`resedis.metrics`) are swept over all of them at
 once (greedy matching in score order means a detection's TP status does not depend on
 the threshold). The best F1 wins (ties: the higher threshold, fewer false alarms); the
 stored threshold is the midpoint between the last kept score and the next lower one.
@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -42,6 +43,8 @@ import numpy as np
 
 from resedis import metrics
 from resedis.errors import ResedisError
+from resedis.index.manifest import read_manifest, write_manifest
+from resedis.pipelines.base import Pipeline, as_queries, subset_dataset
 from resedis.types import Dataset, Query, QueryResult
 
 
@@ -139,8 +142,6 @@ def calibrate_prepared(pipeline, prepared, queries: Sequence[Query], *, iou: str
 
 def store_calibration(index, result: CalibrationResult) -> dict:
     """Write ``result`` into the index manifest under ``calibration[pipeline]`` (see module doc)."""
-    from resedis.index.manifest import read_manifest, write_manifest
-
     manifest = read_manifest(index.path)
     cal = dict(manifest.calibration) if isinstance(manifest.calibration, dict) else {}
     entry = result.to_json()
@@ -151,6 +152,20 @@ def store_calibration(index, result: CalibrationResult) -> dict:
     write_manifest(index.path, manifest)
     index.manifest = manifest
     return entry
+
+
+def calibrate_pipeline(pipeline: Pipeline, dataset: Dataset, *, iou: str = "box", fraction: float | None = None,
+                       seed: int = 0, store: bool = True) -> tuple[CalibrationResult, dict | None, Dataset]:
+    """Fit ``pipeline`` (e.g. :meth:`resedis.query.QueryEngine.pipeline`) on the queries of
+    ``dataset`` (``fraction``: only a seeded share of them, :func:`split_queries`) and, with
+    ``store``, write the result into the index manifest. Returns (the fit, the stored
+    manifest entry or None, the dataset it was fitted on)."""
+    if fraction is not None:
+        dataset = subset_dataset(dataset, split_queries(dataset, fraction, seed=seed)[0])
+    prepared = pipeline.prepare(as_queries(dataset=dataset), dataset)
+    result = calibrate_prepared(pipeline, prepared, dataset.queries, iou=iou, dataset_name=dataset.name)
+    stored = store_calibration(pipeline.index, result) if store else None
+    return result, stored, dataset
 
 
 def split_queries(dataset: Dataset, fraction: float, *, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -211,10 +226,6 @@ def evaluate_with_calibration(pipeline, dataset: Dataset, split: str | float | N
     """Run ``pipeline`` on ``dataset`` and decide presence without fitting on what is
     reported. Returns (results of the reported queries, the dataset restricted to them,
     split report dict). See the module docstring for the modes."""
-    import time
-
-    from resedis.pipelines.base import as_queries, subset_dataset
-
     mode, value = parse_split(split)
     tw = time.perf_counter()
     pipeline.warm_up(dataset)  # model loading is not query latency

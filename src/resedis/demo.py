@@ -25,16 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resedis.errors import IndexMismatchError, ResedisError
+from resedis.models.checkpoint import read_checkpoint_meta
+from resedis.models.spec import demo_model_dir
 
 log = logging.getLogger(__name__)
 
 DEMO_SEED = 2024
+#: the fewest images ``resedis demo`` renders (fewer leave too few queries of each type)
+MIN_IMAGES = 10
+#: where ``resedis demo`` writes when no output folder is given
+DEFAULT_OUT = "resedis-demo"
 EXAMPLE_TYPES = ("attribute", "position", "relation", "absent")
-
-
-def demo_model_dir() -> Path:
-    """Directory of the bundled demo model (an ``owlv2`` checkpoint + ``resedis.json``)."""
-    return Path(__file__).resolve().parent / "assets" / "demo_model"
 
 
 def demo_model_spec() -> str:
@@ -48,21 +49,32 @@ def demo_model_spec() -> str:
 
 def demo_threshold() -> float:
     """The presence threshold fitted on the demo model's validation corpus."""
-    return float(json.loads((demo_model_dir() / "resedis.json").read_text())["presence_threshold"])
+    return float(read_checkpoint_meta(demo_model_dir())["presence_threshold"])
 
 
 @dataclass
 class DemoConfig:
-    """What the demo renders and how it runs."""
+    """What the demo renders and how it runs.
+
+    ``queries`` (None: three per four images, at least 10) and ``absent`` (None: one in
+    eight of the queries, at least 2) follow ``images`` unless given: 200 images give 150
+    queries, 18 of them absent.
+    """
 
     seed: int = DEMO_SEED
     images: int = 200
-    queries: int = 150
-    absent: int = 20
+    queries: int | None = None
+    absent: int | None = None
     examples_per_type: int = 2
     hits_shown: int = 3
     device: str | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.queries is None:
+            self.queries = max(10, round(0.75 * self.images))
+        if self.absent is None:
+            self.absent = max(2, self.queries // 8)
 
 
 @dataclass
@@ -143,12 +155,13 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None) -> DemoRe
     reused when it was built from that corpus with the current bundled weights, else
     rebuilt (the demo's own ``OUT/index.db`` only)."""
     from resedis.eval import evaluate_predictions
-    from resedis.index import IndexConfig, build_index
+    from resedis.index import IndexConfig, build_index, open_index
     from resedis.io import load_dataset
     from resedis.io.predictions import write_predictions
     from resedis.metrics import evaluate
+    from resedis.pipelines import PipelineConfig
+    from resedis.query import QueryEngine
     from resedis.report import write_report
-    from resedis.search import Searcher, search_dataset
     from resedis.synth import generate
 
     config = config or DemoConfig()
@@ -174,18 +187,23 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig | None = None) -> DemoRe
         stamp_path.write_text(json.dumps(stamp), encoding="utf-8")
     t1 = time.time()
     index_config = IndexConfig(model=spec, device=config.device)
-    try:
+
+    def indexed() -> QueryEngine:
         build_index(corpus / "images", db, config=index_config, progress=config.progress)
-        searcher = Searcher(db, device=config.device, model=spec)
+        engine = QueryEngine(open_index(db, model=spec), PipelineConfig(device=config.device))
+        engine.pipeline().warm_up()  # loads the model: IndexMismatchError when its weights changed
+        return engine
+
+    try:
+        engine = indexed()
     except IndexMismatchError as exc:  # built by an earlier version of the bundled model
         log.warning("rebuilding %s: %s", db, exc)
         shutil.rmtree(db)
-        build_index(corpus / "images", db, config=index_config, progress=config.progress)
-        searcher = Searcher(db, device=config.device, model=spec)
+        engine = indexed()
     t2 = time.time()
     dataset = load_dataset(corpus)
-    choice = searcher.threshold_choice  # the model's presence_threshold unless the index was calibrated
-    results = search_dataset(searcher, dataset)
+    _, choice = engine.resolve()  # the model's presence_threshold unless the index was calibrated
+    results = engine.run_dataset(dataset)
     t3 = time.time()
     write_predictions(out / "predictions.jsonl", results)
     ev = evaluate_predictions(dataset, results)

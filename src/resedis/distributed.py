@@ -4,9 +4,12 @@ Decoding and the region encoder run as a Ray Data ``map_batches`` stage on an ac
 pool — one model per actor, one GPU per actor when the cluster has GPUs — and the driver
 commits the results through the same :class:`resedis.index.commit.BatchWriter` the
 single-process writer uses, so the index is the same LanceDB directory, schema,
-manifest and atomic-batch rule (:mod:`resedis.index.store`). Incremental behaviour is
-the writer's: unchanged files are skipped, changed ones replaced, ``prune`` removes
-deleted ones, bad files are recorded with their reason, a killed run resumes.
+manifest and atomic-batch rule (:mod:`resedis.index.store`). Everything but the encoding
+is the single-process writer's :class:`resedis.index.session.IndexingSession`:
+unchanged files are skipped, changed ones replaced, ``prune`` removes deleted ones, bad
+files are recorded with their reason, a killed run resumes, tables are compacted, and the
+indexing cost is recorded in the manifest. Side tables (crop embeddings) are refused: their
+encoders need the decoded pixels, which stay on the workers.
 
 Workers open the image files by path, so on a multi-node cluster the folder must be
 mounted at the same path on every node (NFS, a shared volume); the index is written by
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +31,13 @@ import numpy as np
 import pyarrow as pa
 
 from resedis.errors import IndexMismatchError, ResedisError
-from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
-from resedis.index.pipeline import plan_jobs
-from resedis.index.manifest import _now, check_weights, read_manifest, write_manifest
-from resedis.index.store import in_list
-from resedis.index.writer import IndexConfig, IndexReport, _count_model_failures, _open_for_write, commit_refused, locate
+from resedis.index.config import IndexConfig, IndexReport
+from resedis.index.manifest import check_weights
+from resedis.index.prefetch import encode_batch
+from resedis.index.session import IndexingSession, stored_side_tables
+from resedis.io.images import load_image, pixel_limit
+from resedis.models import load_model
+from resedis.models.fingerprint import encoder_fingerprint, short_fingerprint, spec_weights_dir, weights_fingerprint
 from resedis.types import ImageRegions, Skipped
 
 log = logging.getLogger(__name__)
@@ -61,18 +65,6 @@ class _Decoded:
     image: None = None
 
 
-class _PrecomputedWriter(BatchWriter):
-    """BatchWriter whose batch was already encoded on the Ray workers."""
-
-    def __init__(self, index, root: Path, first_batch: int):
-        super().__init__(index, None, root, first_batch)
-        self.regions: list[ImageRegions] = []
-
-    def _encode(self) -> tuple[list[ImageRegions], list]:
-        regions, self.regions = self.regions, []
-        return regions, []
-
-
 class RegionEncoderActor:
     """Ray Data callable class: a batch of files -> decoded, encoded, flattened regions.
 
@@ -89,17 +81,12 @@ class RegionEncoderActor:
             import torch
 
             torch.set_num_threads(threads)
-        from resedis.models import load_model
-        from resedis.models.fingerprint import encoder_fingerprint
-
         self.backend = load_model(model, device)
         self.weights = encoder_fingerprint(self.backend)
         self.max_regions, self.nms_iou, self.max_pixels = max_regions, nms_iou, max_pixels
 
     def _encode(self, images) -> list:
         """-> per image: ImageRegions, or the exception the model raised on it."""
-        from resedis.index.pipeline import encode_batch
-
         try:
             return encode_batch(self.backend, images, [None] * len(images), self.max_regions, self.nms_iou)
         except Exception:  # noqa: BLE001 - isolate the image that breaks the model, as the writer does
@@ -112,8 +99,6 @@ class RegionEncoderActor:
             return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from resedis.io.images import load_image, pixel_limit
-
         rels = batch.column("rel").to_pylist()
         paths = batch.column("path").to_pylist()
         with pixel_limit(self.max_pixels):
@@ -170,13 +155,22 @@ def _regions_of(row: dict, dim: int) -> ImageRegions:
     )
 
 
-def _check_worker_weights(manifest, batch: pa.Table, db) -> None:
-    """Refuse a batch encoded with weights other than the index's (when it records them)."""
-    from resedis.models.fingerprint import short_fingerprint
-
+def accepted_fingerprints(manifest) -> set[str] | None:
+    """The worker fingerprints that stand for the index's weights: the recorded one, plus the
+    current (v2) fingerprint of the spec's weights on the driver once :func:`check_weights`
+    has matched them (an index recorded before v2 holds a v1 fingerprint, which the workers,
+    reporting v2, can never equal). None: the index records none (nothing to check)."""
     if manifest.weights_fingerprint is None:
+        return None
+    return {manifest.weights_fingerprint, weights_fingerprint(spec_weights_dir(manifest.model))}
+
+
+def check_worker_weights(manifest, accepted: set[str] | None, batch: pa.Table, db) -> None:
+    """Refuse a batch encoded with weights other than the index's (when it records them);
+    ``accepted``: :func:`accepted_fingerprints`."""
+    if accepted is None:
         return
-    other = sorted(set(batch.column("weights").to_pylist()) - {manifest.weights_fingerprint})
+    other = sorted(set(batch.column("weights").to_pylist()) - accepted)
     if other:
         raise IndexMismatchError(
             f"{db}: a Ray worker loaded model {manifest.model!r} with weights {short_fingerprint(other[0])}, "
@@ -206,6 +200,7 @@ def index_with_ray(
     ``threads_per_worker`` torch threads). Same result as ``build_index`` with the same
     config: the same images, regions (to float tolerance) and skip records. ``db`` and
     ``storage_options``: as for ``build_index`` (a local path or an object-store URI).
+    The recorded indexing cost includes starting the actors (their model loads).
     """
     ray = _require_ray()
     from tqdm.auto import tqdm
@@ -215,36 +210,32 @@ def index_with_ray(
     if num_workers < 1:
         raise ResedisError(f"num_workers must be >= 1, got {num_workers}")
     if config.crops is not None:
-        raise ResedisError("crop embeddings (--crop-model) are not supported with --ray; index crops without --ray")
-    started = time.perf_counter()
+        raise ResedisError(
+            "crop embeddings (--crop-model) are not supported with --ray: the crop encoder needs the decoded "
+            "images, which stay on the Ray workers; index without --ray to embed crops"
+        )
     if not Path(images_dir).expanduser().is_dir():
         raise ResedisError(f"{images_dir}: no such image folder")
-    root, db_path, walk = locate(images_dir, db, storage_options, config.follow_symlinks)
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    if gpus_per_worker is None:
-        gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    device = config.device or ("cuda" if gpus_per_worker > 0 else "cpu")
-
-    with Lock(db_path):
-        index, spec, _ = _open_for_write(db_path, root, config, None)
-        from resedis.pipelines.crops import stored_crop_config
-
-        if stored_crop_config(index) is not None:
-            raise ResedisError(f"{db_path}: this index stores crop embeddings; update it without --ray")
-        repair(index)
-        indexed, skipped_before = existing_entries(index)
-        report = IndexReport(db=str(db_path), root=str(root), model=spec)
-        plan = plan_jobs(walk.files, root, indexed, skipped_before, rehash=config.rehash, refused=walk.refused)
-        jobs, present = plan.jobs, plan.present
-        report.unchanged += plan.unchanged
-        by_rel = {job.rel: job for job in jobs}
-        m = index.manifest
-        writer = _PrecomputedWriter(index, root, next_batch(index))
-        commit_refused(writer, report, plan)
-        if jobs:  # the driver's view of the weights first, then every worker's (below)
-            check_weights(m, None, db_path)
-            items = [{"rel": j.rel, "path": str(j.path)} for j in jobs]
+    with IndexingSession(images_dir, db, config, storage_options=storage_options, progress=progress) as session:
+        sides = stored_side_tables(session.index)
+        if sides:
+            raise ResedisError(
+                f"{session.location}: this index stores {', '.join(sides)} (side tables the Ray workers cannot "
+                "keep in step: they need the decoded images on the driver); update it without --ray"
+            )
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if gpus_per_worker is None:
+            gpus_per_worker = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        device = config.device or ("cuda" if gpus_per_worker > 0 else "cpu")
+        session.start(None)
+        tasks = session.tasks
+        m = session.index.manifest
+        if tasks:  # the driver's view of the weights first, then every worker's (below)
+            check_weights(m, None, session.location)
+            accepted = accepted_fingerprints(m)
+            by_rel = {task.rel: task for task in tasks}
+            items = [{"rel": t.rel, "path": str(t.path)} for t in tasks]
             ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), num_workers * 4)))
             ds = ds.map_batches(
                 RegionEncoderActor,
@@ -258,53 +249,17 @@ def index_with_ray(
                 num_cpus=1,
                 num_gpus=gpus_per_worker,
             )
-            bar = tqdm(total=len(jobs), unit="img", desc="indexing (ray)", disable=not progress, dynamic_ncols=True)
-            for batch in ds.iter_batches(batch_size=config.batch_size, batch_format="pyarrow"):
-                _check_worker_weights(m, batch, db_path)
-                for row in batch.to_pylist():
-                    job = by_rel[row["rel"]]
-                    if row["reason"] is not None:
-                        writer.skips.append((job, Skipped(str(job.path), row["reason"])))
-                        if job.known_sha is not None:
-                            writer.replaced.append(job.rel)
-                            report.removed += 1
-                        report.new_skipped += 1
-                    elif job.known_sha is not None and job.known_sha == row["sha256"]:
-                        report.unchanged += 1
-                        index.images_table.update(where=in_list("image_id", [job.rel]), values={"mtime_ns": row["mtime_ns"]})
-                    else:
-                        if job.known_sha is not None:
-                            writer.replaced.append(job.rel)
-                            report.updated += 1
+            with tqdm(total=len(tasks), unit="img", desc="indexing (ray)", disable=not progress, dynamic_ncols=True) as bar:
+                for batch in ds.iter_batches(batch_size=config.batch_size, batch_format="pyarrow"):
+                    check_worker_weights(m, accepted, batch, session.location)
+                    for row in batch.to_pylist():
+                        task = by_rel[row["rel"]]
+                        if row["reason"] is not None:
+                            session.add(task, Skipped(str(task.path), row["reason"]))
                         else:
-                            report.added += 1
-                        writer.images.append(
-                            (job, _Decoded(job.path, row["sha256"], row["size_bytes"], row["mtime_ns"], row["width"], row["height"]))
-                        )
-                        writer.regions.append(_regions_of(row, m.vector_dim))
-                    bar.update(1)
-                report.encoded += writer.pending()
-                _count_model_failures(report, writer.commit())
-            bar.close()
-
-        if config.prune:
-            gone = sorted(set(indexed) - present)
-            if gone:
-                delete_ids(index.images_table, "image_id", gone)
-                delete_ids(index.regions_table, "image_id", gone)
-                report.removed += len(gone)
-            gone_skips = sorted(set(skipped_before) - present)
-            if gone_skips:
-                delete_ids(index.skipped_table, "image_id", gone_skips)
-        if jobs or (config.prune and report.removed):
-            compact(index)
-            manifest = read_manifest(db_path)
-            manifest.updated = _now()
-            write_manifest(db_path, manifest)
-            index.manifest = manifest
-        from resedis.index.ann import AnnConfig, optimize_ann
-
-        optimize_ann(index.regions_table, AnnConfig(min_rows=config.ann_min_rows), fold_new_rows=False)
-        report.skipped = index.skipped()
-        report.seconds = time.perf_counter() - started
-        return report
+                            decoded = _Decoded(task.path, row["sha256"], row["size_bytes"], row["mtime_ns"],
+                                               row["width"], row["height"])
+                            session.add(task, decoded, regions=_regions_of(row, m.vector_dim))
+                        bar.update(1)
+        session.end_encoding()
+    return session.report

@@ -1,6 +1,6 @@
 """Score a predictions file against a benchmark: metrics, breakdowns, warnings.
 
-The metric definitions live in :mod:`resedis.metrics` (docs/metrics.md); this module
+The metric definitions live in :mod:`resedis.metrics` (``docs/metrics.md``); this module
 checks predictions against the dataset, drops what cannot be scored (and says so),
 and slices the queries by expression type, category and target layout.
 
@@ -24,11 +24,8 @@ from resedis import metrics
 from resedis.eval_protocols.suite import DEFAULT_PROTOCOL, PROTOCOLS, protocol_metrics
 from resedis.io.coco import check_rle
 from resedis.masks import normalize_segmentation
-from resedis.metrics import IOU_MODES, METRIC_KEYS
+from resedis.metrics import IOU_MODES
 from resedis.types import EXPRESSION_TYPES, Dataset, FormatError, Hit, ImageId, ImageInfo, Query, QueryResult
-
-# Keys every metrics dict carries at the top level (docs/metrics.md, docs/api.md).
-REQUIRED_METRIC_KEYS = METRIC_KEYS
 
 # Bucket names for queries that carry no type / category.
 UNKNOWN_TYPE = "(untyped)"

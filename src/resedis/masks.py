@@ -1,7 +1,8 @@
-"""Mask and box geometry, built on pycocotools.
+"""Mask geometry, built on pycocotools.
 
 Masks are ``(H, W)`` bool arrays in memory and compressed COCO RLE dicts
-``{"size": [H, W], "counts": str}`` in JSON. Boxes are xyxy absolute pixels.
+``{"size": [H, W], "counts": str}`` in JSON. Box geometry (IoU, NMS) lives in
+:mod:`resedis.boxes`; boxes are xyxy absolute pixels.
 """
 
 from __future__ import annotations
@@ -88,48 +89,9 @@ def rle_to_box(rle: dict) -> tuple[float, float, float, float]:
     return (x, y, x + w, y + h)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray, *, same_box_is_one: bool = False) -> np.ndarray:
-    """Pairwise IoU of xyxy boxes: (N, 4) x (M, 4) -> (N, M). Empty boxes give 0.
-
-    ``same_box_is_one``: two identical boxes count as IoU 1 even when they have no area
-    (for suppression: a degenerate box must still suppress its own duplicates). Metrics
-    keep the default, the plain IoU.
-    """
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    ix0 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy0 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix1 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy1 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix1 - ix0, 0, None) * np.clip(iy1 - iy0, 0, None)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, inter / union, 0.0)
-    if same_box_is_one:
-        iou = np.where(np.all(a[:, None, :] == b[None, :, :], axis=2), 1.0, iou)
-    return iou
-
-
 def mask_iou(a: Sequence[dict], b: Sequence[dict]) -> np.ndarray:
     """Pairwise IoU of RLE masks (same image size): -> (len(a), len(b))."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
     out = cocomask.iou([_to_coco(r) for r in a], [_to_coco(r) for r in b], [0] * len(b))
     return np.asarray(out, dtype=np.float64).reshape(len(a), len(b))
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression; returns kept indices, highest score first."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    keep: list[int] = []
-    suppressed = np.zeros(len(order), dtype=bool)
-    iou = box_iou(boxes, boxes, same_box_is_one=True) if len(boxes) else np.zeros((0, 0))
-    for i in order:
-        if suppressed[i]:
-            continue
-        keep.append(int(i))
-        suppressed |= iou[i] > iou_threshold
-    return np.asarray(keep, dtype=np.int64)

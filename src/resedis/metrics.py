@@ -32,8 +32,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from resedis.boxes import box_iou
 from resedis.eval_protocols.saco import PRESENCE_KEYS, PresenceCounts, from_records, pair_counts, presence_scores
-from resedis.masks import box_iou, mask_iou
+from resedis.masks import mask_iou
 from resedis.types import Hit, ImageId, Query, QueryResult
 
 IOU_MODES = ("box", "mask")

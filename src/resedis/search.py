@@ -8,7 +8,7 @@ with one text encoding and one matrix product. Hits are then suppressed per imag
 interact) and ranked by score. ``present = score >= threshold``; the threshold is the
 argument when given, else the calibrated one stored in the index manifest
 (``calibration.threshold``), else the model checkpoint's own ``presence_threshold``
-(a ``resedis finetune`` output or ``demo``), else :data:`DEFAULT_THRESHOLD` — see
+(a ``resedis finetune`` output or ``demo``), else :data:`resedis.thresholds.DEFAULT_THRESHOLD` — see
 :mod:`resedis.thresholds`.
 
 >>> from resedis.search import Searcher
@@ -28,17 +28,28 @@ from typing import Sequence
 
 import numpy as np
 
+from resedis.boxes import box_iou
 from resedis.errors import ResedisError
-from resedis.index.manifest import check_model, check_weights, read_manifest
+from resedis.index.ann import AnnSearch
+from resedis.index.manifest import check_model, check_preprocessing, check_weights, read_manifest
 from resedis.index.store import Index, open_index
-from resedis.masks import box_iou
-from resedis.search_corpus import DEFAULT_MATRIX_DTYPE, Corpus, check_matrix_dtype, load_corpus  # noqa: F401 (re-exported)
-from resedis.thresholds import DEFAULT_THRESHOLD, ThresholdChoice, index_threshold  # noqa: F401 (DEFAULT_THRESHOLD re-exported)
+from resedis.models import load_model
+from resedis.models.spec import REGION_TEXT
+from resedis.search_corpus import (
+    DEFAULT_MATRIX_DTYPE,
+    Corpus,
+    check_matrix_dtype,
+    load_corpus,
+)
+from resedis.threads import set_threads
+from resedis.thresholds import ThresholdChoice, index_threshold
 from resedis.types import Dataset, Hit, ImageId, QueryResult
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NMS_IOU = 0.5
+HIT_NMS_IOU = 0.5
+#: hits returned per query unless a caller asks for another number
+DEFAULT_TOP_K = 20
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -111,30 +122,27 @@ class Searcher:
         device: str | None = None,
         model: str | None = None,
         encoder=None,
-        nms_iou: float = DEFAULT_NMS_IOU,
+        nms_iou: float = HIT_NMS_IOU,
         ann=None,
         use_ann: bool = True,
         matrix_dtype: str = DEFAULT_MATRIX_DTYPE,
         threads: int | None = None,
     ):
-        from resedis.threads import set_threads
-
         self.matrix_dtype = check_matrix_dtype(matrix_dtype)
         self.threads = set_threads(threads)["torch"]
         self.index = index if isinstance(index, Index) else open_index(index)
         check_model(self.index.manifest, model, self.index.path)
         if encoder is None:
-            from resedis.models import load_model
-
             encoder = load_model(self.index.manifest.model, device)
         else:
             check_model(self.index.manifest, encoder.spec, self.index.path)
         check_weights(self.index.manifest, encoder, self.index.path)  # same spec, retrained weights?
-        if not hasattr(encoder, "encode_texts") or getattr(encoder, "vector_dim", None) != self.index.manifest.vector_dim:
+        if encoder.kind != REGION_TEXT or encoder.vector_dim != self.index.manifest.vector_dim:
             raise ResedisError(
-                f"{encoder.spec}: not a text encoder for this index (vector dim "
-                f"{getattr(encoder, 'vector_dim', '?')} vs the index's {self.index.manifest.vector_dim})"
+                f"{encoder.spec}: not a text encoder for this index ({encoder.kind} backend, vector dim "
+                f"{encoder.vector_dim if encoder.kind == REGION_TEXT else '-'} vs the index's {self.index.manifest.vector_dim})"
             )
+        check_preprocessing(self.index.manifest, encoder, self.index.path)  # same processor config?
         if not 0.0 < nms_iou <= 1.0:
             raise ResedisError(f"nms_iou must be in (0, 1] (1 disables NMS), got {nms_iou}")
         self.encoder = encoder
@@ -143,8 +151,6 @@ class Searcher:
         self._manifest_mtime = self._stat_manifest()
         # ANN candidates + exact re-scoring when the regions table has a vector index
         # (resedis.index.ann; built above IndexConfig.ann_min_rows rows); ``ann``: an AnnConfig.
-        from resedis.index.ann import AnnSearch
-
         self.ann = AnnSearch(self.index, ann) if use_ann else None
 
     def _stat_manifest(self) -> object:
@@ -170,7 +176,7 @@ class Searcher:
     @property
     def threshold_choice(self) -> ThresholdChoice:
         """Default presence threshold and its source: calibrated (manifest), else the model
-        checkpoint's ``presence_threshold``, else :data:`DEFAULT_THRESHOLD`."""
+        checkpoint's ``presence_threshold``, else :data:`resedis.thresholds.DEFAULT_THRESHOLD`."""
         return index_threshold(self.index.manifest)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -180,7 +186,7 @@ class Searcher:
                 raise ResedisError(f"empty query {text!r}: describe the object to search for")
         return np.asarray(self.encoder.encode_texts([normalize_text(t) for t in texts]), dtype=np.float32)
 
-    def search(self, text: str, *, top_k: int = 20, threshold: float | None = None) -> QueryResult:
+    def search(self, text: str, *, top_k: int = DEFAULT_TOP_K, threshold: float | None = None) -> QueryResult:
         """One text query -> QueryResult (hits ranked by score, ``query_id`` = the normalised text)."""
         return self.search_many([text], top_k=top_k, threshold=threshold)[0]
 
@@ -188,7 +194,7 @@ class Searcher:
         self,
         texts: Sequence[str],
         *,
-        top_k: int = 20,
+        top_k: int = DEFAULT_TOP_K,
         threshold: float | None = None,
         query_ids: Sequence[str] | None = None,
         batch_size: int = 32,
@@ -218,6 +224,8 @@ class Searcher:
                 logits = corpus.logits(queries)
             if allowed is not None:
                 logits[~allowed] = -np.inf
+            if corpus.hidden.any():  # boxes with no visible area (indexes from before the encoder dropped them)
+                logits[corpus.hidden] = -np.inf
             t2 = time.perf_counter()
             for j, text in enumerate(chunk):
                 t3 = time.perf_counter()
@@ -249,7 +257,7 @@ def search(
     text: str,
     db: str | os.PathLike | Index,
     *,
-    top_k: int = 20,
+    top_k: int = DEFAULT_TOP_K,
     threshold: float | None = None,
     device: str | None = None,
 ) -> QueryResult:
@@ -301,7 +309,7 @@ def search_dataset(
     db: str | os.PathLike | Index | Searcher,
     dataset: Dataset,
     *,
-    top_k: int = 20,
+    top_k: int = DEFAULT_TOP_K,
     threshold: float | None = None,
     device: str | None = None,
     batch_size: int = 32,

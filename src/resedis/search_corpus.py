@@ -21,9 +21,9 @@ codes (with ``step`` and ``bias``); ``"float32"`` decodes them once into a float
 ``"stored"`` keeps the codes and decodes each chunk per query. The two differ only by
 float32 round-off; both lie within the storage's logit error bound.
 
-The matrix itself is read lazily, at the first exact product: a Searcher that answers
-through the ANN index (:class:`resedis.index.ann.AnnSearch`) re-scores candidates from
-the rows LanceDB returns and never loads it (``vectors_loaded`` tells).
+``load_corpus(..., lazy=True)`` reads the matrix only at the first exact product: a
+Searcher with an ANN index (:class:`resedis.index.ann.AnnSearch`) re-scores candidates
+from the rows LanceDB returns and never loads it (``vectors_loaded`` tells).
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 
-from resedis.errors import ResedisError
+from resedis.boxes import visible
 from resedis import quant
+from resedis.errors import ResedisError
 from resedis.index.store import IMAGES, REGIONS, Index, column_matrix
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,8 @@ class Corpus:
     image_ids / paths: per image row; region_image (N,) int64 image row of each region;
     boxes (N, 4) float32 xyxy original px; vectors (N, D) as stored (float16/float32)
     until the first exact product under ``matrix_dtype="float32"``, then the same
-    values in float32 (see the module docstring).
+    values in float32 (see the module docstring); hidden (N,) bool: regions whose box,
+    clipped to its image, has zero area (never returned as hits; None: none hidden).
     """
 
     version: tuple[int, int]
@@ -73,6 +76,7 @@ class Corpus:
     boxes: np.ndarray
     vectors: np.ndarray | None
     matrix_dtype: str = DEFAULT_MATRIX_DTYPE
+    hidden: np.ndarray | None = None
     storage: str = "float16"  # of ``vectors``: float32/float16 vectors, or int8/int4 codes
     step: np.ndarray | None = None  # compact storage: per-row step and exact bias
     bias: np.ndarray | None = None
@@ -86,6 +90,10 @@ class Corpus:
             raise ResedisError("Corpus needs vectors or a loader")
         if self.vectors is not None and not self.dim:
             self.dim = int(self.vectors.shape[1])
+        if self.hidden is None:
+            self.hidden = np.zeros(len(self), dtype=bool)
+        elif self.hidden.shape != (len(self),):
+            raise ResedisError(f"hidden must have one flag per region ({len(self)}), got shape {self.hidden.shape}")
 
     def __len__(self) -> int:
         return int(self.region_image.shape[0])
@@ -119,13 +127,6 @@ class Corpus:
                         self.vectors = self.vectors.astype(np.float32)
         return self.vectors
 
-    def row_logits(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
-        """(M,) logits of region ``rows`` for one ``[q̂, 1]`` query (the exact path's arithmetic)."""
-        matrix = self.matrix()
-        if quant.is_compact(self.storage):
-            return quant.compact_logits(matrix[rows], self.step[rows], self.bias[rows], query, self.storage, self.dim)[:, 0]
-        return matrix[rows].astype(np.float32) @ np.asarray(query, np.float32)
-
     def logits(self, queries: np.ndarray) -> np.ndarray:
         """(Q, D) query vectors -> (N, Q) float32 logits, computed in float32 chunks."""
         queries = np.asarray(queries, dtype=np.float32)
@@ -141,13 +142,11 @@ class Corpus:
 
 def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE, *, lazy: bool = False) -> Corpus:
     """Read images + regions and keep regions whose ``(image_id, batch)`` has an images row.
-
-    ``lazy``: read ids and boxes now and the region matrix (vectors or codes) only at the
-    first exact product (:meth:`Corpus.matrix`) — what a Searcher with an ANN index does."""
-    import pyarrow as pa
-
+    Regions whose box has no visible area in its image are kept as rows (the ANN path
+    addresses rows by position) and flagged ``hidden``. ``lazy``: read ids and boxes now
+    and the region matrix (vectors or codes) only at the first exact product."""
     version = index.version()
-    images = index.read(IMAGES, ["image_id", "path", "batch"])
+    images = index.read(IMAGES, ["image_id", "path", "batch", "width", "height"])
     regions = index.read(REGIONS, ["image_id", "batch", "box"])
     keys_img = pa.table(
         {"image_id": images["image_id"], "batch": images["batch"], "img_row": pa.array(np.arange(images.num_rows, dtype=np.int64))}
@@ -171,9 +170,9 @@ def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE, *, lazy:
         table.checkout(version[1])
         names = ["vector"] if not quant.is_compact(storage) else ["codes", "step", "bias"]
         data = table.search().select(names).limit(None).to_arrow()
+        step = bias = None
         if not quant.is_compact(storage):
             vectors = column_matrix(data["vector"], dim, np.float16 if storage == "float16" else np.float32)
-            step = bias = None
         else:
             vectors = column_matrix(data["codes"], quant.code_width(storage, dim), np.int8 if storage == "int8" else np.uint8)
             step, bias = data["step"].to_numpy().astype(np.float32), data["bias"].to_numpy().astype(np.float32)
@@ -183,14 +182,21 @@ def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE, *, lazy:
             vectors = vectors[reg_rows]
         return np.ascontiguousarray(vectors), step, bias
 
+    region_image = joined["img_row"].to_numpy().astype(np.int64)
+    widths = images["width"].to_numpy(zero_copy_only=False).astype(np.float64)
+    heights = images["height"].to_numpy(zero_copy_only=False).astype(np.float64)
+    hidden = ~visible(boxes, widths[region_image], heights[region_image])
+    if hidden.any():
+        log.info("%d of %d regions have no visible area in their image and are never returned", hidden.sum(), len(hidden))
     corpus = Corpus(
         version=version,
         image_ids=images["image_id"].to_pylist(),
         paths=images["path"].to_pylist(),
-        region_image=joined["img_row"].to_numpy().astype(np.int64),
+        region_image=region_image,
         boxes=boxes,
         vectors=None,
         matrix_dtype=matrix_dtype,
+        hidden=hidden,
         storage=storage,
         dim=dim,
         loader=load_vectors,

@@ -7,7 +7,8 @@ First that applies:
    ``threshold`` parameter);
 2. ``calibrated`` — the index manifest's calibration for that pipeline (``resedis
    calibrate``; for ``owl`` also the top-level ``calibration.threshold``);
-3. ``checkpoint`` — ``presence_threshold`` in the ``resedis.json`` of the index's model
+3. ``checkpoint`` — ``presence_threshold`` in the checkpoint metadata
+   (``resedis_checkpoint.json``, formerly ``resedis.json``) of the index's model
    directory: a ``resedis finetune`` output or the bundled model (spec ``demo``). Only
    for pipelines whose score IS that model's detector score (``owl``): the threshold was
    fitted on exactly those scores (validation data, see ``threshold_source`` there);
@@ -26,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resedis.errors import ResedisError
+from resedis.models.checkpoint import checkpoint_meta_path
+from resedis.models.spec import parse_spec
 
 # OWL-ViT's published examples keep detections with sigmoid score >= 0.1.
 DEFAULT_THRESHOLD = 0.1
-#: the metadata file ``resedis finetune`` writes next to a checkpoint's weights
-CHECKPOINT_META = "resedis.json"
 SOURCES = ("argument", "calibrated", "checkpoint", "default")
 
 
@@ -51,21 +52,19 @@ class ThresholdChoice:
 
 
 def checkpoint_threshold(model: str | None) -> tuple[float, Path] | None:
-    """``(presence_threshold, path of the resedis.json)`` of a model spec whose weights are a
-    local directory (``owlv2:/dir``, ``demo``) holding ``resedis.json`` with a
+    """``(presence_threshold, path of the metadata file)`` of a model spec whose weights are a
+    local directory (``owlv2:/dir``, ``demo``) holding checkpoint metadata
+    (``resedis_checkpoint.json``, or the pre-rename ``resedis.json``) with a
     ``presence_threshold``; None for hub models, directories without the file, or a file
     whose ``presence_threshold`` is null/absent. A malformed file is a ResedisError naming
     it and the field."""
     if not model:
         return None
-    from resedis.models import parse_spec
-    from resedis.models.resolver import looks_like_path
-
     spec = parse_spec(model)
-    if not looks_like_path(spec.source):
+    if not spec.local:
         return None
-    meta = Path(spec.source).expanduser() / CHECKPOINT_META
-    if not meta.is_file():
+    meta = checkpoint_meta_path(Path(spec.source).expanduser())  # resedis_checkpoint.json, or the old resedis.json
+    if meta is None:
         return None
     try:
         data = json.loads(meta.read_text(encoding="utf-8"))

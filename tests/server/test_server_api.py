@@ -254,7 +254,7 @@ def test_stats(client, service, corpus):
 
 
 def test_calibrated_threshold_is_the_default(client, corpus):
-    from resedis.index.store import read_manifest, write_manifest
+    from resedis.index.manifest import read_manifest, write_manifest
 
     hits = client.get("/api/search", params={"q": "purple ring", "top_k": 10}).json()["hits"]
     scores = sorted(h["score"] for h in hits)

@@ -5,17 +5,12 @@ Sections of the JSON report (see ``docs/benchmarks.md`` for the meaning of each 
 * ``machine`` — measured dense matmul GFLOP/s (same torch thread count as the models);
 * ``indexing`` — region-encoder throughput at real sizes with random weights, FLOPs
   per image and the achieved share of the machine's matmul FLOP/s;
-* ``indexing_pipeline`` — the real writer's images/s against the sum of its stages;
+* ``indexing_writer`` — the real writer's images/s against the sum of its stages;
 * ``query`` — exact vs ANN (+ exact re-scoring) latency, recall and disk per corpus size;
-* ``scale`` — sizes above 1M regions, streamed with bounded memory (:mod:`resedis.bench.scale`):
-  p50/p95, recall@10/@100 against a streaming exact scan, build time, bytes per image and
-  the query process's peak RSS;
 * ``ann_variants`` (full mode) — the LanceDB index types compared on one corpus;
 * ``naive_vs_index`` — seconds per query of running the detector on every image vs the
   index, the speedup, whether the hits are identical, and how it grows with the corpus;
-* ``peak_rss_mb`` — of an indexing process and of a search process (each isolated);
-* ``storage`` — bytes per image of each region storage format and the top-10 agreement of
-  the compact ones (int8, int4) with float16 (:mod:`resedis.bench.storage`).
+* ``peak_rss_mb`` — of an indexing process and of a search process (each isolated).
 
 >>> from resedis.bench import run_bench
 >>> report = run_bench(quick=True, out="bench.json")  # doctest: +SKIP
@@ -38,9 +33,10 @@ from resedis.bench.query import QueryBenchConfig
 from resedis.index.ann import AnnConfig
 
 SCHEMA = "resedis-bench/1"
-# Query-sweep sizes above this are measured with bounded memory (resedis.bench.scale).
-STREAM_ABOVE_ROWS = 1_000_000
 
+
+#: where ``resedis bench`` writes its report unless told
+DEFAULT_REPORT = "bench.json"
 
 @dataclass
 class BenchPlan:
@@ -50,7 +46,7 @@ class BenchPlan:
     compares like with like), and numpy's BLAS threads (the exact search's product) when
     threadpoolctl is installed (:func:`resedis.threads.set_threads`); None keeps the
     libraries' defaults.
-    pipeline_models: (model, images, batch size) run through the real writer in a child
+    writer_models: (model, images, batch size) run through the real writer in a child
     process (a :data:`resedis.bench.indexing.MODELS` name or ``"tiny"``).
     """
 
@@ -60,12 +56,10 @@ class BenchPlan:
     naive: NaiveBenchConfig
     ann: AnnConfig = field(default_factory=AnnConfig)
     ann_variants_rows: int | None = None
-    pipeline_models: list[tuple[str, int, int]] = field(default_factory=lambda: [("tiny", 200, 8)])
+    writer_models: list[tuple[str, int, int]] = field(default_factory=lambda: [("tiny", 200, 8)])
     matmul_n: int = 2048
     matmul_seconds: float = 1.5
     threads: int | None = 1
-    storage_rows: tuple[int, int, int] = (20_000, 50, 10_000)  # agreement rows, queries, bytes rows
-    scale_storage: str = "int4"  # storage format of the streamed sizes (> STREAM_ABOVE_ROWS)
     tiny_owlv2: str | None = None  # an existing tiny OWLv2 checkpoint dir (else one is written)
 
 
@@ -95,8 +89,7 @@ def full_plan(max_rows: int = 1_000_000) -> BenchPlan:
         query=QueryBenchConfig(sizes=sizes, queries=50),
         naive=NaiveBenchConfig(images=200, steps=(25, 50, 100, 200), queries=5, repeats=10),
         ann_variants_rows=100_000,
-        storage_rows=(200_000, 200, 50_000),
-        pipeline_models=[("tiny", 200, 8), ("owlvit-b32-768", 16, 8)],
+        writer_models=[("tiny", 200, 8), ("owlvit-b32-768", 16, 8)],
     )
 
 
@@ -173,7 +166,7 @@ def run_bench(
     temporary directory by default, removed afterwards)."""
     from tqdm.auto import tqdm
 
-    from resedis.bench import indexing, machine, naive, pipeline, query
+    from resedis.bench import indexing, jobs, machine, naive, query, scale, storage
 
     plan = plan or (quick_plan() if quick else full_plan())
     started = time.perf_counter()
@@ -184,7 +177,7 @@ def run_bench(
     scratch = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="resedis-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
     report: dict = {"schema": SCHEMA, "mode": plan.mode, "argv": sys.argv, "plan": _plan_json(plan)}
-    steps = ["machine", "indexing", "naive", "pipeline", "query", "storage"] + (["variants"] if plan.ann_variants_rows else [])
+    steps = ["machine", "indexing", "naive", "writer", "query", "storage"] + (["variants"] if plan.ann_variants_rows else [])
     bar = tqdm(total=len(steps), desc="bench", unit="part", disable=not progress, file=sys.stderr)
     try:
         bar.set_postfix_str("matmul")
@@ -195,7 +188,7 @@ def run_bench(
         bar.update(1)
 
         bar.set_postfix_str("indexing throughput")
-        n_photos = max([8] + [c.images for c in plan.encoders] + [n for m, n, _ in plan.pipeline_models if m != "tiny"])
+        n_photos = max([8] + [c.images for c in plan.encoders] + [n for m, n, _ in plan.writer_models if m != "tiny"])
         photos = indexing.write_test_images(scratch / "photos", n_photos)
         report["indexing"] = []
         for case in plan.encoders:
@@ -210,28 +203,28 @@ def run_bench(
         report["naive_vs_index"] = naive.run_naive_vs_index(scratch / "naive", tiny_spec, plan.naive)
         bar.update(1)
 
-        bar.set_postfix_str("indexing pipeline + RSS")
+        bar.set_postfix_str("indexing writer + RSS")
         corpus_images = scratch / "naive" / "corpus" / "images"
-        report["indexing_pipeline"] = []
+        report["indexing_writer"] = []
         rss_index = None
-        for model, n_images, batch in plan.pipeline_models:
+        for model, n_images, batch in plan.writer_models:
             spec = tiny_spec if model == "tiny" else model
             src = corpus_images if model == "tiny" else scratch / "photos"
-            folder = scratch / f"pipeline_{len(report['indexing_pipeline'])}"
+            folder = scratch / f"writer_{len(report['indexing_writer'])}"
             _link_first(src, folder, n_images)
-            db = scratch / f"pipeline_{len(report['indexing_pipeline'])}.db"
-            job, rss = machine.run_isolated(pipeline.index_job, str(folder), str(db), spec, batch, plan.threads)
-            stages = pipeline.stage_rate(spec, folder, batch, min(n_images, 32))
+            db = scratch / f"writer_{len(report['indexing_writer'])}.db"
+            job, rss = machine.run_isolated(jobs.index_job, str(folder), str(db), spec, batch, plan.threads)
+            stages = jobs.stage_rate(spec, folder, batch, min(n_images, 32))
             job.update(
                 serial_stage_sum_images_per_s=stages["serial_images_per_s"],
                 overlap_gain=round(job["images_per_s"] / stages["serial_images_per_s"], 4),
                 stages_ms=stages,
                 peak_rss_mb=round(rss, 1),
             )
-            report["indexing_pipeline"].append(job)
+            report["indexing_writer"].append(job)
             rss_index = rss_index or {"mb": round(rss, 1), "model": spec, "images": n_images, "batch_size": batch}
         search, rss_search = machine.run_isolated(
-            pipeline.search_job, str(scratch / "naive" / "growing.db"), tiny_spec,
+            jobs.search_job, str(scratch / "naive" / "growing.db"), tiny_spec,
             report["naive_vs_index"]["query_texts"], 3, plan.threads,
         )
         report["peak_rss_mb"] = {
@@ -247,10 +240,8 @@ def run_bench(
         report["query"] = []
         for rows in plan.query.sizes:
             if rows > STREAM_ABOVE_ROWS:  # the matrix would not fit: streamed (resedis.bench.scale)
-                from resedis.bench.scale import run_scale
-
                 report.setdefault("scale", []).append(
-                    run_scale(rows, scratch / "scale", storage=plan.scale_storage, queries=plan.query.queries, ann=plan.ann)
+                    scale.run_scale(rows, scratch / "scale", storage=plan.scale_storage, queries=plan.query.queries, ann=plan.ann)
                 )
                 continue
             report["query"].append(query.run_query_size(rows, scratch / "query", plan.query, plan.ann))
@@ -258,9 +249,7 @@ def run_bench(
         bar.update(1)
 
         bar.set_postfix_str("storage formats")
-        from resedis.bench.storage import run_storage_bench
-
-        report["storage"] = run_storage_bench(*plan.storage_rows, workdir=scratch / "storage")
+        report["storage"] = storage.run_storage_bench(*plan.storage_rows, workdir=scratch / "storage")
         bar.update(1)
 
         if plan.ann_variants_rows:
@@ -290,11 +279,11 @@ def run_bench(
 
 
 def _link_first(src: Path, dst: Path, n: int) -> None:
-    from resedis.bench.naive import _link_images
+    from resedis.bench.naive import link_images
 
     shutil.rmtree(dst, ignore_errors=True)
     files = sorted(p for p in Path(src).iterdir() if p.is_file())
-    _link_images([files[i % len(files)] for i in range(min(n, len(files)))], dst)
+    link_images([files[i % len(files)] for i in range(min(n, len(files)))], dst)
 
 
 def _json_default(obj):

@@ -144,7 +144,7 @@ def _owl_image_path(model, pixel_values) -> None:
     head.dense0(feats)
     head.logit_shift(feats)
     head.logit_scale(feats)
-    if hasattr(model, "objectness_predictor"):
+    if model.config.model_type == "owlv2":  # OWL-ViT has no objectness head
         model.objectness_predictor(feats)
     base = getattr(model, model.base_model_prefix)
     base.visual_projection(vision_outputs.pooler_output)
@@ -191,7 +191,7 @@ def write_test_images(out_dir: Path, n: int, size: tuple[int, int] = (640, 480),
     return paths
 
 
-def _time_batch(backend, family: str, paths: list[Path], max_regions: int, nms_iou: float) -> dict:
+def time_batch(backend, family: str, paths: list[Path], max_regions: int, nms_iou: float) -> dict:
     """Run one batch through the writer's stages -> seconds per stage (whole batch)."""
     import torch
 
@@ -232,14 +232,14 @@ def measure_encoder(
     backend, _, _ = random_backend(case.name, image_size=size)
     build_s = time.perf_counter() - t0
     if case.warmup:
-        _time_batch(backend, family, image_paths[:1], max_regions, nms_iou)
+        time_batch(backend, family, image_paths[:1], max_regions, nms_iou)
     entries = []
     for bs in case.batch_sizes:
         n = -(-max(case.images, bs) // bs) * bs
         paths = [image_paths[i % len(image_paths)] for i in range(n)]
         totals = {"decode": 0.0, "preprocess": 0.0, "forward": 0.0, "select": 0.0}
         for start in range(0, n, bs):
-            for key, value in _time_batch(backend, family, paths[start : start + bs], max_regions, nms_iou).items():
+            for key, value in time_batch(backend, family, paths[start : start + bs], max_regions, nms_iou).items():
                 totals[key] += value
         per_image = {k: v / n for k, v in totals.items()}
         serial = sum(per_image.values())

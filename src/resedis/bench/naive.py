@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from resedis.boxes import visible
+
 BOX_TOL_PX = 1e-3
 SCORE_TOL = 1e-5
 
@@ -70,7 +72,8 @@ def make_corpus(workdir: Path, config: NaiveBenchConfig) -> tuple[Path, list[str
 
 def naive_per_image(backend, images: dict, texts: list[str], max_regions: int, nms_iou: float) -> dict:
     """Run ``detector_logits`` for every (query, image) -> per query: per image
-    ``(seconds, kept boxes (n, 4), kept logits (n,))``, kept = the index's region selection."""
+    ``(seconds, kept boxes (n, 4), kept logits (n,))``, kept = the index's region selection
+    less the boxes with no visible area in their image (the search never returns those)."""
     from resedis.models.owl import select_regions
 
     out: dict[str, dict] = {}
@@ -80,6 +83,7 @@ def naive_per_image(backend, images: dict, texts: list[str], max_regions: int, n
             t0 = time.perf_counter()
             boxes, logits, objectness = backend.detector_logits(image, [text])
             keep = select_regions(np.asarray(boxes, np.float32), np.asarray(objectness, np.float32), max_regions, nms_iou)
+            keep = keep[visible(np.asarray(boxes)[keep], *image.size)]  # never a hit (resedis.search_corpus)
             seconds = time.perf_counter() - t0
             per_image[image_id] = (seconds, np.asarray(boxes, np.float32)[keep], np.asarray(logits, np.float32)[keep, 0])
         out[text] = per_image
@@ -113,7 +117,7 @@ def same_hits(naive: list, index_hits: list) -> tuple[bool, float, float]:
     return same, box_diff, score_diff
 
 
-def _link_images(src: list[Path], dst_dir: Path) -> None:
+def link_images(src: list[Path], dst_dir: Path) -> None:
     dst_dir.mkdir(parents=True, exist_ok=True)
     for path in src:
         target = dst_dir / path.name
@@ -150,7 +154,7 @@ def run_naive_vs_index(workdir: Path, model_spec: str, config: NaiveBenchConfig,
     )
     rows = []
     for n in steps:
-        _link_images(all_paths[:n], grow_dir)
+        link_images(all_paths[:n], grow_dir)
         t0 = time.perf_counter()
         build_index(grow_dir, db, config=index_config, progress=progress, encoder=backend)
         build_s = time.perf_counter() - t0

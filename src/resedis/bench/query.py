@@ -45,7 +45,8 @@ def write_regions(db_path: Path, rows: int, config: QueryBenchConfig):
     """
     import lancedb
 
-    from resedis.index.store import VECTOR_DTYPES, regions_schema
+    from resedis.index.manifest import VECTOR_DTYPES
+    from resedis.index.store import regions_schema
 
     spec = config.spec
     schema = regions_schema(spec.dim, config.vector_dtype)

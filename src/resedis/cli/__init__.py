@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module ``resedis.cli.<name>`` exposing
 ``register(subparsers)``, which adds the parser and sets ``func`` (called with the
-parsed args, returns an exit code). Heavy imports happen inside ``func``.
+parsed args, returns an exit code). Options default to None (unset): a command passes
+only what the user gave, so every default lives once, in the library (help texts read
+it from there). Imports of torch-heavy modules happen inside ``func``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ COMMANDS = [
     "models",
     "index",
     "search",
+    "parse",
     "stats",
     "calibrate",
     "pipelines",
@@ -34,7 +37,7 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from resedis import __version__
+    from resedis.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="resedis",

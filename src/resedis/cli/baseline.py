@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resedis.cli._args import add_split_option, non_negative_int
+from resedis.baselines import random_predictions
+from resedis.cli.options import add_split_option, given, non_negative_int, param_default
+from resedis.io import FORMATS, load_dataset
 
 
 def register(subparsers) -> None:
@@ -19,27 +21,28 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", required=True, help="dataset folder (ReSeDis layout or RefCOCO refs folder)")
     add_split_option(p)
     p.add_argument("--out", required=True, help="predictions JSONL file to write (atomically)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed for 'random', >= 0 (default 0)")
-    p.add_argument("--detections", type=non_negative_int, default=10,
-                   help="detections per query for 'random' (default 10)")
-    p.add_argument("--format", default="auto", choices=["auto", "resedis", "refcoco", "grefcoco"],
-                   help="dataset format (default: detect)")
+    p.add_argument("--seed", type=non_negative_int,
+                   help=f"random seed for 'random', >= 0 (default {param_default(random_predictions, 'seed')})")
+    p.add_argument("--detections", type=non_negative_int, dest="detections_per_query",
+                   help=f"detections per query for 'random' (default {param_default(random_predictions, 'detections_per_query')})")
+    p.add_argument("--format", choices=FORMATS,
+                   help=f"dataset format (default: {param_default(load_dataset, 'format')}, detect it)")
     p.add_argument("--lenient", action="store_true",
                    help="skip malformed annotation records (each skip is reported) instead of failing")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from resedis.baselines import oracle_predictions, random_predictions
-    from resedis.io import load_dataset, write_predictions
+    from resedis.baselines import oracle_predictions
+    from resedis.io import write_predictions
 
-    dataset = load_dataset(args.dataset, format=args.format, strict=not args.lenient, split=args.split)
+    dataset = load_dataset(args.dataset, strict=not args.lenient, split=args.split, **given(args, "format"))
     for s in dataset.skipped:
         print(f"skipped {s.source}: {s.reason}", file=sys.stderr)
     if args.kind == "oracle":
         results = oracle_predictions(dataset)
     else:
-        results = random_predictions(dataset, seed=args.seed, detections_per_query=args.detections)
+        results = random_predictions(dataset, **given(args, "seed", "detections_per_query"))
     path = write_predictions(args.out, results)
     n_det = sum(len(r.hits) for r in results)
     print(f"wrote {len(results)} queries, {n_det} detections ({args.kind}) to {path}")

@@ -8,8 +8,19 @@ import json
 import math
 import sys
 
-from resedis.cli._args import STORAGE_OPTION_HELP, add_split_option, storage_option
-from resedis.cli.pipelines import add_pipeline_options, open_db, pipeline_config
+from resedis.calibrate import calibrate_pipeline
+from resedis.cli.options import (
+    STORAGE_OPTION_HELP,
+    add_split_option,
+    field_default,
+    given,
+    param_default,
+    positive_int,
+    storage_option,
+)
+from resedis.cli.pipelines import add_pipeline_options, engine_config, open_db
+from resedis.metrics import IOU_MODES
+from resedis.pipelines import PipelineConfig
 
 
 def _fraction(text: str) -> float:
@@ -41,11 +52,14 @@ def register(subparsers) -> None:
     p.add_argument("--storage-option", type=storage_option, action="append", default=[], metavar="KEY=VALUE",
                    help="with an object-store --db: " + STORAGE_OPTION_HELP)
     add_pipeline_options(p, masks=False)
-    p.add_argument("--top-k", type=int, default=20, metavar="K", help="detections kept per query (default 20)")
-    p.add_argument("--iou", choices=("box", "mask"), default="box", help="IoU for matching (default box)")
+    p.add_argument("--top-k", type=positive_int, metavar="K",
+                   help=f"detections kept per query (default {field_default(PipelineConfig, 'top_k')})")
+    p.add_argument("--iou", choices=IOU_MODES,
+                   help=f"IoU for matching (default {param_default(calibrate_pipeline, 'iou')})")
     p.add_argument("--fraction", type=_fraction, metavar="F",
                    help="fit on only this seeded share of the queries (default: all of them)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --fraction split (default 0)")
+    p.add_argument("--seed", type=int,
+                   help=f"seed of the --fraction split (default {param_default(calibrate_pipeline, 'seed')})")
     p.add_argument("--dry-run", action="store_true", help="report the fitted values without storing them")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
@@ -53,22 +67,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resedis.calibrate import calibrate_prepared, split_queries, store_calibration
-    from resedis.errors import ResedisError
     from resedis.io import load_dataset
-    from resedis.pipelines import as_queries, get_pipeline
-    from resedis.pipelines.base import subset_dataset
+    from resedis.query import QueryEngine
 
-    if args.top_k < 1:
-        raise ResedisError(f"--top-k must be >= 1, got {args.top_k}")
     index = open_db(args)  # before the dataset and any model: a wrong --db fails fast
     dataset = load_dataset(args.dataset, split=args.split)
-    if args.fraction is not None:
-        dataset = subset_dataset(dataset, split_queries(dataset, args.fraction, seed=args.seed)[0])
-    pipeline = get_pipeline(args.pipeline or "owl", index, pipeline_config(args, top_k=args.top_k))
-    prepared = pipeline.prepare(as_queries(dataset=dataset), dataset)
-    result = calibrate_prepared(pipeline, prepared, dataset.queries, iou=args.iou, dataset_name=dataset.name)
-    stored = None if args.dry_run else store_calibration(pipeline.index, result)
+    pipeline = QueryEngine(index, engine_config(args, progress=True)).pipeline(args.pipeline, top_k=args.top_k)
+    result, stored, dataset = calibrate_pipeline(pipeline, dataset, store=not args.dry_run,
+                                                 **given(args, "iou", "fraction", "seed"))
     if args.json:
         print(json.dumps({"pipeline": result.pipeline, **result.to_json(), "grid": result.grid, "stored": stored is not None}))
         return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resedis.cli._args import non_negative_int, positive_float, positive_int
+from resedis.cli.options import given, non_negative_int, positive_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -18,7 +18,7 @@ def register(subparsers) -> None:
             "(negatives). Loss: sigmoid focal loss on the query logits with Hungarian box "
             "assignment, L1 + generalised-IoU box losses, objectness focal loss. Validates each "
             "epoch with the metric suite, keeps the best model in OUT_DIR (loadable as "
-            "owlv2:OUT_DIR, presence threshold in OUT_DIR/resedis.json) and a resume point in "
+            "owlv2:/abs/OUT_DIR, presence threshold in OUT_DIR/resedis_checkpoint.json) and a resume point in "
             "OUT_DIR/last: rerunning the same command after an interruption continues from it."
         ),
     )
@@ -36,36 +36,36 @@ def register(subparsers) -> None:
                    "train, val, testA, ... as in the refs file; an error for a ReSeDis-format dataset) (default: all splits)")
     p.add_argument("--val-split", metavar="NAME", help="validate (and fit the threshold, also with --refit-threshold) on "
                    "this split of --val-dataset, e.g. val (default: all splits)")
-    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: 10)")
-    p.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate of AdamW (default: 1e-4)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per step (default: 8)")
-    p.add_argument("--negatives", type=non_negative_int, default=8, help="absent expressions sampled per image per step (default: 8)")
-    p.add_argument("--hard-negatives", type=float, default=0.5, metavar="FRACTION",
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: FinetuneConfig.epochs)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate of AdamW (default: FinetuneConfig.lr)")
+    p.add_argument("--batch-size", type=positive_int, help="images per step (default: FinetuneConfig.batch_size)")
+    p.add_argument("--negatives", type=non_negative_int, dest="negatives_per_image", help="absent expressions sampled per image per step (default: FinetuneConfig.negatives_per_image)")
+    p.add_argument("--hard-negatives", type=float, dest="hard_negative_fraction", metavar="FRACTION",
                    help="share of the sampled negatives taken from absent expressions sharing the most words with "
-                        "the image's positives (default: 0.5)")
+                        "the image's positives (default: FinetuneConfig.hard_negative_fraction)")
     p.add_argument("--category-texts", action="store_true",
                    help="also train on the category names of the dataset's instances.json as expressions, each "
                         "denoting every object of its category in the image")
-    p.add_argument("--matches-per-object", type=positive_int, default=1,
+    p.add_argument("--matches-per-object", type=positive_int,
                    help="patches assigned to each object by the Hungarian matching (1: one-to-one as in DETR/OWL; "
-                        ">1: one-to-many, faster convergence from scratch) (default: 1)")
-    p.add_argument("--rank-loss", type=float, default=0.0, metavar="WEIGHT",
+                        ">1: one-to-many, faster convergence from scratch) (default: LossWeights.matches_per_object)")
+    p.add_argument("--rank-loss", type=float, dest="rank", metavar="WEIGHT",
                    help="weight of the retrieval loss (each text's target patches must outscore every patch of "
-                        "every image in the batch; softmax cross-entropy); 0 = off (default: 0)")
-    p.add_argument("--warmup-steps", type=non_negative_int, default=100, help="linear warm-up steps before cosine decay (default: 100)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
+                        "every image in the batch; softmax cross-entropy); 0 = off (default: LossWeights.rank)")
+    p.add_argument("--warmup-steps", type=non_negative_int, help="linear warm-up steps before cosine decay (default: FinetuneConfig.warmup_steps)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: FinetuneConfig.weight_decay)")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the detection heads; image and text towers frozen")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of initialisation, batch order and negatives (default: 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
-    p.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps in total (saving a resume point)")
-    p.add_argument("--checkpoint-every", type=non_negative_int, default=0, help="also save the resume point every N steps (default: end of each epoch only)")
-    p.add_argument("--select-metric", default="BR@1@0.5", help="validation metric that picks the best model, or val_loss (default: BR@1@0.5)")
-    p.add_argument("--min-n-acc", type=float, default=None, metavar="X",
+    p.add_argument("--seed", type=non_negative_int, help="seed of initialisation, batch order and negatives (default: FinetuneConfig.seed)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)")
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps in total (saving a resume point)")
+    p.add_argument("--checkpoint-every", type=non_negative_int, help="also save the resume point every N steps (default: FinetuneConfig.checkpoint_every)")
+    p.add_argument("--select-metric", help="validation metric that picks the best model, or val_loss (default: FinetuneConfig.select_metric)")
+    p.add_argument("--min-n-acc", type=float, metavar="X",
                    help="presence threshold = max F1 among thresholds whose validation N_acc (absent queries with "
                         "nothing found) is >= X (default: plain max F1)")
     p.add_argument("--refit-threshold", action="store_true",
                    help="no training: recompute the presence threshold of the model in --out on --val-dataset "
-                        "(with --min-n-acc) and store it in OUT_DIR/resedis.json")
+                        "(with --min-n-acc) and store it in OUT_DIR/resedis_checkpoint.json")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -111,12 +111,11 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None and scratch is None and find_last(Path(args.out)) is None:
         raise ResedisError("give --model SPEC or --from-scratch-config JSON (or an --out holding a run to resume)")
     config = FinetuneConfig(
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, negatives_per_image=args.negatives,
-        hard_negative_fraction=args.hard_negatives, category_texts=args.category_texts,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, freeze_backbone=args.freeze_backbone,
-        seed=args.seed, device=args.device, max_steps=args.max_steps, checkpoint_every=args.checkpoint_every,
-        select_metric=args.select_metric, progress=not args.no_progress, min_n_acc=args.min_n_acc,
-        loss=LossWeights(matches_per_object=args.matches_per_object, rank=args.rank_loss),
+        progress=not args.no_progress,
+        loss=LossWeights(**given(args, "matches_per_object", "rank")),
+        **given(args, "epochs", "lr", "batch_size", "negatives_per_image", "hard_negative_fraction", "category_texts",
+                "weight_decay", "warmup_steps", "freeze_backbone", "seed", "device", "max_steps", "checkpoint_every",
+                "select_metric", "min_n_acc"),
     )
     try:
         config.validate()

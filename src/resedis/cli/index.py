@@ -6,7 +6,19 @@ import argparse
 import json
 import sys
 
-from resedis.cli._args import STORAGE_OPTION_HELP, float_in, positive_int, storage_option
+from resedis.cli.options import (
+    STORAGE_OPTION_HELP,
+    field_default,
+    float_in,
+    given,
+    param_default,
+    positive_int,
+    storage_option,
+)
+from resedis.distributed import index_with_ray
+from resedis.index import IndexConfig
+from resedis.index.config import DEFAULT_MAX_REGIONS, REGION_NMS_IOU
+from resedis.index.crops import CropConfig
 from resedis.quant import DEFAULT_STORAGE, STORAGE_FORMATS
 
 NMS_IOU = float_in(0.0, 1.0, low_open=True, note=" (1 disables NMS)")
@@ -35,9 +47,12 @@ def register(subparsers) -> None:
         help="region encoder, e.g. owlv2:google/owlv2-base-patch16-ensemble or owlv2:/local/dir "
         "(default: the index's model, or OWLv2 base for a new index); must match an existing index",
     )
-    p.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="images per encoder batch and per commit (default 8)")
-    p.add_argument("--max-regions", type=positive_int, metavar="N", help="boxes kept per image, by objectness after NMS (default: the index's setting; 100 for a new index)")
-    p.add_argument("--nms-iou", type=NMS_IOU, metavar="F", help="IoU above which a lower-objectness box is dropped (default: the index's setting; 0.5 for a new index; 1 = no NMS)")
+    p.add_argument("--batch-size", type=positive_int, metavar="B",
+                   help=f"images per encoder batch and per commit (default {field_default(IndexConfig, 'batch_size')})")
+    p.add_argument("--max-regions", type=positive_int, metavar="N", help=f"boxes kept per image, by objectness after NMS (default: the index's setting; {DEFAULT_MAX_REGIONS} for "
+                   "a new index)")
+    p.add_argument("--nms-iou", type=NMS_IOU, metavar="F", help="IoU above which a lower-objectness box is dropped (default: the index's setting; "
+                   f"{REGION_NMS_IOU} for a new index; 1 = no NMS)")
     p.add_argument("--device", metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--prune", action="store_true", help="remove entries of files no longer present in IMAGES_DIR")
     p.add_argument("--follow-symlinks", action="store_true",
@@ -49,12 +64,14 @@ def register(subparsers) -> None:
                    help=f"storage format of region vectors for a new index (default {DEFAULT_STORAGE}): float16/float32 "
                    "store the vector; int8/int4 store per-row scaled codes + the exact bias, logits within a tested "
                    "bound (docs/benchmarks.md, 'Compact storage'); an existing index keeps its own")
-    p.add_argument("--max-pixels", type=positive_int, metavar="PX", help="skip images with more pixels (decompression-bomb guard; default 89478485)")
+    p.add_argument("--max-pixels", type=positive_int, metavar="PX",
+                   help=f"skip images with more pixels (decompression-bomb guard; default {field_default(IndexConfig, 'max_pixels')})")
     p.add_argument("--crop-model", metavar="SPEC", help="also embed crops for the clip-crops pipeline with this "
                    "clip:/siglip: model, from the same decoded images (kept in sync on later runs)")
-    p.add_argument("--crop-proposals", default="owl", metavar="SRC", help="with --crop-model: crop boxes from 'owl' "
-                   "(the index's boxes, top by objectness; default) or 'yolo[:WEIGHTS.pt]' (extra [yolo])")
-    p.add_argument("--max-crops", type=positive_int, default=20, metavar="N", help="with --crop-model: crops per image (default 20)")
+    p.add_argument("--crop-proposals", metavar="SRC", help="with --crop-model: crop boxes from 'owl' "
+                   "(the index's boxes, top by objectness; the default) or 'yolo[:WEIGHTS.pt]' (extra [yolo])")
+    p.add_argument("--max-crops", type=positive_int, metavar="N",
+                   help=f"with --crop-model: crops per image (default {field_default(CropConfig, 'max_crops')})")
     p.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -67,7 +84,7 @@ def register(subparsers) -> None:
         "--ann-min-rows",
         type=positive_int,
         metavar="N",
-        help="build the ANN index automatically once the index holds N regions (default 200000)",
+        help=f"build the ANN index automatically once the index holds N regions (default {field_default(IndexConfig, 'ann_min_rows')})",
     )
     p.add_argument(
         "--ray",
@@ -77,51 +94,37 @@ def register(subparsers) -> None:
         help="decode + encode on a Ray cluster (extra [ray]): ADDRESS of the cluster ('auto', "
         "'ray://head:10001'), or no value for a local one; images must be readable at the same path on every node",
     )
-    p.add_argument("--ray-workers", type=positive_int, default=2, metavar="N", help="with --ray: actors, one model each (default 2)")
+    p.add_argument("--ray-workers", type=positive_int, metavar="N", dest="num_workers",
+                   help=f"with --ray: actors, one model each (default {param_default(index_with_ray, 'num_workers')})")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from resedis.index import IndexConfig, build_index
+    from resedis.index import build_index
     from resedis.index.fs import storage_options_from_pairs
 
     storage_options = storage_options_from_pairs(args.storage_option)
 
-    config = IndexConfig(
-        model=args.model,
-        batch_size=args.batch_size,
-        max_regions=args.max_regions,
-        nms_iou=args.nms_iou,
-        device=args.device,
-        prune=args.prune,
-        vector_dtype=args.vector_dtype,
-        follow_symlinks=args.follow_symlinks,
-    )
-    if args.max_pixels is not None:
-        config.max_pixels = args.max_pixels
+    config = IndexConfig(**given(args, "model", "batch_size", "max_regions", "nms_iou", "device", "prune", "vector_dtype",
+                                 "follow_symlinks", "max_pixels", "ann_min_rows"))
     if args.crop_model:
-        from resedis.pipelines.crops import CropConfig
-
-        config.crops = CropConfig(model=args.crop_model, proposals=args.crop_proposals, max_crops=args.max_crops)
-    if args.ann_min_rows is not None:
-        config.ann_min_rows = args.ann_min_rows
+        config.crops = CropConfig(model=args.crop_model, **given(args, "max_crops"),
+                                  **({"proposals": args.crop_proposals} if args.crop_proposals is not None else {}))
     if args.ray is not None:
-        from resedis.distributed import index_with_ray
-
         address = None if args.ray == "local" else args.ray
-        report = index_with_ray(args.images_dir, args.db, config, address=address, num_workers=args.ray_workers,
-                                progress=not args.quiet, storage_options=storage_options)
+        report = index_with_ray(args.images_dir, args.db, config, address=address, progress=not args.quiet,
+                                storage_options=storage_options, **given(args, "num_workers"))
     else:
         report = build_index(args.images_dir, args.db, config=config, progress=not args.quiet, storage_options=storage_options)
     if args.optimize:
         from resedis.index import open_index
-        from resedis.index.ann import AnnConfig, optimize_ann
+        from resedis.index.ann import AnnConfig
         from resedis.index.commit import Lock
         from resedis.index.fs import as_location
 
         location = as_location(report.db, storage_options)
         with Lock(location):  # one writer at a time, as for indexing
-            built = optimize_ann(open_index(location).regions_table, AnnConfig(min_rows=config.ann_min_rows), rebuild=True)
+            built = open_index(location).rebuild_ann(AnnConfig(min_rows=config.ann_min_rows))
         if built is not None and not args.json:
             print(f"ANN index: {built.index_type} ({built.metric}) over {built.rows} regions in {built.seconds:.1f} s", file=sys.stderr)
     if args.json:

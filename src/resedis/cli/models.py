@@ -28,7 +28,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from resedis.models import DEFAULT_MODEL, list_aliases, list_models, parse_spec, resolve_weights
+    from resedis.models import (
+        DEFAULT_MODEL,
+        list_aliases,
+        list_models,
+        parse_spec,
+        resolve_weights,
+    )
 
     if args.where:
         spec = parse_spec(args.where)

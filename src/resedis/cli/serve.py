@@ -7,7 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-from resedis.cli._args import add_threads_option
+from resedis.cli.options import add_threads_option, field_default, given
+from resedis.index.manifest import MANIFEST_NAME
+from resedis.pipelines import PipelineConfig
+from resedis.server.config import LOG_LEVELS, ServeConfig
 
 API_KEY_ENV = "RESEDIS_API_KEY"
 
@@ -24,43 +27,42 @@ def register(subparsers) -> None:
     )
     p.add_argument("--db", required=True, type=_local_db, help="index directory (built with `resedis index`; "
                    "a local directory only: serving an s3:// / gs:// / az:// index is not supported)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument("--host", help=f"address to bind (default: {field_default(ServeConfig, 'host')}, loopback only)")
+    p.add_argument("--port", type=int, help=f"TCP port (default: {field_default(ServeConfig, 'port')})")
     p.add_argument(
         "--api-key",
-        default=None,
         help=f"require this key in header X-API-Key on every /api route (at least 8 characters; "
         f"default: ${API_KEY_ENV} when set, else no key)",
     )
     p.add_argument(
         "--allow-index-root",
         action="append",
-        default=[],
+        dest="allow_index_roots",
         type=Path,
         metavar="DIR",
         help="enable POST /api/index for folders under DIR (repeatable; disabled when absent)",
     )
     p.add_argument(
         "--model",
-        default=None,
+        dest="index_model",
         help="model spec for an index created via POST /api/index when --db does not exist yet",
     )
     p.add_argument(
         "--segmenter",
-        default=None,
-        help="model spec for masks=true (default: the pipelines' SAM default, sam:facebook/sam-vit-base)",
+        help=f"model spec for masks=true (default: {field_default(PipelineConfig, 'segmenter')})",
     )
     p.add_argument(
         "--grounder",
-        default=None,
-        help="grounding model spec for pipeline=owl+rerank (default: gdino:IDEA-Research/grounding-dino-tiny)",
+        help=f"grounding model spec for pipeline=owl+rerank (default: {field_default(PipelineConfig, 'grounder')})",
     )
-    p.add_argument("--device", default=None, help="device for the text encoder (cpu, cuda, cuda:1; default: auto)")
+    p.add_argument("--device", help="device for the text encoder (cpu, cuda, cuda:1; default: auto)")
     add_threads_option(p)
-    p.add_argument("--max-top-k", type=int, default=200, help="largest top_k a search may ask for (default: 200)")
-    p.add_argument("--max-query-chars", type=int, default=500, help="longest query accepted (default: 500)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="uvicorn log level (default: info)")
+    p.add_argument("--max-top-k", type=int,
+                   help=f"largest top_k a search may ask for (default: {field_default(ServeConfig, 'max_top_k')})")
+    p.add_argument("--max-query-chars", type=int,
+                   help=f"longest query accepted (default: {field_default(ServeConfig, 'max_query_chars')})")
+    p.add_argument("--log-level", choices=LOG_LEVELS,
+                   help=f"uvicorn log level (default: {field_default(ServeConfig, 'log_level')})")
     p.set_defaults(func=run)
 
 
@@ -77,43 +79,26 @@ def _local_db(text: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from resedis.errors import ResedisError
-    from resedis.server import ServeConfig, create_app
+    from resedis.server import create_app
     from resedis.server.config import is_loopback
 
-    if not 1 <= args.port <= 65535:
-        raise ResedisError(f"--port must be in [1, 65535], got {args.port}")
-    if args.max_top_k < 1:
-        raise ResedisError(f"--max-top-k must be >= 1, got {args.max_top_k}")
-    if args.max_query_chars < 1:
-        raise ResedisError(f"--max-query-chars must be >= 1, got {args.max_query_chars}")
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
-    if not args.allow_index_root and not (args.db / "resedis.json").exists():
+    options = ("host", "port", "allow_index_roots", "device", "index_model", "segmenter", "grounder", "max_top_k",
+               "max_query_chars", "threads", "log_level")
+    config = ServeConfig(db=args.db, api_key=api_key, **given(args, *options))  # checks the values
+    if not config.indexing_enabled and not (args.db / MANIFEST_NAME).exists():
         raise ResedisError(f"{args.db}: not a resedis index; build one with: resedis index IMAGES_DIR --db {args.db}")
-    config = ServeConfig(
-        db=args.db,
-        host=args.host,
-        port=args.port,
-        api_key=api_key,
-        allow_index_roots=args.allow_index_root,
-        device=args.device,
-        index_model=args.model,
-        segmenter=args.segmenter,
-        grounder=args.grounder,
-        max_top_k=args.max_top_k,
-        default_top_k=min(20, args.max_top_k),
-        max_query_chars=args.max_query_chars,
-        threads=args.threads,
-    )
     app = create_app(config)  # applies config.threads process-wide before loading the models
 
     import uvicorn
 
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    if is_loopback(args.host):
-        print(f"resedis: serving {args.db} on http://{shown}:{args.port}/ (loopback only: "
+    host, port = config.host, config.port
+    shown = f"[{host}]" if ":" in host else host
+    if is_loopback(host):
+        print(f"resedis: serving {args.db} on http://{shown}:{port}/ (loopback only: "
               "reachable from this machine; use --host 0.0.0.0 to expose it)", file=sys.stderr)
     else:
-        print(f"resedis: serving {args.db} on http://{shown}:{args.port}/ — reachable from other machines", file=sys.stderr)
+        print(f"resedis: serving {args.db} on http://{shown}:{port}/ — reachable from other machines", file=sys.stderr)
         if not api_key:
             print("resedis: WARNING: listening beyond loopback WITHOUT an API key: anyone who can reach "
                   "this port can search and read the indexed images. Pass --api-key (or set "
@@ -123,5 +108,5 @@ def run(args: argparse.Namespace) -> int:
     if config.indexing_enabled:
         roots = ", ".join(str(r) for r in config.allow_index_roots)
         print(f"resedis: POST /api/index enabled for folders under: {roots}", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.log_level == "debug")
+    uvicorn.run(app, host=host, port=port, log_level=config.log_level, access_log=config.log_level == "debug")
     return 0

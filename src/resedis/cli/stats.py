@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resedis.cli._args import STORAGE_OPTION_HELP, storage_option
+from resedis.cli.options import STORAGE_OPTION_HELP, storage_option
 
 
 def register(subparsers) -> None:
@@ -34,7 +34,7 @@ def _weights_line(manifest) -> tuple[str, str | None]:
     """-> (the ``weights`` line, the fingerprint of the weights the model spec resolves to
     now or None when they are not found here). Never downloads."""
     from resedis.errors import ResedisError
-    from resedis.models.fingerprint import short_fingerprint, spec_weights_dir, weights_fingerprint
+    from resedis.models.fingerprint import fingerprint_matches, short_fingerprint, spec_weights_dir, weights_fingerprint
 
     stored = manifest.weights_fingerprint
     try:
@@ -44,7 +44,7 @@ def _weights_line(manifest) -> tuple[str, str | None]:
         return f"{stored or 'unknown'} (the model's weights are not found here)", None
     if stored is None:
         return f"unknown (index built before fingerprints were recorded; weights at {where} are {short_fingerprint(current)})", current
-    if current == stored:
+    if fingerprint_matches(stored, where)[0]:  # a v1 (weights only) or v2 (+ processor) fingerprint
         return f"{stored} (matches the weights at {where})", current
     return (f"{stored} (the weights at {where} are now {short_fingerprint(current)}: "
             "search refuses this index; rebuild it into a new --db)"), current

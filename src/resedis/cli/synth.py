@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from resedis.cli._args import non_negative_int, positive_int
+from resedis.cli.options import given, non_negative_int, param_default, positive_int
+from resedis.synth import generate
 
 
 def register(subparsers) -> None:
@@ -19,29 +20,21 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="output directory (must be empty or absent unless --overwrite)")
-    p.add_argument("--images", type=positive_int, default=200, help="number of images to render (default: 200)")
-    p.add_argument("--queries", type=positive_int, default=150, help="number of queries, absent ones included (default: 150)")
-    p.add_argument("--absent", type=non_negative_int, default=20, help="how many of the queries are absent: satisfied nowhere (default: 20)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed; the same seed gives byte-identical files (default: 0)")
+    p.add_argument("--images", type=positive_int,
+                   help=f"number of images to render (default: {param_default(generate, 'images')})")
+    p.add_argument("--queries", type=positive_int,
+                   help=f"number of queries, absent ones included (default: {param_default(generate, 'queries')})")
+    p.add_argument("--absent", type=non_negative_int,
+                   help=f"how many of the queries are absent: satisfied nowhere (default: {param_default(generate, 'absent')})")
+    p.add_argument("--seed", type=non_negative_int,
+                   help=f"random seed; the same seed gives byte-identical files (default: {param_default(generate, 'seed')})")
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it is not empty")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from resedis.errors import ResedisError
-    from resedis.synth import generate
-
-    if args.absent > args.queries:
-        raise ResedisError(f"--absent ({args.absent}) cannot exceed --queries ({args.queries})")
-    summary = generate(
-        args.out_dir,
-        images=args.images,
-        queries=args.queries,
-        absent=args.absent,
-        seed=args.seed,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-    )
+    summary = generate(args.out_dir, progress=not args.no_progress, overwrite=args.overwrite,
+                       **given(args, "images", "queries", "absent", "seed"))
     print(json.dumps(summary, indent=2))
     return 0

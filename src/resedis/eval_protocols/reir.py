@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from resedis.masks import box_iou
+from resedis.boxes import box_iou
 from resedis.types import Hit, Query
 
 K_VALUES = (1, 5, 10)

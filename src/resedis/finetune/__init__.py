@@ -5,7 +5,8 @@
 ...          config=FinetuneConfig(epochs=3))                                # doctest: +SKIP
 
 The result loads with ``Owlv2ForObjectDetection.from_pretrained(out_dir)`` and as the
-model spec ``owlv2:out_dir``; ``out_dir/resedis.json`` holds ``presence_threshold``.
+model spec ``owlv2:/abs/out_dir`` (or ``owlv2:./out_dir``); ``out_dir/resedis_checkpoint.json``
+holds ``presence_threshold``.
 """
 
 from resedis.finetune.checkpoint import META_FILE, read_meta

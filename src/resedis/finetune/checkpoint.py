@@ -2,8 +2,11 @@
 
 ``OUT_DIR/``            the BEST model so far: a transformers checkpoint (config.json,
                         model.safetensors, processor and tokenizer files) loadable with
-                        ``from_pretrained(OUT_DIR)`` and as ``owlv2:OUT_DIR``, plus
-                        ``resedis.json`` (presence threshold, validation metrics, history).
+                        ``from_pretrained(OUT_DIR)`` and as ``owlv2:/abs/OUT_DIR`` (or
+                        ``owlv2:./OUT_DIR``), plus ``resedis_checkpoint.json``
+                        (:data:`META_FILE`: presence threshold, validation metrics, history;
+                        checkpoints written before it had its own name hold it as
+                        ``resedis.json``, still read).
 ``OUT_DIR/last/``       the resume point: the latest model + ``trainer_state.pt``
                         (optimizer, step, epoch, RNG states, history, best score).
 
@@ -11,7 +14,7 @@
 away, the new one renamed in, the old one deleted (a crash between the two renames
 leaves ``.last-old-*``, which :func:`find_last` falls back to). The best model's files
 are each written to a temporary file and moved into OUT_DIR with ``os.replace``;
-``resedis.json`` goes last, so it never describes weights that are not there yet.
+the metadata goes last, so it never describes weights that are not there yet.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from pathlib import Path
 
 import torch
 
+from resedis.models.checkpoint import CHECKPOINT_META, read_checkpoint_meta
+
 STATE_FILE = "trainer_state.pt"
-META_FILE = "resedis.json"
+META_FILE = CHECKPOINT_META
 
 
 def _write_model(model, processor, dest: Path) -> None:
@@ -110,5 +115,5 @@ def write_meta(out_dir: Path, meta: dict) -> None:
 
 
 def read_meta(model_dir: Path) -> dict | None:
-    p = Path(model_dir) / META_FILE
-    return json.loads(p.read_text()) if p.is_file() else None
+    """The checkpoint metadata (:data:`META_FILE`, or the pre-rename ``resedis.json``), or None."""
+    return read_checkpoint_meta(model_dir)

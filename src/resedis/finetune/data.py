@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resedis.masks import box_iou
+from resedis.boxes import box_iou
 from resedis.types import Dataset, ImageId, Skipped
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ class DetectorOutput:
 
 
 def is_owlv2(model) -> bool:
-    return hasattr(model, "owlv2")
+    return model.config.model_type == "owlv2"
 
 
 def base_model(model):
@@ -44,7 +44,7 @@ def image_features(model, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tor
 def text_embeddings(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Token ids (T, L) -> projected text embeddings (T, E) (the class head normalises them)."""
     out = base_model(model).get_text_features(input_ids=input_ids, attention_mask=attention_mask)
-    return out.pooler_output if hasattr(out, "pooler_output") else out
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
 def detect(

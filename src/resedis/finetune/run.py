@@ -21,6 +21,10 @@ from resedis.finetune.train import (
 )
 from resedis.finetune.rejection import REJECTION_KEYS, rejection_summary
 from resedis.finetune.validate import HISTORY_METRICS, validate_model
+from resedis.models.checkpoint import load_checkpoint
+from resedis.models.owl import OWL_FAMILIES
+from resedis.models.resolver import resolve_device, resolve_weights
+from resedis.models.spec import ALIASES, MODELS, parse_spec
 from resedis.types import Dataset
 
 log = logging.getLogger(__name__)
@@ -49,27 +53,21 @@ def _load_dataset(ds) -> Dataset:
 
 
 def load_detector(spec_or_dir: str | Path):
-    """``owlv2:DIR`` / ``owlvit:DIR`` / hub id spec / plain directory -> (model, processor)."""
-    import transformers
-    from transformers import AutoProcessor
+    """A model spec (``owlv2:/dir``, ``owlv2:./dir``, ``owlv2:org/name``, ``demo``) or a
+    checkpoint directory (a ``Path``, or a string not starting with a family or alias
+    name, e.g. ``/runs/best``) -> (model, processor), float32 on the CPU.
 
-    spec = str(spec_or_dir)
-    if Path(spec).is_dir():
-        path = Path(spec)
+    Loaded by the same :func:`resedis.models.checkpoint.load_checkpoint` as inference, so
+    training preprocesses exactly as search will (the PIL image processor)."""
+    if isinstance(spec_or_dir, Path) or spec_or_dir.partition(":")[0].strip().lower() not in {*MODELS, *ALIASES}:
+        path, name, classes = Path(spec_or_dir).expanduser(), str(spec_or_dir), OWL_FAMILIES
     else:
-        from resedis.models import parse_spec
-        from resedis.models.resolver import resolve_weights
-
-        parsed = parse_spec(spec)
-        if parsed.family not in ("owlv2", "owlvit"):
+        parsed = parse_spec(spec_or_dir)
+        if parsed.family not in OWL_FAMILIES:
             raise ResedisError(f"finetune trains OWL detectors (owlv2:..., owlvit:...), not {parsed.family!r}")
-        path = resolve_weights(parsed)
-    config = json.loads((path / "config.json").read_text())
-    cls = {"owlv2": "Owlv2ForObjectDetection", "owlvit": "OwlViTForObjectDetection"}.get(config.get("model_type"))
-    if cls is None:
-        raise ResedisError(f"{path}/config.json: model_type {config.get('model_type')!r} is not owlv2/owlvit")
-    model = getattr(transformers, cls).from_pretrained(str(path), dtype=torch.float32)
-    processor = AutoProcessor.from_pretrained(str(path))
+        path, name = resolve_weights(parsed), str(parsed)
+        classes = {parsed.family: OWL_FAMILIES[parsed.family]}
+    model, processor = load_checkpoint(path, classes, spec=name)
     return model, processor
 
 
@@ -92,8 +90,6 @@ def finetune(dataset, out_dir, *, model: str | None = None, scratch: ScratchConf
     :mod:`resedis.finetune.checkpoint` for what is written where.
     """
     from tqdm import tqdm
-
-    from resedis.models.resolver import resolve_device
 
     config = config or FinetuneConfig()
     config.validate()
@@ -277,13 +273,11 @@ def refit_threshold(model_dir, val_dataset, *, min_n_acc: float | None = None, d
                     batch_size: int = 16, top_k: int = 20, max_regions: int = 100) -> dict:
     """Recompute the presence threshold of the model in ``model_dir`` on ``val_dataset``
     (max discovery F1, optionally subject to N_acc >= ``min_n_acc``) and store it in
-    ``model_dir/resedis.json`` (the weights are not touched). Returns the new metadata.
+    ``model_dir/resedis_checkpoint.json`` (the weights are not touched). Returns the new metadata.
 
     Checkpoint selection by a threshold-free metric (BR@1@0.5, the default) does not
     depend on the threshold, so this equals training with ``min_n_acc`` set.
     """
-    from resedis.models.resolver import resolve_device
-
     model_dir = Path(model_dir)
     net, processor = load_detector(model_dir)
     net.to(resolve_device(device)).eval()

@@ -190,13 +190,14 @@ def init_detection_heads(model) -> None:
         nn.init.zeros_(layer.bias)
 
     with torch.no_grad():
-        heads = [model.box_head] + ([model.objectness_head] if hasattr(model, "objectness_head") else [])
+        has_objectness = model.config.model_type == "owlv2"  # OWL-ViT has no objectness head
+        heads = [model.box_head] + ([model.objectness_head] if has_objectness else [])
         for head in heads:
             hidden(head.dense0)
             hidden(head.dense1)
             nn.init.normal_(head.dense2.weight, std=1e-3)
             nn.init.zeros_(head.dense2.bias)
-        if hasattr(model, "objectness_head"):
+        if has_objectness:
             nn.init.constant_(model.objectness_head.dense2.bias, prior)
         ch = model.class_head
         hidden(ch.dense0)

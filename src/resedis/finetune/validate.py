@@ -3,9 +3,10 @@ and fit the presence threshold.
 
 The predictions reproduce the index + search pipeline with the model's own forward:
 
-1. per image, the regions kept are the ``max_regions`` patches with the highest
-   objectness after NMS at ``nms_iou`` (OWL-ViT has no objectness head: its first
-   ``max_regions`` patches are kept, no NMS) — as ``OwlBackend.encode_images`` does;
+1. per image, the regions kept are the ``max_regions`` patches of positive visible area
+   with the highest objectness after NMS at ``nms_iou`` — as ``OwlBackend.encode_images``
+   does (OWL-ViT has no objectness head: its first ``max_regions`` visible patches are
+   kept, no NMS);
 2. per query, every kept region's score is ``sigmoid(logit)`` with the model's class
    head; per image, regions are NMS-ed at ``nms_iou`` in score order; the ``top_k``
    best detections over the corpus are the query's hits;
@@ -25,9 +26,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from resedis.boxes import box_iou, nms, visible
 from resedis.finetune.data import TrainImage
 from resedis.finetune.detector import image_features, is_owlv2, text_embeddings
-from resedis.masks import box_iou, nms
+from resedis.models.owl import select_regions
 from resedis.types import Hit, Query, QueryResult
 
 
@@ -75,10 +77,10 @@ def encode_regions(model, pixels, images: Sequence[TrainImage], indices: Sequenc
             px = boxes_to_pixels(boxes[j], img, owlv2)
             if obj is not None:
                 o = obj[j].float().cpu().numpy()
-                keep = nms(px, o, nms_iou)[:max_regions]
+                keep = select_regions(px, o, max_regions, nms_iou)  # as OwlBackend.encode_images
             else:
                 o = np.zeros(px.shape[0], dtype=np.float32)
-                keep = np.arange(min(max_regions, px.shape[0]))
+                keep = np.flatnonzero(visible(px))[:max_regions]
             kb = px[keep]
             out.append(RegionSet(img, kb, feats[j, torch.as_tensor(keep, device=device)].clone(), o[keep],
                                  box_iou(kb, kb)))

@@ -4,9 +4,9 @@ Each batch is committed in this order, so that killing the process at any instan
 leaves a consistent index (see :mod:`resedis.index.store` for the rule):
 
 1. delete the ``images`` rows of files being replaced (their regions become orphans);
-2. delete those files' regions and their old skip records;
+2. delete those files' regions, side-table rows and their old skip records;
 3. append skip records for files of the batch that could not be decoded;
-4. append the batch's regions (tagged with the batch id);
+4. append the batch's regions and side-table rows (tagged with the batch id);
 5. append the batch's ``images`` rows — the commit point.
 
 A rerun first deletes orphan regions (:func:`repair`), then redoes whatever has no
@@ -25,9 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from resedis.errors import ResedisError
-from resedis.index.fs import Location
-from resedis.index.pipeline import Job, encode_batch
 from resedis.index.columns import vector_columns
+from resedis.index.fs import Location
+from resedis.index.plan import FileTask
+from resedis.index.prefetch import encode_batch
+from resedis.index.side import SideTable
 from resedis.index.store import (
     IMAGES,
     REGIONS,
@@ -120,6 +122,7 @@ def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: in
     vectors = np.concatenate([r.vectors for r in regions]) if n else np.zeros((0, dim))
     if vectors.shape[1] != dim:
         raise ResedisError(f"model returned vectors of dimension {vectors.shape[1]}, the index stores {dim}")
+    vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32)
     objectness = np.concatenate([r.objectness for r in regions]).astype(np.float32) if n else np.zeros(0, np.float32)
     return pa.table(
         {
@@ -136,27 +139,44 @@ def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: in
 
 class BatchWriter:
     """Accumulates one batch (decoded images, skips, ids to replace) and commits it in the
-    safe order; encodes with the index's own ``max_regions`` / ``nms_iou``."""
+    safe order; encodes with the index's own ``max_regions`` / ``nms_iou``.
 
-    def __init__(self, index: Index, backend, root: Path, first_batch: int):
+    ``backend`` None: the images arrive already encoded (``regions``, e.g. from Ray workers;
+    ``LoadedImage`` then needs no pixels unless a side table reads them)."""
+
+    def __init__(self, index: Index, backend, root: Path, first_batch: int, side_tables: list[SideTable] | None = None):
         self.index = index
         self.backend = backend
         self.root = root
         self.batch = first_batch
-        self.images: list[tuple[Job, LoadedImage]] = []
+        self.side_tables = list(side_tables or [])
+        self.images: list[tuple[FileTask, LoadedImage]] = []
         self.prepared: list = []  # per image: backend.preprocess output, or None
-        self.skips: list[tuple[Job, Skipped]] = []
+        self.regions: list[ImageRegions] = []  # per image, when encoded elsewhere (backend None)
+        self.skips: list[tuple[FileTask, Skipped]] = []
         self.replaced: list[str] = []  # ids whose old rows must go (changed or now-bad files)
         self.failures_in_a_row = 0  # images the model failed on since its last success
-        self.crops = None  # resedis.pipelines.crops.CropWriter: crop embeddings of the same batch
 
     def pending(self) -> int:
         return len(self.images)
 
-    def _encode(self) -> tuple[list[ImageRegions], list[tuple[Job, Skipped]]]:
+    def delete(self, ids: list[str]) -> None:
+        """Delete the images, regions and side-table rows of these ids (not their skips)."""
+        delete_ids(self.index.images_table, "image_id", ids)
+        delete_ids(self.index.regions_table, "image_id", ids)
+        for table in self.side_tables:
+            table.delete(ids)
+
+    def _encode(self) -> tuple[list[ImageRegions], list[tuple[FileTask, Skipped]]]:
         """Encode the batch; if the model raises, retry image by image and turn the images
         it still fails on into skips. Repeated failures with no success in between mean
         the model (not the images) is broken: then the error is raised."""
+        if self.backend is None:  # encoded elsewhere
+            regions, self.regions = self.regions, []
+            if len(regions) != len(self.images):
+                raise ResedisError(f"{len(self.images)} images to commit but {len(regions)} precomputed regions; "
+                                   "with no region encoder, every image needs its regions")
+            return regions, []
         m = self.index.manifest
         images = [li.image for _, li in self.images]
         try:
@@ -170,47 +190,44 @@ class BatchWriter:
         except Exception as batch_error:  # noqa: BLE001 - isolate the image that breaks the model
             log.warning("model failed on a batch (%s: %s); retrying image by image", type(batch_error).__name__, batch_error)
         kept, regions, failed = [], [], []
-        for (job, loaded), prepared in zip(self.images, self.prepared):
+        for (task, loaded), prepared in zip(self.images, self.prepared):
             try:
                 regions.extend(encode_batch(self.backend, [loaded.image], [prepared], m.max_regions, m.nms_iou))
-                kept.append((job, loaded))
+                kept.append((task, loaded))
                 self.failures_in_a_row = 0
             except Exception as exc:  # noqa: BLE001
                 self.failures_in_a_row += 1
                 if self.failures_in_a_row >= MAX_MODEL_FAILURES_IN_A_ROW:
                     raise ResedisError(
-                        f"the model failed on {self.failures_in_a_row} images in a row (last: {job.path}: "
+                        f"the model failed on {self.failures_in_a_row} images in a row (last: {task.path}: "
                         f"{type(exc).__name__}: {exc}); stopping — this looks like a model/device problem"
                     ) from exc
-                failed.append((job, Skipped(str(job.path), f"model failed on this image ({type(exc).__name__}: {exc})")))
+                failed.append((task, Skipped(str(task.path), f"model failed on this image ({type(exc).__name__}: {exc})")))
         self.images = kept
         return regions, failed
 
-    def commit(self) -> list[tuple[Job, Skipped]]:
+    def commit(self) -> list[tuple[FileTask, Skipped]]:
         """Write the batch; returns the images the model failed on (recorded as skips)."""
         if not (self.images or self.skips or self.replaced):
             return []
         idx, m = self.index, self.index.manifest
         regions, failed = self._encode()
         self.skips.extend(failed)
-        ids = [job.rel for job, _ in self.images]
+        ids = [task.rel for task, _ in self.images]
         if self.replaced:
-            delete_ids(idx.images_table, "image_id", self.replaced)
-            delete_ids(idx.regions_table, "image_id", self.replaced)
-            if self.crops is not None:
-                self.crops.delete(self.replaced)
-        touched = ids + [job.rel for job, _ in self.skips]
+            self.delete(self.replaced)
+        touched = ids + [task.rel for task, _ in self.skips]
         if touched:
             delete_ids(idx.skipped_table, "image_id", touched)
         if self.skips:
             idx.skipped_table.add(
                 pa.table(
                     {
-                        "image_id": [job.rel for job, _ in self.skips],
-                        "path": [str(job.path) for job, _ in self.skips],
+                        "image_id": [task.rel for task, _ in self.skips],
+                        "path": [str(task.path) for task, _ in self.skips],
                         "reason": [s.reason for _, s in self.skips],
-                        "size_bytes": pa.array([job.size for job, _ in self.skips], pa.int64()),
-                        "mtime_ns": pa.array([job.mtime_ns for job, _ in self.skips], pa.int64()),
+                        "size_bytes": pa.array([task.size for task, _ in self.skips], pa.int64()),
+                        "mtime_ns": pa.array([task.mtime_ns for task, _ in self.skips], pa.int64()),
                         "batch": pa.array([self.batch] * len(self.skips), pa.int64()),
                     },
                     schema=skipped_schema(),
@@ -218,8 +235,8 @@ class BatchWriter:
             )
         if ids:
             idx.regions_table.add(region_rows(ids, regions, self.batch, m.vector_dim, m.vector_dtype))
-            if self.crops is not None:  # same decoded images, before the commit point
-                self.crops.add(ids, [li.image for _, li in self.images], regions, self.batch)
+            for table in self.side_tables:  # same decoded images, before the commit point
+                table.add(ids, [li.image for _, li in self.images], regions, self.batch)
             image_vectors = [
                 None if r.image_vector is None else np.asarray(r.image_vector, np.float32).tolist() for r in regions
             ]
@@ -228,7 +245,7 @@ class BatchWriter:
                     {
                         "image_id": ids,
                         "root": [str(self.root)] * len(ids),
-                        "path": [str(job.path.resolve()) for job, _ in self.images],
+                        "path": [str(task.path.resolve()) for task, _ in self.images],
                         "sha256": [li.sha256 for _, li in self.images],
                         "width": pa.array([li.width for _, li in self.images], pa.int32()),
                         "height": pa.array([li.height for _, li in self.images], pa.int32()),

@@ -22,6 +22,8 @@ import pyarrow as pa
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.fs import Location, as_location
 from resedis.quant import STORAGE_FORMATS
+from resedis.models.fingerprint import encoder_weights_dir, fingerprint_matches, short_fingerprint, spec_weights_dir, weights_fingerprint
+from resedis.models.spec import canonical_spec
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +32,8 @@ MANIFEST_NAME = "resedis.json"
 VECTOR_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}  # float storage formats -> Arrow type
 
 
-def canonical_spec(spec: str) -> str:
-    """The spec as ``family:source``, a bare family given its default source and a local
-    directory made absolute, so that one model has one spelling (for comparison)."""
-    from resedis.models import _canonical, parse_spec
-
-    return str(_canonical(parse_spec(spec)))
-
-
-def _now() -> str:
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (the manifest's ``created``/``updated``)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -52,8 +47,8 @@ class Manifest:
     encoded with (:mod:`resedis.models.fingerprint`); None in manifests written before it
     was recorded ("unknown": such an index is used as before, with a one-time warning).
     ``vector_dtype``: the storage format of the region vectors, one of
-    :data:`resedis.quant.STORAGE_FORMATS` (``float16``/``float32``: the vector
-    itself; ``int8``/``int4``: per-row scaled codes + exact bias, :mod:`resedis.quant`).
+    :data:`resedis.quant.STORAGE_FORMATS` (``float16``/``float32``: the vector itself;
+    ``int8``/``int4``: per-row scaled codes + exact bias, :mod:`resedis.quant`).
     """
 
     model: str
@@ -65,8 +60,8 @@ class Manifest:
     nms_iou: float
     schema_version: int = SCHEMA_VERSION
     package_version: str = ""
-    created: str = field(default_factory=_now)
-    updated: str = field(default_factory=_now)
+    created: str = field(default_factory=utc_now)
+    updated: str = field(default_factory=utc_now)
     calibration: dict | None = None
     weights_fingerprint: str | None = None
     extra: dict = field(default_factory=dict)
@@ -151,6 +146,16 @@ def write_manifest(db: str | os.PathLike | Location, manifest: Manifest) -> None
     as_location(db).write_atomic(MANIFEST_NAME, text.encode("utf-8"))
 
 
+def record_index_cost(manifest: Manifest, seconds: float, images: int) -> None:
+    """Fold one indexing run (``seconds`` of wall time for ``images`` images) into the
+    manifest's running mean ``index_seconds_per_image`` (``index_timed_images`` counts);
+    the ablation table reports it as the region index's cost per image."""
+    n_old = int(manifest.extra.get("index_timed_images", 0))
+    old = float(manifest.extra.get("index_seconds_per_image", 0.0))
+    manifest.extra["index_timed_images"] = n_old + images
+    manifest.extra["index_seconds_per_image"] = (old * n_old + seconds) / (n_old + images)
+
+
 def check_model(manifest: Manifest, requested: str | None, db: Path) -> None:
     """Raise IndexMismatchError when ``requested`` is not the model the index was built with."""
     if requested is None:
@@ -185,8 +190,6 @@ def check_weights(manifest: Manifest, encoder, db) -> None:
     old region vectors score nonsense, and an update would mix two models. A manifest without
     a fingerprint (built before they were recorded) is "unknown": allowed, with one log
     warning per index and process."""
-    from resedis.models.fingerprint import encoder_weights_dir, short_fingerprint, spec_weights_dir, weights_fingerprint
-
     stored = manifest.weights_fingerprint
     if stored is None:
         warn_once(
@@ -198,8 +201,8 @@ def check_weights(manifest: Manifest, encoder, db) -> None:
         )
         return
     weights_dir = encoder_weights_dir(encoder) if encoder is not None else spec_weights_dir(manifest.model)
-    fingerprint = weights_fingerprint(weights_dir)
-    if stored != fingerprint:
+    matches, fingerprint = fingerprint_matches(stored, weights_dir)  # v1 (weights only) or v2 (+ processor)
+    if not matches:
         raise IndexMismatchError(
             f"{db}: the index was built with model {manifest.model!r} weights {short_fingerprint(stored)}, "
             f"but the weights at {weights_dir} are now {short_fingerprint(fingerprint)}: they were retrained or "
@@ -207,4 +210,46 @@ def check_weights(manifest: Manifest, encoder, db) -> None:
             "(scores would be meaningless, an update would mix two models). Rebuild the index with the "
             f"current weights into a new directory (resedis index {manifest.root} --db NEW_DB --model {manifest.model}), "
             "or restore the weights the index was built with."
+        )
+
+
+#: Preprocessing keys that describe but do not decide the pixels/tokens (class names vary
+#: across transformers versions, dtype is the precision the model ran in): never compared.
+PREPROCESSING_INFO_KEYS = frozenset({"image_processor", "dtype"})
+
+
+def _same_setting(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(a)))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same_setting(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_setting(a[k], b[k]) for k in a)
+    return a == b
+
+
+def check_preprocessing(manifest: Manifest, backend, db) -> None:
+    """Raise IndexMismatchError when ``backend.preprocessing()`` (how the loaded model turns
+    images and texts into inputs) differs from the ``preprocessing`` the index recorded.
+
+    Compared: the keys both records have, except :data:`PREPROCESSING_INFO_KEYS`; a key only
+    one side has (added by a later resedis, or dropped) is not a mismatch, so older indexes
+    keep working. A manifest without a preprocessing record is "unknown": allowed, with one
+    log warning per index and process."""
+    stored = manifest.preprocessing or {}
+    if not stored:
+        warn_once(("preprocessing", str(db)), log,
+                  "%s: the index records no preprocessing, so it cannot be checked that model %s still "
+                  "preprocesses images as when the index was built", db, manifest.model)
+        return
+    current = backend.preprocessing()
+    diff = sorted(k for k in stored.keys() & current.keys()
+                  if k not in PREPROCESSING_INFO_KEYS and not _same_setting(stored[k], current[k]))
+    if diff:
+        detail = "; ".join(f"{k}: index {stored[k]!r}, model now {current[k]!r}" for k in diff)
+        raise IndexMismatchError(
+            f"{db}: the index was built with model {manifest.model!r} preprocessing other than the loaded "
+            f"model's ({detail}). Region vectors of differently preprocessed images are not comparable: "
+            "use the model and processor files the index was built with, or rebuild the index into a new "
+            f"directory (resedis index {manifest.root} --db NEW_DB --model {manifest.model})."
         )

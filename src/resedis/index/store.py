@@ -8,6 +8,8 @@ Layout of ``DB/``::
     images.lance/       one row per indexed image
     regions.lance/      one row per kept region (box + augmented class vector)
     skipped.lance/      one row per file that could not be indexed, with its reason
+    crops.lance/        optional: crop embeddings (resedis.index.crops)
+    masks.lance/        optional: SAM masks of returned hits, a cache (resedis.index.masks)
     .lock               held (flock) by the one process writing the index
 
 Consistency rule (what makes a batch atomic): an image is *indexed* iff its row exists
@@ -26,25 +28,16 @@ import numpy as np
 import pyarrow as pa
 
 from resedis.errors import ResedisError
+from resedis.index.ann import AnnBuild, AnnConfig, optimize_ann
 from resedis.index.fs import Location, as_location
 from resedis.index.columns import vector_fields
-# The manifest (what the index is, which model built it) lives in resedis.index.manifest;
-# its names stay importable from here for existing callers.
-from resedis.index.manifest import (  # noqa: F401
-    MANIFEST_NAME,
-    SCHEMA_VERSION,
-    VECTOR_DTYPES,
-    Manifest,
-    _now,
-    canonical_spec,
-    check_model,
-    check_weights,
-    read_manifest,
-    write_manifest,
-)
+from resedis.index.manifest import MANIFEST_NAME, VECTOR_DTYPES, Manifest, check_model, read_manifest  # noqa: F401 (re-exported)
 from resedis.types import Skipped
 
 IMAGES, REGIONS, SKIPPED = "images", "regions", "skipped"
+# Side tables, kept in step with ``images`` by their own modules: crops.lance
+# (resedis.index.crops) and masks.lance (resedis.index.masks).
+CROPS, MASKS = "crops", "masks"
 
 
 def images_schema() -> pa.Schema:
@@ -107,10 +100,13 @@ def disk_bytes(path: str | os.PathLike | Location) -> int:
 
 
 class Index:
-    """An opened index: manifest + the three tables. Cheap to open; read-mostly.
+    """An opened index: manifest + its tables. Cheap to open; read-mostly.
 
     Use :func:`open_index`; the writer (:func:`resedis.index.build_index`) opens it for
-    writing. Tables are read at their latest committed version on every access.
+    writing. Tables are read at their latest committed version on every access. Code
+    outside :mod:`resedis.index` reads through the methods here (:meth:`read`,
+    :meth:`count`, :meth:`version`, ...) and never holds a LanceDB table: the table
+    handles (``images_table``, :meth:`table`) are for the index package's own modules.
     """
 
     def __init__(self, path: str | os.PathLike | Location, manifest: Manifest):
@@ -218,11 +214,38 @@ class Index:
         rows = self.read(SKIPPED, ["path", "reason"]).to_pylist()
         return sorted((Skipped(r["path"], r["reason"]) for r in rows), key=lambda s: s.source)
 
-    def searcher(self, *, device: str | None = None):
-        """A :class:`resedis.search.Searcher` over this index (loads the text encoder)."""
-        from resedis.search import Searcher
+    def table(self, name: str, schema: pa.Schema | None = None):
+        """The LanceDB table ``name`` (for :mod:`resedis.index` modules: side tables such as
+        ``crops`` and ``masks``); None when it does not exist, unless ``schema`` is given:
+        then it is created with that schema."""
+        if name in self._tables:
+            return self._tables[name]
+        try:
+            return self._db.open_table(name)
+        except ValueError:
+            if schema is None:
+                return None
+            return self._db.create_table(name, schema=schema, exist_ok=True)
 
-        return Searcher(self, device=device)
+    def count(self, name: str) -> int:
+        """Rows of table ``name`` (0 when the index has no such table); orphans included."""
+        table = self.table(name)
+        return 0 if table is None else table.count_rows()
+
+    def table_version(self, name: str) -> int | None:
+        """The current version of table ``name`` (None when absent): changes on every write."""
+        table = self.table(name)
+        return None if table is None else table.version
+
+    def table_bytes(self, names: tuple[str, ...] | list[str]) -> int:
+        """Bytes on disk (or in the object store) of these tables' directories."""
+        return sum((self.location / f"{name}.lance").total_bytes() for name in names)
+
+    def rebuild_ann(self, config: AnnConfig | None = None) -> AnnBuild | None:
+        """(Re)train the ANN index over all region vectors now (``resedis index --optimize``);
+        None when there are no regions. The caller holds the writer lock
+        (:class:`resedis.index.commit.Lock`)."""
+        return optimize_ann(self.regions_table, config or AnnConfig(), rebuild=True)
 
 
 def open_index(

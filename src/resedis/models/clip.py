@@ -17,7 +17,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from resedis.models.resolver import load_checkpoint
+from resedis.models.checkpoint import load_checkpoint
+from resedis.models.spec import IMAGE_TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ _TEXT_CHUNK = 256
 class DualEncoderBackend:
     """ImageTextEncoder for ``clip`` / ``siglip`` checkpoints. Holds the model; caches nothing."""
 
-    kind = "image-text"
+    kind = IMAGE_TEXT
+    capabilities: frozenset[str] = frozenset()
 
     def __init__(self, spec: str, family: str, model, processor, device) -> None:
         if family not in DUAL_FAMILIES:
@@ -49,7 +51,7 @@ class DualEncoderBackend:
     @classmethod
     def from_pretrained(cls, spec: str, family: str, path: Path, device, dtype=None) -> "DualEncoderBackend":
         """Load model + processor from a local directory (see ``resolve_weights``)."""
-        model, processor = load_checkpoint(spec, family, path, DUAL_FAMILIES[family], device, dtype)
+        model, processor = load_checkpoint(path, {family: DUAL_FAMILIES[family]}, spec=spec, device=device, dtype=dtype)
         return cls(spec, family, model, processor, device)
 
     def preprocessing(self) -> dict:

@@ -10,11 +10,19 @@ resolved weights directory, and searching or adding to an index checks it
 What the fingerprint covers — exactly these files directly inside the weights directory
 (not its subfolders, e.g. ``resedis finetune``'s ``last/`` resume point):
 
-- ``config.json`` (architecture: a different config is a different model), and
-- every ``*.safetensors`` and ``*.bin`` file (the weights, including shards).
+- ``config.json`` (architecture: a different config is a different model),
+- every ``*.safetensors`` and ``*.bin`` file (the weights, including shards), and
+- the processor configuration (:data:`PROCESSOR_FILES`: ``preprocessor_config.json``,
+  ``processor_config.json``, the tokenizer files, and ``*.model`` sentencepiece files):
+  the same weights fed other pixels or other token ids are another model.
 
-Not covered: tokenizer / processor files (``tokenizer*.json``, ``processor_config.json``)
-and ``resedis.json`` (the presence threshold and training record), nor anything else.
+Not covered: the checkpoint metadata (``resedis_checkpoint.json`` / ``resedis.json``:
+the presence threshold and training record), nor anything else.
+
+Version 1 (``resedis-weights-v1``, written before processor files were covered) hashed
+only ``config.json`` and the weights. Indexes record such fingerprints;
+:func:`fingerprint_matches` accepts a stored fingerprint of either version (an old
+index's processor is still checked, by its recorded ``preprocessing``).
 
 Per file, a digest:
 
@@ -26,7 +34,7 @@ Per file, a digest:
 - larger files elsewhere: ``stat:size:<bytes>:mtime_ns:<ns>:ends:<sha256 of the first and
   last 1 MiB>`` (so copying such a directory without preserving mtimes changes it).
 
-The fingerprint is ``"sha256:" + sha256("resedis-weights-v1\\n" + "<name>\\t<digest>\\n" for
+The fingerprint is ``"sha256:" + sha256("resedis-weights-v2\\n" + "<name>\\t<digest>\\n" for
 each file sorted by name)``. Per-file digests are memoised in-process by (path, size,
 mtime_ns, inode), so opening an index twice does not rehash.
 
@@ -43,11 +51,18 @@ import threading
 from pathlib import Path
 
 from resedis.errors import ResedisError
+from resedis.models.resolver import resolve_weights
 
 CONTENT_HASH_MAX_BYTES = 64 * 2**20
 END_BYTES = 2**20
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
-_VERSION = "resedis-weights-v1"
+PROCESSOR_FILES = frozenset({
+    "preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+})
+PROCESSOR_SUFFIXES = (".model",)  # sentencepiece vocabularies
+VERSION = "resedis-weights-v2"
+LEGACY_VERSION = "resedis-weights-v1"  # config.json + weights only
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -55,10 +70,24 @@ _memo: dict[tuple[str, int, int, int], str] = {}
 _memo_lock = threading.Lock()
 
 
-def covered_files(weights_dir: str | os.PathLike) -> list[Path]:
-    """``config.json`` and the ``*.safetensors`` / ``*.bin`` files directly in ``weights_dir``, sorted by name."""
+def _is_weights_file(name: str) -> bool:
+    return name == "config.json" or name.endswith(WEIGHT_SUFFIXES)
+
+
+def _is_processor_file(name: str) -> bool:
+    return name in PROCESSOR_FILES or name.endswith(PROCESSOR_SUFFIXES)
+
+
+def covered_files(weights_dir: str | os.PathLike, version: str = VERSION) -> list[Path]:
+    """The files directly in ``weights_dir`` that fingerprint ``version`` covers, sorted by
+    name: ``config.json``, ``*.safetensors`` / ``*.bin`` and (v2) the processor files."""
+    if version not in (VERSION, LEGACY_VERSION):
+        raise ValueError(f"unknown fingerprint version {version!r}")
     root = Path(weights_dir)
-    files = [p for p in root.iterdir() if p.is_file() and (p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES))]
+    files = [
+        p for p in root.iterdir()
+        if p.is_file() and (_is_weights_file(p.name) or (version == VERSION and _is_processor_file(p.name)))
+    ]
     return sorted(files, key=lambda p: p.name)
 
 
@@ -99,19 +128,20 @@ def _file_digest(path: Path, size: int, mtime_ns: int, revision: str | None) -> 
     return f"stat:size:{size}:mtime_ns:{mtime_ns}:ends:{_hash_ends(path, size)}"
 
 
-def weights_fingerprint(weights_dir: str | os.PathLike) -> str:
-    """``"sha256:<64 hex>"`` of the weights in the directory ``weights_dir`` (see the module
-    docstring for exactly which files and how). Raises ResedisError when the directory holds
-    neither ``config.json`` nor a weight file."""
+def weights_fingerprint(weights_dir: str | os.PathLike, version: str = VERSION) -> str:
+    """``"sha256:<64 hex>"`` of the weights and processor configuration in the directory
+    ``weights_dir`` (see the module docstring for exactly which files and how; ``version``:
+    :data:`LEGACY_VERSION` gives the v1 fingerprint older indexes recorded). Raises
+    ResedisError when the directory holds neither ``config.json`` nor a weight file."""
     root = Path(weights_dir).expanduser().resolve()
     try:
-        files = covered_files(root)
+        files = covered_files(root, version)
     except OSError as exc:
         raise ResedisError(f"{root}: cannot read the weights directory to fingerprint it ({exc})") from None
-    if not files:
+    if not any(_is_weights_file(p.name) for p in files):
         raise ResedisError(f"{root}: no config.json or *.safetensors / *.bin weights to fingerprint")
     revision = _hub_revision(root)
-    lines = [_VERSION]
+    lines = [version]
     for path in files:
         st = path.stat()  # follows the hub cache's symlinks to the blob
         key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
@@ -125,6 +155,16 @@ def weights_fingerprint(weights_dir: str | os.PathLike) -> str:
     return "sha256:" + hashlib.sha256(("\n".join(lines) + "\n").encode("utf-8")).hexdigest()
 
 
+def fingerprint_matches(stored: str, weights_dir: str | os.PathLike) -> tuple[bool, str]:
+    """``(matches, current)``: whether ``stored`` (a fingerprint an index recorded, of either
+    version) is the fingerprint of ``weights_dir`` now, and the current (v2) fingerprint.
+    A stored v1 fingerprint matches when the weights and config are unchanged."""
+    current = weights_fingerprint(weights_dir)
+    if stored == current:
+        return True, current
+    return stored == weights_fingerprint(weights_dir, LEGACY_VERSION), current
+
+
 def short_fingerprint(fingerprint: str | None) -> str:
     """The first 12 hex digits (``"3f1c0a9b7e21"``), or ``"unknown"`` for None."""
     if not fingerprint:
@@ -134,16 +174,13 @@ def short_fingerprint(fingerprint: str | None) -> str:
 
 def spec_weights_dir(spec: str, *, allow_download: bool | None = None) -> Path:
     """The directory the weights of ``spec`` resolve to (:func:`resedis.models.resolve_weights`)."""
-    from resedis.models import parse_spec
-    from resedis.models.resolver import resolve_weights
-
-    return resolve_weights(parse_spec(spec), allow_download=allow_download)
+    return resolve_weights(spec, allow_download=allow_download)
 
 
 def encoder_weights_dir(encoder) -> Path:
     """The directory a loaded backend's weights came from: its transformers model's
     ``name_or_path`` when that is a checkpoint directory, else where its ``spec`` resolves."""
-    name = getattr(getattr(encoder, "model", None), "name_or_path", None)
+    name = encoder.model.name_or_path
     if isinstance(name, str) and name and (Path(name) / "config.json").is_file():
         return Path(name).resolve()
     return spec_weights_dir(encoder.spec)

@@ -16,7 +16,6 @@ longer than the model's ``max_text_len`` tokens are truncated with a warning.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ import numpy as np
 from PIL import Image
 
 from resedis.errors import ResedisError
+from resedis.models.checkpoint import load_checkpoint
+from resedis.models.spec import GROUNDER
 from resedis.types import ImageRegions
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class GroundingDinoBackend:
     them (observability: the rerank stage's cost is visible and testable).
     """
 
-    kind = "grounder"
+    kind = GROUNDER
+    capabilities: frozenset[str] = frozenset()
 
     def __init__(self, spec: str, model, processor, device, batch_size: int = 8) -> None:
         self.spec = spec
@@ -84,18 +86,10 @@ class GroundingDinoBackend:
 
     @classmethod
     def from_pretrained(cls, spec: str, path: Path, device, dtype=None) -> "GroundingDinoBackend":
-        import torch
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
-
-        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
-        if model_type not in GDINO_MODEL_TYPES:
-            raise ResedisError(
-                f"{spec}: {path}/config.json is a {model_type!r} checkpoint, not Grounding DINO "
-                f"({' / '.join(GDINO_MODEL_TYPES)})"
-            )
-        model = AutoModelForZeroShotObjectDetection.from_pretrained(str(path), dtype=dtype or torch.float32)
-        processor = AutoProcessor.from_pretrained(str(path))
-        return cls(spec, model.to(device).eval(), processor, device)
+        """Load model + processor from a local directory (see ``resolve_weights``)."""
+        classes = {t: "AutoModelForZeroShotObjectDetection" for t in GDINO_MODEL_TYPES}
+        model, processor = load_checkpoint(path, classes, spec=spec, device=device, dtype=dtype)
+        return cls(spec, model, processor, device)
 
     def preprocessing(self) -> dict:
         ip = self.processor.image_processor
@@ -178,10 +172,3 @@ class GroundingDinoBackend:
         )[0]
         return post["boxes"].float().cpu().numpy(), post["scores"].float().cpu().numpy()
 
-
-def load_gdino(spec, device, dtype=None) -> GroundingDinoBackend:
-    """Registry factory ``(ModelSpec, torch.device, dtype) -> GroundingDinoBackend``."""
-    from resedis.models import _canonical
-    from resedis.models.resolver import resolve_weights
-
-    return GroundingDinoBackend.from_pretrained(str(_canonical(spec)), resolve_weights(spec), device, dtype)

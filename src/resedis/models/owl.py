@@ -35,30 +35,35 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from resedis.boxes import nms, visible
 from resedis.errors import ResedisError
-from resedis.models.resolver import load_checkpoint
-from resedis.masks import nms
+from resedis.models.base import PREPROCESS_SPLIT
+from resedis.models.checkpoint import load_checkpoint
+from resedis.models.spec import REGION_TEXT
 from resedis.types import ImageRegions
 
 logger = logging.getLogger(__name__)
 
 OWL_FAMILIES = {"owlv2": "Owlv2ForObjectDetection", "owlvit": "OwlViTForObjectDetection"}
 _TEXT_CHUNK = 256
-
-
+#: A kept box is wider and taller than this (pixels): narrower ones are float round-off
+#: slivers of boxes lying in OWLv2's padding (see :func:`visible`).
 def select_regions(boxes: np.ndarray, objectness: np.ndarray, max_regions: int, nms_iou: float) -> np.ndarray:
-    """Indices of the boxes to keep: greedy NMS on ``objectness`` (suppress IoU > nms_iou),
-    then the first ``max_regions``, highest objectness first.
+    """Indices of the boxes to keep: boxes of zero area (:func:`visible`) dropped first,
+    then greedy NMS on ``objectness`` (suppress IoU > nms_iou), then the first
+    ``max_regions``, highest objectness first — so ``max_regions`` visible boxes are kept
+    wherever the image has that many.
 
-    Exactly equal to full greedy NMS truncated to ``max_regions``: greedy NMS decides each
-    box using only higher-ranked boxes, so it runs on a growing top-K prefix until enough
-    boxes survive (cheap for OWLv2's 3600 patches).
+    Exactly equal to full greedy NMS over the visible boxes truncated to ``max_regions``:
+    greedy NMS decides each box using only higher-ranked boxes, so it runs on a growing
+    top-K prefix until enough boxes survive (cheap for OWLv2's 3600 patches).
     """
     if max_regions < 1:
         raise ValueError(f"max_regions must be >= 1, got {max_regions}")
     if not 0.0 < nms_iou <= 1.0:
         raise ValueError(f"nms_iou must be in (0, 1], got {nms_iou}")
     order = np.argsort(-objectness, kind="stable")
+    order = order[visible(boxes)[order]]
     k = min(len(order), max(4 * max_regions, 256))
     while True:
         prefix = order[:k]
@@ -69,8 +74,9 @@ def select_regions(boxes: np.ndarray, objectness: np.ndarray, max_regions: int, 
 
 
 def keep_top_regions(regions: ImageRegions, max_regions: int, nms_iou: float) -> ImageRegions:
-    """The rows of ``regions`` that :func:`select_regions` keeps, highest objectness first
-    (e.g. on :meth:`OwlBackend.encode_preprocessed` output)."""
+    """The rows of ``regions`` that :func:`select_regions` keeps (positive area, NMS, top
+    ``max_regions``), highest objectness first (e.g. on :meth:`OwlBackend.encode_preprocessed`
+    output)."""
     return regions[select_regions(regions.boxes, regions.objectness, max_regions, nms_iou)]
 
 
@@ -81,7 +87,8 @@ class OwlBackend:
     float32 numpy arrays. The object holds the model; nothing is cached globally.
     """
 
-    kind = "region+text"
+    kind = REGION_TEXT
+    capabilities: frozenset[str] = frozenset({PREPROCESS_SPLIT})
 
     def __init__(self, spec: str, family: str, model, processor, device) -> None:
         if family not in OWL_FAMILIES:
@@ -92,7 +99,7 @@ class OwlBackend:
         self.processor = processor
         self.device = device
         self._base = getattr(model, model.base_model_prefix)
-        self.has_objectness_head = hasattr(model, "objectness_head")
+        self.has_objectness_head = family == "owlv2"  # OWL-ViT has no objectness head
         self.embed_dim = int(model.class_head.dense0.out_features)
         self.vector_dim = self.embed_dim + 1
         self.image_embed_dim = int(self._base.visual_projection.out_features)
@@ -111,7 +118,7 @@ class OwlBackend:
     @classmethod
     def from_pretrained(cls, spec: str, family: str, path: Path, device, dtype=None) -> "OwlBackend":
         """Load model + processor from a local directory (see ``resolve_weights``)."""
-        model, processor = load_checkpoint(spec, family, path, OWL_FAMILIES[family], device, dtype)
+        model, processor = load_checkpoint(path, {family: OWL_FAMILIES[family]}, spec=spec, device=device, dtype=dtype)
         return cls(spec, family, model, processor, device)
 
     # ------------------------------------------------------------------ metadata
@@ -206,8 +213,9 @@ class OwlBackend:
     def encode_images(
         self, images: Sequence[Image.Image], max_regions: int = 100, nms_iou: float = 0.5
     ) -> list[ImageRegions]:
-        """RGB PIL images -> one ImageRegions per image: at most ``max_regions`` boxes,
-        kept by objectness after greedy NMS at ``nms_iou``, highest objectness first.
+        """RGB PIL images -> one ImageRegions per image: at most ``max_regions`` boxes of
+        positive area, kept by objectness after greedy NMS at ``nms_iou``, highest
+        objectness first.
         Shapes as in :meth:`encode_patches` with N <= max_regions rows."""
         return [keep_top_regions(r, max_regions, nms_iou) for r in self.encode_patches(images)]
 

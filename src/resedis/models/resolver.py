@@ -1,12 +1,15 @@
 """One place that finds model weights and resolves devices.
 
-A model spec is ``family:source`` (see :func:`resedis.models.parse_spec`). The source is
-looked up in this order:
+A model spec is ``family:source`` (see :mod:`resedis.models.spec`, which decides from
+how the source is written whether it is a local directory or a hub id). Weights are found:
 
-1. an explicit local directory (``owlv2:/path/to/dir``) — it must hold ``config.json``;
-2. the local Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``), without network;
-3. a hub download, only when allowed: never when ``HF_HUB_OFFLINE=1`` (or
-   ``allow_download=False``).
+1. for a local directory (``owlv2:/path/to/dir``, ``owlv2:./dir``,
+   ``owlv2:local-dir:dir``): there, and only there — it must hold ``config.json``;
+2. for a hub id: the local Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``), without
+   network, then a hub download, only when allowed: never when ``HF_HUB_OFFLINE=1`` (or
+   ``allow_download=False``). A folder of the same name in the working directory is never
+   used for a hub id; when the hub lookup fails and such a folder exists, the error says
+   how to write the spec to use it.
 
 Nothing here touches the network at import time; ``huggingface_hub`` and ``torch`` are
 imported inside the functions.
@@ -14,51 +17,27 @@ imported inside the functions.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resedis.errors import ResedisError, WeightsNotFoundError
+from resedis.models.spec import LOCAL_PREFIX, ModelSpec, parse_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+log = logging.getLogger(__name__)
 
 _TRUE = {"1", "true", "yes", "on"}
 # Files worth fetching from a hub repo (skips duplicate TF/Flax/ONNX weights).
 _DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.bin", "*.py"]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A parsed model spec: ``family`` (registry key) and ``source`` (hub id or local dir).
-
-    ``alias``: the registered short name this spec was written as (``demo``: the bundled
-    model, ``owlv2:<package>/assets/demo_model``); it is what ``str()`` gives, so an index
-    records ``demo`` and still finds the model after the package moves.
-    """
-
-    family: str
-    source: str
-    alias: str | None = None
-
-    def __str__(self) -> str:
-        return self.alias or f"{self.family}:{self.source}"
-
-
 def hub_offline() -> bool:
     """True when the environment forbids hub access (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
     return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def looks_like_path(source: str) -> bool:
-    """A source is a local path when it exists or is written like one (``/``, ``./``, ``~``)."""
-    return (
-        source.startswith(("/", "./", "../", "~", "\\"))
-        or source in (".", "..")
-        or Path(source).expanduser().exists()
-    )
 
 
 def _hub_cache_dir() -> str:
@@ -74,14 +53,11 @@ def resolve_weights(spec: str | ModelSpec, *, allow_download: bool | None = None
     Raises :class:`WeightsNotFoundError` naming the spec, every place searched and how
     to supply the weights.
     """
-    if isinstance(spec, str):
-        from resedis.models import parse_spec
-
-        spec = parse_spec(spec)
+    spec = parse_spec(spec)
     source = spec.source
     searched: list[str] = []
 
-    if looks_like_path(source):
+    if spec.local:
         path = Path(source).expanduser().resolve()
         if path.is_dir() and (path / "config.json").is_file():
             return path
@@ -91,7 +67,8 @@ def resolve_weights(spec: str | ModelSpec, *, allow_download: bool | None = None
             searched.append(f"local directory {path} (does not exist)")
         raise WeightsNotFoundError(_not_found_message(spec, searched, local=True))
 
-    searched.append(f"local directory {Path(source).resolve()} (does not exist; treating {source!r} as a hub id)")
+    same_name = Path(source).expanduser()
+    shadowed = same_name.is_dir()  # only ever used for the hint: a hub id never reads it
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - transformers depends on it
@@ -102,6 +79,10 @@ def resolve_weights(spec: str | ModelSpec, *, allow_download: bool | None = None
         try:
             path = Path(snapshot_download(source, local_files_only=True))
             if (path / "config.json").is_file():
+                if shadowed:
+                    log.warning("%s: using the Hugging Face hub model %r; the folder %s in the working "
+                                "directory is not used (write %s:./%s or %s:%s%s for it)", spec, source,
+                                same_name.resolve(), spec.family, source, spec.family, LOCAL_PREFIX, source)
                 return path
             searched.append(f"Hugging Face cache {cache} (snapshot of {source!r} has no config.json)")
         except Exception:  # noqa: BLE001 - any failure means "not in the cache"
@@ -121,13 +102,19 @@ def resolve_weights(spec: str | ModelSpec, *, allow_download: bool | None = None
             searched.append(f"Hugging Face hub {source!r} (not tried: downloads disabled by HF_HUB_OFFLINE)")
     else:  # pragma: no cover
         searched.append("Hugging Face cache/hub (huggingface_hub is not installed)")
-    raise WeightsNotFoundError(_not_found_message(spec, searched, local=False))
+    raise WeightsNotFoundError(_not_found_message(spec, searched, local=False, shadowed=shadowed))
 
 
-def _not_found_message(spec: ModelSpec, searched: list[str], *, local: bool) -> str:
+def _not_found_message(spec: ModelSpec, searched: list[str], *, local: bool, shadowed: bool = False) -> str:
     lines = [f"weights for model {spec} not found.", "Searched:"]
     lines += [f"  - {s}" for s in searched]
     lines.append("To fix, do one of:")
+    if shadowed:
+        lines.append(
+            f"  - {spec.source!r} was read as a Hugging Face hub id (a source without ./, ../, ~ or / is one), "
+            f"but a folder {Path(spec.source).expanduser().resolve()} exists here: to use that folder write "
+            f"--model {spec.family}:./{spec.source} (or {spec.family}:{LOCAL_PREFIX}{spec.source})"
+        )
     if spec.alias == "demo":
         lines.append("  - reinstall resedis (the bundled demo model ships in resedis/assets/demo_model), "
                      "or retrain it: INSTALL=1 scripts/train_demo_model.sh")
@@ -161,51 +148,6 @@ def resolve_device(device: "str | torch.device | None" = None) -> "torch.device"
             raise ResedisError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ResedisError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+    if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ResedisError(f"device {device!r} requested but MPS is not available here; use --device cpu")
     return dev
-
-
-def load_checkpoint(spec: str, family: str, path: Path, model_class: str, device, dtype=None):
-    """Load ``transformers.<model_class>`` and its processor from the local checkpoint ``path``.
-
-    ``path/config.json`` must declare ``model_type == family`` (else ResedisError naming
-    the spec and the prefix to use). The model is loaded in ``dtype`` (default float32),
-    moved to ``device`` and put in eval mode; the processor is pinned to the PIL image
-    processors, so pixels do not depend on whether torchvision is installed.
-    -> ``(model, processor)``.
-    """
-    import json
-
-    import torch
-    import transformers
-    from transformers import AutoProcessor
-
-    model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
-    if model_type != family:
-        raise ResedisError(
-            f"{spec}: {path}/config.json is a {model_type!r} checkpoint, not {family!r}; "
-            f"use the matching family prefix (e.g. {model_type}:{path})"
-        )
-    with quiet_transformers():
-        model = getattr(transformers, model_class).from_pretrained(str(path), dtype=dtype or torch.float32)
-        model = model.to(device).eval()
-        processor = AutoProcessor.from_pretrained(str(path), backend="pil")
-    return model, processor
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' per-load progress bars and info chatter (warnings and errors stay)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_warning()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()

@@ -16,14 +16,14 @@ Masks are (N, H, W) bool in original-image pixels; boxes xyxy original pixels.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from resedis.errors import ResedisError
+from resedis.models.checkpoint import load_checkpoint
+from resedis.models.spec import SEGMENTER
 
 MARGIN_FRACTION = 0.05
 MARGIN_MIN_PX = 2.0
@@ -66,7 +66,8 @@ class SamBackend:
     """Segmenter for ``sam`` checkpoints. ``image_calls`` counts image-encoder runs and
     ``boxes_segmented`` the boxes decoded (to make the cost of masks observable)."""
 
-    kind = "segmenter"
+    kind = SEGMENTER
+    capabilities: frozenset[str] = frozenset()
     mask_rule = MASK_RULE
 
     def __init__(self, spec: str, model, processor, device) -> None:
@@ -79,14 +80,9 @@ class SamBackend:
 
     @classmethod
     def from_pretrained(cls, spec: str, path: Path, device, dtype=None) -> "SamBackend":
-        import torch
-        from transformers import SamModel, SamProcessor
-
-        model_type = json.loads((Path(path) / "config.json").read_text()).get("model_type")
-        if model_type != "sam":
-            raise ResedisError(f"{spec}: {path}/config.json is a {model_type!r} checkpoint, not 'sam'")
-        model = SamModel.from_pretrained(str(path), dtype=dtype or torch.float32).to(device).eval()
-        return cls(spec, model, SamProcessor.from_pretrained(str(path)), device)
+        """Load model + processor from a local directory (see ``resolve_weights``)."""
+        model, processor = load_checkpoint(path, {"sam": "SamModel"}, spec=spec, device=device, dtype=dtype)
+        return cls(spec, model, processor, device)
 
     def preprocessing(self) -> dict:
         ip = self.processor.image_processor
@@ -121,10 +117,3 @@ class SamBackend:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         return restrict_to_boxes(self.raw_masks(image, boxes), boxes)
 
-
-def load_sam(spec, device, dtype=None) -> SamBackend:
-    """Registry factory ``(ModelSpec, torch.device, dtype) -> SamBackend``."""
-    from resedis.models import _canonical
-    from resedis.models.resolver import resolve_weights
-
-    return SamBackend.from_pretrained(str(_canonical(spec)), resolve_weights(spec), device, dtype)

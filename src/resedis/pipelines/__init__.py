@@ -8,9 +8,12 @@
                         box-geometry relations (:mod:`resedis.pipelines.relations`)
 ======================  =====================================================================
 
->>> from resedis.pipelines import run_pipeline, PipelineConfig
->>> results = run_pipeline("owl+rerank", "photos.db", texts=["the mug left of the laptop"],
-...                        config=PipelineConfig(rerank_k=10))        # doctest: +SKIP
+Queries are answered through :class:`resedis.query.QueryEngine`, which picks the
+pipeline, resolves the presence threshold and attaches masks::
+
+>>> from resedis.query import QueryEngine, QueryRequest
+>>> engine = QueryEngine("photos.db", PipelineConfig(rerank_k=10))                # doctest: +SKIP
+>>> engine.run(QueryRequest("the mug left of the laptop", pipeline="owl+rerank"))  # doctest: +SKIP
 
 Importing this module is cheap (no torch).
 """
@@ -18,19 +21,22 @@ Importing this module is cheap (no torch).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 from resedis.errors import ResedisError
+from resedis.index.store import Index, open_index
 from resedis.pipelines.base import (
     DEFAULT_GROUNDER,
     DEFAULT_SEGMENTER,
+    PROPOSALS,
     Models,
     Pipeline,
     PipelineConfig,
     QueryText,
     as_queries,
 )
-from resedis.types import Dataset, QueryResult
+from resedis.pipelines.clip_crops import ClipCropsPipeline
+from resedis.pipelines.owl import OwlPipeline
+from resedis.pipelines.rerank import RerankPipeline
 
 DEFAULT_PIPELINE = "owl"
 
@@ -43,15 +49,9 @@ class PipelineEntry:
     cls: type
 
 
-def _entries() -> dict[str, PipelineEntry]:
-    from resedis.pipelines.clip_crops import ClipCropsPipeline
-    from resedis.pipelines.owl import OwlPipeline
-    from resedis.pipelines.rerank import RerankPipeline
-
-    return {c.name: PipelineEntry(c.name, c.description, c.cost, c) for c in (OwlPipeline, RerankPipeline, ClipCropsPipeline)}
-
-
-PIPELINES: dict[str, PipelineEntry] = _entries()
+PIPELINES: dict[str, PipelineEntry] = {
+    c.name: PipelineEntry(c.name, c.description, c.cost, c) for c in (OwlPipeline, RerankPipeline, ClipCropsPipeline)
+}
 
 
 def list_pipelines() -> list[PipelineEntry]:
@@ -66,8 +66,6 @@ def get_pipeline(name: str, index, config: PipelineConfig | None = None, models:
     ``storage_options`` (see :mod:`resedis.index.fs`)."""
     if name not in PIPELINES:
         raise ResedisError(f"unknown pipeline {name!r}; available: {', '.join(PIPELINES)} (see `resedis pipelines`)")
-    from resedis.index.store import Index, open_index
-
     if isinstance(index, Index):
         if storage_options:
             raise ResedisError("storage_options apply when the index is given by its URI, not an opened Index")
@@ -76,36 +74,12 @@ def get_pipeline(name: str, index, config: PipelineConfig | None = None, models:
     return PIPELINES[name].cls(index, config, models)
 
 
-def run_pipeline(
-    name: str,
-    db,
-    *,
-    texts: Sequence[str] | None = None,
-    dataset: Dataset | None = None,
-    config: PipelineConfig | None = None,
-    models: Models | None = None,
-    masks: bool = False,
-    segmenter: str = DEFAULT_SEGMENTER,
-    storage_options: dict[str, str] | None = None,
-) -> list[QueryResult]:
-    """Run pipeline ``name`` over the index ``db`` (an Index, a local path or an object-store
-    URI opened with ``storage_options``) for ``texts`` or every query of ``dataset`` (hit
-    ids then are the dataset's). ``masks``: attach SAM masks to the returned hits (cached
-    in the index's ``masks`` table, on the object store too)."""
-    pipeline = get_pipeline(name, db, config, models, storage_options=storage_options)
-    results = pipeline.run(as_queries(texts, dataset), dataset)
-    if masks:
-        from resedis.masks_cache import attach_masks
-
-        results = attach_masks(results, pipeline.index, pipeline.models.get(segmenter), progress=pipeline.config.progress)
-    return results
-
-
 __all__ = [
     "DEFAULT_PIPELINE",
     "DEFAULT_GROUNDER",
     "DEFAULT_SEGMENTER",
     "PIPELINES",
+    "PROPOSALS",
     "PipelineConfig",
     "PipelineEntry",
     "Pipeline",
@@ -114,5 +88,4 @@ __all__ = [
     "as_queries",
     "get_pipeline",
     "list_pipelines",
-    "run_pipeline",
 ]

@@ -25,7 +25,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from resedis.errors import ResedisError
-from resedis.thresholds import ThresholdChoice, choose_threshold
+from resedis.index.manifest import read_manifest
+from resedis.models.spec import canonical_spec
+from resedis.index.store import Index, open_index
+from resedis.search import HIT_NMS_IOU, DEFAULT_TOP_K, Searcher, normalize_text
+from resedis.search_corpus import DEFAULT_MATRIX_DTYPE, check_matrix_dtype
+from resedis.thresholds import DEFAULT_THRESHOLD, ThresholdChoice, choose_threshold
 from resedis.types import Dataset, Hit, QueryResult
 
 DEFAULT_GROUNDER = "gdino:IDEA-Research/grounding-dino-tiny"
@@ -38,24 +43,32 @@ class PipelineConfig:
     """Options shared by the pipelines.
 
     top_k: detections kept per query; threshold: presence threshold (None: calibrated or
-    default); rerank_k: images re-scored by the grounding model (``owl+rerank``);
+    default); nms_iou: per-image NMS IoU of the ``owl`` hits (1 disables it);
+    matrix_dtype: how the ``owl`` engine holds the region matrix (:mod:`resedis.search_corpus`);
+    segmenter: the mask model spec (``masks``); rerank_k: images re-scored by the grounding model (``owl+rerank``);
     grounder: its spec; proposals: ``index`` (crops stored in the index) or ``gt`` (the
     dataset's ground-truth boxes, an oracle; needs a dataset) for ``clip-crops``;
     crop_model: the crop encoder for ``proposals="gt"`` when the index has no crops
     (with index crops it must match the index's crop model).
     """
 
-    top_k: int = 20
+    top_k: int = DEFAULT_TOP_K
     threshold: float | None = None
     device: str | None = None
     batch_size: int = 32
+    nms_iou: float = HIT_NMS_IOU
+    matrix_dtype: str = DEFAULT_MATRIX_DTYPE
     rerank_k: int = 10
     grounder: str = DEFAULT_GROUNDER
     proposals: str = "index"
     crop_model: str | None = None
+    segmenter: str = DEFAULT_SEGMENTER
     progress: bool = False
 
     def validate(self) -> None:
+        check_matrix_dtype(self.matrix_dtype)
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise ResedisError(f"nms_iou must be in (0, 1] (1 disables NMS), got {self.nms_iou}")
         if self.top_k < 1:
             raise ResedisError(f"top_k must be >= 1, got {self.top_k}")
         if self.batch_size < 1:
@@ -88,8 +101,6 @@ class Models:
 
     def get(self, spec: str):
         """The backend for ``spec`` (loaded on first use)."""
-        from resedis.index.manifest import canonical_spec
-
         key = canonical_spec(spec)
         if key not in self._backends:
             from resedis.models import load_model
@@ -98,17 +109,15 @@ class Models:
         return self._backends[key]
 
     def put(self, spec: str, backend) -> None:
-        from resedis.index.manifest import canonical_spec
-
         self._backends[canonical_spec(spec)] = backend
 
-    def searcher(self, index):
-        """A :class:`resedis.search.Searcher` over ``index`` (one per index, encoder shared)."""
-        key = str(index.path)
+    def searcher(self, index, *, nms_iou: float = HIT_NMS_IOU, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Searcher:
+        """A :class:`resedis.search.Searcher` over ``index`` (one per index and options,
+        the text encoder shared)."""
+        key = (str(index.path), nms_iou, matrix_dtype)
         if key not in self._searchers:
-            from resedis.search import Searcher
-
-            self._searchers[key] = Searcher(index, encoder=self.get(index.manifest.model))
+            self._searchers[key] = Searcher(index, encoder=self.get(index.manifest.model), nms_iou=nms_iou,
+                                            matrix_dtype=matrix_dtype)
         return self._searchers[key]
 
 
@@ -121,8 +130,6 @@ class QueryText:
 def as_queries(texts: Sequence[str] | None = None, dataset: Dataset | None = None,
                query_ids: Sequence[str] | None = None) -> list[QueryText]:
     """Texts (ids = normalised text, or ``query_ids``) or a dataset's queries -> QueryText list."""
-    from resedis.search import normalize_text
-
     if dataset is not None and texts is None:
         return [QueryText(q.query_id, q.expression) for q in dataset.queries]
     if texts is None or isinstance(texts, str):
@@ -156,20 +163,19 @@ class Pipeline:
     name = ""
     description = ""
     cost = ""
-    default_threshold = 0.1
+    default_threshold = DEFAULT_THRESHOLD
     # True when ``score`` is the index model's own detector score (``owl``), so the
     # presence_threshold fitted with that checkpoint (resedis finetune / demo) applies.
     model_scores = False
 
     def __init__(self, index, config: PipelineConfig | None = None, models: Models | None = None):
-        from resedis.index.store import Index, open_index
-
         self.index = index if isinstance(index, Index) else open_index(index)
         self.config = config or PipelineConfig()
         self.config.validate()
         self.models = models or Models(self.config.device)
         self.last_timing: dict[str, float] = {}
         self.calibration_note: str | None = None  # why a stored calibration was not used
+        self.last_choice: ThresholdChoice | None = None  # the threshold the last run() used
 
     # -- parameters ---------------------------------------------------------------
     def default_params(self) -> dict:
@@ -189,8 +195,6 @@ class Pipeline:
         """This pipeline's entry of ``manifest.calibration`` (re-read from disk), or None
         (also when it was fitted with other models than this configuration's, see
         :meth:`calibration_context`; ``calibration_note`` then says so)."""
-        from resedis.index.manifest import read_manifest
-
         self.index.manifest = read_manifest(self.index.path)
         cal = self.index.manifest.calibration
         entry = cal.get(self.name) if isinstance(cal, dict) else None
@@ -248,8 +252,11 @@ class Pipeline:
 
     def run(self, queries: list[QueryText], dataset: Dataset | None = None) -> list[QueryResult]:
         """prepare + finish with the resolved parameters; ``last_timing`` holds the seconds
-        (after :meth:`warm_up`: model loading is not query time)."""
-        params, threshold, _ = self.resolved()
+        (after :meth:`warm_up`: model loading is not query time); ``last_choice`` the
+        threshold used and its source."""
+        params, choice = self.resolved_choice()
+        self.last_choice = choice
+        threshold = choice.value
         self.warm_up(dataset)
         t0 = time.perf_counter()
         prepared = self.prepare(queries, dataset)

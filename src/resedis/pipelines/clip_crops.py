@@ -24,10 +24,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from resedis.errors import ResedisError
+from resedis.index.crops import CROPS, CropCorpus, check_crop_weights, load_crops
 from resedis.pipelines.base import Pipeline, QueryText, finalize_hits
-from resedis.pipelines.crops import CropCorpus, load_crops
 from resedis.pipelines.proposals import embed_gt_crops
-from resedis.pipelines.relations import DEFAULT_WEIGHT, ParsedExpression, cue_priors, parse_expression
+from resedis.pipelines.relations import (
+    DEFAULT_WEIGHT,
+    ParsedExpression,
+    cue_priors,
+    parse_expression,
+)
+from resedis.search import map_dataset_images
+from resedis.boxes import visible
 from resedis.types import Dataset, Hit, QueryResult
 
 RESCORE_IMAGES = 100
@@ -71,7 +78,7 @@ class ClipCropsPipeline(Pipeline):
 
     def crop_model(self) -> str:
         """The crop encoder spec: the index's crop model, or ``config.crop_model`` for GT proposals."""
-        from resedis.index.manifest import canonical_spec
+        from resedis.models.spec import canonical_spec
 
         entry = self.index.manifest.extra.get("crops") or {}
         asked = canonical_spec(self.config.crop_model) if self.config.crop_model else None
@@ -113,8 +120,6 @@ class ClipCropsPipeline(Pipeline):
         corpus = self.index_crops()
         if dataset is None:
             return corpus, list(corpus.image_ids)
-        from resedis.search import map_dataset_images
-
         mapping, _ = map_dataset_images(corpus, self.index.manifest.root, dataset)
         if not any(m is not None for m in mapping):
             raise ResedisError(f"index {self.index.path} and dataset {dataset.name!r} share no images")
@@ -123,12 +128,9 @@ class ClipCropsPipeline(Pipeline):
     def index_crops(self) -> CropCorpus:
         """The index's crop corpus, kept in the model pool until the index's tables change
         (a server or an ablation does not re-read the crops table for every query)."""
-        from resedis.pipelines.crops import check_crop_weights, open_crops_table
-
         if (self.index.manifest.extra.get("crops") or {}).get("model"):  # same spec, retrained crop weights?
             check_crop_weights(self.index.manifest, self.encoder, self.index.path)
-        table = open_crops_table(self.index)
-        version = (self.index.version(), None if table is None else table.version,
+        version = (self.index.version(), self.index.table_version(CROPS),
                    repr(self.index.manifest.extra.get("crops")))
         return self.models.cached(f"crops:{self.index.path}", version, lambda: load_crops(self.index))
 
@@ -154,9 +156,12 @@ class ClipCropsPipeline(Pipeline):
             emb.update(zip(chunk, np.asarray(self.encoder.encode_texts(chunk), np.float32)))
         allowed_rows = np.array([i is not None for i in ids], bool)
         allowed = allowed_rows[corpus.crop_image] if len(corpus) else np.zeros(0, bool)
+        if len(corpus):  # a crop box with no visible area in its image is never a hit
+            size = np.asarray(corpus.sizes, np.float64).reshape(-1, 2)[corpus.crop_image]
+            allowed &= visible(corpus.boxes, size[:, 0], size[:, 1])
         by_row: dict[int, np.ndarray] = {}
         for row in np.unique(corpus.crop_image):
-            by_row[int(row)] = np.flatnonzero(corpus.crop_image == row)
+            by_row[int(row)] = np.flatnonzero((corpus.crop_image == row) & allowed)
         prepared = CropsPrepared(queries=queries, corpus=corpus, image_ids=ids)
         n_images = max(RESCORE_IMAGES, self.config.top_k)
         for p in parsed:

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from resedis.boxes import box_iou, nms
 from resedis.errors import ResedisError
-from resedis.masks import box_iou, nms
 
 
 @dataclass(frozen=True)

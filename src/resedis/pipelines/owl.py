@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from resedis.pipelines.base import Pipeline, QueryText, finalize_hits, subset_dataset
+from resedis.search import Searcher, search_dataset
 from resedis.types import Dataset, QueryResult
 
 
@@ -25,12 +26,6 @@ class OwlPipeline(Pipeline):
     cost = "query: 1 text forward + MIPS over regions; index: 1 OWL forward per image"
     model_scores = True  # scores are the index model's sigmoid scores: its checkpoint threshold applies
 
-    @property
-    def default_threshold(self) -> float:  # type: ignore[override]
-        from resedis.search import DEFAULT_THRESHOLD
-
-        return DEFAULT_THRESHOLD
-
     def calibration(self) -> dict | None:
         entry = super().calibration()
         if entry is None and self.index.manifest.threshold is not None:
@@ -38,14 +33,16 @@ class OwlPipeline(Pipeline):
             return {"threshold": self.index.manifest.threshold}
         return entry
 
+    def searcher(self) -> Searcher:
+        """The exact MIPS engine over this index (from the model pool, per NMS / matrix option)."""
+        return self.models.searcher(self.index, nms_iou=self.config.nms_iou, matrix_dtype=self.config.matrix_dtype)
+
     def warm_up(self, dataset: Dataset | None = None) -> None:
-        self.models.searcher(self.index).corpus()  # text encoder + region matrix
+        self.searcher().corpus()  # text encoder + region matrix
 
     def owl_results(self, queries: list[QueryText], dataset: Dataset | None, top_k: int) -> list[QueryResult]:
         """Raw OWL hits (``top_k`` per query, present unset) in the order of ``queries``."""
-        from resedis.search import search_dataset
-
-        searcher = self.models.searcher(self.index)
+        searcher = self.searcher()
         if dataset is not None:
             sub = subset_dataset(dataset, [q.query_id for q in queries])
             by_id = {r.query_id: r for r in search_dataset(searcher, sub, top_k=top_k, threshold=0.0,

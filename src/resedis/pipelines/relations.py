@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from resedis.masks import box_iou
+from resedis.boxes import box_iou
 
 DEFAULT_WEIGHT = 0.05
 NEAR_FRACTION = 0.25

@@ -65,7 +65,7 @@ class RerankPipeline(OwlPipeline):
         return super(OwlPipeline, self).calibration()
 
     def calibration_context(self) -> dict:
-        from resedis.index.manifest import canonical_spec
+        from resedis.models.spec import canonical_spec
 
         return {"grounder": canonical_spec(self.config.grounder)}
 

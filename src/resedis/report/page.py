@@ -82,7 +82,7 @@ def _shade(v: Any, *, lower_is_better: bool = False) -> str:
 
 
 def _header(dataset: Dataset, results: Sequence[QueryResult], ev: EvalResult, title: str) -> str:
-    from resedis import __version__
+    from resedis.version import __version__
 
     n_det = sum(len(h) for h in ev.results.values())
     root = f" ({escape(str(dataset.root))})" if dataset.root else ""

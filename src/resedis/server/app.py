@@ -33,7 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from resedis import __version__
+from resedis.version import __version__
 from resedis.server.config import ServeConfig
 from resedis.server.engine import PIPELINE_ALIAS, SearchRequest, SearchService
 from resedis.server.images import ThumbnailCache, browser_bytes

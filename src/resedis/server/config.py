@@ -7,8 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from resedis.errors import ResedisError
+from resedis.search import DEFAULT_TOP_K
+from resedis.threads import check_threads
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def is_loopback(host: str) -> bool:
@@ -23,7 +26,7 @@ def is_loopback(host: str) -> bool:
 
 @dataclass
 class ServeConfig:
-    """Everything ``create_app`` needs. Defaults are the CLI defaults.
+    """Everything ``create_app`` needs; its defaults are ``resedis serve``'s.
 
     ``db``: the index directory to serve (opened read-only for search).
     ``api_key``: when set, every ``/api`` route requires header ``X-API-Key``.
@@ -39,6 +42,8 @@ class ServeConfig:
     ``threads``: CPU threads of torch and numpy's BLAS for this process
     (:func:`resedis.threads.set_threads`, applied by :func:`create_app` before the
     models load); None keeps the library defaults.
+    ``default_top_k``: hits of a search that names no ``top_k`` (None: the library's
+    :data:`resedis.search.DEFAULT_TOP_K`, at most ``max_top_k``). ``log_level``: uvicorn's.
     """
 
     db: Path
@@ -52,7 +57,7 @@ class ServeConfig:
     grounder: str | None = None
     max_query_chars: int = 500
     max_top_k: int = 200
-    default_top_k: int = 20
+    default_top_k: int | None = None
     max_body_bytes: int = 16 * 1024
     thumb_sizes: tuple[int, int] = (32, 1024)
     default_thumb_size: int = 256
@@ -61,13 +66,22 @@ class ServeConfig:
     result_cache_entries: int = 256
     trusted_hosts: list[str] | None = None
     threads: int | None = None
+    log_level: str = "info"
 
     def __post_init__(self) -> None:
         self.db = Path(self.db)
         self.allow_index_roots = [Path(p) for p in self.allow_index_roots]
-        from resedis.threads import check_threads
-
         check_threads(self.threads)
+        if not 1 <= self.port <= 65535:
+            raise ResedisError(f"--port must be in [1, 65535], got {self.port}")
+        if self.max_top_k < 1:
+            raise ResedisError(f"--max-top-k must be >= 1, got {self.max_top_k}")
+        if self.max_query_chars < 1:
+            raise ResedisError(f"--max-query-chars must be >= 1, got {self.max_query_chars}")
+        if self.log_level not in LOG_LEVELS:
+            raise ResedisError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        if self.default_top_k is None:
+            self.default_top_k = min(DEFAULT_TOP_K, self.max_top_k)
         if self.api_key is not None and len(self.api_key) < 8:
             raise ResedisError("--api-key must be at least 8 characters long")
         if not (1 <= self.default_top_k <= self.max_top_k):

@@ -1,9 +1,9 @@
 """The search engine as the service uses it: one model pool, one worker thread, a lock.
 
-Searches run through the named pipelines of :mod:`resedis.pipelines` (``owl`` — the
-region index — by default; ``default`` is accepted as its alias) with one
-:class:`resedis.pipelines.Models` pool owned by the service, so each model is loaded
-once. All model work (text encoding, the matrix product, reranking, masks) runs on a
+Searches run through the library's one query path, :class:`resedis.query.QueryEngine`
+(pipeline choice, presence threshold, masks; ``owl`` — the region index — by default,
+``default`` accepted as its alias), with one :class:`resedis.pipelines.Models` pool owned
+by the service, so each model is loaded once. All model work (text encoding, the matrix product, reranking, masks) runs on a
 dedicated single worker thread, never on the event loop, and under ``model_lock`` (also
 taken when the index is swapped after an indexing job). So a slow query delays other
 queries but never ``/healthz`` or image serving. The number of queries waiting is
@@ -22,6 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from resedis.errors import ResedisError
+from resedis.index import open_index
+from resedis.index.manifest import MANIFEST_NAME
+from resedis.index.store import IMAGES
+from resedis.pipelines import DEFAULT_PIPELINE, Models, PipelineConfig, list_pipelines
+from resedis.query import QueryEngine, QueryRequest
 from resedis.server.images import ImageCatalog, ImageRecord
 from resedis.server.security import RequestRefused
 
@@ -30,15 +35,7 @@ PIPELINE_ALIAS = "default"
 
 def available_pipelines() -> dict[str, dict]:
     """``{name: {description, cost}}`` of the registered pipelines, the default first."""
-    from resedis.pipelines import list_pipelines
-
     return {e.name: {"description": e.description, "cost": e.cost} for e in list_pipelines()}
-
-
-def default_pipeline() -> str:
-    from resedis.pipelines import DEFAULT_PIPELINE
-
-    return DEFAULT_PIPELINE
 
 
 @dataclass(frozen=True)
@@ -57,7 +54,8 @@ class SearchService:
 
     ``db`` may not exist yet when ``allow_missing`` (indexing enabled): searches are
     then refused with ``409`` until an indexing job has created it. ``segmenter``: the
-    model spec used for ``masks=true``; ``grounder``: the ``owl+rerank`` grounding model.
+    model spec used for ``masks=true``; ``grounder``: the ``owl+rerank`` grounding model
+    (None: the library defaults of :class:`~resedis.pipelines.PipelineConfig`).
     """
 
     def __init__(
@@ -71,12 +69,13 @@ class SearchService:
         cache_entries: int = 256,
         allow_missing: bool = False,
     ):
-        from resedis.pipelines import DEFAULT_GROUNDER, DEFAULT_SEGMENTER, Models
-
         self.db = Path(db)
         self.device = device
-        self.segmenter = segmenter or DEFAULT_SEGMENTER
-        self.grounder = grounder or DEFAULT_GROUNDER
+        given = {k: v for k, v in (("segmenter", segmenter), ("grounder", grounder)) if v is not None}
+        self.config = PipelineConfig(device=device, **given)
+        self.config.validate()
+        self.segmenter = self.config.segmenter
+        self.grounder = self.config.grounder
         self.max_pending = max_pending
         self.cache_entries = cache_entries
         self.model_lock = threading.Lock()
@@ -88,22 +87,19 @@ class SearchService:
         self._catalog_version: tuple | None = None
         self._catalog_checked = 0.0
         self._catalog_lock = threading.Lock()
-        self.index = None
+        self.engine: QueryEngine | None = None
         self.open(allow_missing=allow_missing)
 
     # -- lifecycle -------------------------------------------------------------
     def open(self, *, allow_missing: bool = False) -> None:
         """(Re)open the index and load its text encoder. Holds the model lock."""
-        from resedis.index import open_index
-        from resedis.index.manifest import MANIFEST_NAME
-
         with self.model_lock:
             if allow_missing and not (self.db / MANIFEST_NAME).exists():
-                self.index = None
+                self.engine = None
                 return
-            index = open_index(self.db)
-            self.models.searcher(index)  # load the text encoder now, not on the first query
-            self.index = index
+            engine = QueryEngine(open_index(self.db), self.config, self.models)
+            engine.pipeline("owl").searcher()  # load the text encoder now, not on the first query
+            self.engine = engine
             self._cache.clear()
             self._catalog_version = None
 
@@ -111,13 +107,18 @@ class SearchService:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
+    def index(self):
+        """The opened index (None before an indexing job created it)."""
+        return None if self.engine is None else self.engine.index
+
+    @property
     def ready(self) -> bool:
-        return self.index is not None
+        return self.engine is not None
 
     @property
     def searcher(self):
-        """The index's :class:`resedis.search.Searcher` (the ``owl`` pipeline's engine)."""
-        return None if self.index is None else self.models.searcher(self.index)
+        """The index's :class:`resedis.search.Searcher` (the default ``owl`` pipeline's engine)."""
+        return None if self.engine is None else self.engine.pipeline("owl").searcher()
 
     # -- images ---------------------------------------------------------------
     def catalog(self) -> ImageCatalog:
@@ -138,14 +139,14 @@ class SearchService:
     async def search(self, request: SearchRequest) -> dict:
         """Run a query on the model thread; the API response body."""
         pipelines = available_pipelines()
-        name = default_pipeline() if request.pipeline == PIPELINE_ALIAS else request.pipeline
+        name = DEFAULT_PIPELINE if request.pipeline == PIPELINE_ALIAS else request.pipeline
         if name not in pipelines:
             hint = ""
             if " " in request.pipeline and request.pipeline.replace(" ", "+") in pipelines:
                 hint = f" (a '+' in a URL query string means a space: send pipeline={request.pipeline.replace(' ', '%2B')})"
             raise RequestRefused(
                 400, f"unknown pipeline {request.pipeline!r}; available: {', '.join(pipelines)} "
-                f"({PIPELINE_ALIAS!r} = {default_pipeline()!r}){hint}"
+                f"({PIPELINE_ALIAS!r} = {DEFAULT_PIPELINE!r}){hint}"
             )
         if not self.ready:
             raise RequestRefused(409, "the index is empty: start indexing with POST /api/index first")
@@ -160,35 +161,26 @@ class SearchService:
             self._pending -= 1
 
     def _search_sync(self, request: SearchRequest, name: str, queued: float) -> dict:
-        from resedis.pipelines import PipelineConfig, as_queries, get_pipeline
-
         with self.model_lock:
             started = time.perf_counter()
-            if self.index is None:
+            engine = self.engine
+            if engine is None:
                 raise RequestRefused(409, "the index is empty: start indexing with POST /api/index first")
             try:
-                config = PipelineConfig(top_k=request.top_k, threshold=request.threshold, device=self.device,
-                                        grounder=self.grounder)
-                pipeline = get_pipeline(name, self.index, config, self.models)
-                _, threshold, source = pipeline.resolved()
-                corpus_version = self.searcher.corpus().version  # reloads when the index changed
-                key = (request, name, corpus_version, threshold)
+                query = QueryRequest(request.text, pipeline=name, top_k=request.top_k, threshold=request.threshold,
+                                     masks=request.masks)
+                _, choice = engine.resolve(name, request.threshold)
+                key = (request, name, engine.index.version(), choice.value)
                 cached = self._cache.get(key)
                 if cached is not None:
                     self._cache.move_to_end(key)
                     body = dict(cached)
                     body["timings"] = {**cached["timings"], "queue_ms": 1000 * (started - queued), "cached": True}
                     return body
-                result = pipeline.run(as_queries([request.text]))[0]
-                if request.masks:
-                    from resedis.masks_cache import attach_masks
-
-                    t_masks = time.perf_counter()
-                    result = attach_masks([result], self.index, self.models.get(self.segmenter))[0]
-                    result.timings = {**(result.timings or {}), "masks_ms": 1000 * (time.perf_counter() - t_masks)}
+                answer = engine.run(query)
             except ResedisError as exc:
                 raise RequestRefused(400, self.redact(str(exc))) from None
-            body = self._response(request, name, result, threshold, source)
+            body = self._response(request, name, answer.result, answer.threshold.value, answer.threshold.source)
             body["timings"]["queue_ms"] = 1000 * (started - queued)
             body["timings"]["total_ms"] = 1000 * (time.perf_counter() - started)
             self._cache[key] = body
@@ -236,16 +228,14 @@ class SearchService:
     # -- stats ----------------------------------------------------------------
     def stats(self) -> dict:
         """Index statistics plus what the service offers (pipelines, default threshold)."""
-        from resedis.pipelines import get_pipeline
-
-        out: dict = {"ready": self.ready, "pipelines": available_pipelines(), "default_pipeline": default_pipeline()}
+        out: dict = {"ready": self.ready, "pipelines": available_pipelines(), "default_pipeline": DEFAULT_PIPELINE}
         if not self.ready:
             out.update({"images": 0, "regions": 0, "skipped": 0, "model": None, "calibration": None})
             return out
         stats = self.index.stats()
         stats.pop("root", None)  # server paths stay on the server
         out.update(stats)
-        _, choice = get_pipeline(default_pipeline(), self.index, None, self.models).resolved_choice()
+        _, choice = self.engine.resolve()
         out["calibration"] = self.index.manifest.calibration
         out["threshold"] = choice.value
         out["threshold_source"] = choice.source  # argument / calibrated / checkpoint / default
@@ -256,8 +246,6 @@ class SearchService:
 
 
 def _read_catalog(index) -> ImageCatalog:
-    from resedis.index.store import IMAGES
-
     table = index.read(IMAGES, ["image_id", "root", "path", "width", "height"]).to_pylist()
     return ImageCatalog(
         [ImageRecord(r["image_id"], r["path"], int(r["width"]), int(r["height"]), r["root"]) for r in table]

@@ -90,7 +90,7 @@ class JobManager:
         index = self.service.index
         if index is not None:
             try:
-                indexed = index.images_table.count_rows()
+                indexed = index.count("images")
             except Exception:  # table being compacted: report nothing rather than fail the poll
                 indexed = None
         return {

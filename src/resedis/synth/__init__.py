@@ -67,10 +67,10 @@ def _check_counts(images: int, queries: int, absent: int, seed: int) -> None:
 def generate(
     out_dir: str | Path,
     *,
-    images: int,
-    queries: int,
-    absent: int,
-    seed: int,
+    images: int = 200,
+    queries: int = 150,
+    absent: int = 20,
+    seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:

@@ -28,32 +28,12 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from resedis.testing.tiny_extra import EXTRA_BUILDERS
+from resedis.testing.words import vocabulary_words
+
 SEED = 0
 MAX_TEXT_TOKENS = 16
 HIDDEN = 32
-
-# Words the tests and the synthetic grammar use; merged with resedis.synth.VOCABULARY when present.
-BASE_WORDS = """
-a an the of on in at to and with without near next beside above below under over between
-left right top bottom middle center centre upper lower front back behind
-small smaller smallest large larger largest big bigger biggest tiny medium huge
-red green blue yellow orange purple pink brown black white gray grey cyan magenta
-circle square triangle rectangle star ellipse hexagon diamond cross shape object thing
-one two three first second third other photo picture image cat dog car person
-""".split()
-
-
-def vocabulary_words() -> list[str]:
-    """BASE_WORDS plus the synthetic grammar's vocabulary (when that module is available)."""
-    words = list(BASE_WORDS)
-    try:
-        from resedis.synth import VOCABULARY  # type: ignore[attr-defined]
-
-        words += [str(w) for w in VOCABULARY]
-    except ImportError:
-        pass
-    return sorted({w.lower() for w in words if w.strip()})
-
 
 def build_word_tokenizer(words: Iterable[str], *, max_length: int = MAX_TEXT_TOKENS, vocab_size: int = 400):
     """A byte-pair tokenizer trained locally on ``words`` (plus the ASCII alphabet).
@@ -142,7 +122,11 @@ def _vision_config(image_size: int, patch_size: int) -> dict:
 
 def _temper_owl_head(model) -> None:
     """Random init gives |logits| ~ 50 (sigmoid saturates to 0/1, making score tests blind);
-    re-draw the logit shift/scale layers small so logits are O(1)."""
+    re-draw the logit shift/scale layers small so logits are O(1). The box head saturates
+    too (every box a line on the image border, of zero area); its last layer is re-drawn
+    small so each box is its patch's box (the model's ``box_bias``) plus a small offset,
+    as in a trained detector — boxes on the image where the image is, in OWLv2's padding
+    where the padding is."""
     import torch
 
     head = model.class_head
@@ -150,6 +134,8 @@ def _temper_owl_head(model) -> None:
         for layer in (head.logit_shift, head.logit_scale):
             layer.weight.normal_(0.0, 0.1)
             layer.bias.zero_()
+        model.box_head.dense2.weight.normal_(0.0, 0.02)
+        model.box_head.dense2.bias.zero_()
 
 
 def _make_owl(out: Path, tokenizer, family: str) -> None:
@@ -212,17 +198,8 @@ TINY_BUILDERS: dict[str, Callable[[Path, object], None]] = {
     "owlvit": lambda out, tok: _make_owl(out, tok, "owlvit"),
     "clip": _make_clip,
     "siglip": _make_siglip,
+    **EXTRA_BUILDERS,  # pipeline backends (Grounding DINO, SAM): one call writes every family
 }
-
-
-def _register_extra_builders() -> None:
-    # Pipeline backends (Grounding DINO, SAM) live in tiny_extra; one call writes every family.
-    from resedis.testing.tiny_extra import EXTRA_BUILDERS
-
-    TINY_BUILDERS.update(EXTRA_BUILDERS)
-
-
-_register_extra_builders()
 
 
 def check_owl_checkpoint(
@@ -302,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     for family, path in paths.items():
-        print(f"{family}:{path}")
+        print(f"{family}:{path.resolve()}")  # absolute: a spec without /, ./ or ~ is a hub id
     return 0
 
 

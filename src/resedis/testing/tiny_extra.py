@@ -29,6 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from resedis.testing.words import vocabulary_words
+
 SEED = 0
 GDINO_MAX_TEXT_LEN = 32
 # Grounding DINO's hard-coded delimiter ids (modeling_grounding_dino.SPECIAL_TOKENS) and [PAD].
@@ -168,8 +170,6 @@ def make_sam(out: Path) -> None:
 
 def make_extra_checkpoints(out_dir: str | Path, families: Sequence[str] = ("gdino", "sam")) -> dict[str, Path]:
     """Write ``out_dir/gdino`` and/or ``out_dir/sam``; return ``{family: path}``."""
-    from resedis.testing.tiny import vocabulary_words
-
     from transformers.utils import logging as hf_logging
 
     out_dir = Path(out_dir)
@@ -194,8 +194,6 @@ def make_extra_checkpoints(out_dir: str | Path, families: Sequence[str] = ("gdin
 
 
 def _gdino_builder(out: Path, _owl_tokenizer) -> None:
-    from resedis.testing.tiny import vocabulary_words
-
     make_gdino(Path(out), vocabulary_words())
 
 
@@ -211,4 +209,4 @@ if __name__ == "__main__":  # pragma: no cover
 
     target = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="resedis-tiny-")
     for fam, p in make_extra_checkpoints(target).items():
-        print(f"{fam}:{p}")
+        print(f"{fam}:{p.resolve()}")

@@ -1,4 +1,4 @@
-"""Crop embeddings for the ``clip-crops`` baseline: proposals, the ``crops`` table, readers.
+"""The ``crops`` side table: crop embeddings for the ``clip-crops`` pipeline (writer, readers, repair).
 
 Each candidate box of an image is cropped and embedded ONCE by a CLIP/SigLIP encoder
 (``clip:`` / ``siglip:`` spec) and stored in the index's LanceDB directory, table
@@ -21,10 +21,11 @@ same spec (:func:`check_crop_weights`). Crops are written by the index writer in
 (images decoded once: ``resedis index --crop-model clip:...``), or afterwards for an
 existing index by :func:`add_crops` (which has to decode the images again).
 
-Proposal sources: ``owl`` (default), ``yolo[:WEIGHTS]`` (Ultralytics YOLOv8, extra
-``[yolo]``, imported lazily; ``WEIGHTS`` a local ``.pt`` file), and — at query time,
-not stored — ``gt`` (the dataset's ground-truth boxes, an oracle; see
-:func:`resedis.pipelines.proposals.gt_proposals`).
+:class:`CropWriter` is the index writer's :class:`resedis.index.side.SideTable` for crops.
+
+Proposal sources (:mod:`resedis.index.crop_proposals`): ``owl`` (default),
+``yolo[:WEIGHTS]`` (Ultralytics YOLOv8, extra ``[yolo]``, imported lazily; ``WEIGHTS`` a
+local ``.pt`` file); the query-time oracle ``gt`` is not stored (``resedis.pipelines.proposals``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,14 @@ import pyarrow as pa
 from PIL import Image
 
 from resedis.errors import IndexMismatchError, ResedisError
-from resedis.pipelines.proposals import DEFAULT_YOLO_WEIGHTS, load_yolo, owl_boxes, yolo_boxes
+from resedis.index.commit import Lock, delete_ids
+from resedis.index.crop_proposals import DEFAULT_YOLO_WEIGHTS, load_yolo, owl_boxes, yolo_boxes
+from resedis.index.manifest import read_manifest, warn_once, write_manifest
+from resedis.index.store import IMAGES, REGIONS, Index, column_matrix, in_list, open_index
+from resedis.io.images import open_rgb
+from resedis.models import load_model
+from resedis.models.fingerprint import encoder_fingerprint, encoder_weights_dir, fingerprint_matches, short_fingerprint
+from resedis.models.spec import IMAGE_TEXT, canonical_spec
 from resedis.types import ImageRegions
 
 log = logging.getLogger(__name__)
@@ -87,17 +95,18 @@ class CropConfig:
 
 class CropWriter:
     """Embeds and writes one batch's crops (called by the index writer before the batch's
-    images rows — the commit point — or by :func:`add_crops`)."""
+    images rows — the commit point — or by :func:`add_crops`). The writer's
+    :class:`~resedis.index.side.SideTable` for crops."""
 
-    def __init__(self, index, config: CropConfig, encoder=None, device: str | None = None):
+    name = CROPS
+
+    def __init__(self, index: Index, config: CropConfig, encoder=None, device: str | None = None):
         config.validate()
         self.index = index
         self.config = config
         if encoder is None:
-            from resedis.models import load_model
-
             encoder = load_model(config.model, device)
-        if not hasattr(encoder, "encode_crops"):
+        if encoder.kind != IMAGE_TEXT:
             raise ResedisError(f"{config.model}: not an image-text encoder (clip:/siglip:)")
         self.encoder = encoder
         self._yolo = None
@@ -108,10 +117,7 @@ class CropWriter:
         self._check_manifest()
 
     def _check_manifest(self) -> None:
-        from resedis.index.manifest import read_manifest, write_manifest
-        from resedis.models import _canonical, parse_spec
-
-        spec = str(_canonical(parse_spec(self.encoder.spec)))
+        spec = canonical_spec(self.encoder.spec)
         entry = {"model": spec, "embed_dim": int(self.encoder.embed_dim), "proposals": self.config.proposals,
                  "max_crops": self.config.max_crops}
         manifest = read_manifest(self.index.path)
@@ -121,8 +127,6 @@ class CropWriter:
             check_crop_weights(manifest, self.encoder, self.index.path)
             fingerprint = old.get("weights_fingerprint")  # unknown stays unknown
         else:
-            from resedis.models.fingerprint import encoder_fingerprint
-
             fingerprint = encoder_fingerprint(self.encoder)
         if fingerprint is not None:
             entry["weights_fingerprint"] = fingerprint
@@ -187,8 +191,6 @@ class CropWriter:
 
     def save_stats(self) -> None:
         """Record the crop cost (``crops.seconds_per_image``, running mean) in the manifest."""
-        from resedis.index.manifest import read_manifest, write_manifest
-
         if not self.images:
             return
         manifest = read_manifest(self.index.path)
@@ -204,7 +206,15 @@ class CropWriter:
 
     def delete(self, ids: Sequence[str]) -> None:
         """Remove the crops of these image ids (replaced or pruned files)."""
-        delete_crops(self.table, ids)
+        delete_ids(self.table, "image_id", list(ids))
+
+    def repair(self) -> int:
+        """Delete crops left by interrupted batches (:func:`repair_crops`)."""
+        return repair_crops(self.index)
+
+    def backfill(self, *, progress: bool = True) -> int:
+        """Embed crops for indexed images that have none (:func:`backfill_crops`)."""
+        return backfill_crops(self.index, self, progress=progress)
 
 
 def check_crop_weights(manifest, encoder, db) -> None:
@@ -213,9 +223,6 @@ def check_crop_weights(manifest, encoder, db) -> None:
     against old crop vectors score nonsense, and adding crops would mix two models. An entry
     without ``weights_fingerprint`` (older index) is "unknown": allowed, with one log warning
     per index and process."""
-    from resedis.index.manifest import warn_once
-    from resedis.models.fingerprint import encoder_fingerprint, encoder_weights_dir, short_fingerprint
-
     entry = manifest.extra.get(MANIFEST_KEY) or {}
     stored, spec = entry.get("weights_fingerprint"), entry.get("model")
     if stored is None:
@@ -226,8 +233,8 @@ def check_crop_weights(manifest, encoder, db) -> None:
             "now; if those weights changed since, re-embed the crops into a new --db", db, spec,
         )
         return
-    current = encoder_fingerprint(encoder)
-    if stored != current:
+    matches, current = fingerprint_matches(stored, encoder_weights_dir(encoder))  # v1 or v2
+    if not matches:
         raise IndexMismatchError(
             f"{db}: its crops were embedded with crop model {spec!r} weights {short_fingerprint(stored)}, but "
             f"the weights at {encoder_weights_dir(encoder)} are now {short_fingerprint(current)}: they were "
@@ -238,22 +245,9 @@ def check_crop_weights(manifest, encoder, db) -> None:
         )
 
 
-def delete_crops(table, ids: Sequence[str]) -> None:
-    from resedis.index.store import in_list
-
-    ids = list(ids)
-    for start in range(0, len(ids), 500):
-        table.delete(in_list("image_id", ids[start : start + 500]))
-
-
-def open_crops_table(index, embed_dim: int | None = None, *, create: bool = False):
+def open_crops_table(index: Index, embed_dim: int | None = None, *, create: bool = False):
     """The index's ``crops`` table, or None when it has none (``create``: make it)."""
-    try:
-        return index._db.open_table(CROPS)
-    except ValueError:
-        if not create:
-            return None
-        return index._db.create_table(CROPS, schema=crops_schema(int(embed_dim)), exist_ok=True)
+    return index.table(CROPS, crops_schema(int(embed_dim)) if create else None)
 
 
 @dataclass
@@ -278,11 +272,9 @@ class CropCorpus:
         return int(self.crop_image.shape[0])
 
 
-def load_crops(index) -> CropCorpus:
+def load_crops(index: Index) -> CropCorpus:
     """The index's crops joined with its images rows (orphans of interrupted batches excluded).
     Raises ResedisError when the index has no crops."""
-    from resedis.index.store import IMAGES, column_matrix
-
     entry = index.manifest.extra.get(MANIFEST_KEY)
     table = open_crops_table(index)
     if not entry or table is None:
@@ -315,9 +307,6 @@ def load_crops(index) -> CropCorpus:
 def add_crops(db, config: CropConfig, *, device: str | None = None, progress: bool = True, encoder=None) -> int:
     """Embed crops for every image of an existing index that has none yet (decodes those
     images again; index with ``--crop-model`` to avoid that). Returns crops written."""
-    from resedis.index.commit import Lock
-    from resedis.index.store import open_index
-
     index = open_index(db)
     with Lock(index.path):  # the index's writer lock: no concurrent `resedis index`
         writer = CropWriter(index, config, encoder=encoder, device=device)
@@ -325,7 +314,7 @@ def add_crops(db, config: CropConfig, *, device: str | None = None, progress: bo
         return backfill_crops(index, writer, progress=progress)
 
 
-def stored_crop_config(index) -> CropConfig | None:
+def stored_crop_config(index: Index) -> CropConfig | None:
     """The crop settings recorded in the manifest (so incremental index runs keep crops in sync)."""
     entry = index.manifest.extra.get(MANIFEST_KEY)
     if not entry or not entry.get("model"):
@@ -334,11 +323,9 @@ def stored_crop_config(index) -> CropConfig | None:
                       max_crops=int(entry.get("max_crops", DEFAULT_MAX_CROPS)))
 
 
-def repair_crops(index) -> int:
+def repair_crops(index: Index) -> int:
     """Delete crops whose (image_id, batch) has no images row (interrupted batches, replaced
     files). Returns rows deleted. Call with the index's writer lock held."""
-    from resedis.index.store import IMAGES
-
     table = open_crops_table(index)
     if table is None:
         return 0
@@ -349,8 +336,6 @@ def repair_crops(index) -> int:
         if key not in done:
             orphans.setdefault(int(key[1]), set()).add(key[0])
     before = table.count_rows()
-    from resedis.index.store import in_list
-
     for batch, ids in orphans.items():
         ids = sorted(ids)
         for start in range(0, len(ids), 500):
@@ -358,13 +343,10 @@ def repair_crops(index) -> int:
     return before - table.count_rows()
 
 
-def backfill_crops(index, writer: CropWriter, *, progress: bool = True) -> int:
+def backfill_crops(index: Index, writer: CropWriter, *, progress: bool = True) -> int:
     """Embed crops for indexed images that have none (images with no OWL regions are
     skipped under ``owl`` proposals); records the cost. Returns crops written."""
     from tqdm.auto import tqdm
-
-    from resedis.index.store import IMAGES, REGIONS, column_matrix
-    from resedis.io.images import open_rgb
 
     images = index.read(IMAGES, ["image_id", "path", "batch", "n_regions"]).to_pylist()
     keys = writer.table.search().select(["image_id", "batch"]).limit(None).to_arrow()

@@ -1,5 +1,5 @@
 """End-to-end indexing and search jobs, each run in its own process for a clean peak RSS,
-and the writer's pipeline rate compared with the sum of its stages.
+and the writer's overlapped rate compared with the sum of its stages.
 
 ``index_job`` runs the real writer (:func:`resedis.index.build_index`: discovery,
 threaded decode + preprocess, batched forward, region selection, Lance commits).
@@ -79,15 +79,15 @@ def search_job(db: str, model: str, texts: list[str], repeats: int, threads: int
 
 def stage_rate(model: str, images_dir: Path, batch_size: int, images: int) -> dict:
     """Serial stage times of ``model`` on the first ``images`` files (same stages as the writer)."""
-    from resedis.bench.indexing import _time_batch
+    from resedis.bench.indexing import time_batch
 
     backend = _backend(model)
-    family = getattr(backend, "family", "owlv2")
+    family = backend.family
     paths = sorted(p for p in Path(images_dir).iterdir() if p.is_file())[:images]
-    _time_batch(backend, family, paths[:1], 100, 0.5)  # warm-up
+    time_batch(backend, family, paths[:1], 100, 0.5)  # warm-up
     totals = {"decode": 0.0, "preprocess": 0.0, "forward": 0.0, "select": 0.0}
     for start in range(0, len(paths), batch_size):
-        for key, value in _time_batch(backend, family, paths[start : start + batch_size], 100, 0.5).items():
+        for key, value in time_batch(backend, family, paths[start : start + batch_size], 100, 0.5).items():
             totals[key] += value
     per_image_ms = {f"{k}_ms": round(1000 * v / len(paths), 3) for k, v in totals.items()}
     serial = sum(totals.values()) / len(paths)

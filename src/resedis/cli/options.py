@@ -1,8 +1,10 @@
-"""argparse ``type=`` validators shared by the commands: a bad value is a one-line usage error."""
+"""What the commands share: argparse ``type=`` validators (a bad value is a one-line usage error),
+the common options, and :func:`given` (only the options the user set reach the library)."""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 from typing import Callable
 
@@ -84,3 +86,19 @@ STORAGE_OPTION_HELP = (
     "aws_endpoint=http://localhost:9000, aws_region=eu-west-1, allow_http=true, timeout=30s; "
     "the standard environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...) is read too and overridden by these"
 )
+
+
+def given(args: argparse.Namespace, *names: str) -> dict:
+    """``{name: value}`` of the options among ``names`` that the user set (not None), so a
+    library config built from them keeps its own defaults for the rest."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def field_default(cls, name: str):
+    """The default of dataclass field ``name`` of ``cls`` (for help texts: the library's value)."""
+    return cls.__dataclass_fields__[name].default
+
+
+def param_default(func, name: str):
+    """The default of keyword ``name`` of ``func`` (for help texts: the library's value)."""
+    return inspect.signature(func).parameters[name].default

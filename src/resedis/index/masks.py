@@ -1,4 +1,4 @@
-"""Masks for hits: SAM prompted with each returned hit's box, cached in the index.
+"""The ``masks`` table: masks for hits, SAM prompted with each returned hit's box, cached in the index.
 
 :func:`attach_masks` groups a run's hits by image, looks every (image, box) up in the
 index's LanceDB table ``masks`` and runs the segmenter only for the missing ones — one
@@ -21,8 +21,12 @@ import os
 from dataclasses import replace
 from typing import Sequence
 
+import numpy as np
 import pyarrow as pa
 
+from resedis.models.spec import canonical_spec
+from resedis.index.store import IMAGES, Index, in_list, sql_quote
+from resedis.io.images import open_rgb, sha256_file
 from resedis.masks import encode_mask
 from resedis.types import QueryResult
 
@@ -52,34 +56,25 @@ def box_key(box: Sequence[float]) -> str:
 class MaskCache:
     """The ``masks`` table of an index (created on first write)."""
 
-    def __init__(self, index):
-        from resedis.index.store import IMAGES
-
+    def __init__(self, index: Index):
         self.index = index
         rows = index.read(IMAGES, ["image_id", "path", "sha256"]).to_pylist()
         self._by_path = {os.path.realpath(r["path"]): (r["image_id"], r["sha256"]) for r in rows}
 
     def _table(self, create: bool):
-        try:
-            return self.index._db.open_table(MASKS)
-        except ValueError:
-            return self.index._db.create_table(MASKS, schema=masks_schema(), exist_ok=True) if create else None
+        return self.index.table(MASKS, masks_schema() if create else None)
 
     def image_key(self, path: str) -> tuple[str, str]:
         """(image_id, sha256) of the file at ``path`` (index row, else real path + hash)."""
         real = os.path.realpath(path)
         if real in self._by_path:
             return self._by_path[real]
-        from resedis.io.images import sha256_file
-
         key = (real, sha256_file(real))
         self._by_path[real] = key
         return key
 
     def lookup(self, keys: list[tuple[str, str]], segmenter: str) -> dict[tuple[str, str, str], dict]:
         """{(image_id, sha256, box_key): RLE} for cached masks of these images."""
-        from resedis.index.store import in_list, sql_quote
-
         table = self._table(create=False)
         if table is None or not keys:
             return {}
@@ -98,19 +93,15 @@ class MaskCache:
 
 def segmenter_key(segmenter) -> str:
     """The cache's ``segmenter`` value: canonical spec [+ ``#`` + the backend's ``mask_rule``]."""
-    from resedis.index.manifest import canonical_spec
-
     spec = canonical_spec(segmenter.spec)
-    rule = getattr(segmenter, "mask_rule", None)
+    rule = segmenter.mask_rule
     return f"{spec}#{rule}" if rule else spec
 
 
-def attach_masks(results: list[QueryResult], index, segmenter, *, progress: bool = False) -> list[QueryResult]:
+def attach_masks(results: list[QueryResult], index: Index, segmenter, *, progress: bool = False) -> list[QueryResult]:
     """Copies of ``results`` whose hits carry SAM masks (``segmenter.segment(image, boxes)``),
     computed only for (image, box) pairs not in the index's mask cache."""
     from tqdm.auto import tqdm
-
-    from resedis.io.images import open_rgb
 
     spec = segmenter_key(segmenter)
     cache = MaskCache(index)
@@ -131,8 +122,6 @@ def attach_masks(results: list[QueryResult], index, segmenter, *, progress: bool
     new_rows = []
     for path, bks in tqdm(missing.items(), desc="masks", unit="img", disable=not (progress and missing), dynamic_ncols=True):
         image = open_rgb(path)
-        import numpy as np
-
         masks = segmenter.segment(image, np.asarray([boxes_of[(path, bk)] for bk in bks], np.float64))
         image_id, sha = image_keys[path]
         for bk, m in zip(bks, masks):
