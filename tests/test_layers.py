@@ -43,9 +43,9 @@ PACKAGE = "resedis"
 LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (
         "core",
-        ("types", "errors", "version", "boxes", "masks", "metrics", "eval_protocols", "expressions", "threads"),
+        ("types", "errors", "version", "boxes", "masks", "metrics", "eval_protocols", "expressions", "threads", "quant"),
         "records (Hit, Query, Dataset), errors, box/mask geometry, metrics and benchmark protocols, "
-        "the expression parser and its geometric scoring, small pure utilities",
+        "the expression parser and its geometric scoring, the region-vector codec, small pure utilities",
     ),
     (
         "data",
