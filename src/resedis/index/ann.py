@@ -384,15 +384,16 @@ def ann_candidates(
 
 
 class AnnSearch:
-    """The Searcher's ANN path: exact logits for each query's ANN candidates, as rows of
-    the Searcher's in-memory region matrix (``resedis.search.Corpus``).
+    """The Searcher's ANN path: exact logits for each query's ANN candidates, placed at
+    their rows of the Searcher's corpus (``resedis.search_corpus.Corpus``).
 
     :meth:`logits` returns None when the regions table has no vector index (the caller
-    then runs exact search). Candidates are matched to matrix rows by ``(image_id,
+    then runs exact search). Candidates are matched to corpus rows by ``(image_id,
     region)`` — an image's regions are stored contiguously in rank order — and checked
-    by their box; their logits are recomputed from the matrix (the exact path's
-    arithmetic on the same rows, up to float round-off). ``queries_answered`` counts queries
-    answered through the index.
+    by their box; their logits are computed from the rows LanceDB returned (the exact
+    path's arithmetic on the same stored values, up to float round-off), so the corpus's
+    region matrix is never loaded. ``queries_answered`` counts queries answered through
+    the index.
     """
 
     def __init__(self, index, config: AnnConfig | None = None):
