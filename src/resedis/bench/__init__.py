@@ -7,10 +7,15 @@ Sections of the JSON report (see ``docs/benchmarks.md`` for the meaning of each 
   per image and the achieved share of the machine's matmul FLOP/s;
 * ``indexing_writer`` — the real writer's images/s against the sum of its stages;
 * ``query`` — exact vs ANN (+ exact re-scoring) latency, recall and disk per corpus size;
+* ``scale`` — sizes above 1M regions, streamed with bounded memory (:mod:`resedis.bench.scale`):
+  p50/p95, recall@10/@100 against a streaming exact scan, build time, bytes per image and
+  the query process's peak RSS;
 * ``ann_variants`` (full mode) — the LanceDB index types compared on one corpus;
 * ``naive_vs_index`` — seconds per query of running the detector on every image vs the
   index, the speedup, whether the hits are identical, and how it grows with the corpus;
-* ``peak_rss_mb`` — of an indexing process and of a search process (each isolated).
+* ``peak_rss_mb`` — of an indexing process and of a search process (each isolated);
+* ``storage`` — bytes per image of each region storage format and the top-10 agreement of
+  the compact ones (int8, int4) with float16 (:mod:`resedis.bench.storage`).
 
 >>> from resedis.bench import run_bench
 >>> report = run_bench(quick=True, out="bench.json")  # doctest: +SKIP
@@ -33,6 +38,8 @@ from resedis.bench.query import QueryBenchConfig
 from resedis.index.ann import AnnConfig
 
 SCHEMA = "resedis-bench/1"
+# Query-sweep sizes above this are measured with bounded memory (resedis.bench.scale).
+STREAM_ABOVE_ROWS = 1_000_000
 
 
 #: where ``resedis bench`` writes its report unless told
@@ -60,6 +67,8 @@ class BenchPlan:
     matmul_n: int = 2048
     matmul_seconds: float = 1.5
     threads: int | None = 1
+    storage_rows: tuple[int, int, int] = (20_000, 50, 10_000)  # agreement rows, queries, bytes rows
+    scale_storage: str = "int4"  # storage format of the streamed sizes (> STREAM_ABOVE_ROWS)
     tiny_owlv2: str | None = None  # an existing tiny OWLv2 checkpoint dir (else one is written)
 
 
@@ -89,6 +98,7 @@ def full_plan(max_rows: int = 1_000_000) -> BenchPlan:
         query=QueryBenchConfig(sizes=sizes, queries=50),
         naive=NaiveBenchConfig(images=200, steps=(25, 50, 100, 200), queries=5, repeats=10),
         ann_variants_rows=100_000,
+        storage_rows=(200_000, 200, 50_000),
         writer_models=[("tiny", 200, 8), ("owlvit-b32-768", 16, 8)],
     )
 
