@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from resedis.errors import ResedisError
 from resedis.index.checksum import batch_checksums
+from resedis.index.columns import vector_columns
 from resedis.index.fs import Location
 from resedis.index.plan import FileTask
 from resedis.index.prefetch import encode_batch
@@ -35,7 +36,6 @@ from resedis.index.store import (
     IMAGES,
     REGIONS,
     SKIPPED,
-    VECTOR_DTYPES,
     Index,
     images_schema,
     in_list,
@@ -132,7 +132,7 @@ def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: in
             "region": pa.array(np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if n else [], pa.int32()),
             "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes.ravel(), pa.float32()), 4),
             "objectness": pa.array(objectness, pa.float32()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), VECTOR_DTYPES[dtype]), dim),
+            **vector_columns(vectors, dtype),  # the storage format's columns (resedis.quant)
             "batch": pa.array(np.full(n, batch, np.int64), pa.int64()),
         },
         schema=regions_schema(dim, dtype),
