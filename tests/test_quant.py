@@ -131,10 +131,20 @@ def test_the_manifest_and_table_record_the_storage(indexes):
         assert index.manifest.storage == storage and index.stats()["vector_dtype"] == storage
         names = index.regions_table.schema.names
         if quant.is_compact(storage):
-            assert {"codes", "step", "bias", "signs"} <= set(names) and "vector" not in names
+            assert {"codes", "step", "bias", "proj"} <= set(names) and "vector" not in names
         else:
             assert "vector" in names and "codes" not in names
-    assert open_index(indexes["int4"]).stats()["bytes"] < open_index(indexes["float16"]).stats()["bytes"]
+        # A compact index's ANN projection: fitted on its first batch, recorded before any row used it.
+        record = json.loads((db / "resedis.json").read_text()).get(quant.PROJECTION_KEY)
+        if quant.is_compact(storage):
+            dim = index.manifest.vector_dim
+            projection = quant.projection_from_json(record, dim)
+            assert projection.shape == (dim - 1, quant.proj_dims(dim)) and record["fitted_rows"] > 0
+            np.testing.assert_allclose(projection.T @ projection, np.eye(projection.shape[1]), atol=1e-5)
+            proj = np.asarray(index.regions_table.to_arrow()["proj"].to_pylist()[:3], np.float32)
+            assert proj.shape == (3, quant.proj_dims(dim)) and np.abs(proj).max() > 0
+        else:
+            assert record is None
 
 
 @pytest.mark.parametrize("matrix_dtype", ["float32", "stored"])
@@ -323,3 +333,21 @@ def test_one_off_search_of_a_compact_index_reads_its_codes_from_the_sidecar(inde
         assert info.path == "fast" and info.regions == source
         assert [(h.image_id, h.box, h.present) for h in got] == [(h.image_id, h.box, h.present) for h in want]
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
+
+
+def test_projection_is_the_leading_principal_subspace_and_round_trips():
+    """fit_projection spans the top principal directions (checked against numpy's SVD), its
+    manifest record round-trips exactly, and a damaged record is refused by name."""
+    rng = np.random.default_rng(3)
+    basis = np.linalg.qr(rng.standard_normal((20, 20)))[0]
+    a = (rng.standard_normal((500, 20)) * np.linspace(5, 0.1, 20)) @ basis.T  # known spectrum
+    v = np.concatenate([a, rng.normal(size=(500, 1))], axis=1).astype(np.float32)
+    p = quant.fit_projection(v, 4)
+    _, _, vt = np.linalg.svd(a - a.mean(0), full_matrices=False)
+    top = vt[:4].T  # reference: the 4 leading right singular vectors
+    np.testing.assert_allclose(np.abs(np.linalg.svd(top.T @ p)[1]), 1.0, atol=1e-4)  # same subspace
+    np.testing.assert_allclose(quant.project(v, p), a.astype(np.float32) @ p, rtol=1e-4, atol=1e-4)
+    record = quant.projection_to_json(p, 500)
+    np.testing.assert_array_equal(quant.projection_from_json(json.loads(json.dumps(record)), 21), p)
+    with pytest.raises(ResedisError, match="ANN projection .'ann_projection'. is damaged"):
+        quant.projection_from_json({**record, "shape": [19, 4]}, 21)

@@ -15,12 +15,10 @@ index reads: ids, batches and boxes of every region, then candidates' rows only)
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,41 +44,44 @@ def _stored(block: np.ndarray, storage: str) -> np.ndarray:
     return quant.dequantize(codes, step, bias, storage, block.shape[1])
 
 
-def write_table(path: Path, rows: int, storage: str, spec: SyntheticSpec, chunk: int = CHUNK) -> float:
-    """Stream ``rows`` synthetic regions into ``path/regions.lance`` -> seconds."""
+def write_table(path: Path, rows: int, storage: str, spec: SyntheticSpec, chunk: int = CHUNK) -> tuple[float, np.ndarray | None]:
+    """Stream ``rows`` synthetic regions into ``path/regions.lance`` in one commit ->
+    (seconds, the ANN projection of a compact format: fitted on the first chunk, as the
+    index writer fits it on its first batch)."""
     import lancedb
 
     t0 = time.perf_counter()
     schema = regions_schema(spec.dim, storage)
-    db = lancedb.connect(str(path))
-    table = None
     rng = np.random.default_rng([spec.seed, 4])
-    start = 0
-    for block in region_vectors(rows, spec, chunk=chunk, dtype=np.float32):
-        m = block.shape[0]
-        row = np.arange(start, start + m)
-        xy = rng.uniform(0, 600, (m, 2)).astype(np.float32)
-        boxes = np.concatenate([xy, xy + rng.uniform(8, 200, (m, 2)).astype(np.float32)], axis=1)
-        batch = pa.table(
-            {
-                "image_id": pa.array([f"img/{i:07d}.jpg" for i in row // REGIONS_PER_IMAGE], pa.string()),
-                "region": pa.array((row % REGIONS_PER_IMAGE).astype(np.int32)),
-                "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes.ravel(), pa.float32()), 4),
-                "objectness": pa.array(np.zeros(m, np.float32)),
-                **vector_columns(block, storage),
-                "batch": pa.array((row // REGIONS_PER_IMAGE).astype(np.int64)),
-            },
-            schema=schema,
-        )
-        if table is None:
-            table = db.create_table("regions", batch, schema=schema)
-        else:
-            table.add(batch)
-        start += m
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        table.optimize(cleanup_older_than=dt.timedelta(0))
-    return time.perf_counter() - t0
+    fitted: list[np.ndarray] = []
+
+    def batches():
+        start = 0
+        for block in region_vectors(rows, spec, chunk=chunk, dtype=np.float32):
+            m = block.shape[0]
+            if quant.is_compact(storage) and not fitted:
+                fitted.append(quant.fit_projection(block, quant.proj_dims(spec.dim)))
+            row = np.arange(start, start + m)
+            xy = rng.uniform(0, 600, (m, 2)).astype(np.float32)
+            boxes = np.concatenate([xy, xy + rng.uniform(8, 200, (m, 2)).astype(np.float32)], axis=1)
+            image = row // REGIONS_PER_IMAGE
+            names = np.char.add(np.char.add("img/", np.char.zfill(image.astype("U7"), 7)), ".jpg")
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "image_id": pa.array(names.tolist(), pa.string()),
+                    "region": pa.array((row % REGIONS_PER_IMAGE).astype(np.int32)),
+                    "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes.ravel(), pa.float32()), 4),
+                    "objectness": pa.array(np.zeros(m, np.float32)),
+                    **vector_columns(block, storage, fitted[0] if fitted else None),
+                    "batch": pa.array(image.astype(np.int64)),
+                },
+                schema=schema,
+            )
+            start += m
+
+    # One commit for the whole stream (no per-chunk versions, no compaction rewrite after).
+    lancedb.connect(str(path)).create_table("regions", pa.RecordBatchReader.from_batches(schema, batches()), schema=schema)
+    return time.perf_counter() - t0, (fitted[0] if fitted else None)
 
 
 def streaming_exact_top(rows: int, storage: str, spec: SyntheticSpec, queries: np.ndarray, k: int = 100,
@@ -100,7 +101,7 @@ def streaming_exact_top(rows: int, storage: str, spec: SyntheticSpec, queries: n
     return best_i
 
 
-def ann_job(path: str, queries: np.ndarray, config: AnnConfig) -> dict:
+def ann_job(path: str, queries: np.ndarray, config: AnnConfig, projection: np.ndarray | None = None) -> dict:
     """Child process: read what a lazy Searcher reads, then answer each query through the
     ANN index (k=10 timed, k=100 for recall) -> latencies and top rows."""
     import lancedb
@@ -117,13 +118,14 @@ def ann_job(path: str, queries: np.ndarray, config: AnnConfig) -> dict:
         rows = ids * REGIONS_PER_IMAGE + np.asarray(cand.columns["region"][:k], np.int64)
         return np.pad(rows, (0, k - len(rows)), constant_values=-1).tolist()
 
-    ann_candidates(table, queries[:1], 10, config=config, columns=("image_id", "region"))  # warm-up
+    ann_candidates(table, queries[:1], 10, config=config, columns=("image_id", "region"), projection=projection)  # warm-up
     for q in queries:
         t0 = time.perf_counter()
-        cand = ann_candidates(table, q[None], 10, config=config, columns=("image_id", "region", "box"))[0]
+        cand = ann_candidates(table, q[None], 10, config=config, columns=("image_id", "region", "box"), projection=projection)[0]
         out["times"].append(time.perf_counter() - t0)
         out["top10"].append(rows_of(cand, 10))
-        out["top100"].append(rows_of(ann_candidates(table, q[None], 100, config=config, columns=("image_id", "region"))[0], 100))
+        top100 = ann_candidates(table, q[None], 100, config=config, columns=("image_id", "region"), projection=projection)[0]
+        out["top100"].append(rows_of(top100, 100))
     return out
 
 
@@ -138,7 +140,7 @@ def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int =
     spec = spec or SyntheticSpec()
     path = Path(workdir) / f"scale_{rows}_{storage}"
     shutil.rmtree(path, ignore_errors=True)
-    write_s = write_table(path, rows, storage, spec, chunk)
+    write_s, projection = write_table(path, rows, storage, spec, chunk)
     data_bytes = disk_bytes(path)
     import lancedb
 
@@ -148,7 +150,7 @@ def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int =
     t0 = time.perf_counter()
     truth = streaming_exact_top(rows, storage, spec, q, chunk=chunk)
     truth_s = time.perf_counter() - t0
-    result, rss = run_isolated(ann_job, str(path), q, ann)
+    result, rss = run_isolated(ann_job, str(path), q, ann, projection)
     times = np.asarray(result["times"]) * 1000
     entry = {
         "rows": rows,

@@ -111,7 +111,8 @@ def regions_table(vectors: np.ndarray, storage: str, regions_per_image: int, see
         "objectness": pa.array(rng.normal(0, 1, n).astype(np.float32)),
         "batch": pa.array((row // (8 * regions_per_image)).astype(np.int64)),
     }
-    cols.update(vector_columns(vectors, storage))
+    projection = quant.fit_projection(vectors, quant.proj_dims(dim)) if quant.is_compact(storage) else None
+    cols.update(vector_columns(vectors, storage, projection))
     return pa.table(cols, schema=regions_schema(dim, storage))
 
 
@@ -121,7 +122,7 @@ def bytes_per_image(
 ) -> dict:
     """-> ``{format: {"table": B/image, "ann": B/image, "total": B/image}}`` measured on disk
     (Lance files of the regions table; the ANN index when ``ann``: IVF_SQ on ``vector`` for
-    the float formats, today's default, and IVF_FLAT/Hamming on ``signs`` for compact ones)."""
+    the float formats, today's default, and IVF_SQ/cosine on the 32-d ``proj`` column for compact ones)."""
     import lancedb
 
     from resedis.index.ann import AnnConfig, build_ann_index

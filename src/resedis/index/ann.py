@@ -33,11 +33,12 @@ import pyarrow as pa
 
 from resedis.errors import ResedisError
 from resedis import quant
+from resedis.index.columns import index_projection
 
 log = logging.getLogger(__name__)
 
 VECTOR_COLUMN = "vector"
-SIGNS_COLUMN = "signs"
+PROJ_COLUMN = "proj"  # the ANN column of the compact formats (resedis.quant.project)
 INDEX_NAME = "vector_idx"
 INDEX_TYPES = ("IVF_FLAT", "IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ")
 METRICS = ("cosine", "dot", "l2")
@@ -125,9 +126,9 @@ class AnnBuild:
 
 
 def ann_column(table) -> str:
-    """The column the ANN index covers: ``vector`` (float storage) or ``signs`` (the SimHash
-    of the compact formats, searched with the Hamming distance; :mod:`resedis.quant`)."""
-    return VECTOR_COLUMN if VECTOR_COLUMN in table.schema.names else SIGNS_COLUMN
+    """The column the ANN index covers: ``vector`` (float storage) or ``proj`` (the
+    low-dimensional float16 projection of the compact formats, :mod:`resedis.quant`)."""
+    return VECTOR_COLUMN if VECTOR_COLUMN in table.schema.names else PROJ_COLUMN
 
 
 def _vector_index(table):
@@ -219,13 +220,13 @@ def build_ann_index(table, config: AnnConfig | None = None) -> AnnBuild:
     partitions = max(1, min(config.partitions_for(rows), rows))
     started = time.perf_counter()
     if compact_storage(table) is not None:
-        # Compact storage has no float column: IVF over the SimHash bits, Hamming distance;
-        # candidates are re-scored with the codes (resedis.quant).
-        from lancedb.index import IvfFlat
+        # Compact storage: IVF_SQ (cosine) over the float16 projection column; candidates
+        # are re-scored with the codes (resedis.quant). index_type/metric apply to float storage.
+        from lancedb.index import IvfSq
 
-        index_config = IvfFlat(distance_type="hamming", num_partitions=partitions,
-                               sample_rate=config.sample_rate, max_iterations=config.max_iterations)
-        table.create_index(SIGNS_COLUMN, config=index_config, replace=True, name=INDEX_NAME)
+        index_config = IvfSq(distance_type="cosine", num_partitions=partitions,
+                             sample_rate=config.sample_rate, max_iterations=config.max_iterations)
+        table.create_index(PROJ_COLUMN, config=index_config, replace=True, name=INDEX_NAME)
         dim = None
     else:
         dim = _vector_dim(table)
@@ -237,11 +238,11 @@ def build_ann_index(table, config: AnnConfig | None = None) -> AnnBuild:
     if idx is not None:
         status = idx
         index_bytes = getattr(idx, "size_bytes", None)
-    kind = ("IVF_FLAT", "hamming") if dim is None else (config.index_type, config.metric)
+    kind = ("IVF_SQ", "cosine") if dim is None else (config.index_type, config.metric)
     log.info("built %s (%s) ANN index over %d rows in %.1f s", kind[0], kind[1], rows, seconds)
     params = {"sample_rate": config.sample_rate, "max_iterations": config.max_iterations}
     if dim is None:
-        params["column"] = SIGNS_COLUMN
+        params["column"] = PROJ_COLUMN
     elif config.index_type == "IVF_PQ":
         params["num_sub_vectors"] = config.num_sub_vectors or _default_sub_vectors(dim)
     return AnnBuild(
@@ -309,6 +310,7 @@ def ann_candidates(
     config: AnnConfig | None = None,
     columns: tuple[str, ...] = ("image_id", "region", "batch", "box"),
     limit: int | None = None,
+    projection: np.ndarray | None = None,
 ) -> list[Candidates]:
     """Top candidates of each query from the vector index, re-scored exactly.
 
@@ -319,6 +321,8 @@ def ann_candidates(
     returned alongside (``box`` as (M, 4) float32, ``vector`` as (M, D) when asked).
     Works on a table without a vector index too (then LanceDB scans every row).
     ``limit`` replaces ``config.candidates_for(k)`` (a filtered search widens it).
+    ``projection``: the ANN projection of a compact index (:func:`resedis.index.columns.index_projection`),
+    required for one.
     """
     config = config or AnnConfig()
     config.validate()
@@ -331,6 +335,8 @@ def ann_candidates(
         width = table.schema.field("codes").type.list_size
         if quant.code_width(storage, dim) != width:
             raise ResedisError(f"query vectors have dimension {dim}, table {table.name} stores {storage} codes of width {width}")
+        if projection is None:
+            raise ResedisError(f"table {table.name} stores {storage} codes: its ANN search needs the index's projection")
     if queries.shape[1] != dim:
         raise ResedisError(f"query vectors have dimension {queries.shape[1]}, table {table.name} stores {dim}")
     if k < 1:
@@ -350,15 +356,14 @@ def ann_candidates(
     stored = [VECTOR_COLUMN] if storage is None else ["codes", "step", "bias"]
     select = list(dict.fromkeys([*[c for c in columns if c != VECTOR_COLUMN], *stored, "_distance"]))
     if storage is not None:
-        metric = "hamming"
-        projection = quant.sign_projection(dim)
+        metric = "cosine"
+        projected = quant.project(queries, projection)
     out: list[Candidates] = []
-    for query in queries:
+    for j, query in enumerate(queries):
         if storage is None:
             builder = table.search(query, vector_column_name=VECTOR_COLUMN).distance_type(metric).limit(limit)
         else:
-            signs = quant.sign_codes(query[None, :], projection)[0]
-            builder = table.search(signs, vector_column_name=SIGNS_COLUMN).distance_type(metric).limit(limit)
+            builder = table.search(projected[j], vector_column_name=PROJ_COLUMN).distance_type(metric).limit(limit)
         if idx is not None:
             builder = builder.nprobes(nprobes)
             if hnsw:
@@ -406,7 +411,15 @@ class AnnSearch:
         self.config.validate()
         self.queries_answered = 0
         self._state: tuple | None = None  # (table version, has index)
+        self._projection: tuple | None = None  # (manifest, its ANN projection)
         self._rows: tuple | None = None  # (corpus, image_id -> row, first region row per image)
+
+    def projection(self) -> np.ndarray | None:
+        """The index's ANN projection (compact storage; None for float storage), parsed once per manifest."""
+        manifest = self.index.manifest
+        if self._projection is None or self._projection[0] is not manifest:
+            self._projection = (manifest, index_projection(self.index))
+        return self._projection[1]
 
     def available(self) -> bool:
         version = self.index.regions_table.version
@@ -462,11 +475,12 @@ class AnnSearch:
                 return out
         table = self.index.regions_table
         total = table.count_rows()
+        projection = self.projection()
         limit = need
         todo = list(range(queries.shape[0]))
         while todo:
             found = ann_candidates(table, queries[todo], k, config=self.config, columns=("image_id", "region", "box"),
-                                   limit=limit)
+                                   limit=limit, projection=projection)
             short = []
             for j, cand in zip(todo, found):
                 rows, logits = self._candidate_rows(corpus, cand)

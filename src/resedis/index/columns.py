@@ -5,19 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from resedis.errors import ResedisError
+from resedis.index.manifest import MANIFEST_NAME, write_manifest
 from resedis.quant import (
     FLOAT_FORMATS,
-    SIGN_BYTES,
+    PROJECTION_KEY,
     check_storage,
     code_width,
-    dequantize,
+    fit_projection,
+    proj_dims,
+    project,
+    projection_from_json,
+    projection_to_json,
     quantize,
-    sign_codes,
 )
 
-
 # The stored columns of a compact format, in schema order (codes, scale, exact bias, ANN column).
-COMPACT_COLUMNS = ("codes", "step", "bias", "signs")
+COMPACT_COLUMNS = ("codes", "step", "bias", "proj")
+PROJ_COLUMN = "proj"
 
 
 def vector_fields(dim: int, storage: str) -> list:
@@ -31,12 +36,14 @@ def vector_fields(dim: int, storage: str) -> list:
         pa.field("codes", pa.list_(code_type, code_width(storage, dim)), nullable=False),
         pa.field("step", pa.float32(), nullable=False),
         pa.field("bias", pa.float32(), nullable=False),
-        pa.field("signs", pa.list_(pa.uint8(), SIGN_BYTES), nullable=False),
+        pa.field(PROJ_COLUMN, pa.list_(pa.float16(), proj_dims(dim)), nullable=False),
     ]
 
 
-def vector_columns(vectors: np.ndarray, storage: str) -> dict:
-    """(N, D) float vectors -> ``{field name: Arrow array}`` for :func:`vector_fields`."""
+def vector_columns(vectors: np.ndarray, storage: str, projection: np.ndarray | None = None) -> dict:
+    """(N, D) float vectors -> ``{field name: Arrow array}`` for :func:`vector_fields`.
+    ``projection`` (D-1, d): the index's ANN projection (:func:`resedis.quant.fit_projection`),
+    required for the compact formats."""
     check_storage(storage)
     v = np.asarray(vectors)
     n, dim = v.shape
@@ -44,14 +51,17 @@ def vector_columns(vectors: np.ndarray, storage: str) -> dict:
         typ = pa.float16() if storage == "float16" else pa.float32()
         flat = v.astype(np.float16 if storage == "float16" else np.float32).ravel()
         return {"vector": pa.FixedSizeListArray.from_arrays(pa.array(flat, typ), dim)}
+    if projection is None or projection.shape != (dim - 1, proj_dims(dim)):
+        raise ResedisError(f"{storage} storage needs the index's ANN projection of shape {(dim - 1, proj_dims(dim))}, "
+                           f"got {None if projection is None else projection.shape}")
     codes, step, bias = quantize(v, storage)
     code_type = pa.int8() if storage == "int8" else pa.uint8()
-    signs = sign_codes(dequantize(codes, step, bias, storage, dim))
+    proj = project(v, projection).astype(np.float16)
     return {
         "codes": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel(), code_type), codes.shape[1] if n else code_width(storage, dim)),
         "step": pa.array(step, pa.float32()),
         "bias": pa.array(bias, pa.float32()),
-        "signs": pa.FixedSizeListArray.from_arrays(pa.array(signs.ravel(), pa.uint8()), SIGN_BYTES),
+        PROJ_COLUMN: pa.FixedSizeListArray.from_arrays(pa.array(proj.ravel(), pa.float16()), proj_dims(dim)),
     }
 
 
@@ -108,3 +118,25 @@ def finite_vectors(rows: pa.Table) -> np.ndarray:
         if arr.dtype.kind == "f":
             ok &= np.isfinite(arr).all(axis=1) if arr.shape[1] else ok
     return ok
+
+
+def index_projection(index, vectors: list[np.ndarray] | None = None) -> np.ndarray | None:
+    """The ANN projection of a compact index (None for float storage, or while it has none).
+
+    Read from the manifest (``resedis.quant.PROJECTION_KEY``). When the manifest has none
+    yet and ``vectors`` are given — the first batch about to be written — it is fitted on
+    them (:func:`resedis.quant.fit_projection`) and recorded in the manifest before any
+    row that uses it is committed."""
+    manifest = index.manifest
+    if manifest.vector_dtype in FLOAT_FORMATS:
+        return None
+    record = manifest.extra.get(PROJECTION_KEY)
+    if record is not None:
+        return projection_from_json(record, manifest.vector_dim, f"{index.location}/{MANIFEST_NAME}")
+    rows = np.concatenate([np.asarray(v, np.float32) for v in vectors]) if vectors else np.zeros((0, 0))
+    if rows.shape[0] == 0:
+        return None
+    projection = fit_projection(rows, proj_dims(manifest.vector_dim))
+    manifest.extra[PROJECTION_KEY] = projection_to_json(projection, rows.shape[0])
+    write_manifest(index.location, manifest)
+    return projection
