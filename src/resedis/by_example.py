@@ -130,7 +130,7 @@ def indexed_example(corpus, example: ByExample, size: tuple[int, int] | None = N
             raise ResedisError(f"box {list(example.box)} lies outside image {example.image_id!r} ({size[0]}x{size[1]}); "
                                "give x0,y0,x1,y1 in its pixels")
         row = int(rows[best_match(example.box, corpus.boxes[rows])])  # ties: the first = highest objectness
-    v = np.asarray(corpus.vectors[row], dtype=np.float64)
+    v = np.asarray(corpus.row_vectors([row])[0], dtype=np.float64)
     e = v[:-1]
     norm = float(np.linalg.norm(e))
     if not norm > 0.0:

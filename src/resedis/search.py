@@ -166,7 +166,8 @@ class Searcher:
             self.index.manifest = read_manifest(self.index.path)
             self._manifest_mtime = mtime
         if self._corpus is None or self._corpus.version != self.index.version():
-            self._corpus = load_corpus(self.index, self.matrix_dtype)
+            # With an ANN path the region matrix is read only if an exact product needs it.
+            self._corpus = load_corpus(self.index, self.matrix_dtype, lazy=self.ann is not None)
         return self._corpus
 
     def image_meta(self, corpus: Corpus | None = None) -> ImageMeta:

@@ -15,6 +15,15 @@ Memory vs speed (``matrix_dtype``):
   ``docs/benchmarks.md``).
 
 Both modes run the same chunked float32 product, so they return the same numbers.
+
+Compact storage (``int8``/``int4``, :mod:`resedis.quant`): ``vectors`` holds the
+codes (with ``step`` and ``bias``); ``"float32"`` decodes them once into a float32 matrix,
+``"stored"`` keeps the codes and decodes each chunk per query. The two differ only by
+float32 round-off; both lie within the storage's logit error bound.
+
+``load_corpus(..., lazy=True)`` reads the matrix only at the first exact product: a
+Searcher with an ANN index (:class:`resedis.index.ann.AnnSearch`) re-scores candidates
+from the rows LanceDB returns and never loads it (``vectors_loaded`` tells).
 """
 
 from __future__ import annotations
@@ -22,13 +31,15 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 
 from resedis.boxes import visible
+from resedis import quant
 from resedis.errors import ResedisError
-from resedis.index.sane import sane_regions
+from resedis.index.sane import finite_rows, possible_boxes
 from resedis.index.store import IMAGES, REGIONS, Index, column_matrix
 
 log = logging.getLogger(__name__)
@@ -65,14 +76,25 @@ class Corpus:
     paths: list[str]
     region_image: np.ndarray
     boxes: np.ndarray
-    vectors: np.ndarray
+    vectors: np.ndarray | None
     matrix_dtype: str = DEFAULT_MATRIX_DTYPE
     hidden: np.ndarray | None = None
     image_sizes: np.ndarray | None = None  # (I, 2) float64 (W, H) px per image row (None: not loaded)
+    storage: str = "float16"  # of ``vectors``: float32/float16 vectors, or int8/int4 codes
+    step: np.ndarray | None = None  # compact storage: per-row step and exact bias
+    bias: np.ndarray | None = None
+    dim: int = 0
+    loader: Callable[[], tuple] | None = field(default=None, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_matrix_dtype(self.matrix_dtype)
+        if self.vectors is None and self.loader is None:
+            raise ResedisError("Corpus needs vectors or a loader")
+        if quant.is_compact(self.storage) and not self.dim:
+            raise ResedisError(f"Corpus of {self.storage} codes needs the vector dimension (dim)")
+        if self.vectors is not None and not self.dim:
+            self.dim = int(self.vectors.shape[1])
         if self.hidden is None:
             self.hidden = np.zeros(len(self), dtype=bool)
         elif self.hidden.shape != (len(self),):
@@ -81,21 +103,63 @@ class Corpus:
     def __len__(self) -> int:
         return int(self.region_image.shape[0])
 
+    @property
+    def vectors_loaded(self) -> bool:
+        return self.vectors is not None
+
+    def load(self) -> None:
+        """Read the region matrix now (a no-op when it is in memory). Rows the loader
+        reports damaged (non-finite values) join ``hidden``: never an answer."""
+        with self._lock:
+            if self.vectors is None:
+                self.vectors, self.step, self.bias, damaged = self.loader()
+                if damaged is not None and damaged.any():
+                    self.hidden = self.hidden | damaged
+
     def matrix(self) -> np.ndarray:
         """(N, D) region matrix for the product: float32 under ``matrix_dtype="float32"``
-        (converted once, exactly, replacing the stored float16), else ``vectors`` as stored."""
+        (converted once, exactly for float16, replacing the stored vectors or codes), else
+        ``vectors`` as stored (codes for compact storage). Loads the matrix on first use."""
+        if self.vectors is None:
+            self.load()
         if self.matrix_dtype == "float32" and self.vectors.dtype != np.float32:
             with self._lock:  # the service may search from several threads
                 if self.vectors.dtype != np.float32:
-                    gb = 4 * self.vectors.size / 1e9
-                    log.info("region matrix %s -> float32 (%.2f GB), once per loaded index", self.vectors.shape, gb)
-                    self.vectors = self.vectors.astype(np.float32)
+                    gb = 4 * len(self) * self.dim / 1e9
+                    log.info("region matrix (%d, %d) %s -> float32 (%.2f GB), once per loaded index",
+                             len(self), self.dim, self.storage, gb)
+                    if quant.is_compact(self.storage):
+                        self.vectors = quant.dequantize(self.vectors, self.step, self.bias, self.storage, self.dim)
+                        self.storage, self.step, self.bias = "float32", None, None
+                    else:
+                        self.vectors = self.vectors.astype(np.float32)
         return self.vectors
+
+    def row_vectors(self, rows) -> np.ndarray:
+        """(M,) corpus rows -> (M, D) float32 region vectors (decoded from the codes of a
+        compact index). Loads the matrix on first use."""
+        rows = np.asarray(rows, np.int64)
+        matrix = self.matrix()
+        if quant.is_compact(self.storage):
+            return quant.dequantize(matrix[rows], self.step[rows], self.bias[rows], self.storage, self.dim)
+        return matrix[rows].astype(np.float32)
+
+    def row_logits(self, rows, queries: np.ndarray) -> np.ndarray:
+        """(M,) corpus rows, (Q, D) queries -> (M, Q) float32 logits of those rows (the
+        arithmetic of :meth:`logits`)."""
+        rows = np.asarray(rows, np.int64)
+        queries = np.asarray(queries, dtype=np.float32)
+        matrix = self.matrix()
+        if quant.is_compact(self.storage):
+            return quant.compact_logits(matrix[rows], self.step[rows], self.bias[rows], queries, self.storage, self.dim)
+        return matrix[rows].astype(np.float32, copy=False) @ queries.T
 
     def logits(self, queries: np.ndarray) -> np.ndarray:
         """(Q, D) query vectors -> (N, Q) float32 logits, computed in float32 chunks."""
         queries = np.asarray(queries, dtype=np.float32)
         matrix = self.matrix()
+        if quant.is_compact(self.storage):
+            return quant.compact_logits(matrix, self.step, self.bias, queries, self.storage, self.dim)
         out = np.empty((len(self), queries.shape[0]), dtype=np.float32)
         for start in range(0, len(self), _CHUNK_ROWS):
             block = matrix[start : start + _CHUNK_ROWS].astype(np.float32, copy=False)
@@ -111,13 +175,23 @@ class Corpus:
         return self.vectors[rows].astype(np.float32, copy=False) @ queries.T
 
 
-def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpus:
+def _warn_damaged(index: Index, damaged: np.ndarray, region_image: np.ndarray) -> None:
+    if damaged.any():  # never a wrong answer in silence: left out, said once per loaded index
+        log.warning(
+            "%s: %d regions of %d images hold non-finite values or impossible boxes (the index is damaged) and are "
+            "left out of every answer; see: resedis verify --db %s, then run: resedis repair --db %s",
+            index.location, int(damaged.sum()), len(np.unique(region_image[damaged])), index.location, index.location,
+        )
+
+
+def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE, *, lazy: bool = False) -> Corpus:
     """Read images + regions and keep regions whose ``(image_id, batch)`` has an images row.
     Regions whose box has no visible area in its image are kept as rows (the ANN path
-    addresses rows by position) and flagged ``hidden``."""
+    addresses rows by position) and flagged ``hidden``. ``lazy``: read ids and boxes now
+    and the region matrix (vectors or codes) only at the first exact product."""
     version = index.version()
     images = index.read(IMAGES, ["image_id", "path", "batch", "width", "height"])
-    regions = index.read(REGIONS, ["image_id", "batch", "box", "vector"])
+    regions = index.read(REGIONS, ["image_id", "batch", "box"])
     keys_img = pa.table(
         {"image_id": images["image_id"], "batch": images["batch"], "img_row": pa.array(np.arange(images.num_rows, dtype=np.int64))}
     )
@@ -126,33 +200,61 @@ def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE) -> Corpu
     )
     joined = keys_reg.join(keys_img, keys=["image_id", "batch"], join_type="inner").sort_by("reg_row")
     reg_rows = joined["reg_row"].to_numpy()
-    dtype = np.float16 if index.manifest.vector_dtype == "float16" else np.float32
-    vectors = column_matrix(regions["vector"], index.manifest.vector_dim, dtype)
     boxes = column_matrix(regions["box"], 4, np.float32)
-    if len(reg_rows) != regions.num_rows:
-        vectors, boxes = vectors[reg_rows], boxes[reg_rows]
+    subset = len(reg_rows) != regions.num_rows
+    if subset:
+        boxes = boxes[reg_rows]
+    storage, dim = index.manifest.vector_dtype, index.manifest.vector_dim
+
+    def load_vectors() -> tuple:
+        """-> (vectors or codes, step, bias, damaged rows) of the committed rows, in ``reg_rows`` order."""
+        # The rows of the version the ids and boxes came from (a fresh handle: checkout
+        # pins the handle it is called on, and the index's own must follow new writes).
+        table = index.location.connect().open_table(REGIONS)
+        table.checkout(version[1])
+        names = ["vector"] if not quant.is_compact(storage) else ["codes", "step", "bias"]
+        data = table.search().select(names).limit(None).to_arrow()
+        step = bias = None
+        if not quant.is_compact(storage):
+            vectors = column_matrix(data["vector"], dim, np.float16 if storage == "float16" else np.float32)
+        else:
+            vectors = column_matrix(data["codes"], quant.code_width(storage, dim), np.int8 if storage == "int8" else np.uint8)
+            step, bias = data["step"].to_numpy().astype(np.float32), data["bias"].to_numpy().astype(np.float32)
+            if subset:
+                step, bias = step[reg_rows], bias[reg_rows]
+        if subset:
+            vectors = vectors[reg_rows]
+        vectors = np.ascontiguousarray(vectors)
+        finite = finite_rows(vectors) if step is None else np.isfinite(step) & np.isfinite(bias)  # codes are integers
+        damaged = box_damaged | ~finite
+        _warn_damaged(index, damaged & ~box_damaged if lazy else damaged, region_image)  # lazy: boxes said already
+        return vectors, step, bias, damaged
+
     region_image = joined["img_row"].to_numpy().astype(np.int64)
     widths = images["width"].to_numpy(zero_copy_only=False).astype(np.float64)
     heights = images["height"].to_numpy(zero_copy_only=False).astype(np.float64)
     hidden = ~visible(boxes, widths[region_image], heights[region_image])
     if hidden.any():
         log.info("%d of %d regions have no visible area in their image and are never returned", hidden.sum(), len(hidden))
-    damaged = ~sane_regions(boxes, vectors, np.stack([widths[region_image], heights[region_image]], axis=1))
-    if damaged.any():  # never a wrong answer in silence: left out, said once per loaded index
-        log.warning(
-            "%s: %d regions of %d images hold non-finite values or impossible boxes (the index is damaged) and are "
-            "left out of every answer; see: resedis verify --db %s, then run: resedis repair --db %s",
-            index.location, int(damaged.sum()), len(np.unique(region_image[damaged])), index.location, index.location,
-        )
-        hidden = hidden | damaged
-    return Corpus(
+    # damaged rows (resedis.index.sane): impossible boxes now, non-finite vectors when they are read
+    box_damaged = ~possible_boxes(boxes, np.stack([widths[region_image], heights[region_image]], axis=1))
+    hidden = hidden | box_damaged
+    if lazy:  # the vectors are checked when (if) they are read
+        _warn_damaged(index, box_damaged, region_image)
+    corpus = Corpus(
         version=version,
         image_ids=images["image_id"].to_pylist(),
         paths=images["path"].to_pylist(),
         region_image=region_image,
         boxes=boxes,
-        vectors=np.ascontiguousarray(vectors),
+        vectors=None,
         matrix_dtype=matrix_dtype,
         hidden=hidden,
         image_sizes=np.stack([widths, heights], axis=1) if len(widths) else np.zeros((0, 2)),
+        storage=storage,
+        dim=dim,
+        loader=load_vectors,
     )
+    if not lazy:
+        corpus.load()
+    return corpus

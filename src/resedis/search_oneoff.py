@@ -253,7 +253,8 @@ def _answer_fast(root: Path, manifest: Manifest, request: QueryRequest, config: 
         info.regions = "sidecar"
         corpus = Corpus(version=sidecar.versions, image_ids=sidecar.image_ids, paths=sidecar.paths,
                         region_image=sidecar.region_image, boxes=sidecar.boxes, vectors=sidecar.vectors,
-                        matrix_dtype="stored", hidden=sidecar.hidden)
+                        matrix_dtype="stored", hidden=sidecar.hidden, storage=sidecar.storage, step=sidecar.step,
+                        bias=sidecar.bias, dim=manifest.vector_dim)
         ann = None
     else:
         info.regions = "lance"
@@ -265,6 +266,7 @@ def _answer_fast(root: Path, manifest: Manifest, request: QueryRequest, config: 
             info.sidecar_written = write_sidecar(
                 root, stamp=stamp, versions=corpus.version, image_ids=corpus.image_ids, paths=corpus.paths,
                 region_image=corpus.region_image, boxes=corpus.boxes, vectors=corpus.vectors, hidden=corpus.hidden,
+                storage=corpus.storage, step=corpus.step, bias=corpus.bias,
             ) is not None
     t1 = time.perf_counter()
     queries = encoder.encode_texts([normalize_text(request.text)])
@@ -299,7 +301,7 @@ def refresh_sidecar(db: str | os.PathLike) -> bool:
     corpus = load_corpus(open_index(root), matrix_dtype="stored")
     return write_sidecar(root, stamp=stamp, versions=corpus.version, image_ids=corpus.image_ids, paths=corpus.paths,
                          region_image=corpus.region_image, boxes=corpus.boxes, vectors=corpus.vectors,
-                         hidden=corpus.hidden) is not None
+                         hidden=corpus.hidden, storage=corpus.storage, step=corpus.step, bias=corpus.bias) is not None
 
 
 __all__ = ["OneOffInfo", "fast_path_refusal", "owl_threshold", "rank_corpus", "refresh_sidecar", "search_once",

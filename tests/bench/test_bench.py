@@ -30,6 +30,7 @@ def report(tiny_models, tmp_path_factory):
         writer_models=[("tiny", 12, 4)],
         matmul_n=256,
         matmul_seconds=0.2,
+        storage_rows=(2000, 10, 2000),
         tiny_owlv2=str(tiny_models["owlv2"]),
         startup_repeats=1,
     )
@@ -49,6 +50,25 @@ def test_report_is_written_and_complete(report):
     assert startup["images"] == 12 and set(startup["ratio_to_import_torch"]) == {"new_query", "repeated_query", "searcher_path"}
     assert startup["ratio_to_import_torch"]["new_query"] == pytest.approx(
         startup["median_s"]["new_query"] / startup["median_s"]["import_torch"], rel=1e-2, abs=2e-3)
+
+
+def test_storage_section(report):
+    """Bytes per image of each format measured on disk, and agreement with float16."""
+    from resedis import quant
+
+    st = report[1]["storage"]
+    sizes = st["bytes_per_image"]
+    assert set(sizes) == {"float16", "int8", "int4"}
+    for name, size in sizes.items():
+        assert size["total"] == pytest.approx(size["table"] + size["ann"], abs=1)
+        # The table holds at least the vector data of 100 regions (Lance adds little on top).
+        assert size["table"] >= 100 * quant.bytes_per_region(name, 513) * 0.95
+    assert sizes["int4"]["total"] < sizes["int8"]["total"] < sizes["float16"]["total"]
+    for name in ("int8", "int4"):
+        a = st["agreement_vs_float16"][name]
+        assert a["bound_ok"] is True and 0.0 <= a["top10_identical"] <= a["top10_same_set"] <= 1.0
+        assert 0.0 < a["max_score_diff"] < 1.0
+    assert st["agreement_vs_float16"]["int8"]["max_logit_diff"] < st["agreement_vs_float16"]["int4"]["max_logit_diff"]
 
 
 def test_indexing_entries_are_consistent(report):

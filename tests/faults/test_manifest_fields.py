@@ -27,7 +27,7 @@ def test_a_valid_manifest_has_no_problems():
         ("vector_dim", "abc"), ("vector_dim", 0), ("vector_dim", True), ("vector_dim", 3.0),
         ("model", 7), ("model", ""), ("model", "owlv2:"), ("model", None),
         ("root", 12345), ("root", "relative/dir"),
-        ("vector_dtype", "int8"),
+        ("vector_dtype", "int2"),
         ("max_regions", -5), ("max_regions", 0), ("max_regions", "100"),
         ("nms_iou", 0), ("nms_iou", 1.5), ("nms_iou", float("nan")), ("nms_iou", "0.5"),
         ("preprocessing", []), ("package_version", 1), ("created", "yesterday"), ("updated", 5),

@@ -12,7 +12,7 @@ from resedis.index import open_index
 
 
 @pytest.mark.parametrize("field,value", [("vector_dim", "abc"), ("root", 12345), ("model", 7), ("max_regions", -5),
-                                         ("nms_iou", 2.0), ("vector_dtype", "int8"), ("calibration", "high")])
+                                         ("nms_iou", 2.0), ("vector_dtype", "int2"), ("calibration", "high")])
 def test_open_index_names_the_field(db, field, value):
     faultkit.set_manifest_field(db, field, value)
     with pytest.raises(ResedisError) as err:

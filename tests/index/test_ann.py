@@ -191,7 +191,7 @@ def test_searcher_uses_the_ann_index_and_rescores_exactly(synth_small, tiny_mode
     corpus = exact.corpus()
     keys = [(corpus.image_ids[i], tuple(round(float(v), 3) for v in b)) for i, b in zip(corpus.region_image, corpus.boxes)]
     for text in texts:
-        logits = corpus.vectors.astype(np.float32) @ exact.encode([text])[0]
+        logits = corpus.matrix().astype(np.float32) @ exact.encode([text])[0]
         exact_scores: dict = {}  # (image, box) -> scores (random tiny boxes can coincide)
         for key, value in zip(keys, sigmoid(logits).tolist()):
             exact_scores.setdefault(key, []).append(value)

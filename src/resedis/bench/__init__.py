@@ -7,6 +7,9 @@ Sections of the JSON report (see ``docs/benchmarks.md`` for the meaning of each 
   per image and the achieved share of the machine's matmul FLOP/s;
 * ``indexing_writer`` — the real writer's images/s against the sum of its stages;
 * ``query`` — exact vs ANN (+ exact re-scoring) latency, recall and disk per corpus size;
+* ``scale`` — sizes above 1M regions, streamed with bounded memory (:mod:`resedis.bench.scale`):
+  p50/p95, recall@10/@100 against a streaming exact scan, build time, bytes per image and
+  the query process's peak RSS;
 * ``ann_variants`` (full mode) — the LanceDB index types compared on one corpus;
 * ``naive_vs_index`` — seconds per query of running the detector on every image vs the
   index, the speedup, whether the hits are identical, and how it grows with the corpus;
@@ -14,6 +17,8 @@ Sections of the JSON report (see ``docs/benchmarks.md`` for the meaning of each 
 * ``startup`` — a one-off ``resedis search`` (new and repeated query) as a ratio to
   ``python -c "import torch"``, on a demo-model index of the naive step's images
   (:mod:`resedis.bench.startup`).
+* ``storage`` — bytes per image of each region storage format and the top-10 agreement of
+  the compact ones (int8, int4) with float16 (:mod:`resedis.bench.storage`).
 
 >>> from resedis.bench import run_bench
 >>> report = run_bench(quick=True, out="bench.json")  # doctest: +SKIP
@@ -38,6 +43,8 @@ from resedis.bench.query import QueryBenchConfig
 from resedis.index.ann import AnnConfig
 
 SCHEMA = "resedis-bench/1"
+# Query-sweep sizes above this are measured with bounded memory (resedis.bench.scale).
+STREAM_ABOVE_ROWS = 1_000_000
 
 
 #: where ``resedis bench`` writes its report unless told
@@ -65,6 +72,8 @@ class BenchPlan:
     matmul_n: int = 2048
     matmul_seconds: float = 1.5
     threads: int | None = 1
+    storage_rows: tuple[int, int, int] = (20_000, 50, 10_000)  # agreement rows, queries, bytes rows
+    scale_storage: str = "int4"  # storage format of the streamed sizes (> STREAM_ABOVE_ROWS)
     tiny_owlv2: str | None = None  # an existing tiny OWLv2 checkpoint dir (else one is written)
     startup_repeats: int = 3  # interleaved repeats of the one-off search timing (0 = skip the step)
 
@@ -95,6 +104,7 @@ def full_plan(max_rows: int = 1_000_000) -> BenchPlan:
         query=QueryBenchConfig(sizes=sizes, queries=50),
         naive=NaiveBenchConfig(images=200, steps=(25, 50, 100, 200), queries=5, repeats=10),
         ann_variants_rows=100_000,
+        storage_rows=(200_000, 200, 50_000),
         writer_models=[("tiny", 200, 8), ("owlvit-b32-768", 16, 8)],
     )
 
@@ -137,6 +147,22 @@ def _table(report: dict) -> str:
         f"naive vs index ({n['images']} images): {n['naive_s_per_query']:.3f} s vs {1000 * n['index_s_per_query']:.2f} ms "
         f"per query = {n['speedup']:.0f}x, same hits: {n['same_hits']} (growth {growth})"
     )
+    for sc in report.get("scale", []):
+        lines.append(
+            f"{sc['rows']:>10} {sc['storage']} streamed: ANN p50 {sc['p50_ms']:.1f} ms, p95 {sc['p95_ms']:.1f} ms, "
+            f"R@10 {sc['recall_at_10']:.3f}, R@100 {sc['recall_at_100']:.3f}, build {sc['write_s'] + sc['ann_build_s']:.0f} s, "
+            f"{sc['bytes_per_image'] / 1000:.1f} kB/image, Searcher RSS {sc['searcher_peak_rss_mb']:.0f} MiB"
+        )
+    st = report.get("storage")
+    if st:
+        sizes = ", ".join(f"{k} {v['total'] / 1000:.1f}" for k, v in st["bytes_per_image"].items())
+        lines.append(f"storage kB/image (100 regions, 513-d, index + ANN): {sizes}")
+        for name, a in st["agreement_vs_float16"].items():
+            if isinstance(a, dict):
+                lines.append(
+                    f"  {name} vs float16: top-10 identical {a['top10_identical']:.3f}, same set {a['top10_same_set']:.3f}, "
+                    f"top-1 {a['top1_identical']:.3f}, max score diff {a['max_score_diff']:.4f}, bound held: {a['bound_ok']}"
+                )
     rss = report["peak_rss_mb"]
     lines.append(f"peak RSS: indexing {rss['indexing']:.0f} MiB, search {rss['search']:.0f} MiB")
     if report.get("startup"):
@@ -158,7 +184,7 @@ def run_bench(
     temporary directory by default, removed afterwards)."""
     from tqdm.auto import tqdm
 
-    from resedis.bench import indexing, jobs, machine, naive, query
+    from resedis.bench import indexing, jobs, machine, naive, query, scale, storage
 
     plan = plan or (quick_plan() if quick else full_plan())
     started = time.perf_counter()
@@ -169,7 +195,7 @@ def run_bench(
     scratch = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="resedis-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
     report: dict = {"schema": SCHEMA, "mode": plan.mode, "argv": sys.argv, "plan": _plan_json(plan)}
-    steps = ["machine", "indexing", "naive", "writer", "query"] + (["variants"] if plan.ann_variants_rows else [])
+    steps = ["machine", "indexing", "naive", "writer", "query", "storage"] + (["variants"] if plan.ann_variants_rows else [])
     steps += ["startup"] if plan.startup_repeats else []
     bar = tqdm(total=len(steps), desc="bench", unit="part", disable=not progress, file=sys.stderr)
     try:
@@ -232,8 +258,17 @@ def run_bench(
         bar.set_postfix_str("query sweep")
         report["query"] = []
         for rows in plan.query.sizes:
+            if rows > STREAM_ABOVE_ROWS:  # the matrix would not fit: streamed (resedis.bench.scale)
+                report.setdefault("scale", []).append(
+                    scale.run_scale(rows, scratch / "scale", storage=plan.scale_storage, queries=plan.query.queries, ann=plan.ann)
+                )
+                continue
             report["query"].append(query.run_query_size(rows, scratch / "query", plan.query, plan.ann))
         report["ann"] = {"config": asdict(plan.ann), "largest_rows": max(plan.query.sizes)}
+        bar.update(1)
+
+        bar.set_postfix_str("storage formats")
+        report["storage"] = storage.run_storage_bench(*plan.storage_rows, workdir=scratch / "storage")
         bar.update(1)
 
         if plan.ann_variants_rows:

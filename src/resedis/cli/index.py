@@ -17,9 +17,9 @@ from resedis.cli.options import (
 )
 from resedis.distributed import index_with_ray
 from resedis.index import IndexConfig
-from resedis.index.manifest import VECTOR_DTYPES
 from resedis.index.config import DEFAULT_MAX_REGIONS, REGION_NMS_IOU
 from resedis.index.crops import CropConfig
+from resedis.quant import DEFAULT_STORAGE, STORAGE_FORMATS
 
 NMS_IOU = float_in(0.0, 1.0, low_open=True, note=" (1 disables NMS)")
 
@@ -63,8 +63,10 @@ def register(subparsers) -> None:
                    "them as skipped; symlinks inside it are always indexed, each file once). Each run applies its own "
                    "choice: a later run without it turns such images back into skips")
     p.add_argument("--report", action="store_true", help="print every skipped file with its reason")
-    p.add_argument("--vector-dtype", choices=tuple(VECTOR_DTYPES),
-                   help="storage of region vectors for a new index (default: float16, see resedis.index.writer)")
+    p.add_argument("--storage", "--vector-dtype", dest="vector_dtype", choices=STORAGE_FORMATS,
+                   help=f"storage format of region vectors for a new index (default {DEFAULT_STORAGE}): float16/float32 "
+                   "store the vector; int8/int4 store per-row scaled codes + the exact bias, logits within a tested "
+                   "bound (docs/benchmarks.md, 'Compact storage'); an existing index keeps its own")
     p.add_argument("--max-pixels", type=positive_int, metavar="PX",
                    help=f"skip images with more pixels (decompression-bomb guard; default {field_default(IndexConfig, 'max_pixels')})")
     p.add_argument("--crop-model", metavar="SPEC", help="also embed crops for the clip-crops pipeline with this "

@@ -32,10 +32,13 @@ import numpy as np
 import pyarrow as pa
 
 from resedis.errors import ResedisError
+from resedis import quant
+from resedis.index.columns import index_projection
 
 log = logging.getLogger(__name__)
 
 VECTOR_COLUMN = "vector"
+PROJ_COLUMN = "proj"  # the ANN column of the compact formats (resedis.quant.project)
 INDEX_NAME = "vector_idx"
 INDEX_TYPES = ("IVF_FLAT", "IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ")
 METRICS = ("cosine", "dot", "l2")
@@ -122,9 +125,16 @@ class AnnBuild:
         }
 
 
+def ann_column(table) -> str:
+    """The column the ANN index covers: ``vector`` (float storage) or ``proj`` (the
+    low-dimensional float16 projection of the compact formats, :mod:`resedis.quant`)."""
+    return VECTOR_COLUMN if VECTOR_COLUMN in table.schema.names else PROJ_COLUMN
+
+
 def _vector_index(table):
+    column = ann_column(table)
     for idx in table.list_indices():
-        if VECTOR_COLUMN in list(idx.columns):
+        if column in list(idx.columns):
             return idx
     return None
 
@@ -177,6 +187,13 @@ def _default_sub_vectors(dim: int) -> int:
     return min(divisors, key=lambda d: (abs(d - target), d))
 
 
+def compact_storage(table) -> str | None:
+    """``int8``/``int4`` for a regions table in a compact format, None for float vectors."""
+    if VECTOR_COLUMN in table.schema.names:
+        return None
+    return "int8" if pa.types.is_int8(table.schema.field("codes").type.value_type) else "int4"
+
+
 def _vector_dim(table) -> int:
     typ = table.schema.field(VECTOR_COLUMN).type
     if not pa.types.is_fixed_size_list(typ):
@@ -200,25 +217,38 @@ def build_ann_index(table, config: AnnConfig | None = None) -> AnnBuild:
     rows = table.count_rows()
     if rows == 0:
         raise ResedisError(f"table {table.name}: no rows to build a vector index on")
-    dim = _vector_dim(table)
     partitions = max(1, min(config.partitions_for(rows), rows))
     started = time.perf_counter()
-    table.create_index(VECTOR_COLUMN, config=_index_config(config, partitions, dim), replace=True, name=INDEX_NAME)
+    if compact_storage(table) is not None:
+        # Compact storage: IVF_SQ (cosine) over the float16 projection column; candidates
+        # are re-scored with the codes (resedis.quant). index_type/metric apply to float storage.
+        from lancedb.index import IvfSq
+
+        index_config = IvfSq(distance_type="cosine", num_partitions=partitions,
+                             sample_rate=config.sample_rate, max_iterations=config.max_iterations)
+        table.create_index(PROJ_COLUMN, config=index_config, replace=True, name=INDEX_NAME)
+        dim = None
+    else:
+        dim = _vector_dim(table)
+        table.create_index(VECTOR_COLUMN, config=_index_config(config, partitions, dim), replace=True, name=INDEX_NAME)
     seconds = time.perf_counter() - started
     status = None
     index_bytes = None
-    for idx in table.list_indices():
-        if VECTOR_COLUMN in list(idx.columns):
-            status = idx
-            index_bytes = getattr(idx, "size_bytes", None)
-    log.info("built %s (%s) ANN index over %d rows in %.1f s", config.index_type, config.metric, rows, seconds)
+    idx = _vector_index(table)
+    if idx is not None:
+        status = idx
+        index_bytes = getattr(idx, "size_bytes", None)
+    kind = ("IVF_SQ", "cosine") if dim is None else (config.index_type, config.metric)
+    log.info("built %s (%s) ANN index over %d rows in %.1f s", kind[0], kind[1], rows, seconds)
     params = {"sample_rate": config.sample_rate, "max_iterations": config.max_iterations}
-    if config.index_type == "IVF_PQ":
+    if dim is None:
+        params["column"] = PROJ_COLUMN
+    elif config.index_type == "IVF_PQ":
         params["num_sub_vectors"] = config.num_sub_vectors or _default_sub_vectors(dim)
     return AnnBuild(
         rows=rows,
-        index_type=config.index_type,
-        metric=config.metric,
+        index_type=kind[0],
+        metric=kind[1],
         num_partitions=partitions,
         seconds=seconds,
         index_bytes=int(index_bytes) if index_bytes is not None and status is not None else None,
@@ -280,6 +310,7 @@ def ann_candidates(
     config: AnnConfig | None = None,
     columns: tuple[str, ...] = ("image_id", "region", "batch", "box"),
     limit: int | None = None,
+    projection: np.ndarray | None = None,
 ) -> list[Candidates]:
     """Top candidates of each query from the vector index, re-scored exactly.
 
@@ -290,11 +321,22 @@ def ann_candidates(
     returned alongside (``box`` as (M, 4) float32, ``vector`` as (M, D) when asked).
     Works on a table without a vector index too (then LanceDB scans every row).
     ``limit`` replaces ``config.candidates_for(k)`` (a filtered search widens it).
+    ``projection``: the ANN projection of a compact index (:func:`resedis.index.columns.index_projection`),
+    required for one.
     """
     config = config or AnnConfig()
     config.validate()
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    dim = _vector_dim(table)
+    storage = compact_storage(table)
+    if storage is None:
+        dim = _vector_dim(table)
+    else:
+        dim = queries.shape[1]
+        width = table.schema.field("codes").type.list_size
+        if quant.code_width(storage, dim) != width:
+            raise ResedisError(f"query vectors have dimension {dim}, table {table.name} stores {storage} codes of width {width}")
+        if projection is None:
+            raise ResedisError(f"table {table.name} stores {storage} codes: its ANN search needs the index's projection")
     if queries.shape[1] != dim:
         raise ResedisError(f"query vectors have dimension {queries.shape[1]}, table {table.name} stores {dim}")
     if k < 1:
@@ -311,10 +353,17 @@ def ann_candidates(
             hnsw = "HNSW" in str(stats.index_type).upper()
     # The partition count of the index is not exposed; the rule that built it gives it.
     nprobes = config.nprobes_for(config.partitions_for(table.count_rows()))
-    select = list(dict.fromkeys([*columns, VECTOR_COLUMN, "_distance"]))
+    stored = [VECTOR_COLUMN] if storage is None else ["codes", "step", "bias"]
+    select = list(dict.fromkeys([*[c for c in columns if c != VECTOR_COLUMN], *stored, "_distance"]))
+    if storage is not None:
+        metric = "cosine"
+        projected = quant.project(queries, projection)
     out: list[Candidates] = []
-    for query in queries:
-        builder = table.search(query, vector_column_name=VECTOR_COLUMN).distance_type(metric).limit(limit)
+    for j, query in enumerate(queries):
+        if storage is None:
+            builder = table.search(query, vector_column_name=VECTOR_COLUMN).distance_type(metric).limit(limit)
+        else:
+            builder = table.search(projected[j], vector_column_name=PROJ_COLUMN).distance_type(metric).limit(limit)
         if idx is not None:
             builder = builder.nprobes(nprobes)
             if hnsw:
@@ -322,8 +371,14 @@ def ann_candidates(
             if config.refine_factor is not None:
                 builder = builder.refine_factor(config.refine_factor)
         result = builder.select(select).to_arrow()
-        vectors = _column_matrix(result[VECTOR_COLUMN], dim).astype(np.float32, copy=False)
-        logits = vectors @ query
+        if storage is None:
+            vectors = _column_matrix(result[VECTOR_COLUMN], dim).astype(np.float32, copy=False)
+            logits = vectors @ query
+        else:  # the compact path's own arithmetic (resedis.quant.compact_logits)
+            codes = _column_matrix(result["codes"], quant.code_width(storage, dim))
+            step, bias = result["step"].to_numpy(), result["bias"].to_numpy()
+            logits = quant.compact_logits(codes, step, bias, query[None, :], storage, dim)[:, 0]
+            vectors = quant.dequantize(codes, step, bias, storage, dim) if VECTOR_COLUMN in columns else None
         order = np.argsort(-logits, kind="stable")
         cols: dict = {}
         for name in columns:
@@ -338,15 +393,16 @@ def ann_candidates(
 
 
 class AnnSearch:
-    """The Searcher's ANN path: exact logits for each query's ANN candidates, as rows of
-    the Searcher's in-memory region matrix (``resedis.search.Corpus``).
+    """The Searcher's ANN path: exact logits for each query's ANN candidates, placed at
+    their rows of the Searcher's corpus (``resedis.search_corpus.Corpus``).
 
     :meth:`logits` returns None when the regions table has no vector index (the caller
-    then runs exact search). Candidates are matched to matrix rows by ``(image_id,
+    then runs exact search). Candidates are matched to corpus rows by ``(image_id,
     region)`` — an image's regions are stored contiguously in rank order — and checked
-    by their box; their logits are recomputed from the matrix (the exact path's
-    arithmetic on the same rows, up to float round-off). ``queries_answered`` counts queries
-    answered through the index.
+    by their box; their logits are computed from the rows LanceDB returned (the exact
+    path's arithmetic on the same stored values, up to float round-off), so the corpus's
+    region matrix is never loaded. ``queries_answered`` counts queries answered through
+    the index.
     """
 
     def __init__(self, index, config: AnnConfig | None = None):
@@ -355,7 +411,15 @@ class AnnSearch:
         self.config.validate()
         self.queries_answered = 0
         self._state: tuple | None = None  # (table version, has index)
+        self._projection: tuple | None = None  # (manifest, its ANN projection)
         self._rows: tuple | None = None  # (corpus, image_id -> row, first region row per image)
+
+    def projection(self) -> np.ndarray | None:
+        """The index's ANN projection (compact storage; None for float storage), parsed once per manifest."""
+        manifest = self.index.manifest
+        if self._projection is None or self._projection[0] is not manifest:
+            self._projection = (manifest, index_projection(self.index))
+        return self._projection[1]
 
     def available(self) -> bool:
         version = self.index.regions_table.version
@@ -371,15 +435,15 @@ class AnnSearch:
             self._rows = (corpus, {image_id: i for i, image_id in enumerate(corpus.image_ids)}, first)
         return self._rows[1], self._rows[2]
 
-    def _candidate_rows(self, corpus, cand) -> np.ndarray:
-        """Matrix rows of one query's candidates (uncommitted or moved rows dropped)."""
+    def _candidate_rows(self, corpus, cand) -> tuple[np.ndarray, np.ndarray]:
+        """Corpus rows of one query's candidates and their logits (uncommitted or moved rows dropped)."""
         image_row, first = self._lookup(corpus)
         img = np.array([image_row.get(i, -1) for i in cand.columns["image_id"]], np.int64)
         rows = np.where(img >= 0, first[np.maximum(img, 0)] + np.asarray(cand.columns["region"], np.int64), -1)
         ok = (img >= 0) & (rows >= 0) & (rows < len(corpus))
         rows_ok = rows[ok]
         same = (corpus.region_image[rows_ok] == img[ok]) & np.all(corpus.boxes[rows_ok] == cand.columns["box"][ok], axis=1)
-        return rows_ok[same]  # uncommitted (orphan) or moved rows are dropped
+        return rows_ok[same], cand.logits[ok][same]  # uncommitted (orphan) or moved rows are dropped
 
     def logits(self, corpus, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray | None:
         """(Q, D) queries -> (N, Q) float32: exact logits on each query's candidate rows,
@@ -391,7 +455,12 @@ class AnnSearch:
         they are all scored exactly (no index needed); otherwise the candidate limit is
         widened (doubled) until enough allowed candidates come back or the probed
         partitions hold no more, and a query still short of them is scored exactly over
-        every allowed row. So a filter never empties a result that has matches further down."""
+        every allowed row. So a filter never empties a result that has matches further down.
+
+        The candidates' logits are computed from the rows LanceDB returned (the stored
+        vectors, or the codes of a compact index, with the exact path's arithmetic), so
+        the corpus's region matrix is not loaded on this path; only a filter's rows scored
+        exactly (above) go through ``corpus.row_logits``."""
         if len(corpus) == 0 or not self.available():
             return None
         queries = np.asarray(queries, np.float32)
@@ -401,27 +470,29 @@ class AnnSearch:
             allowed_rows = np.flatnonzero(allowed)
             if len(allowed_rows) <= need:  # a selective filter: score its rows exactly
                 if len(allowed_rows):
-                    out[allowed_rows] = corpus.vectors[allowed_rows].astype(np.float32) @ queries.T
+                    out[allowed_rows] = corpus.row_logits(allowed_rows, queries)
                 self.queries_answered += queries.shape[0]
                 return out
         table = self.index.regions_table
         total = table.count_rows()
+        projection = self.projection()
         limit = need
         todo = list(range(queries.shape[0]))
         while todo:
             found = ann_candidates(table, queries[todo], k, config=self.config, columns=("image_id", "region", "box"),
-                                   limit=limit)
+                                   limit=limit, projection=projection)
             short = []
             for j, cand in zip(todo, found):
-                rows = self._candidate_rows(corpus, cand)
+                rows, logits = self._candidate_rows(corpus, cand)
                 if allowed is not None:
-                    rows = rows[allowed[rows]]
+                    keep = allowed[rows]
+                    rows, logits = rows[keep], logits[keep]
                     if len(rows) < need and len(cand) >= limit and limit < total:
                         short.append(j)  # the index may hold more allowed candidates: widen
                         continue
                     if len(rows) < need:  # the probed partitions hold no more: score the filter exactly
-                        rows = allowed_rows
-                out[rows, j] = corpus.vectors[rows].astype(np.float32) @ queries[j]
+                        rows, logits = allowed_rows, corpus.row_logits(allowed_rows, queries[j : j + 1])[:, 0]
+                out[rows, j] = logits
             todo, limit = short, min(total, 2 * limit)
         self.queries_answered += queries.shape[0]
         return out

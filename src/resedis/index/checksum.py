@@ -21,6 +21,8 @@ from typing import Iterable
 import numpy as np
 import pyarrow as pa
 
+from resedis.index.columns import stored_vector_arrays
+
 CHECKSUM_VERSION = "v1"
 _MOD = 1 << 256
 
@@ -35,7 +37,7 @@ def _matrix(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
 
 def region_digest_sums(rows: pa.Table) -> dict[tuple[str, int], tuple[int, int]]:
     """``(image_id, batch) -> (number of region rows, sum of their digests mod 2**256)`` for
-    region rows (columns image_id, region, box, objectness, vector, batch)."""
+    region rows (columns image_id, region, box, objectness, the stored vector columns, batch)."""
     if rows.num_rows == 0:
         return {}
     ids = rows["image_id"].to_pylist()
@@ -43,9 +45,8 @@ def region_digest_sums(rows: pa.Table) -> dict[tuple[str, int], tuple[int, int]]
     ranks = np.asarray(rows["region"].to_numpy(zero_copy_only=False), "<i4")
     boxes = np.ascontiguousarray(_matrix(rows["box"], 4), "<f4")
     objectness = np.asarray(rows["objectness"].to_numpy(zero_copy_only=False), "<f4")
-    width = rows.schema.field("vector").type.list_size
-    vectors = _matrix(rows["vector"], width)
-    vectors = np.ascontiguousarray(vectors, vectors.dtype.newbyteorder("<"))
+    # the vector as stored: ``vector``, or a compact format's codes, step, bias and ANN column
+    stored = [np.ascontiguousarray(a, a.dtype.newbyteorder("<")) for a in stored_vector_arrays(rows)]
     out: dict[tuple[str, int], tuple[int, int]] = {}
     for i, (image_id, batch) in enumerate(zip(ids, batches)):
         h = hashlib.sha256(image_id.encode("utf-8"))
@@ -53,7 +54,8 @@ def region_digest_sums(rows: pa.Table) -> dict[tuple[str, int], tuple[int, int]]
         h.update(ranks[i].tobytes())
         h.update(boxes[i].tobytes())
         h.update(objectness[i].tobytes())
-        h.update(vectors[i].tobytes())
+        for arr in stored:
+            h.update(arr[i].tobytes())
         key = (image_id, batch)
         count, total = out.get(key, (0, 0))
         out[key] = (count + 1, (total + int.from_bytes(h.digest(), "little")) % _MOD)

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from resedis.errors import ResedisError
 from resedis.index.checksum import batch_checksums
+from resedis.index.columns import index_projection, vector_columns
 from resedis.index.fs import Location
 from resedis.index.plan import FileTask
 from resedis.index.prefetch import encode_batch
@@ -35,7 +36,6 @@ from resedis.index.store import (
     IMAGES,
     REGIONS,
     SKIPPED,
-    VECTOR_DTYPES,
     Index,
     images_schema,
     in_list,
@@ -117,7 +117,8 @@ def repair(index: Index) -> int:
     return removed
 
 
-def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: int, dtype: str) -> pa.Table:
+def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: int, dtype: str,
+                projection: np.ndarray | None = None) -> pa.Table:
     counts = [len(r) for r in regions]
     n = sum(counts)
     boxes = np.concatenate([r.boxes for r in regions]).astype(np.float32) if n else np.zeros((0, 4), np.float32)
@@ -132,7 +133,7 @@ def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: in
             "region": pa.array(np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if n else [], pa.int32()),
             "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes.ravel(), pa.float32()), 4),
             "objectness": pa.array(objectness, pa.float32()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), VECTOR_DTYPES[dtype]), dim),
+            **vector_columns(vectors, dtype, projection),  # the storage format's columns (resedis.quant)
             "batch": pa.array(np.full(n, batch, np.int64), pa.int64()),
         },
         schema=regions_schema(dim, dtype),
@@ -236,7 +237,8 @@ class BatchWriter:
                 )
             )
         if ids:
-            rows = region_rows(ids, regions, self.batch, m.vector_dim, m.vector_dtype)
+            projection = index_projection(idx, [r.vectors for r in regions])  # compact storage: its ANN projection
+            rows = region_rows(ids, regions, self.batch, m.vector_dim, m.vector_dtype, projection)
             idx.regions_table.add(rows)
             # checksums over the rows exactly as written (bit rot shows in resedis verify)
             checksums = batch_checksums(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from resedis.errors import ResedisError
+from resedis.quant import check_storage
 from resedis.index.ann import DEFAULT_MIN_ROWS as DEFAULT_ANN_MIN_ROWS
 from resedis.index.crops import CropConfig
-from resedis.index.manifest import VECTOR_DTYPES
 from resedis.index.skips import FILE, RETRY, TRANSIENT, skip_kind
 from resedis.io.images import DEFAULT_MAX_PIXELS
 from resedis.types import Skipped
@@ -22,10 +22,12 @@ REGION_NMS_IOU = 0.5
 class IndexConfig:
     """How to build an index. ``model``, ``max_regions``, ``nms_iou`` and ``vector_dtype``
     left at None mean: the index's own setting, or for a new index the default model,
-    100 regions, NMS IoU 0.5 and float16. An explicit value must match an existing index.
+    100 regions, NMS IoU 0.5 and float16 storage. An explicit value must match an existing index.
 
-    vector_dtype: storage type of region vectors, ``float16`` (default: half the disk and
-    memory; logits within about 1e-3 relative, see tests/index/test_index.py) or ``float32``.
+    vector_dtype: storage format of region vectors (:mod:`resedis.quant`): ``float16``
+    (logits within about 1e-3 relative, see tests/index/test_index.py), ``float32``, ``int8`` or
+    ``int4`` (per-row scaled codes + exact bias; logit error within the tested bound
+    ``(step/2)·‖q̂‖₁``). None: the index's own, or :data:`resedis.quant.DEFAULT_STORAGE`.
     max_pixels: decompression-bomb guard (images with more pixels are skipped).
     rehash: hash every file even when its size and mtime are unchanged.
     retry_skipped: read every recorded skip again, also those caused by the file itself
@@ -65,8 +67,8 @@ class IndexConfig:
             raise ResedisError(f"max_regions must be >= 1, got {self.max_regions}")
         if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
             raise ResedisError(f"nms_iou must be in (0, 1] (1 disables NMS), got {self.nms_iou}")
-        if self.vector_dtype is not None and self.vector_dtype not in VECTOR_DTYPES:
-            raise ResedisError(f"vector_dtype must be one of {sorted(VECTOR_DTYPES)}, got {self.vector_dtype!r}")
+        if self.vector_dtype is not None:
+            check_storage(self.vector_dtype)
         if self.max_pixels < 1:
             raise ResedisError(f"max_pixels must be >= 1, got {self.max_pixels}")
         if self.workers < 1:

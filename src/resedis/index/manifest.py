@@ -21,14 +21,15 @@ import pyarrow as pa
 
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.index.fs import Location, as_location
-from resedis.index.manifest_fields import SCHEMA_VERSION, VECTOR_DTYPE_NAMES, check_manifest_fields
+from resedis.index.manifest_fields import SCHEMA_VERSION, check_manifest_fields
 from resedis.models.fingerprint import encoder_weights_dir, fingerprint_matches, short_fingerprint, spec_weights_dir
 from resedis.models.spec import canonical_spec
+from resedis.quant import FLOAT_FORMATS
 
 log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "resedis.json"
-VECTOR_DTYPES = {name: getattr(pa, name)() for name in VECTOR_DTYPE_NAMES}  # manifest vector_dtype -> Arrow type
+VECTOR_DTYPES = {name: getattr(pa, name)() for name in FLOAT_FORMATS}  # float storage formats -> Arrow type of `vector`
 
 
 def utc_now() -> str:
@@ -45,6 +46,9 @@ class Manifest:
     ``weights_fingerprint``: ``"sha256:<hex>"`` of the weights the region vectors were
     encoded with (:mod:`resedis.models.fingerprint`); None in manifests written before it
     was recorded ("unknown": such an index is used as before, with a one-time warning).
+    ``vector_dtype``: the storage format of the region vectors, one of
+    :data:`resedis.quant.STORAGE_FORMATS` (``float16``/``float32``: the vector itself;
+    ``int8``/``int4``: per-row scaled codes + exact bias, :mod:`resedis.quant`).
     """
 
     model: str
@@ -92,6 +96,11 @@ class Manifest:
         known.setdefault("max_regions", 0)
         known.setdefault("nms_iou", 0.0)
         return cls(**known, extra=extra)
+
+    @property
+    def storage(self) -> str:
+        """The region storage format (the manifest key is ``vector_dtype``, kept for old indexes)."""
+        return self.vector_dtype
 
     @property
     def threshold(self) -> float | None:

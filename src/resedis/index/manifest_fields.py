@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from resedis.errors import ResedisError
+from resedis.quant import STORAGE_FORMATS
 
 SCHEMA_VERSION = 1
-VECTOR_DTYPE_NAMES = ("float16", "float32")
+VECTOR_DTYPE_NAMES = STORAGE_FORMATS  # the region storage formats (resedis.quant)
 REQUIRED = ("model", "vector_dim", "vector_dtype", "root")
 # The largest vector dimension accepted; OWL class embeddings are 512-1024 (+1 for the shift).
 MAX_VECTOR_DIM = 1 << 16
@@ -90,8 +91,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     ),
     "vector_dtype": (
         lambda v: v in VECTOR_DTYPE_NAMES,
-        f"one of {', '.join(VECTOR_DTYPE_NAMES)}",
-        _REBUILD + " (the type is read from the regions table)",
+        f"one of {', '.join(VECTOR_DTYPE_NAMES)} (the region storage format)",
+        "an index in another format was written by a newer resedis, which can read it (pip install -U resedis); "
+        "otherwise " + _REBUILD + " (the format is read from the regions table)",
     ),
     "root": (
         lambda v: isinstance(v, str) and os.path.isabs(v),

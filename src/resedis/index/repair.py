@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from resedis.version import __version__
 from resedis.errors import ResedisError
+from resedis.index.columns import layout_fits, stored_layout
 from resedis.index.commit import Lock, delete_ids
 from resedis.index.fs import Location, as_location
 from resedis.index.manifest import Manifest, read_manifest, write_manifest
@@ -141,9 +142,8 @@ def _regions_vector_type(loc: Location) -> tuple[int, str] | None:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
         return None
-    vtype = schema.field("vector").type
-    dtype = {pa.float16(): "float16", pa.float32(): "float32"}.get(vtype.value_type)
-    return (vtype.list_size, dtype) if dtype else None
+    layout = stored_layout(schema)  # (storage, stored width): the vector, or int8/int4 codes
+    return (layout[1], layout[0]) if layout else None
 
 
 def rebuild_manifest(loc: Location, stored: dict | None, model: str | None, root: str | None, device: str | None) -> tuple[Manifest, dict]:
@@ -172,9 +172,9 @@ def rebuild_manifest(loc: Location, stored: dict | None, model: str | None, root
         )
     encoder = load_model(canonical_spec(spec), device)
     vector = _regions_vector_type(loc)
-    if vector is not None and vector[0] != int(encoder.vector_dim):
+    if vector is not None and not layout_fits(vector[1], vector[0], int(encoder.vector_dim)):
         raise ResedisError(
-            f"{loc}: the regions table holds {vector[0]}-d vectors but model {spec} gives {encoder.vector_dim}-d "
+            f"{loc}: the regions table holds {vector[1]} vectors of stored width {vector[0]} but model {spec} gives {encoder.vector_dim}-d "
             "ones: this is not the model the index was built with; pass the right one with --model"
         )
     assumed = {}

@@ -29,6 +29,7 @@ from typing import Sequence
 
 from resedis.version import __version__
 from resedis.errors import IndexMismatchError, ResedisError
+from resedis.quant import DEFAULT_STORAGE
 from resedis.index.ann import AnnConfig, optimize_ann
 from resedis.index.commit import BatchWriter, Lock, compact, delete_ids, existing_entries, next_batch, repair
 from resedis.index.config import DEFAULT_MAX_REGIONS, REGION_NMS_IOU, IndexConfig, IndexReport
@@ -117,7 +118,7 @@ def open_for_write(db: Location, root: Path, config: IndexConfig, encoder):
         model=spec,
         weights_fingerprint=encoder_fingerprint(encoder),
         vector_dim=int(encoder.vector_dim),
-        vector_dtype=config.vector_dtype or "float16",
+        vector_dtype=config.vector_dtype or DEFAULT_STORAGE,
         preprocessing=encoder.preprocessing(),
         root=str(root),
         max_regions=config.max_regions or DEFAULT_MAX_REGIONS,

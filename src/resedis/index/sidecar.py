@@ -4,7 +4,8 @@ one-off search reads with numpy alone, without importing LanceDB (3.6 s measured
 ``DB/regions.sidecar`` holds exactly what :func:`resedis.search_corpus.load_corpus`
 returns (committed regions only, in table order): image ids and paths, each region's
 image row, its box (xyxy original px, float32), its vector as stored (float16 or
-float32) and whether it is hidden (no visible area: never returned). Layout: 8 bytes magic ``RSDSIDE1``, a little-endian u64 header length, a JSON
+float32; the int8/int4 codes with their per-row ``step`` and ``bias`` for a compact
+index, :mod:`resedis.quant`) and whether it is hidden (no visible area: never returned). Layout: 8 bytes magic ``RSDSIDE1``, a little-endian u64 header length, a JSON
 header, then the arrays, each 64-byte aligned (memory-mapped on read).
 
 **Never stale.** The header records :func:`tables_stamp`: a digest of every version
@@ -94,6 +95,9 @@ class SidecarRegions:
     hidden: np.ndarray
     versions: tuple[int, int]
     stamp: str
+    storage: str = "float16"  # the index's storage format: float16/float32 vectors, or int8/int4 codes
+    step: np.ndarray | None = None  # compact storage: per-row step and exact bias
+    bias: np.ndarray | None = None
 
 
 def sidecar_path(db: str | os.PathLike) -> Path:
@@ -111,6 +115,9 @@ def write_sidecar(
     boxes: np.ndarray,
     vectors: np.ndarray,
     hidden: np.ndarray | None = None,
+    storage: str | None = None,
+    step: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
 ) -> Path | None:
     """Write ``DB/regions.sidecar`` atomically (temp file, fsync, rename) for the tables
     state ``stamp``. Returns its path, or None (nothing written) when the tables no longer
@@ -125,9 +132,17 @@ def write_sidecar(
         "vectors": np.ascontiguousarray(vectors),
         "hidden": np.ascontiguousarray(np.zeros(len(region_image), bool) if hidden is None else hidden, dtype=np.bool_),
     }
-    if vectors.dtype not in (np.float16, np.float32):
-        raise ValueError(f"sidecar vectors must be float16 or float32, got {vectors.dtype}")
     n = arrays["region_image"].shape[0]
+    if step is not None or bias is not None:  # compact storage: codes + per-row step and bias
+        if vectors.dtype not in (np.int8, np.uint8) or step is None or bias is None or storage not in ("int8", "int4"):
+            raise ValueError(f"sidecar codes must be int8/uint8 with step, bias and storage int8/int4, got {vectors.dtype}, {storage!r}")
+        arrays["step"] = np.ascontiguousarray(step, dtype=np.float32)
+        arrays["bias"] = np.ascontiguousarray(bias, dtype=np.float32)
+        if arrays["step"].shape != (n,) or arrays["bias"].shape != (n,):
+            raise ValueError("sidecar arrays disagree on the number of regions")
+    elif vectors.dtype not in (np.float16, np.float32):
+        raise ValueError(f"sidecar vectors must be float16 or float32, got {vectors.dtype}")
+    storage = storage or ("float16" if vectors.dtype == np.float16 else "float32")
     if (arrays["boxes"].shape != (n, 4) or arrays["vectors"].ndim != 2 or arrays["vectors"].shape[0] != n
             or arrays["hidden"].shape != (n,)):
         raise ValueError("sidecar arrays disagree on the number of regions")
@@ -138,7 +153,7 @@ def write_sidecar(
         offset += arr.nbytes
     header = json.dumps({
         "format": SIDECAR_FORMAT, "stamp": stamp, "versions": list(versions),
-        "image_ids": list(image_ids), "paths": list(paths), "arrays": specs,
+        "image_ids": list(image_ids), "paths": list(paths), "arrays": specs, "storage": storage,
     }).encode("utf-8")
     data_start = -(-(len(_MAGIC) + 8 + len(header)) // _ALIGN) * _ALIGN
     try:
@@ -210,6 +225,8 @@ def read_sidecar(db: str | os.PathLike) -> SidecarRegions | None:
         return SidecarRegions(
             image_ids=header["image_ids"], paths=header["paths"], region_image=arrays["region_image"],
             boxes=arrays["boxes"], vectors=arrays["vectors"], hidden=np.asarray(arrays["hidden"]), versions=tuple(header["versions"]), stamp=current,
+            storage=header.get("storage") or ("float16" if arrays["vectors"].dtype == np.float16 else "float32"),
+            step=arrays.get("step"), bias=arrays.get("bias"),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.info("%s: unreadable region sidecar (%s); ignored", path, exc)

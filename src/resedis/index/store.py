@@ -31,7 +31,8 @@ from resedis.errors import DamagedIndexError, ResedisError
 from resedis.storage_errors import first_line, storage_error
 from resedis.index.ann import AnnBuild, AnnConfig, optimize_ann
 from resedis.index.fs import Location, as_location
-from resedis.index.manifest import MANIFEST_NAME, VECTOR_DTYPES, Manifest, check_model, read_manifest
+from resedis.index.columns import vector_fields
+from resedis.index.manifest import MANIFEST_NAME, VECTOR_DTYPES, Manifest, check_model, read_manifest  # noqa: F401 (re-exported)
 from resedis.types import Skipped
 
 IMAGES, REGIONS, SKIPPED = "images", "regions", "skipped"
@@ -63,13 +64,14 @@ def images_schema() -> pa.Schema:
 
 
 def regions_schema(vector_dim: int, vector_dtype: str) -> pa.Schema:
+    """``vector_dtype``: the storage format (:data:`resedis.quant.STORAGE_FORMATS`)."""
     return pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),
             pa.field("region", pa.int32(), nullable=False),  # rank within the image (objectness order)
             pa.field("box", pa.list_(pa.float32(), 4), nullable=False),  # xyxy original pixels
             pa.field("objectness", pa.float32(), nullable=False),
-            pa.field("vector", pa.list_(VECTOR_DTYPES[vector_dtype], vector_dim), nullable=False),
+            *vector_fields(vector_dim, vector_dtype),  # "vector", or codes/step/bias/signs (resedis.quant)
             pa.field("batch", pa.int64(), nullable=False),
         ]
     )

@@ -38,6 +38,7 @@ import pyarrow as pa
 
 from resedis.errors import ResedisError
 from resedis.index.checksum import image_checksum, merge_sums, region_digest_sums
+from resedis.index.columns import finite_vectors
 from resedis.index.fs import Location, as_location
 from resedis.index.manifest import MANIFEST_NAME
 from resedis.index.manifest_fields import manifest_problems
@@ -397,10 +398,8 @@ def _check_regions(chunks: Iterator[pa.Table], images: dict, report: VerifyRepor
         ids = chunk["image_id"].to_pylist()
         batches = chunk["batch"].to_pylist()
         boxes = _matrix(chunk["box"], 4)
-        width = chunk.schema.field("vector").type.list_size
-        vectors = _matrix(chunk["vector"], width)
         objectness = chunk["objectness"].to_numpy(zero_copy_only=False).astype(np.float64)
-        finite = finite_rows(boxes) & finite_rows(vectors) & np.isfinite(objectness)
+        finite = finite_rows(boxes) & finite_vectors(chunk) & np.isfinite(objectness)
         sizes = np.array([
             (images[k]["width"], images[k]["height"]) if k in images and isinstance(images[k].get("width"), int)
             else (np.inf, np.inf) for k in zip(ids, batches)

@@ -1,0 +1,207 @@
+"""Query cost at library scale (millions of regions) with bounded memory.
+
+Unlike :mod:`resedis.bench.query`, nothing here holds the region matrix: the synthetic
+OWL-like regions (:mod:`resedis.bench.synthetic`, deterministic per chunk) are written to
+an index-schema ``regions`` table chunk by chunk, in the chosen storage format
+(:mod:`resedis.quant`); the exact reference top-k of the sampled queries is computed by a
+streaming scan that regenerates the same chunks and scores them as stored (decoded codes
+for the compact formats), keeping only a running top-100 per query; the ANN queries run
+in a separate process whose peak RSS is reported (it reads what a Searcher with an ANN
+index reads: ids, batches and boxes of every region, then candidates' rows only).
+
+    python -m resedis.bench.scale --rows 10000000 --storage int4 --out scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from resedis import quant
+from resedis.bench.synthetic import SyntheticSpec, query_vectors, recall_at, region_vectors
+from resedis.index.ann import AnnConfig, ann_candidates, build_ann_index
+from resedis.index.columns import vector_columns
+from resedis.index.store import disk_bytes, regions_schema
+
+CHUNK = 100_000
+REGIONS_PER_IMAGE = 100
+
+
+def _stored(block: np.ndarray, storage: str) -> np.ndarray:
+    """The float32 vectors a search actually scores for ``block`` stored as ``storage``."""
+    if storage == "float32":
+        return block.astype(np.float32)
+    if storage == "float16":
+        return block.astype(np.float16).astype(np.float32)
+    codes, step, bias = quant.quantize(block, storage)
+    return quant.dequantize(codes, step, bias, storage, block.shape[1])
+
+
+def write_table(path: Path, rows: int, storage: str, spec: SyntheticSpec, chunk: int = CHUNK) -> tuple[float, np.ndarray | None]:
+    """Stream ``rows`` synthetic regions into ``path/regions.lance`` in one commit ->
+    (seconds, the ANN projection of a compact format: fitted on the first chunk, as the
+    index writer fits it on its first batch)."""
+    import lancedb
+
+    t0 = time.perf_counter()
+    schema = regions_schema(spec.dim, storage)
+    rng = np.random.default_rng([spec.seed, 4])
+    fitted: list[np.ndarray] = []
+
+    def batches():
+        start = 0
+        for block in region_vectors(rows, spec, chunk=chunk, dtype=np.float32):
+            m = block.shape[0]
+            if quant.is_compact(storage) and not fitted:
+                fitted.append(quant.fit_projection(block, quant.proj_dims(spec.dim)))
+            row = np.arange(start, start + m)
+            xy = rng.uniform(0, 600, (m, 2)).astype(np.float32)
+            boxes = np.concatenate([xy, xy + rng.uniform(8, 200, (m, 2)).astype(np.float32)], axis=1)
+            image = row // REGIONS_PER_IMAGE
+            names = np.char.add(np.char.add("img/", np.char.zfill(image.astype("U7"), 7)), ".jpg")
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "image_id": pa.array(names.tolist(), pa.string()),
+                    "region": pa.array((row % REGIONS_PER_IMAGE).astype(np.int32)),
+                    "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes.ravel(), pa.float32()), 4),
+                    "objectness": pa.array(np.zeros(m, np.float32)),
+                    **vector_columns(block, storage, fitted[0] if fitted else None),
+                    "batch": pa.array(image.astype(np.int64)),
+                },
+                schema=schema,
+            )
+            start += m
+
+    # One commit for the whole stream (no per-chunk versions, no compaction rewrite after).
+    lancedb.connect(str(path)).create_table("regions", pa.RecordBatchReader.from_batches(schema, batches()), schema=schema)
+    return time.perf_counter() - t0, (fitted[0] if fitted else None)
+
+
+def streaming_exact_top(rows: int, storage: str, spec: SyntheticSpec, queries: np.ndarray, k: int = 100,
+                        chunk: int = CHUNK) -> np.ndarray:
+    """(Q, k) exact top-k row numbers over the stored vectors, one chunk in memory at a time."""
+    best_s = np.full((queries.shape[0], 0), -np.inf, np.float32)
+    best_i = np.zeros((queries.shape[0], 0), np.int64)
+    start = 0
+    for block in region_vectors(rows, spec, chunk=chunk, dtype=np.float32):
+        scores = (_stored(block, storage) @ queries.T).T
+        idx = np.broadcast_to(np.arange(start, start + block.shape[0]), scores.shape)
+        s = np.concatenate([best_s, scores], axis=1)
+        i = np.concatenate([best_i, idx], axis=1)
+        keep = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(s, keep, axis=1), np.take_along_axis(i, keep, axis=1)
+        start += block.shape[0]
+    return best_i
+
+
+def ann_job(path: str, queries: np.ndarray, config: AnnConfig, projection: np.ndarray | None = None) -> dict:
+    """Child process: read what a lazy Searcher reads, then answer each query through the
+    ANN index (k=10 timed, k=100 for recall) -> latencies and top rows."""
+    import lancedb
+
+    table = lancedb.connect(path).open_table("regions")
+    t0 = time.perf_counter()
+    cols = table.search().select(["image_id", "batch", "box"]).limit(None).to_arrow()
+    load_s = time.perf_counter() - t0
+    del cols  # a Searcher keeps region_image + boxes (24 B/region); the Arrow copy goes
+    out = {"load_ids_boxes_s": load_s, "times": [], "top10": [], "top100": []}
+
+    def rows_of(cand, k):
+        ids = np.array([int(i[4:-4]) for i in cand.columns["image_id"][:k]], np.int64)
+        rows = ids * REGIONS_PER_IMAGE + np.asarray(cand.columns["region"][:k], np.int64)
+        return np.pad(rows, (0, k - len(rows)), constant_values=-1).tolist()
+
+    ann_candidates(table, queries[:1], 10, config=config, columns=("image_id", "region"), projection=projection)  # warm-up
+    for q in queries:
+        t0 = time.perf_counter()
+        cand = ann_candidates(table, q[None], 10, config=config, columns=("image_id", "region", "box"), projection=projection)[0]
+        out["times"].append(time.perf_counter() - t0)
+        out["top10"].append(rows_of(cand, 10))
+        top100 = ann_candidates(table, q[None], 100, config=config, columns=("image_id", "region"), projection=projection)[0]
+        out["top100"].append(rows_of(top100, 100))
+    return out
+
+
+def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int = 50,
+              ann: AnnConfig | None = None, spec: SyntheticSpec | None = None, keep: bool = False,
+              chunk: int = CHUNK) -> dict:
+    """One corpus of ``rows`` regions -> build seconds, bytes per image, p50/p95 latency,
+    recall@10/@100 against a streaming exact scan, and the query process's peak RSS."""
+    from resedis.bench.machine import run_isolated
+
+    ann = ann or AnnConfig(min_rows=1)
+    spec = spec or SyntheticSpec()
+    path = Path(workdir) / f"scale_{rows}_{storage}"
+    shutil.rmtree(path, ignore_errors=True)
+    write_s, projection = write_table(path, rows, storage, spec, chunk)
+    data_bytes = disk_bytes(path)
+    import lancedb
+
+    build = build_ann_index(lancedb.connect(str(path)).open_table("regions"), ann)
+    total_bytes = disk_bytes(path)
+    q = query_vectors(queries, spec, seed=rows)
+    t0 = time.perf_counter()
+    truth = streaming_exact_top(rows, storage, spec, q, chunk=chunk)
+    truth_s = time.perf_counter() - t0
+    result, rss = run_isolated(ann_job, str(path), q, ann, projection)
+    times = np.asarray(result["times"]) * 1000
+    entry = {
+        "rows": rows,
+        "images": rows // REGIONS_PER_IMAGE,
+        "storage": storage,
+        "queries": queries,
+        "write_s": round(write_s, 1),
+        "ann_build_s": round(build.seconds, 1),
+        "ann_index": build.to_json(),
+        "nprobes": ann.nprobes_for(build.num_partitions),
+        "candidates_k10": ann.candidates_for(10),
+        "bytes_per_image": round(total_bytes / rows * REGIONS_PER_IMAGE),
+        "data_bytes_per_image": round(data_bytes / rows * REGIONS_PER_IMAGE),
+        "p50_ms": round(float(np.percentile(times, 50)), 2),
+        "p95_ms": round(float(np.percentile(times, 95)), 2),
+        "recall_at_10": round(recall_at(truth, np.array(result["top10"]), 10), 4),
+        "recall_at_100": round(recall_at(truth, np.array(result["top100"]), 100), 4),
+        "exact_streaming_scan_s": round(truth_s, 1),
+        "searcher_peak_rss_mb": round(rss, 1),
+        "load_ids_boxes_s": round(result["load_ids_boxes_s"], 2),
+    }
+    if not keep:
+        shutil.rmtree(path, ignore_errors=True)
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m resedis.bench.scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--storage", default="int4", choices=quant.STORAGE_FORMATS)
+    p.add_argument("--queries", type=int, default=50)
+    p.add_argument("--partitions", type=int, help="IVF partitions (default: the AnnConfig rule)")
+    p.add_argument("--nprobes", type=int, help="partitions probed (default: the AnnConfig rule)")
+    p.add_argument("--min-candidates", type=int, help="candidates re-scored per query (default: AnnConfig's)")
+    p.add_argument("--workdir", default="/tmp/resedis-scale")
+    p.add_argument("--keep", action="store_true", help="keep the table (for reruns with other probes)")
+    p.add_argument("--out", help="write the entry as JSON here")
+    args = p.parse_args(argv)
+    ann = AnnConfig(min_rows=1, num_partitions=args.partitions, nprobes=args.nprobes)
+    if args.min_candidates:
+        ann.min_candidates = args.min_candidates
+    t0 = time.perf_counter()
+    entry = run_scale(args.rows, Path(args.workdir), storage=args.storage, queries=args.queries, ann=ann, keep=args.keep)
+    entry["wall_s"] = round(time.perf_counter() - t0, 1)
+    entry["argv"] = sys.argv
+    text = json.dumps(entry, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
