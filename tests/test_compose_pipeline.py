@@ -238,4 +238,5 @@ def test_with_a_vector_index_images_come_from_its_candidates_and_scores_stay_exa
         assert [(h.image_id, h.box, h.score, h.present) for h in got] == \
             [(h.image_id, h.box, h.score, h.present) for h in want[t]], t
     assert full_scans == []  # never a product over every region
+    assert not searcher.corpus().vectors_loaded  # nor the region matrix read whole
     assert searcher.ann.queries_answered - before == len(CUED)

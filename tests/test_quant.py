@@ -351,3 +351,22 @@ def test_projection_is_the_leading_principal_subspace_and_round_trips():
     np.testing.assert_array_equal(quant.projection_from_json(json.loads(json.dumps(record)), 21), p)
     with pytest.raises(ResedisError, match="ANN projection .'ann_projection'. is damaged"):
         quant.projection_from_json({**record, "shape": [19, 4]}, 21)
+
+
+@pytest.mark.parametrize("storage", quant.STORAGE_FORMATS)
+def test_a_lazy_corpus_reads_only_the_rows_asked(indexes, storage):
+    """``row_logits`` / ``row_vectors`` of a lazy corpus read those rows by table offset
+    (any order, repeats, none) and give the loaded corpus's numbers, leaving the matrix
+    unread (compositional search scores its chosen images' regions this way)."""
+    from resedis.index import open_index
+    from resedis.search_corpus import load_corpus
+
+    full = load_corpus(open_index(indexes[storage]), "stored")
+    lazy = load_corpus(open_index(indexes[storage]), "stored", lazy=True)
+    rng = np.random.default_rng(5)
+    rows = np.concatenate([rng.choice(len(full), 40, replace=False)[::-1], [3, 3, len(full) - 1, 0]])
+    queries = rng.standard_normal((3, full.dim)).astype(np.float32)
+    np.testing.assert_array_equal(lazy.row_logits(rows, queries), full.row_logits(rows, queries))
+    np.testing.assert_array_equal(lazy.row_vectors(rows), full.row_vectors(rows))
+    assert lazy.row_logits(np.zeros(0, np.int64), queries).shape == (0, 3)
+    assert not lazy.vectors_loaded

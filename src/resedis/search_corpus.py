@@ -85,6 +85,7 @@ class Corpus:
     bias: np.ndarray | None = None
     dim: int = 0
     loader: Callable[[], tuple] | None = field(default=None, repr=False, compare=False)
+    row_loader: Callable[[np.ndarray], tuple] | None = field(default=None, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -135,24 +136,41 @@ class Corpus:
                         self.vectors = self.vectors.astype(np.float32)
         return self.vectors
 
-    def row_vectors(self, rows) -> np.ndarray:
-        """(M,) corpus rows -> (M, D) float32 region vectors (decoded from the codes of a
-        compact index). Loads the matrix on first use."""
-        rows = np.asarray(rows, np.int64)
+    def _rows(self, rows: np.ndarray) -> tuple:
+        """(vectors or codes, step, bias, storage) of ``rows``: sliced from the matrix when it
+        is in memory (or there is no row loader), else read for those rows only (a lazy
+        corpus: the region matrix of a large library is never read whole for a few rows)."""
+        if self.vectors is None and self.row_loader is not None:
+            data, step, bias = self.row_loader(rows)
+            return data, step, bias, self.storage
         matrix = self.matrix()
         if quant.is_compact(self.storage):
-            return quant.dequantize(matrix[rows], self.step[rows], self.bias[rows], self.storage, self.dim)
-        return matrix[rows].astype(np.float32)
+            return matrix[rows], self.step[rows], self.bias[rows], self.storage
+        return matrix[rows], None, None, self.storage
+
+    def row_vectors(self, rows) -> np.ndarray:
+        """(M,) corpus rows -> (M, D) float32 region vectors (decoded from the codes of a
+        compact index). A lazy corpus reads only those rows."""
+        data, step, bias, storage = self._rows(np.asarray(rows, np.int64))
+        if quant.is_compact(storage):
+            return quant.dequantize(data, step, bias, storage, self.dim)
+        return data.astype(np.float32)
 
     def row_logits(self, rows, queries: np.ndarray) -> np.ndarray:
         """(M,) corpus rows, (Q, D) queries -> (M, Q) float32 logits of those rows (the
-        arithmetic of :meth:`logits`)."""
+        arithmetic of :meth:`logits`). A lazy corpus reads only those rows; a non-finite
+        logit there (a damaged row the full read would have hidden) is ``-inf``."""
         rows = np.asarray(rows, np.int64)
-        queries = np.asarray(queries, dtype=np.float32)
-        matrix = self.matrix()
-        if quant.is_compact(self.storage):
-            return quant.compact_logits(matrix[rows], self.step[rows], self.bias[rows], queries, self.storage, self.dim)
-        return matrix[rows].astype(np.float32, copy=False) @ queries.T
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        lazy = self.vectors is None and self.row_loader is not None
+        data, step, bias, storage = self._rows(rows)
+        if quant.is_compact(storage):
+            out = quant.compact_logits(data, step, bias, queries, storage, self.dim)
+        else:
+            out = data.astype(np.float32, copy=False) @ queries.T
+        if lazy:
+            out[~np.isfinite(out)] = -np.inf
+        return out
 
     def logits(self, queries: np.ndarray) -> np.ndarray:
         """(Q, D) query vectors -> (N, Q) float32 logits, computed in float32 chunks."""
@@ -165,14 +183,6 @@ class Corpus:
             block = matrix[start : start + _CHUNK_ROWS].astype(np.float32, copy=False)
             out[start : start + _CHUNK_ROWS] = block @ queries.T
         return out
-
-    def rows_logits(self, rows: np.ndarray, queries: np.ndarray) -> np.ndarray:
-        """(M,) region rows, (Q, D) query vectors -> (M, Q) float32 logits of those rows
-        only, from the stored vectors converted exactly to float32 (never the whole
-        matrix: a compositional query scores its chosen images' regions this way)."""
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        rows = np.asarray(rows, dtype=np.int64)
-        return self.vectors[rows].astype(np.float32, copy=False) @ queries.T
 
 
 def _warn_damaged(index: Index, damaged: np.ndarray, region_image: np.ndarray) -> None:
@@ -230,6 +240,32 @@ def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE, *, lazy:
         _warn_damaged(index, damaged & ~box_damaged if lazy else damaged, region_image)  # lazy: boxes said already
         return vectors, step, bias, damaged
 
+    def load_rows(rows: np.ndarray) -> tuple:
+        """-> (vectors or codes, step, bias) of corpus ``rows`` only, in that order (read by
+        table offset from the version the ids and boxes came from)."""
+        table = index.location.connect().open_table(REGIONS)
+        table.checkout(version[1])
+        offsets = reg_rows[rows]
+        wanted, back = np.unique(offsets, return_inverse=True)
+        names = ["vector"] if not quant.is_compact(storage) else ["codes", "step", "bias"]
+        data = table.take_offsets([int(o) for o in wanted]).select([*names, "_rowoffset"]).to_arrow() \
+            if len(wanted) else None
+        if data is None:
+            width = quant.code_width(storage, dim) if quant.is_compact(storage) else dim
+            empty = np.zeros((0, width), np.float32)
+            return empty, (np.zeros(0, np.float32) if quant.is_compact(storage) else None), \
+                (np.zeros(0, np.float32) if quant.is_compact(storage) else None)
+        got = data["_rowoffset"].to_numpy()
+        if not np.array_equal(np.sort(got), wanted):
+            raise ResedisError(f"{index.location}: reading {len(wanted)} region rows by offset returned other rows")
+        order = np.argsort(got)[back]  # rows as asked (take may return them in any order)
+        if not quant.is_compact(storage):
+            vectors = column_matrix(data["vector"], dim, np.float16 if storage == "float16" else np.float32)
+            return vectors[order], None, None
+        codes = column_matrix(data["codes"], quant.code_width(storage, dim), np.int8 if storage == "int8" else np.uint8)
+        step, bias = data["step"].to_numpy().astype(np.float32), data["bias"].to_numpy().astype(np.float32)
+        return codes[order], step[order], bias[order]
+
     region_image = joined["img_row"].to_numpy().astype(np.int64)
     widths = images["width"].to_numpy(zero_copy_only=False).astype(np.float64)
     heights = images["height"].to_numpy(zero_copy_only=False).astype(np.float64)
@@ -254,6 +290,7 @@ def load_corpus(index: Index, matrix_dtype: str = DEFAULT_MATRIX_DTYPE, *, lazy:
         storage=storage,
         dim=dim,
         loader=load_vectors,
+        row_loader=load_rows,
     )
     if not lazy:
         corpus.load()

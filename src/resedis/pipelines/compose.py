@@ -12,7 +12,7 @@ scores. Otherwise:
    inner product (:meth:`Corpus.logits`), or, when the regions table has a vector index,
    by its candidates re-scored exactly (:meth:`resedis.search.Searcher.ranking_logits`,
    as ``owl`` ranks: a library too large for a full scan). Every phrase is then scored
-   exactly on the chosen images' regions (:meth:`Corpus.rows_logits`): each phrase's
+   exactly on the chosen images' regions (:meth:`Corpus.row_logits`): each phrase's
    value at a region is the detector's own logit for that phrase and box;
 2. the subject term is the WHOLE expression's logit (today's ``owl`` score: it keeps
    the attributes and the detector's own reading of the sentence), except when the
@@ -192,7 +192,7 @@ class ComposePipeline(OwlPipeline):
             local[chosen] = np.arange(len(chosen))
             regions = np.flatnonzero(valid & (local[region_image] >= 0))
             phrases = list(p.phrases())
-            block = corpus.rows_logits(regions, vectors[[texts[t] for t in phrases]])
+            block = corpus.row_logits(regions, vectors[[texts[t] for t in phrases]])
             phrase_logits = {t: block[:, j].astype(np.float64) for j, t in enumerate(phrases)}
             prepared.composed[i] = ComposedQuery(
                 query=queries[i], parsed=p, logits=phrase_logits,
