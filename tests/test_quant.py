@@ -351,3 +351,17 @@ def test_projection_is_the_leading_principal_subspace_and_round_trips():
     np.testing.assert_array_equal(quant.projection_from_json(json.loads(json.dumps(record)), 21), p)
     with pytest.raises(ResedisError, match="ANN projection .'ann_projection'. is damaged"):
         quant.projection_from_json({**record, "shape": [19, 4]}, 21)
+
+
+def test_compact_candidates_grow_with_the_table():
+    """A compact table's candidates: the float rule, or 0.002 × rows when that is more
+    (1M rows: 2,000, the figure measured in docs/benchmarks.md); the share is validated."""
+    from resedis.index.ann import AnnConfig
+
+    config = AnnConfig()
+    assert config.compact_candidates_for(10, 100_000) == config.candidates_for(10) == 500
+    assert config.compact_candidates_for(10, 1_000_000) == 2_000
+    assert config.compact_candidates_for(10, 10_000_000) == 20_000
+    assert AnnConfig(compact_candidate_share=0.0).compact_candidates_for(100, 10_000_000) == 1_000
+    with pytest.raises(ResedisError, match="compact_candidate_share must be in"):
+        AnnConfig(compact_candidate_share=1.5).validate()
