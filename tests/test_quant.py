@@ -365,3 +365,17 @@ def test_compact_candidates_grow_with_the_table():
     assert AnnConfig(compact_candidate_share=0.0).compact_candidates_for(100, 10_000_000) == 1_000
     with pytest.raises(ResedisError, match="compact_candidate_share must be in"):
         AnnConfig(compact_candidate_share=1.5).validate()
+
+
+def test_index_agreement_compares_two_indexes_of_the_same_images(indexes, encoder):
+    """An index against itself agrees fully; float32 against float16 keeps every hit's score
+    within float16 rounding; the storage names and bytes per image are reported."""
+    from resedis.bench.storage import index_agreement
+
+    same = index_agreement(indexes["float16"], indexes["float16"], TEXTS, top_k=5, encoder=encoder)
+    assert same["top1_identical"] == same["topk_identical"] == same["topk_same_set"] == 1.0
+    assert same["max_score_diff"] == 0.0 and same["queries"] == len(TEXTS)
+    other = index_agreement(indexes["float16"], indexes["int4"], TEXTS, top_k=5, encoder=encoder)
+    assert other["reference_storage"] == "float16" and other["other_storage"] == "int4"
+    assert other["reference_bytes_per_image"] > 0 and other["other_bytes_per_image"] > 0
+    assert 0.0 <= other["topk_identical"] <= other["topk_same_set"] <= 1.0 and other["max_score_diff"] < 1.0

@@ -183,7 +183,7 @@ def index_agreement(reference_db, other_db, texts: list[str], *, top_k: int = 10
     for text in texts:
         a = [((h.image_id, h.box), h.score) for h in ref.search(text, top_k=top_k).hits]
         b = [((h.image_id, h.box), h.score) for h in other.search(text, top_k=top_k).hits]
-        top1 += a[:1] and b[:1] and a[0][0] == b[0][0]
+        top1 += bool(a and b and a[0][0] == b[0][0])
         same += [x for x, _ in a] == [x for x, _ in b]
         same_set += {x for x, _ in a} == {x for x, _ in b}
         scores = dict(b)
