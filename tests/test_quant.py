@@ -370,3 +370,31 @@ def test_a_lazy_corpus_reads_only_the_rows_asked(indexes, storage):
     np.testing.assert_array_equal(lazy.row_vectors(rows), full.row_vectors(rows))
     assert lazy.row_logits(np.zeros(0, np.int64), queries).shape == (0, 3)
     assert not lazy.vectors_loaded
+
+
+def test_compact_candidates_grow_with_the_table():
+    """A compact table's candidates: the float rule, or 0.002 × rows when that is more
+    (1M rows: 2,000, the figure measured in docs/benchmarks.md); the share is validated."""
+    from resedis.index.ann import AnnConfig
+
+    config = AnnConfig()
+    assert config.compact_candidates_for(10, 100_000) == config.candidates_for(10) == 500
+    assert config.compact_candidates_for(10, 1_000_000) == 2_000
+    assert config.compact_candidates_for(10, 10_000_000) == 20_000
+    assert AnnConfig(compact_candidate_share=0.0).compact_candidates_for(100, 10_000_000) == 1_000
+    with pytest.raises(ResedisError, match="compact_candidate_share must be in"):
+        AnnConfig(compact_candidate_share=1.5).validate()
+
+
+def test_index_agreement_compares_two_indexes_of_the_same_images(indexes, encoder):
+    """An index against itself agrees fully; float32 against float16 keeps every hit's score
+    within float16 rounding; the storage names and bytes per image are reported."""
+    from resedis.bench.storage import index_agreement
+
+    same = index_agreement(indexes["float16"], indexes["float16"], TEXTS, top_k=5, encoder=encoder)
+    assert same["top1_identical"] == same["topk_identical"] == same["topk_same_set"] == 1.0
+    assert same["max_score_diff"] == 0.0 and same["queries"] == len(TEXTS)
+    other = index_agreement(indexes["float16"], indexes["int4"], TEXTS, top_k=5, encoder=encoder)
+    assert other["reference_storage"] == "float16" and other["other_storage"] == "int4"
+    assert other["reference_bytes_per_image"] > 0 and other["other_bytes_per_image"] > 0
+    assert 0.0 <= other["topk_identical"] <= other["topk_same_set"] <= 1.0 and other["max_score_diff"] < 1.0

@@ -67,7 +67,10 @@ def test_storage_section(report):
     for name in ("int8", "int4"):
         a = st["agreement_vs_float16"][name]
         assert a["bound_ok"] is True and 0.0 <= a["top10_identical"] <= a["top10_same_set"] <= 1.0
+        assert 0.0 <= a["top1_identical"] <= 1.0 and st["agreement_vs_float16"]["queries"] == 10
         assert 0.0 < a["max_score_diff"] < 1.0
+        # the largest logit error against float32 stays within the documented bound
+        assert 0.0 < a["max_err_over_bound"] <= 1.0 + 1e-4 and a["max_logit_diff_vs_float32"] <= a["max_bound"] + 1e-4
     assert st["agreement_vs_float16"]["int8"]["max_logit_diff"] < st["agreement_vs_float16"]["int4"]["max_logit_diff"]
 
 

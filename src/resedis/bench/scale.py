@@ -161,7 +161,7 @@ def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int =
         "ann_build_s": round(build.seconds, 1),
         "ann_index": build.to_json(),
         "nprobes": ann.nprobes_for(build.num_partitions),
-        "candidates_k10": ann.candidates_for(10),
+        "candidates_k10": ann.candidates_for(10) if not quant.is_compact(storage) else ann.compact_candidates_for(10, rows),
         "bytes_per_image": round(total_bytes / rows * REGIONS_PER_IMAGE),
         "data_bytes_per_image": round(data_bytes / rows * REGIONS_PER_IMAGE),
         "p50_ms": round(float(np.percentile(times, 50)), 2),

@@ -166,3 +166,32 @@ def run_storage_bench(rows: int, queries: int, bytes_rows: int, workdir: str | P
     report = {"vectors": "synthetic OWL-like, 513-d", "agreement_vs_float16": agreement(vectors, query_vectors(queries, spec), formats)}
     report["bytes_per_image"] = bytes_per_image(vectors[:bytes_rows], ("float16", *formats), workdir=workdir)
     return report
+
+
+def index_agreement(reference_db, other_db, texts: list[str], *, top_k: int = 10, encoder=None) -> dict:
+    """Two indexes of the same images (e.g. float16 and int4) searched with the same texts
+    through the Searcher's exact path -> share of queries with identical top-1 / top-``k``
+    hits (image id and box, in order), the same top-``k`` set, the largest score difference
+    of a hit both return, and each index's bytes per image on disk."""
+    from resedis.index import open_index
+    from resedis.search import Searcher
+
+    ref = Searcher(reference_db, encoder=encoder, use_ann=False)
+    other = Searcher(other_db, encoder=encoder or ref.encoder, use_ann=False)
+    top1 = same = same_set = 0
+    diff = 0.0
+    for text in texts:
+        a = [((h.image_id, h.box), h.score) for h in ref.search(text, top_k=top_k).hits]
+        b = [((h.image_id, h.box), h.score) for h in other.search(text, top_k=top_k).hits]
+        top1 += bool(a and b and a[0][0] == b[0][0])
+        same += [x for x, _ in a] == [x for x, _ in b]
+        same_set += {x for x, _ in a} == {x for x, _ in b}
+        scores = dict(b)
+        diff = max([diff] + [abs(s - scores[x]) for x, s in a if x in scores])
+    out = {"queries": len(texts), "top_k": top_k, "top1_identical": top1 / len(texts),
+           "topk_identical": same / len(texts), "topk_same_set": same_set / len(texts), "max_score_diff": diff}
+    for name, db in (("reference", reference_db), ("other", other_db)):
+        index = open_index(db)
+        out[f"{name}_storage"] = index.manifest.vector_dtype
+        out[f"{name}_bytes_per_image"] = round(index.stats()["bytes"] / max(1, index.stats()["images"]))
+    return out

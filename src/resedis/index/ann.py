@@ -60,6 +60,9 @@ class AnnConfig:
     refine_factor: LanceDB re-reads ``refine_factor × limit`` full vectors when the index
         stores quantised ones (PQ/SQ); None leaves LanceDB's default.
     sample_rate / max_iterations: k-means training sample (rows per partition) and rounds.
+    compact_candidate_share: a compact index's ANN column (a 32-d projection) ranks the
+        members of a tight cluster of regions only roughly, so its candidates grow with the
+        table: at least ``share × rows`` (1M rows: 2,000; measured in docs/benchmarks.md).
     """
 
     min_rows: int = DEFAULT_MIN_ROWS
@@ -73,12 +76,15 @@ class AnnConfig:
     sample_rate: int = 256
     max_iterations: int = 50
     num_sub_vectors: int | None = None
+    compact_candidate_share: float = 0.002
 
     def validate(self) -> None:
         if self.index_type not in INDEX_TYPES:
             raise ResedisError(f"ANN index_type must be one of {INDEX_TYPES}, got {self.index_type!r}")
         if self.metric not in METRICS:
             raise ResedisError(f"ANN metric must be one of {METRICS}, got {self.metric!r}")
+        if not 0.0 <= self.compact_candidate_share <= 1.0:
+            raise ResedisError(f"ANN compact_candidate_share must be in [0, 1], got {self.compact_candidate_share}")
         for name in ("min_rows", "candidate_factor", "min_candidates", "sample_rate", "max_iterations"):
             if getattr(self, name) < 1:
                 raise ResedisError(f"ANN {name} must be >= 1, got {getattr(self, name)}")
@@ -99,6 +105,10 @@ class AnnConfig:
 
     def candidates_for(self, k: int) -> int:
         return max(self.min_candidates, self.candidate_factor * k)
+
+    def compact_candidates_for(self, k: int, rows: int) -> int:
+        """Candidates of a top-``k`` query on a compact table of ``rows`` rows."""
+        return max(self.candidates_for(k), int(self.compact_candidate_share * rows))
 
 
 @dataclass
@@ -341,7 +351,9 @@ def ann_candidates(
         raise ResedisError(f"query vectors have dimension {queries.shape[1]}, table {table.name} stores {dim}")
     if k < 1:
         raise ResedisError(f"k must be >= 1, got {k}")
-    limit = config.candidates_for(k) if limit is None else int(limit)
+    if limit is None:
+        limit = config.candidates_for(k) if storage is None else config.compact_candidates_for(k, table.count_rows())
+    limit = int(limit)
     if limit < 1:
         raise ResedisError(f"limit must be >= 1, got {limit}")
     idx = _vector_index(table)
@@ -465,7 +477,10 @@ class AnnSearch:
             return None
         queries = np.asarray(queries, np.float32)
         out = np.full((len(corpus), queries.shape[0]), -np.inf, np.float32)
-        need = self.config.candidates_for(k)
+        table = self.index.regions_table
+        total = table.count_rows()
+        need = (self.config.candidates_for(k) if compact_storage(table) is None
+                else self.config.compact_candidates_for(k, total))
         if allowed is not None:
             allowed_rows = np.flatnonzero(allowed)
             if len(allowed_rows) <= need:  # a selective filter: score its rows exactly
@@ -473,8 +488,6 @@ class AnnSearch:
                     out[allowed_rows] = corpus.row_logits(allowed_rows, queries)
                 self.queries_answered += queries.shape[0]
                 return out
-        table = self.index.regions_table
-        total = table.count_rows()
         projection = self.projection()
         limit = need
         todo = list(range(queries.shape[0]))

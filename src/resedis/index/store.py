@@ -71,7 +71,7 @@ def regions_schema(vector_dim: int, vector_dtype: str) -> pa.Schema:
             pa.field("region", pa.int32(), nullable=False),  # rank within the image (objectness order)
             pa.field("box", pa.list_(pa.float32(), 4), nullable=False),  # xyxy original pixels
             pa.field("objectness", pa.float32(), nullable=False),
-            *vector_fields(vector_dim, vector_dtype),  # "vector", or codes/step/bias/signs (resedis.quant)
+            *vector_fields(vector_dim, vector_dtype),  # "vector", or codes/step/bias/proj (resedis.quant)
             pa.field("batch", pa.int64(), nullable=False),
         ]
     )
