@@ -134,11 +134,14 @@ def test_region_matrix_conversion_and_logits(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="resedis.search_corpus"):
         assert fast.matrix() is matrix and not caplog.records  # converted once
         assert kept.matrix().dtype == np.float16 and kept.vectors.dtype == np.float16  # "stored": never converted
-    for corpus in (fast, kept):
-        logits = corpus.logits(queries.astype(np.float64))
-        assert logits.dtype == np.float32 and logits.shape == (len(rows), 3)
-        assert np.array_equal(logits, matrix @ queries.T)  # the float32 product, bit for bit
-        assert np.allclose(logits, reference, rtol=1e-5, atol=1e-6)
+    # alternate two query sets, so that a row left unwritten (np.empty recycles the last
+    # freed buffer of that size) holds the other set's numbers, not by chance the right ones
+    for corpus in (fast, kept, fast, kept):
+        for q, ref in ((queries, reference), (-2 * queries, -2 * reference)):
+            logits = corpus.logits(q.astype(np.float64))
+            assert logits.dtype == np.float32 and logits.shape == (len(rows), 3)
+            assert np.array_equal(logits, matrix @ q.T)  # the float32 product, bit for bit
+            assert np.allclose(logits, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_corpus_record_checks():
