@@ -76,7 +76,8 @@ def rank_hits(
         return []
     k = min(n, max(4 * top_k, 256))
     while True:
-        cand = np.argpartition(-logits, k - 1)[:k] if k < n else np.arange(n)
+        # candidates in row order, so that the stable sort ranks ties by row whatever the window
+        cand = np.sort(np.argpartition(-logits, k - 1)[:k]) if k < n else np.arange(n)
         order = cand[np.argsort(-logits[cand], kind="stable")]
         kept: list[tuple[int, float]] = []
         kept_boxes: dict[int, list[int]] = {}
