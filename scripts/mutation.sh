@@ -20,7 +20,7 @@ MODULES=(
   "search_corpus|src/resedis/search_corpus.py|tests/test_search.py tests/test_boundaries.py"
   "thresholds|src/resedis/thresholds.py|tests/test_threshold_source.py tests/test_calibrate.py tests/test_boundaries.py"
   "security|src/resedis/server/security.py|tests/server/test_security.py tests/server/test_image_id_guard.py"
-  "parser|src/resedis/expressions/parser.py|tests/expressions/test_expressions.py"
+  "parser|src/resedis/expressions/parser.py|tests/expressions/test_expressions.py tests/expressions/test_parser.py"
   "index_commit|src/resedis/index/commit.py|tests/index/test_index.py tests/index/test_index_kill.py"
   "index_session|src/resedis/index/session.py|tests/index/test_index.py tests/index/test_index_session.py"
 )

@@ -257,6 +257,11 @@ def _relation(tokens: list[str], i: int, kind: str, cue_words: str, draft: _Draf
 
 
 def _negation(tokens: list[str], i: int, cue_words: str, draft: _Draft) -> int:
+    k = i
+    while k < len(tokens) and tokens[k] in DETERMINERS:
+        k += 1
+    if k > i and k < len(tokens) and _match(tokens, k) is not None:
+        i = k  # "not the biggest": the determiner belongs to the negated cue, not an excluded phrase
     inner, j = _segment(tokens, i, nested=True, stop_at_cue=True)
     if inner.words:
         draft.negations.append((inner.words, cue_words))
