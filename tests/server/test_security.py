@@ -262,6 +262,13 @@ def test_api_key_middleware_leaves_other_paths_open(path):
     assert len(inner.calls) == 1
 
 
+def test_api_key_middleware_refuses_a_scope_without_headers():
+    inner = Recorder()
+    refusal(drive(ApiKeyMiddleware(inner, KEY), {"type": "http", "path": "/api/stats"}), 401, WRONG_KEY,
+            [(b"www-authenticate", b"X-API-Key")])
+    assert inner.calls == []
+
+
 def test_api_key_middleware_passes_non_http_scopes():
     inner = Recorder()
     sent = drive(ApiKeyMiddleware(inner, KEY), {"type": "lifespan", "path": "/api/stats"})
@@ -348,11 +355,38 @@ def test_body_limit_replays_a_disconnect_before_the_body():
     assert seen == [{"type": "http.disconnect", "marker": 1}, {"type": "http.disconnect"}]
 
 
+class ReadsOnce:
+    """An inner app that receives one message (any scope type) and records it with the scope."""
+
+    def __init__(self):
+        self.seen = []
+
+    async def __call__(self, scope, receive, send):
+        self.seen.append((scope, await receive()))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
 def test_body_limit_passes_non_http_scopes_untouched():
-    inner = Recorder()
+    inner = ReadsOnce()
     scope = {"type": "lifespan", "headers": [(b"content-length", b"x")]}
-    assert response(drive(BodyLimitMiddleware(inner, LIMIT), scope))[0] == 200
-    assert inner.calls[0]["scope"] is scope
+    drive(BodyLimitMiddleware(inner, LIMIT), scope, [{"type": "lifespan.startup"}])
+    assert inner.seen == [(scope, {"type": "lifespan.startup"})]
+    assert inner.seen[0][0] is scope
+
+
+def test_body_limit_buffers_a_scope_without_headers():
+    inner = ReadsOnce()
+    scope = {"type": "http", "path": "/api/index"}
+    drive(BodyLimitMiddleware(inner, LIMIT), scope, [{"type": "http.request", "body": b"abc"}])
+    assert inner.seen == [(scope, {"type": "http.request", "body": b"abc", "more_body": False})]
+
+
+def test_body_limit_replays_a_disconnect_with_the_scope():
+    inner = ReadsOnce()
+    scope = http()
+    drive(BodyLimitMiddleware(inner, LIMIT), scope, [{"type": "http.disconnect", "marker": 2}])
+    assert inner.seen == [(scope, {"type": "http.disconnect", "marker": 2})]
 
 
 def test_security_headers_are_added_to_every_http_response():
@@ -375,9 +409,11 @@ def test_security_headers_on_a_response_without_headers():
 
 
 def test_security_headers_leave_non_http_scopes_alone():
-    inner = Recorder()
-    sent = drive(SecurityHeadersMiddleware(inner), {"type": "lifespan"})
-    assert sent[0]["headers"] == [(b"x-inner", b"1")]
+    inner = ReadsOnce()
+    scope = {"type": "lifespan"}
+    sent = drive(SecurityHeadersMiddleware(inner), scope, [{"type": "lifespan.startup"}])
+    assert sent[0]["headers"] == []
+    assert inner.seen == [(scope, {"type": "lifespan.startup"})]
 
 
 def test_request_refused_carries_status_and_message():
