@@ -21,7 +21,7 @@ MODULES=(
   "thresholds|src/resedis/thresholds.py|tests/test_threshold_source.py tests/test_calibrate.py tests/test_boundaries.py"
   "security|src/resedis/server/security.py|tests/server/test_security.py tests/server/test_image_id_guard.py"
   "parser|src/resedis/expressions/parser.py|tests/expressions/test_expressions.py tests/expressions/test_parser.py"
-  "index_commit|src/resedis/index/commit.py|tests/index/test_index.py tests/index/test_index_kill.py"
+  "index_commit|src/resedis/index/commit.py|tests/index/test_commit.py"
   "index_session|src/resedis/index/session.py|tests/index/test_index.py tests/index/test_index_session.py"
 )
 
