@@ -22,7 +22,7 @@ MODULES=(
   "security|src/resedis/server/security.py|tests/server/test_security.py tests/server/test_image_id_guard.py"
   "parser|src/resedis/expressions/parser.py|tests/expressions/test_expressions.py tests/expressions/test_parser.py"
   "index_commit|src/resedis/index/commit.py|tests/index/test_commit.py"
-  "index_session|src/resedis/index/session.py|tests/index/test_index.py tests/index/test_index_session.py"
+  "index_session|src/resedis/index/session.py|tests/index/test_session.py"
 )
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
