@@ -132,6 +132,37 @@ FULL = {
     "dog between the cat": (
         "dog between the cat", plain("dog between the cat", "cat", ("dog", "between", "the")), (), (), (), (), True),
     "dog not left of": ("dog not left of", plain("dog not left of", "left", ("dog", "not")), (), (), (), (), True),
+    # "of the picture" after a position phrase is consumed with it, not with another noun
+    "dog in the middle of the picture": (
+        "dog in the middle of the picture", DOG, (("middle", "in the middle", False),), (), (), (), False),
+    "dog in the center of picture": (
+        "dog in the center of picture", DOG, (("middle", "in the center", False),), (), (), (), False),
+    "dog in the middle of the picture wearing a hat": (
+        "dog in the middle of the picture wearing a hat", plain("dog wearing a hat", "dog", modifier="wearing a hat"),
+        (("middle", "in the middle", False),), (), (), (), False),
+    "dog in the middle of the table": (
+        "dog in the middle of the table", plain("dog of the table", "dog", modifier="of the table"),
+        (("middle", "in the middle", False),), (), (), (), False),
+    "dog in the middle of": ("dog in the middle of", DOG, (("middle", "in the middle", False),), (), (), (), False),
+    "dog slightly left": (  # an intensifier before a position without a preposition is a plain word
+        "dog slightly left", plain("dog slightly", "slightly", ("dog",)), (("left", "left", False),), (), (), (), False),
+    "dog while, on the left": (  # a conjunction then a comma before a cue: skipped
+        "dog while on the left", DOG, (("left", "on the left", False),), (), (), (), False),
+    "dog left behind": (  # "left behind": both plain words, "behind" is not a relation here
+        "dog left behind", plain("dog left behind", "behind", ("dog", "left")), (), (), (), (), False),
+    "dog between the cat and the box, on the left": (  # the comma ends the second anchor too
+        "dog between the cat and the box on the left", DOG, (("left", "on the left", False),), (),
+        (("between", "between", False, (THE_CAT, anchor("the box", plain("the box", "box", det="the")))),), (), False),
+    "dog not on the left, and next to the cat": (  # the negation ends at the comma
+        "dog not on the left and next to the cat", DOG, (("left", "not on the left", True),), (),
+        (("next_to", "next to", False, (THE_CAT,)),), (), False),
+    "dog in the middle not on the left": (  # a negated cue is added to the earlier ones
+        "dog in the middle not on the left", DOG, (("middle", "in the middle", False), ("left", "not on the left", True)),
+        (), (), (), False),
+    "dog next to the cat, not left of the box": (
+        "dog next to the cat not left of the box", DOG, (), (),
+        (("next_to", "next to", False, (THE_CAT,)),
+         ("left_of", "not left of", True, (anchor("the box", plain("the box", "box", det="the")),))), (), False),
 }
 
 
