@@ -274,7 +274,7 @@ def test_an_image_that_breaks_the_model_becomes_a_skip(corpus, caplog):
     writer.failures_in_a_row = 2  # two failures earlier, then a success resets the count
     with caplog.at_level(logging.WARNING, logger="resedis.index.commit"):
         failed = writer.commit()
-    assert "model failed on a batch (RuntimeError: boom); retrying image by image" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == ["model failed on a batch (RuntimeError: boom); retrying image by image"]
     assert [(t.rel, s.source, s.reason) for t, s in failed] == [
         ("w1_13.png", str(root / "w1_13.png"), "model failed on this image (RuntimeError: boom)")]
     assert backend.calls == [([10, 13, 11], 7, 0.4), ([10], 7, 0.4), ([13], 7, 0.4), ([11], 7, 0.4)]
@@ -366,9 +366,11 @@ def test_repair_forgets_images_whose_regions_are_incomplete(corpus, caplog):
     root, paths, index = corpus
     commit_images(index, root, paths, [2, 1, 3], 1)
     index.regions_table.delete("image_id = 'c.png' AND region = 1")
-    with caplog.at_level(logging.WARNING, logger="resedis.index.commit"):
+    with caplog.at_level(logging.INFO, logger="resedis.index.commit"):
         assert repair(index) == 2  # c.png's two remaining regions, now orphans
-    assert "1 indexed images have missing or extra regions (damaged regions table?); re-encoding them" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 indexed images have missing or extra regions (damaged regions table?); re-encoding them",
+        "removed 2 orphan regions left by an interrupted batch"]
     assert sorted(r["image_id"] for r in table(index, IMAGES)) == ["a.png", "sub/b.png"]
     assert sorted(index.read(REGIONS)["image_id"].to_pylist()) == ["a.png", "a.png", "sub/b.png"]
 
@@ -461,7 +463,7 @@ def test_a_failed_compaction_is_a_warning(caplog):
     tables = Tables(fail={"regions"})
     with caplog.at_level(logging.WARNING, logger="resedis.index.commit"):
         compact(tables, end_of_run=True)
-    assert "could not compact table regions: disk full" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == ["could not compact table regions: disk full"]
     assert len(tables.skipped_table.calls) == 1  # the next table is still compacted
 
 
@@ -474,3 +476,49 @@ def test_compact_a_real_index(corpus):
     assert index.table_version(IMAGES) > before
     assert sorted(r["image_id"] for r in table(index, IMAGES)) == ["a.png", "c.png", "sub/b.png"]
     assert index.count(REGIONS) == 6
+
+
+class RecordingSideTable:
+    """A side table (:class:`resedis.index.side.SideTable`) that records what the writer asks of it."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.calls = []
+
+    def add(self, ids, images, regions, batch):
+        self.calls.append(("add", list(ids), [im.size for im in images], [len(r) for r in regions], batch))
+
+    def delete(self, ids):
+        self.calls.append(("delete", list(ids)))
+
+
+def test_side_tables_follow_the_commit(corpus):
+    root, paths, index = corpus
+    side = RecordingSideTable()
+    writer = BatchWriter(index, None, root, 3, [side])
+    writer.replaced.append("old.png")
+    for path, n in zip(paths[:2], (2, 1)):
+        writer.images.append((task_of(root, path), loaded(path)))
+        writer.prepared.append(None)
+        writer.regions.append(regions_of(n, n))
+    writer.commit()
+    assert side.calls == [("delete", ["old.png"]), ("add", ["a.png", "sub/b.png"], [(30, 20), (16, 40)], [2, 1], 3)]
+
+
+def test_a_commit_without_images_keeps_the_failure_count(corpus):
+    root, paths, index = corpus
+    writer = BatchWriter(index, FlakyEncoder(), root, 1)
+    writer.failures_in_a_row = 2
+    writer.skips.append((task_of(root, paths[0]), Skipped(str(paths[0]), "not an image")))
+    assert writer.commit() == [] and writer.batch == 2
+    assert writer.failures_in_a_row == 2  # no image reached the model: no success to reset it
+
+
+def test_repair_logs_what_it_removed(corpus, caplog):
+    root, paths, index = corpus
+    commit_images(index, root, paths[:1], [1], 1)
+    index.regions_table.add(region_rows(["c.png"], [regions_of(3, 0)], 2, DIM, "float32"))
+    with caplog.at_level(logging.INFO, logger="resedis.index.commit"):
+        assert repair(index) == 3
+    assert [r.getMessage() for r in caplog.records] == ["removed 3 orphan regions left by an interrupted batch"]
