@@ -19,9 +19,10 @@ MODULES=(
   "search|src/resedis/search.py|tests/test_search.py tests/test_boundaries.py tests/test_threshold_source.py"
   "search_corpus|src/resedis/search_corpus.py|tests/test_search_corpus_mutants.py"
   "thresholds|src/resedis/thresholds.py|tests/test_thresholds_mutants.py"
-  "security|src/resedis/server/security.py|tests/server/test_server_security.py tests/server/test_image_id_guard.py"
-  "index_commit|src/resedis/index/commit.py|tests/index/test_index.py tests/index/test_index_kill.py"
-  "index_writer|src/resedis/index/writer.py|tests/index/test_index.py tests/index/test_index_kill.py"
+  "security|src/resedis/server/security.py|tests/server/test_security.py tests/server/test_image_id_guard.py"
+  "parser|src/resedis/expressions/parser.py|tests/expressions/test_expressions.py tests/expressions/test_parser.py"
+  "index_commit|src/resedis/index/commit.py|tests/index/test_commit.py"
+  "index_session|src/resedis/index/session.py|tests/index/test_session.py"
 )
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"

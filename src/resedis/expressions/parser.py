@@ -18,7 +18,8 @@ each word the LONGEST phrase of any table that starts there wins:
 * a **negation** marker (``not``, ``without``, ``that is not``, ``with no`` ...): the
   words after it, up to the next cue, name what is excluded (the cue after them belongs
   to the outer phrase: "the man with no glasses next to the woman"). When they hold only a
-  position or relation, that cue is negated (``not on the left``); when they are only
+  position, superlative or relation, that cue is negated (``not on the left``; a
+  determiner before the cue is skipped: ``not the biggest``); when they are only
   colour/size words, the excluded phrase is those words + the subject's head noun
   (``the circle that is not red`` excludes ``red circle``). Cues inside an excluded
   phrase are dropped;
@@ -257,6 +258,11 @@ def _relation(tokens: list[str], i: int, kind: str, cue_words: str, draft: _Draf
 
 
 def _negation(tokens: list[str], i: int, cue_words: str, draft: _Draft) -> int:
+    k = i
+    while k < len(tokens) and tokens[k] in DETERMINERS:
+        k += 1
+    if k > i and k < len(tokens) and _match(tokens, k) is not None:
+        i = k  # "not the biggest": the determiner belongs to the negated cue, not an excluded phrase
     inner, j = _segment(tokens, i, nested=True, stop_at_cue=True)
     if inner.words:
         draft.negations.append((inner.words, cue_words))

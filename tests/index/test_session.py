@@ -1,0 +1,299 @@
+"""The indexing session (``resedis.index.session``) without a model: an index whose manifest
+is written here, fed precomputed regions (as Ray's workers do) or encoded by a region
+encoder that fails on chosen images, so every count of the report and every stored row is
+known. The session with a real (tiny) model: ``test_index_session.py``, ``test_index.py``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resedis.errors import IndexMismatchError, ResedisError
+from resedis.index import IndexConfig
+from resedis.index import session as session_module
+from resedis.index.commit import Lock
+from resedis.index.fs import as_location
+from resedis.index.manifest import Manifest, read_manifest, write_manifest
+from resedis.index.session import COMPACT_EVERY, IndexingSession, locate, stored_side_tables
+from resedis.index.store import IMAGES, REGIONS, SKIPPED, open_index
+from resedis.io.images import load_image
+from resedis.types import ImageRegions, Skipped
+
+DIM = 4
+MODEL = "owlv2:/not/loaded"
+LONG_AGO = "2000-01-01T00:00:00+00:00"
+
+
+def regions_of(n: int, seed: int) -> ImageRegions:
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 20, (n, 2))
+    boxes = np.concatenate([xy, xy + 5], axis=1).astype(np.float32)
+    return ImageRegions(boxes, rng.normal(size=n).astype(np.float32), rng.normal(size=(n, DIM)).astype(np.float32))
+
+
+def draw(root: Path, name: str, size=(20, 16), color=(200, 10, 10)) -> Path:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def make_db(db: Path, root: Path, **overrides) -> Manifest:
+    """An empty index (manifest only) for ``root``, as a first run writes it."""
+    loc = as_location(db)
+    loc.ensure_dir()
+    fields = dict(model=MODEL, vector_dim=DIM, vector_dtype="float32", preprocessing={}, root=str(root.resolve()),
+                  max_regions=7, nms_iou=0.4)
+    fields.update(overrides)
+    manifest = Manifest(**fields)
+    write_manifest(loc, manifest)
+    return manifest
+
+
+def run(root: Path, db: Path, config: IndexConfig, backend=None) -> tuple:
+    """One run: precomputed regions (n regions = image width % 3) unless ``backend`` encodes."""
+    with IndexingSession(root, db, config, progress=False) as session:
+        if not session.tasks:
+            assert session.region_encoder() is None  # nothing to encode: no model is loaded
+        session.start(backend)
+        for task in session.tasks:
+            result = load_image(task.path, config.max_pixels)
+            if isinstance(result, Skipped) or backend is not None:
+                session.add(task, result)
+            else:
+                session.add(task, result, regions=regions_of(result.width % 3, result.width))
+        session.end_encoding()
+    return session.report, session
+
+
+def counts(report) -> tuple:
+    return (report.added, report.updated, report.unchanged, report.removed, report.new_skipped, report.encoded)
+
+
+def rows(db: Path, name: str) -> dict:
+    return {r["image_id"]: r for r in open_index(db).read(name).to_pylist()}
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    root = tmp_path / "images"
+    for name, width in (("a.png", 20), ("b.png", 21), ("sub/c.png", 22)):
+        draw(root, name, (width, 16))
+    make_db(tmp_path / "db", root, updated=LONG_AGO)
+    return root, tmp_path / "db"
+
+
+def test_a_first_run_commits_in_batches_and_records_its_cost(folder):
+    root, db = folder
+    report, session = run(root, db, IndexConfig(batch_size=2))
+    assert counts(report) == (3, 0, 0, 0, 0, 3)
+    assert (report.db, report.root, report.model) == (str(as_location(db)), str(root.resolve()), MODEL)
+    assert report.skipped == [] and report.seconds > 0
+    images = rows(db, IMAGES)
+    assert {i: (r["batch"], r["n_regions"]) for i, r in images.items()} == {
+        "a.png": (1, 2), "b.png": (1, 0), "sub/c.png": (2, 1)}  # batch_size 2: two commits
+    assert open_index(db).count(REGIONS) == 3
+    manifest = read_manifest(as_location(db))
+    assert manifest.extra["index_timed_images"] == 3
+    assert manifest.extra["index_seconds_per_image"] == pytest.approx(session.encode_seconds / 3)
+    assert manifest.updated != LONG_AGO and manifest.model == MODEL
+    assert session.writer.batch == 3
+
+
+def test_a_batch_is_committed_when_batch_size_images_wait(folder):
+    root, db = folder
+    run(root, db, IndexConfig(batch_size=1))
+    assert sorted(r["batch"] for r in rows(db, IMAGES).values()) == [1, 2, 3]
+
+
+def test_a_second_run_updates_touches_prunes_and_skips(folder):
+    root, db = folder
+    run(root, db, IndexConfig(batch_size=2))
+    before = rows(db, IMAGES)
+    draw(root, "a.png", (24, 16), (1, 2, 3))  # changed content
+    os.utime(root / "b.png", ns=(10**18, 10**18))  # touched, same bytes
+    (root / "sub" / "c.png").unlink()  # gone
+    (root / "d.png").write_bytes(b"not an image")  # new and unreadable
+    draw(root, "e.png", (25, 16))  # new
+    report, _ = run(root, db, IndexConfig(batch_size=8, prune=True))
+    assert counts(report) == (1, 1, 1, 1, 1, 2)
+    images = rows(db, IMAGES)
+    assert sorted(images) == ["a.png", "b.png", "e.png"]
+    assert (images["a.png"]["width"], images["a.png"]["n_regions"], images["a.png"]["batch"]) == (24, 0, 3)
+    assert images["b.png"]["mtime_ns"] == 10**18 and images["b.png"]["batch"] == before["b.png"]["batch"]
+    assert images["e.png"]["batch"] == 3  # the first run committed batches 1 and 2
+    assert sorted(rows(db, SKIPPED)) == ["d.png"] and [s.source for s in report.skipped] == [str(root / "d.png")]
+    assert open_index(db).read(REGIONS)["image_id"].to_pylist() == ["e.png"]  # 25 % 3 = 1 region; a.png: 24 % 3 = 0
+    assert read_manifest(as_location(db)).extra["index_timed_images"] == 3 + 2
+
+
+def test_without_prune_gone_files_stay(folder):
+    root, db = folder
+    run(root, db, IndexConfig())
+    (root / "b.png").unlink()
+    report, _ = run(root, db, IndexConfig(prune=False))
+    assert counts(report) == (0, 0, 2, 0, 0, 0)
+    assert sorted(rows(db, IMAGES)) == ["a.png", "b.png", "sub/c.png"]
+
+
+def test_prune_drops_the_skip_records_of_gone_files(folder):
+    root, db = folder
+    (root / "bad.png").write_bytes(b"not an image")
+    run(root, db, IndexConfig())
+    assert sorted(rows(db, SKIPPED)) == ["bad.png"]
+    (root / "bad.png").unlink()
+    report, _ = run(root, db, IndexConfig(prune=True))
+    assert counts(report) == (0, 0, 3, 0, 0, 0) and rows(db, SKIPPED) == {}
+    updated = read_manifest(as_location(db)).updated
+    report, _ = run(root, db, IndexConfig(prune=True))  # nothing to do: the manifest is left alone
+    assert counts(report) == (0, 0, 3, 0, 0, 0) and read_manifest(as_location(db)).updated == updated
+
+
+def test_an_indexed_file_that_no_longer_decodes_is_removed_and_skipped(folder):
+    root, db = folder
+    run(root, db, IndexConfig())
+    (root / "b.png").write_bytes(b"now garbage")
+    report, _ = run(root, db, IndexConfig())
+    assert counts(report) == (0, 0, 2, 1, 1, 0)
+    assert sorted(rows(db, IMAGES)) == ["a.png", "sub/c.png"] and sorted(rows(db, SKIPPED)) == ["b.png"]
+    assert "index_timed_images" in read_manifest(as_location(db)).extra
+    assert read_manifest(as_location(db)).extra["index_timed_images"] == 3  # nothing encoded: no cost recorded
+
+
+class FlakyEncoder:
+    """A region encoder that fails on images of a chosen width."""
+
+    device = "cpu"
+
+    def __init__(self, bad_widths):
+        self.bad_widths = set(bad_widths)
+
+    def encode_images(self, images, max_regions, nms_iou):
+        if any(im.width in self.bad_widths for im in images):
+            raise RuntimeError("boom")
+        return [regions_of(im.width % 3, im.width) for im in images]
+
+
+def test_images_the_model_fails_on_are_counted_as_skips(folder):
+    root, db = folder
+    run(root, db, IndexConfig())
+    draw(root, "b.png", (31, 16), (9, 9, 9))  # changed, and the model fails on it
+    draw(root, "new.png", (31, 17))  # new, and the model fails on it
+    draw(root, "ok.png", (26, 16))
+    report, _ = run(root, db, IndexConfig(batch_size=8), backend=FlakyEncoder({31}))
+    assert counts(report) == (1, 0, 2, 1, 2, 1)
+    assert sorted(rows(db, IMAGES)) == ["a.png", "ok.png", "sub/c.png"]
+    assert sorted(rows(db, SKIPPED)) == ["b.png", "new.png"]
+
+
+def test_refused_entries_and_drops_are_committed_at_start(tmp_path):
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    outside = draw(tmp_path / "outside", "x.png")
+    (root / "link.png").symlink_to(outside)
+    make_db(tmp_path / "db", root)
+    report, _ = run(root, tmp_path / "db", IndexConfig())
+    assert counts(report) == (1, 0, 0, 0, 1, 1)
+    assert sorted(rows(tmp_path / "db", SKIPPED)) == ["link.png"]
+
+
+def test_compaction_every_compact_every_batches(folder, monkeypatch):
+    root, db = folder
+    calls = []
+    monkeypatch.setattr(session_module, "compact", lambda index, end_of_run=False: calls.append(end_of_run))
+    assert COMPACT_EVERY == 200
+    monkeypatch.setattr(session_module, "COMPACT_EVERY", 2)
+    run(root, db, IndexConfig(batch_size=1))
+    # three commits leave the writer at batch 2, 3, 4: compaction after the 1st and 3rd, then the run's own
+    assert calls == [False, False, True]
+
+
+def test_finishing_without_start_is_an_error(folder):
+    root, db = folder
+    with pytest.raises(ResedisError) as err:
+        with IndexingSession(root, db, IndexConfig(), progress=False):
+            pass
+    assert str(err.value) == "IndexingSession: start() was never called; nothing was indexed"
+    with Lock(as_location(db)):  # released all the same
+        pass
+
+
+def test_an_exception_in_the_block_leaves_the_index_unfinished_and_unlocked(folder):
+    root, db = folder
+    with pytest.raises(KeyError):
+        with IndexingSession(root, db, IndexConfig(), progress=False) as session:
+            session.start(None)
+            raise KeyError("driver failed")
+    assert read_manifest(as_location(db)).extra == {}  # no cost recorded, no finish
+    with Lock(as_location(db)):
+        pass
+
+
+@pytest.mark.parametrize("config, message", [
+    (IndexConfig(vector_dtype="float16"),
+     "the index was built with vector_dtype='float32', but vector_dtype='float16' was asked for; "
+     "omit it to keep the index's setting, or build a new index with --db NEW_DIR"),
+    (IndexConfig(max_regions=8),
+     "the index was built with max_regions=7, but max_regions=8 was asked for; "
+     "omit it to keep the index's setting, or build a new index with --db NEW_DIR"),
+    (IndexConfig(nms_iou=0.5),
+     "the index was built with nms_iou=0.4, but nms_iou=0.5 was asked for; "
+     "omit it to keep the index's setting, or build a new index with --db NEW_DIR"),
+])
+def test_settings_that_differ_from_the_index_are_refused(folder, config, message):
+    root, db = folder
+    with pytest.raises(IndexMismatchError) as err:
+        IndexingSession(root, db, config, progress=False).__enter__()
+    assert str(err.value) == f"{as_location(db)}: {message}"
+    with Lock(as_location(db)):  # the failed entry released the lock
+        pass
+
+
+def test_the_same_settings_are_accepted(folder):
+    root, db = folder
+    report, _ = run(root, db, IndexConfig(vector_dtype="float32", max_regions=7, nms_iou=0.4))
+    assert report.added == 3
+
+
+def test_another_folder_is_refused(folder, tmp_path):
+    _, db = folder
+    other = tmp_path / "other"
+    draw(other, "a.png")
+    with pytest.raises(ResedisError) as err:
+        IndexingSession(other, db, IndexConfig(), progress=False).__enter__()
+    assert str(err.value) == (f"{as_location(db)}: this index holds images of {(tmp_path / 'images').resolve()}, "
+                              f"not {other.resolve()}; use a separate --db for another folder")
+
+
+def test_a_non_empty_folder_without_a_manifest_is_refused(tmp_path):
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "notes.txt").write_text("mine")
+    with pytest.raises(ResedisError) as err:
+        IndexingSession(root, db, IndexConfig(), progress=False).__enter__()
+    assert str(err.value) == (f"{as_location(db)}: exists, is not empty, and has no resedis.json; "
+                              "refusing to write an index into it")
+
+
+def test_locate_excludes_an_index_inside_the_image_folder(tmp_path):
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    draw(root, "db/stray.png")
+    found_root, loc, walk = locate(root, root / "db", None)
+    assert found_root == root.resolve() and loc.local_path == (root / "db").resolve()
+    assert [p.name for p in walk.files] == ["a.png"]
+    _, _, walk = locate(root, tmp_path / "elsewhere", None)
+    assert sorted(p.name for p in walk.files) == ["a.png", "stray.png"]
+    assert (tmp_path / "elsewhere").is_dir()  # created
+
+
+def test_stored_side_tables_of_an_index_without_crops(folder):
+    root, db = folder
+    run(root, db, IndexConfig())
+    assert stored_side_tables(open_index(db)) == []
