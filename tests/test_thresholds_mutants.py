@@ -65,7 +65,7 @@ def test_checkpoint_threshold_reads_the_field_and_its_edges(tmp_path):
         got = checkpoint_threshold(model)
         assert got == (value, meta) and type(got[0]) is float, accepted
     for refused in ("Infinity", "-Infinity", "NaN", "-0.001", "true", "false", '"0.3"', "[0.3]"):
-        model_with(tmp_path, '{"presence_threshold": %s}' % refused)
+        model_with(tmp_path, '{"presence_threshold": ' + refused + '}')
         with pytest.raises(ResedisError) as err:
             checkpoint_threshold(model)
         assert str(err.value).startswith(f"{meta}: field 'presence_threshold' must be a finite number >= 0, got "), refused
