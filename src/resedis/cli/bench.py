@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from resedis.bench import DEFAULT_REPORT, BenchPlan, full_plan
+from resedis.bench.http import run_http_bench
 from resedis.cli.options import field_default, param_default, positive_int
 from resedis.errors import ResedisError
 from resedis.index.manifest import MANIFEST_NAME
@@ -57,10 +58,10 @@ def register(subparsers) -> None:
     p.add_argument("--http-db", metavar="DB", help="run only the HTTP step: serve this local index with `resedis "
                    "serve` and measure /api/search latency for one client, then for --http-clients concurrent "
                    "clients (distinct grammar queries, so the result cache never answers)")
-    p.add_argument("--http-clients", type=positive_int, default=20, metavar="N",
-                   help="with --http-db: concurrent clients (default 20)")
-    p.add_argument("--http-requests", type=positive_int, default=10, metavar="N",
-                   help="with --http-db: requests per client, sent back to back (default 10)")
+    p.add_argument("--http-clients", type=positive_int, metavar="N",
+                   help=f"with --http-db: concurrent clients (default {param_default(run_http_bench, 'clients')})")
+    p.add_argument("--http-requests", type=positive_int, metavar="N", help="with --http-db: requests per client, "
+                   f"sent back to back (default {param_default(run_http_bench, 'requests')})")
     p.add_argument(
         "--index-memory",
         type=sizes_list,
@@ -96,16 +97,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if args.http_db is not None:
-        from resedis.bench.http import grammar_texts, http_line, run_http_bench
+        from resedis.bench.http import grammar_texts, http_line
 
         out = Path(args.out or DEFAULT_REPORT)
         if out.exists() and out.is_dir():
             raise ResedisError(f"--out {out}: is a directory; give a file path")
         if not (Path(args.http_db) / MANIFEST_NAME).is_file():
             raise ResedisError(f"--http-db {args.http_db}: not an index (no {MANIFEST_NAME}); build one with `resedis index`")
-        need = args.http_requests * (args.http_clients + 1)
-        report = run_http_bench(args.http_db, grammar_texts(need + 1)[1:], clients=args.http_clients,
-                                requests=args.http_requests)
+        clients = args.http_clients or param_default(run_http_bench, "clients")
+        requests = args.http_requests or param_default(run_http_bench, "requests")
+        report = run_http_bench(args.http_db, grammar_texts(requests * (clients + 1) + 1)[1:],
+                                clients=clients, requests=requests)
         out.write_text(json.dumps({"http": report}, indent=2) + "\n")
         print(http_line(report))
         print(f"wrote {out}")
