@@ -297,3 +297,93 @@ def test_stored_side_tables_of_an_index_without_crops(folder):
     root, db = folder
     run(root, db, IndexConfig())
     assert stored_side_tables(open_index(db)) == []
+
+
+class SpecEncoder:
+    """A region encoder that only names its model and preprocessing (opening an index checks
+    both before anything is encoded); its weights are a folder with a config.json."""
+
+    device = "cpu"
+    vector_dim = DIM
+
+    def __init__(self, spec: str, preprocessing: dict, weights: Path | None = None):
+        self.spec = spec
+        self._pre = preprocessing
+        self.model = type("Model", (), {"name_or_path": str(weights) if weights else ""})()
+
+    def preprocessing(self) -> dict:
+        return dict(self._pre)
+
+
+def test_another_model_asked_for_is_refused(folder):
+    root, db = folder
+    with pytest.raises(IndexMismatchError) as err:
+        IndexingSession(root, db, IndexConfig(model="owlv2:/other/model"), progress=False).__enter__()
+    assert str(err.value).startswith(
+        f"{as_location(db)}: the index was built with model 'owlv2:/not/loaded', but 'owlv2:/other/model' was asked for.")
+
+
+def test_an_encoder_of_another_model_is_refused(folder):
+    root, db = folder
+    with pytest.raises(IndexMismatchError) as err:
+        IndexingSession(root, db, IndexConfig(), encoder=SpecEncoder("owlv2:/other/model", {}), progress=False).__enter__()
+    assert str(err.value).startswith(
+        f"{as_location(db)}: the index was built with model 'owlv2:/not/loaded', but 'owlv2:/other/model' was asked for.")
+
+
+def test_an_encoder_that_preprocesses_otherwise_is_refused(tmp_path):
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    db = tmp_path / "db"
+    make_db(db, root, preprocessing={"input_size": [192, 192]})
+    same = SpecEncoder(MODEL, {"input_size": [192, 192]})
+    with IndexingSession(root, db, IndexConfig(), encoder=same, progress=False) as session:
+        session.start(None)
+        session.end_encoding()
+    other = SpecEncoder(MODEL, {"input_size": [224, 224]})
+    with pytest.raises(IndexMismatchError) as err:
+        IndexingSession(root, db, IndexConfig(), encoder=other, progress=False).__enter__()
+    message = str(err.value)
+    assert message.startswith(f"{as_location(db)}: the index was built with model 'owlv2:/not/loaded' preprocessing")
+    assert "input_size: index [192, 192], model now [224, 224]" in message
+
+
+def test_a_new_index_in_a_folder_holding_only_the_lock_records_the_encoder(tmp_path):
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    (weights / "model.safetensors").write_bytes(b"0123")
+    db = tmp_path / "db"  # created by the session, then holding only its .lock when the index is opened
+    encoder = SpecEncoder("owlv2:" + str(weights), {"input_size": [32, 32]}, weights)
+    with IndexingSession(root, db, IndexConfig(max_regions=5), encoder=encoder, progress=False) as session:
+        assert session.region_encoder() is encoder
+        session.start(None)
+        for task in session.tasks:
+            session.add(task, load_image(task.path, None), regions=regions_of(2, 1))
+        session.end_encoding()
+    manifest = read_manifest(as_location(db))
+    assert (manifest.model, manifest.vector_dim, manifest.max_regions) == (f"owlv2:{weights}", DIM, 5)
+    assert manifest.preprocessing == {"input_size": [32, 32]}
+    assert manifest.weights_fingerprint.startswith("sha256:")
+    assert sorted(rows(db, IMAGES)) == ["a.png"]
+
+
+def test_a_new_index_loads_the_model_it_names(tmp_path):
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    with pytest.raises(ResedisError) as err:
+        IndexingSession(root, tmp_path / "db", IndexConfig(model="owlv2:/nonexistent/x"), progress=False).__enter__()
+    assert str(err.value).startswith("weights for model owlv2:/nonexistent/x not found.")
+
+
+def test_locate_does_not_follow_symlinks_unless_asked(tmp_path):
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    outside = draw(tmp_path / "outside", "x.png")
+    (root / "link.png").symlink_to(outside)
+    _, _, walk = locate(root, tmp_path / "db", None)
+    assert [p.name for p in walk.files] == ["a.png"]
+    _, _, walk = locate(root, tmp_path / "db", None, follow_symlinks=True)
+    assert sorted(p.name for p in walk.files) == ["a.png", "link.png"]
