@@ -21,7 +21,10 @@ from resedis.index.manifest import Manifest, read_manifest, write_manifest
 from resedis.index.session import COMPACT_EVERY, IndexingSession, locate, stored_side_tables
 from resedis.index.store import IMAGES, REGIONS, SKIPPED, open_index
 from resedis.io.images import load_image
+from resedis.index.config import REGION_NMS_IOU
+from resedis.quant import DEFAULT_STORAGE
 from resedis.types import ImageRegions, Skipped
+from resedis.version import __version__
 
 DIM = 4
 MODEL = "owlv2:/not/loaded"
@@ -367,6 +370,9 @@ def test_a_new_index_in_a_folder_holding_only_the_lock_records_the_encoder(tmp_p
     assert (manifest.model, manifest.vector_dim, manifest.max_regions) == (f"owlv2:{weights}", DIM, 5)
     assert manifest.preprocessing == {"input_size": [32, 32]}
     assert manifest.weights_fingerprint.startswith("sha256:")
+    # what the config left unset takes the library's defaults; the root is the resolved folder
+    assert (manifest.vector_dtype, manifest.nms_iou) == (DEFAULT_STORAGE, REGION_NMS_IOU)
+    assert (manifest.root, manifest.package_version) == (str(root.resolve()), __version__)
     assert sorted(rows(db, IMAGES)) == ["a.png"]
 
 
