@@ -393,3 +393,19 @@ def test_locate_does_not_follow_symlinks_unless_asked(tmp_path):
     assert [p.name for p in walk.files] == ["a.png"]
     _, _, walk = locate(root, tmp_path / "db", None, follow_symlinks=True)
     assert sorted(p.name for p in walk.files) == ["a.png", "link.png"]
+
+
+def test_the_region_encoder_is_loaded_on_the_device_asked_and_must_be_owl(monkeypatch):
+    calls = []
+
+    def fake_load(spec, device):
+        calls.append((spec, device))
+        return type("Backend", (), {"kind": "segmenter" if spec.startswith("sam:") else "region+text", "spec": spec})()
+
+    monkeypatch.setattr(session_module, "load_model", fake_load)
+    backend = session_module.load_region_encoder("owlv2:/w", "cuda:1")
+    assert backend.spec == "owlv2:/w" and calls == [("owlv2:/w", "cuda:1")]
+    with pytest.raises(ResedisError) as err:
+        session_module.load_region_encoder("sam:/s", "cpu")
+    assert str(err.value) == ("model 'sam:/s' is a segmenter backend, not a region+text backend; "
+                              "index needs an OWL-family model (owlv2:, owlvit:)")
