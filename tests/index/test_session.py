@@ -409,3 +409,12 @@ def test_the_region_encoder_is_loaded_on_the_device_asked_and_must_be_owl(monkey
         session_module.load_region_encoder("sam:/s", "cpu")
     assert str(err.value) == ("model 'sam:/s' is a segmenter backend, not a region+text backend; "
                               "index needs an OWL-family model (owlv2:, owlvit:)")
+
+
+def test_a_new_index_refuses_a_model_other_than_the_encoder_given(tmp_path):
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    with pytest.raises(IndexMismatchError) as err:
+        IndexingSession(root, tmp_path / "db", IndexConfig(model="owlv2:/asked"),
+                        encoder=SpecEncoder("owlv2:/given", {}), progress=False).__enter__()
+    assert str(err.value) == "config.model 'owlv2:/asked' differs from the given encoder's spec 'owlv2:/given'"
