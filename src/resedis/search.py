@@ -283,9 +283,7 @@ class Searcher:
             t0 = time.perf_counter()
             queries = self.encode(chunk) if vectors is None else vectors[start : start + batch_size]
             t1 = time.perf_counter()
-            logits = self.ann.logits(corpus, queries, top_k, prefilter) if self.ann is not None and allowed is None else None
-            if logits is None:
-                logits = corpus.logits(queries)
+            logits = self.ranking_logits(corpus, queries, top_k, prefilter) if allowed is None else corpus.logits(queries)
             if allowed is not None:
                 logits[~allowed] = -np.inf
             if prefilter is not None:  # a metadata filter, before the top-k is cut
