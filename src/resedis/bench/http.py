@@ -1,7 +1,7 @@
 """Search latency over HTTP with many concurrent clients (``resedis bench --http-db DB``).
 
-Starts ``resedis serve`` on the index ``DB`` in its own process (loopback, a free port),
-waits until ``/healthz`` says it is ready, then runs two phases against ``/api/search``
+Starts ``resedis serve`` on the index ``DB`` in its own process (loopback, a free port:
+:class:`resedis.testing.serve.ServeProcess`), waits until ``/healthz`` says it is ready, then runs two phases against ``/api/search``
 with the same list of distinct query texts, so the service's result cache never answers:
 
 * ``single`` — one client, one request at a time: the latency of an idle service;
@@ -16,12 +16,9 @@ process). A figure, not a test: the numbers depend on the machine and on what el
 from __future__ import annotations
 
 import http.client
-import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -30,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from resedis.bench.machine import process_peak_rss_mb
 from resedis.errors import ResedisError
 from resedis.synth.queries import random_expression
+from resedis.testing.serve import ServeProcess
 
 READY_TIMEOUT_S = 600.0
 
@@ -46,13 +45,6 @@ def grammar_texts(n: int, seed: int = 0) -> list[str]:
         if len(texts) == n:
             return list(texts)
     raise ResedisError(f"the grammar gave only {len(texts)} distinct expressions, {n} wanted")
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -72,47 +64,6 @@ def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
 
 def _search_path(text: str, top_k: int) -> str:
     return "/api/search?" + urllib.parse.urlencode({"q": text, "top_k": top_k})
-
-
-def _peak_rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def start_server(db: str | os.PathLike, port: int, threads: int | None = None) -> subprocess.Popen:
-    """``resedis serve --db DB`` in a child process running this very package."""
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    cmd = [sys.executable, "-m", "resedis", "serve", "--db", str(db), "--port", str(port), "--log-level", "warning"]
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def wait_ready(proc: subprocess.Popen, port: int, timeout: float = READY_TIMEOUT_S) -> float:
-    """Poll ``/healthz`` until ``ready`` is true -> seconds it took; raise if the child died."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise ResedisError(f"resedis serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            status, body = _get(conn, "/healthz")
-            conn.close()
-            if status == 200 and json.loads(body).get("ready"):
-                return time.perf_counter() - t0
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise ResedisError(f"resedis serve on port {port} was not ready after {timeout:.0f} s")
 
 
 def _phase(port: int, texts: list[list[str]], top_k: int) -> dict:
@@ -183,26 +134,27 @@ def run_http_bench(db: str | os.PathLike, texts: list[str], *, clients: int = 20
     if len(distinct) < need:
         raise ResedisError(f"need {need} distinct query texts for {clients} clients x {requests} requests "
                            f"(+ {requests} single-client), got {len(distinct)}")
-    port = free_port()
-    proc = start_server(db, port, threads)
-    try:
-        ready_s = wait_ready(proc, port)
-        warm = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        status, body = _get(warm, _search_path("warm-up query", top_k))
-        warm.close()
-        if status != 200:
-            raise ResedisError(f"warm-up search answered {status}: {body[:500]!r}")
-        single = _phase(port, [distinct[:requests]], top_k)
-        rest = distinct[requests:need]
-        concurrent = _phase(port, [rest[i * requests:(i + 1) * requests] for i in range(clients)], top_k)
-        rss = _peak_rss_mb(proc.pid)
-    finally:
-        proc.terminate()
+    extra = ["--log-level", "warning", *(["--threads", str(threads)] if threads is not None else [])]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            server = ServeProcess(Path(db), Path(tmp) / "serve.log", *extra, timeout=READY_TIMEOUT_S, ready=True)
+        except RuntimeError as exc:  # it exited, or never got ready: its log says why
+            raise ResedisError(str(exc)[-2000:]) from None
+        ready_s = time.perf_counter() - t0
+        try:
+            port = server.port
+            warm = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+            status, body = _get(warm, _search_path("warm-up query", top_k))
+            warm.close()
+            if status != 200:
+                raise ResedisError(f"warm-up search answered {status}: {body[:500]!r}")
+            single = _phase(port, [distinct[:requests]], top_k)
+            rest = distinct[requests:need]
+            concurrent = _phase(port, [rest[i * requests:(i + 1) * requests] for i in range(clients)], top_k)
+            rss = process_peak_rss_mb(server.proc.pid)
+        finally:
+            server.stop()
     return {"db": str(db), "top_k": top_k, "ready_s": round(ready_s, 2), "single": single,
             "concurrent": concurrent, "server_peak_rss_mb": round(rss, 1) if rss is not None else None}
 
@@ -216,4 +168,4 @@ def http_line(r: dict) -> str:
             f"server peak RSS {r['server_peak_rss_mb']} MiB")
 
 
-__all__ = ["free_port", "grammar_texts", "http_line", "percentile", "run_http_bench", "start_server", "wait_ready"]
+__all__ = ["grammar_texts", "http_line", "percentile", "run_http_bench"]

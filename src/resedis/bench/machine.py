@@ -82,6 +82,19 @@ def machine_info() -> dict:
     return info
 
 
+def process_peak_rss_mb(pid: int | str) -> float | None:
+    """Peak resident set size of process ``pid`` (``"self"``: this one) in MiB, from
+    ``VmHWM`` of ``/proc/PID/status``; None where that cannot be read (not Linux, gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of THIS process so far, in MiB.
 
@@ -90,13 +103,9 @@ def peak_rss_mb() -> float:
     fork + exec, so a spawned child would report its parent's peak. Elsewhere:
     ``ru_maxrss`` (KiB on Linux/BSD, bytes on macOS).
     """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        pass
+    peak = process_peak_rss_mb("self")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 

@@ -27,9 +27,10 @@ def free_port() -> int:
 class ServeProcess:
     """``python -m resedis serve --db DB --port P *extra`` offline (no API key), output to
     ``log``; the constructor returns once ``/healthz`` answers 200, else raises
-    RuntimeError with the log (the process exited, or ``timeout`` seconds passed)."""
+    RuntimeError with the log (the process exited, or ``timeout`` seconds passed).
+    ``ready``: wait until ``/healthz`` also says ``ready`` (the models and the index loaded)."""
 
-    def __init__(self, db: Path, log: Path, *extra: str, timeout: float = 180.0):
+    def __init__(self, db: Path, log: Path, *extra: str, timeout: float = 180.0, ready: bool = False):
         import httpx
 
         self.port = free_port()
@@ -46,7 +47,8 @@ class ServeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"resedis serve exited with {self.proc.returncode}:\n{log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                answer = httpx.get(f"{self.url}/healthz", timeout=1)
+                if answer.status_code == 200 and (not ready or answer.json().get("ready")):
                     return
             except httpx.HTTPError:
                 pass
