@@ -44,7 +44,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (
         "core",
         ("types", "errors", "storage_errors", "version", "boxes", "masks", "metrics", "eval_protocols", "expressions", "threads",
-         "filters", "quant"),
+         "filters", "quant", "ann_projection"),
         "records (Hit, Query, Dataset), errors, box/mask geometry, metrics and benchmark protocols, "
         "the expression parser and its geometric scoring, the region-vector codec, small pure utilities",
     ),

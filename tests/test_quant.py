@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from resedis import quant
+from resedis.ann_projection import PROJECTION_KEY, fit_projection, proj_dims, projection_from_json, projection_to_json
 from resedis.errors import IndexMismatchError, ResedisError
 
 TEXTS = ["a red circle", "the large blue square at the top", "a small green triangle", "two yellow stars"]
@@ -135,14 +136,16 @@ def test_the_manifest_and_table_record_the_storage(indexes):
         else:
             assert "vector" in names and "codes" not in names
         # A compact index's ANN projection: fitted on its first batch, recorded before any row used it.
-        record = json.loads((db / "resedis.json").read_text()).get(quant.PROJECTION_KEY)
+        record = json.loads((db / "resedis.json").read_text()).get(PROJECTION_KEY)
         if quant.is_compact(storage):
             dim = index.manifest.vector_dim
-            projection = quant.projection_from_json(record, dim)
-            assert projection.shape == (dim - 1, quant.proj_dims(dim)) and record["fitted_rows"] > 0
-            np.testing.assert_allclose(projection.T @ projection, np.eye(projection.shape[1]), atol=1e-5)
+            projection = projection_from_json(record, dim)
+            basis = projection.basis
+            assert basis.shape == (dim - 1, proj_dims(dim)) and record["fitted_rows"] > 0
+            assert not projection.legacy and record["mips_norm"] == projection.norm > 0
+            np.testing.assert_allclose(basis.T @ basis, np.eye(basis.shape[1]), atol=1e-5)
             proj = np.asarray(index.regions_table.to_arrow()["proj"].to_pylist()[:3], np.float32)
-            assert proj.shape == (3, quant.proj_dims(dim)) and np.abs(proj).max() > 0
+            assert proj.shape == (3, proj_dims(dim) + 2) and np.abs(proj).max() > 0
         else:
             assert record is None
 
@@ -342,15 +345,19 @@ def test_projection_is_the_leading_principal_subspace_and_round_trips():
     basis = np.linalg.qr(rng.standard_normal((20, 20)))[0]
     a = (rng.standard_normal((500, 20)) * np.linspace(5, 0.1, 20)) @ basis.T  # known spectrum
     v = np.concatenate([a, rng.normal(size=(500, 1))], axis=1).astype(np.float32)
-    p = quant.fit_projection(v, 4)
+    p = fit_projection(v, 4)
     _, _, vt = np.linalg.svd(a - a.mean(0), full_matrices=False)
     top = vt[:4].T  # reference: the 4 leading right singular vectors
-    np.testing.assert_allclose(np.abs(np.linalg.svd(top.T @ p)[1]), 1.0, atol=1e-4)  # same subspace
-    np.testing.assert_allclose(quant.project(v, p), a.astype(np.float32) @ p, rtol=1e-4, atol=1e-4)
-    record = quant.projection_to_json(p, 500)
-    np.testing.assert_array_equal(quant.projection_from_json(json.loads(json.dumps(record)), 21), p)
+    np.testing.assert_allclose(np.abs(np.linalg.svd(top.T @ p.basis)[1]), 1.0, atol=1e-4)  # same subspace
+    assert p.norm == pytest.approx(np.linalg.norm(v.astype(np.float64), axis=1).max(), rel=1e-6)
+    record = projection_to_json(p, 500)
+    back = projection_from_json(json.loads(json.dumps(record)), 21)
+    np.testing.assert_array_equal(back.basis, p.basis)
+    assert back.norm == p.norm and back.width == 6
     with pytest.raises(ResedisError, match="ANN projection .'ann_projection'. is damaged"):
-        quant.projection_from_json({**record, "shape": [19, 4]}, 21)
+        projection_from_json({**record, "shape": [19, 4]}, 21)
+    with pytest.raises(ResedisError, match="is damaged .mips_norm -1.0."):
+        projection_from_json({**record, "mips_norm": -1.0}, 21)
 
 
 @pytest.mark.parametrize("storage", quant.STORAGE_FORMATS)
@@ -372,16 +379,19 @@ def test_a_lazy_corpus_reads_only_the_rows_asked(indexes, storage):
     assert not lazy.vectors_loaded
 
 
-def test_compact_candidates_grow_with_the_table():
-    """A compact table's candidates: the float rule, or 0.002 × rows when that is more
-    (1M rows: 2,000, the figure measured in docs/benchmarks.md); the share is validated."""
+def test_compact_candidates_grow_with_the_table_only_for_the_legacy_column():
+    """A compact table's candidates: the float rule for the current ANN column (a logit
+    estimate); for the legacy direction-only column, 0.002 × rows when that is more (1M
+    rows: 2,000, the figure measured in docs/benchmarks.md); the share is validated."""
     from resedis.index.ann import AnnConfig
 
     config = AnnConfig()
-    assert config.compact_candidates_for(10, 100_000) == config.candidates_for(10) == 500
-    assert config.compact_candidates_for(10, 1_000_000) == 2_000
-    assert config.compact_candidates_for(10, 10_000_000) == 20_000
-    assert AnnConfig(compact_candidate_share=0.0).compact_candidates_for(100, 10_000_000) == 1_000
+    assert config.compact_candidates_for(10, 10_000_000) == config.candidates_for(10) == 500
+    assert config.compact_candidates_for(100, 10_000_000) == 1_000
+    assert config.compact_candidates_for(10, 100_000, legacy=True) == 500
+    assert config.compact_candidates_for(10, 1_000_000, legacy=True) == 2_000
+    assert config.compact_candidates_for(10, 10_000_000, legacy=True) == 20_000
+    assert AnnConfig(compact_candidate_share=0.0).compact_candidates_for(100, 10_000_000, legacy=True) == 1_000
     with pytest.raises(ResedisError, match="compact_candidate_share must be in"):
         AnnConfig(compact_candidate_share=1.5).validate()
 

@@ -37,3 +37,23 @@ def test_run_scale_reports_every_figure(tmp_path):
     assert entry["bytes_per_image"] > entry["data_bytes_per_image"] >= 100 * quant.bytes_per_region("int8", SPEC.dim)
     assert entry["searcher_peak_rss_mb"] > 0
     assert not (tmp_path / "scale_3000_int8").exists()  # removed unless keep=True
+
+
+def test_a_kept_table_is_queried_again_without_rebuilding(tmp_path):
+    """--keep then --reuse: the second run queries the same table with other settings,
+    reports the first run's build figures, and its recall is against the same exact rows
+    (every row a candidate: 1.0 again; one probe of many partitions and few candidates: less)."""
+    everything = AnnConfig(min_rows=1, num_partitions=4, nprobes=4, min_candidates=5000)
+    first = run_scale(3000, tmp_path, storage="int4", queries=4, ann=everything, spec=SPEC, chunk=1000, keep=True)
+    assert (tmp_path / "scale_3000_int4" / "build.json").is_file() and not first["reused_table"]
+    again = run_scale(3000, tmp_path, storage="int4", queries=4, ann=everything, spec=SPEC, chunk=1000, reuse=True, keep=True)
+    assert again["reused_table"] and again["recall_at_10"] == first["recall_at_10"] == 1.0
+    for key in ("write_s", "ann_build_s", "bytes_per_image", "exact_streaming_scan_s"):
+        assert again[key] == first[key]
+    narrow = AnnConfig(min_rows=1, num_partitions=4, nprobes=1, min_candidates=10, candidate_factor=1)
+    assert run_scale(3000, tmp_path, storage="int4", queries=4, ann=narrow, spec=SPEC, chunk=1000, reuse=True,
+                     keep=True)["recall_at_100"] < 1.0
+    with pytest.raises(SystemExit, match="fewer queries"):
+        run_scale(3000, tmp_path, storage="int4", queries=9, ann=everything, spec=SPEC, chunk=1000, reuse=True, keep=True)
+    with pytest.raises(SystemExit, match="no kept table"):
+        run_scale(3000, tmp_path / "none", storage="int4", queries=4, ann=everything, spec=SPEC, chunk=1000, reuse=True)

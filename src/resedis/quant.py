@@ -20,16 +20,12 @@ step + bias). ``float32``/``float16`` store ``v`` itself (column ``vector``) as 
 
 Stored columns of the compact formats (see :mod:`resedis.index.columns`): ``codes``
 (fixed-size list of ``int8`` [E] or ``uint8`` [ceil(E/2)], low nibble = even
-component, value + 8), ``step`` float32, ``bias`` float32. For the ANN stage they add
-``proj`` (:data:`PROJ_DIMS` float16, 64 bytes): ``a`` projected on its leading principal
-directions (:func:`fit_projection`, fitted on the first rows an index writes and kept in
-its manifest), indexed by LanceDB (IVF_SQ, cosine); candidates from it are re-scored
-with the codes.
+component, value + 8), ``step`` float32, ``bias`` float32. For the ANN stage they add the ``proj`` column
+(:mod:`resedis.ann_projection`, 68 bytes), indexed by LanceDB (IVF_SQ, cosine);
+candidates from it are re-scored with the codes.
 """
 
 from __future__ import annotations
-
-import base64
 
 import numpy as np
 
@@ -40,12 +36,6 @@ COMPACT_FORMATS = ("int8", "int4")
 STORAGE_FORMATS = FLOAT_FORMATS + COMPACT_FORMATS
 DEFAULT_STORAGE = "float16"  # of a new index; decided from docs/benchmarks.md "Compact storage"
 LEVELS = {"int8": 127, "int4": 7}
-# The ANN column of the compact formats: a PROJ_DIMS-d float16 projection of ``a`` on its
-# leading principal directions, fitted once per index (first batch written) and kept in the
-# manifest under PROJECTION_KEY; 32 dims measured in docs/benchmarks.md "Compact region storage".
-PROJ_DIMS = 32
-PROJ_FIT_ROWS = 100_000
-PROJECTION_KEY = "ann_projection"
 # Rows decoded per chunk when scoring (bounds the float32 temporary: 64k × E × 4 bytes).
 CHUNK_ROWS = 1 << 16
 
@@ -156,51 +146,3 @@ def logit_error_bound(step: np.ndarray, queries: np.ndarray) -> np.ndarray:
     queries = np.atleast_2d(np.asarray(queries, np.float64))
     l1 = np.abs(queries[:, :-1]).sum(axis=1)
     return 0.5 * np.asarray(step, np.float64)[:, None] * l1[None, :]
-
-
-def proj_dims(dim: int) -> int:
-    """Width of the ``proj`` ANN column for ``dim``-d vectors."""
-    return min(PROJ_DIMS, dim - 1)
-
-
-def fit_projection(vectors: np.ndarray, dims: int = PROJ_DIMS) -> np.ndarray:
-    """(N, D) region vectors ``[a, c]`` -> (D-1, dims) float32 orthonormal projection: the
-    leading principal directions of ``a`` (PCA of at most :data:`PROJ_FIT_ROWS` rows, the
-    first ones). Fewer rows than ``dims`` still give an orthonormal basis."""
-    v = np.asarray(vectors, np.float32)
-    if v.ndim != 2 or v.shape[1] < 2 or v.shape[0] == 0:
-        raise ResedisError(f"fit_projection: vectors must be (N, D) with N >= 1 and D >= 2, got shape {v.shape}")
-    a = v[:PROJ_FIT_ROWS, :-1].astype(np.float64)
-    dims = min(dims, a.shape[1])
-    a = a - a.mean(axis=0)
-    _, basis = np.linalg.eigh(a.T @ a)  # ascending eigenvalues
-    return np.ascontiguousarray(basis[:, ::-1][:, :dims]).astype(np.float32)
-
-
-def project(vectors: np.ndarray, projection: np.ndarray) -> np.ndarray:
-    """(N, D) vectors ``[a, c]`` (regions, or queries ``[q̂, 1]``) -> (N, dims) float32
-    ``a · projection``: the ANN column of a compact index (stored as float16), searched
-    by cosine, so the region's scale cancels as in the float formats' ANN index."""
-    v = np.atleast_2d(np.asarray(vectors, np.float32))
-    return v[:, :-1] @ np.asarray(projection, np.float32)
-
-
-def projection_to_json(projection: np.ndarray, rows: int) -> dict:
-    """The manifest record of an index's ANN projection (``rows``: rows it was fitted on)."""
-    p = np.ascontiguousarray(projection, np.float32)
-    return {"shape": list(p.shape), "fitted_rows": int(rows), "float32_le_base64": base64.b64encode(p.astype("<f4").tobytes()).decode()}
-
-
-def projection_from_json(record, dim: int, source: str = "manifest") -> np.ndarray:
-    """Inverse of :func:`projection_to_json`; a clear error for a damaged record."""
-    try:
-        shape = tuple(int(x) for x in record["shape"])
-        data = np.frombuffer(base64.b64decode(record["float32_le_base64"]), "<f4")
-        if len(shape) != 2 or shape[0] != dim - 1 or data.size != shape[0] * shape[1] or not np.isfinite(data).all():
-            raise ValueError(f"shape {shape} for {dim}-d vectors")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ResedisError(
-            f"{source}: the ANN projection ('{PROJECTION_KEY}') is damaged ({exc}); the ANN index of this compact "
-            "index cannot be searched. Fix: rebuild the index (or search with use_ann=False)"
-        ) from None
-    return data.reshape(shape).astype(np.float32)

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from resedis import quant
+from resedis.ann_projection import AnnProjection, fit_projection, proj_dims
 from resedis.bench.synthetic import SyntheticSpec, query_vectors, recall_at, region_vectors
 from resedis.index.ann import AnnConfig, ann_candidates, build_ann_index
 from resedis.index.columns import vector_columns
@@ -44,7 +45,7 @@ def _stored(block: np.ndarray, storage: str) -> np.ndarray:
     return quant.dequantize(codes, step, bias, storage, block.shape[1])
 
 
-def write_table(path: Path, rows: int, storage: str, spec: SyntheticSpec, chunk: int = CHUNK) -> tuple[float, np.ndarray | None]:
+def write_table(path: Path, rows: int, storage: str, spec: SyntheticSpec, chunk: int = CHUNK) -> tuple[float, AnnProjection | None]:
     """Stream ``rows`` synthetic regions into ``path/regions.lance`` in one commit ->
     (seconds, the ANN projection of a compact format: fitted on the first chunk, as the
     index writer fits it on its first batch)."""
@@ -60,7 +61,7 @@ def write_table(path: Path, rows: int, storage: str, spec: SyntheticSpec, chunk:
         for block in region_vectors(rows, spec, chunk=chunk, dtype=np.float32):
             m = block.shape[0]
             if quant.is_compact(storage) and not fitted:
-                fitted.append(quant.fit_projection(block, quant.proj_dims(spec.dim)))
+                fitted.append(fit_projection(block, proj_dims(spec.dim)))
             row = np.arange(start, start + m)
             xy = rng.uniform(0, 600, (m, 2)).astype(np.float32)
             boxes = np.concatenate([xy, xy + rng.uniform(8, 200, (m, 2)).astype(np.float32)], axis=1)
@@ -101,7 +102,7 @@ def streaming_exact_top(rows: int, storage: str, spec: SyntheticSpec, queries: n
     return best_i
 
 
-def ann_job(path: str, queries: np.ndarray, config: AnnConfig, projection: np.ndarray | None = None) -> dict:
+def ann_job(path: str, queries: np.ndarray, config: AnnConfig, projection: AnnProjection | None = None) -> dict:
     """Child process: read what a lazy Searcher reads, then answer each query through the
     ANN index (k=10 timed, k=100 for recall) -> latencies and top rows."""
     import lancedb
@@ -131,25 +132,45 @@ def ann_job(path: str, queries: np.ndarray, config: AnnConfig, projection: np.nd
 
 def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int = 50,
               ann: AnnConfig | None = None, spec: SyntheticSpec | None = None, keep: bool = False,
-              chunk: int = CHUNK) -> dict:
+              chunk: int = CHUNK, reuse: bool = False) -> dict:
     """One corpus of ``rows`` regions -> build seconds, bytes per image, p50/p95 latency,
-    recall@10/@100 against a streaming exact scan, and the query process's peak RSS."""
+    recall@10/@100 against a streaming exact scan, and the query process's peak RSS.
+
+    ``reuse``: query a table kept by an earlier ``keep=True`` run of the same rows, storage,
+    spec and chunk (its build figures and exact top rows are read from ``build.json``
+    beside it), to sweep probes and candidates without rebuilding."""
     from resedis.bench.machine import run_isolated
 
     ann = ann or AnnConfig(min_rows=1)
     spec = spec or SyntheticSpec()
     path = Path(workdir) / f"scale_{rows}_{storage}"
-    shutil.rmtree(path, ignore_errors=True)
-    write_s, projection = write_table(path, rows, storage, spec, chunk)
-    data_bytes = disk_bytes(path)
-    import lancedb
-
-    build = build_ann_index(lancedb.connect(str(path)).open_table("regions"), ann)
-    total_bytes = disk_bytes(path)
+    saved = path / "build.json"
     q = query_vectors(queries, spec, seed=rows)
-    t0 = time.perf_counter()
-    truth = streaming_exact_top(rows, storage, spec, q, chunk=chunk)
-    truth_s = time.perf_counter() - t0
+    if reuse:
+        if not saved.is_file():
+            raise SystemExit(f"--reuse: no kept table at {path} (run once with --keep)")
+        built = json.loads(saved.read_text())
+        if built["chunk"] != chunk or built["spec"] != repr(spec) or len(built["truth"]) < queries:
+            raise SystemExit(f"--reuse: {path} was built with another chunk, spec or fewer queries")
+        projection = None
+        if quant.is_compact(storage):  # refit on the first chunk exactly as the write did
+            projection = fit_projection(next(iter(region_vectors(rows, spec, chunk=chunk, dtype=np.float32))), proj_dims(spec.dim))
+        truth = np.asarray(built["truth"][:queries], np.int64)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+        write_s, projection = write_table(path, rows, storage, spec, chunk)
+        data_bytes = disk_bytes(path)
+        import lancedb
+
+        build = build_ann_index(lancedb.connect(str(path)).open_table("regions"), ann)
+        total_bytes = disk_bytes(path)
+        t0 = time.perf_counter()
+        truth = streaming_exact_top(rows, storage, spec, q, chunk=chunk)
+        built = {"chunk": chunk, "spec": repr(spec), "write_s": round(write_s, 1), "ann_build_s": round(build.seconds, 1),
+                 "ann_index": build.to_json(), "total_bytes": total_bytes, "data_bytes": data_bytes,
+                 "exact_streaming_scan_s": round(time.perf_counter() - t0, 1), "truth": truth.tolist()}
+        if keep:
+            saved.write_text(json.dumps(built), encoding="utf-8")
     result, rss = run_isolated(ann_job, str(path), q, ann, projection)
     times = np.asarray(result["times"]) * 1000
     entry = {
@@ -157,18 +178,19 @@ def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int =
         "images": rows // REGIONS_PER_IMAGE,
         "storage": storage,
         "queries": queries,
-        "write_s": round(write_s, 1),
-        "ann_build_s": round(build.seconds, 1),
-        "ann_index": build.to_json(),
-        "nprobes": ann.nprobes_for(build.num_partitions),
-        "candidates_k10": ann.candidates_for(10) if not quant.is_compact(storage) else ann.compact_candidates_for(10, rows),
-        "bytes_per_image": round(total_bytes / rows * REGIONS_PER_IMAGE),
-        "data_bytes_per_image": round(data_bytes / rows * REGIONS_PER_IMAGE),
+        "reused_table": reuse,
+        "write_s": built["write_s"],
+        "ann_build_s": built["ann_build_s"],
+        "ann_index": built["ann_index"],
+        "nprobes": ann.nprobes_for(built["ann_index"]["num_partitions"]),
+        "candidates_k10": ann.candidates_for(10) if not quant.is_compact(storage) else ann.compact_candidates_for(10, rows, projection.legacy),
+        "bytes_per_image": round(built["total_bytes"] / rows * REGIONS_PER_IMAGE),
+        "data_bytes_per_image": round(built["data_bytes"] / rows * REGIONS_PER_IMAGE),
         "p50_ms": round(float(np.percentile(times, 50)), 2),
         "p95_ms": round(float(np.percentile(times, 95)), 2),
         "recall_at_10": round(recall_at(truth, np.array(result["top10"]), 10), 4),
         "recall_at_100": round(recall_at(truth, np.array(result["top100"]), 100), 4),
-        "exact_streaming_scan_s": round(truth_s, 1),
+        "exact_streaming_scan_s": built["exact_streaming_scan_s"],
         "searcher_peak_rss_mb": round(rss, 1),
         "load_ids_boxes_s": round(result["load_ids_boxes_s"], 2),
     }
@@ -186,14 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nprobes", type=int, help="partitions probed (default: the AnnConfig rule)")
     p.add_argument("--min-candidates", type=int, help="candidates re-scored per query (default: AnnConfig's)")
     p.add_argument("--workdir", default="/tmp/resedis-scale")
-    p.add_argument("--keep", action="store_true", help="keep the table (for reruns with other probes)")
+    p.add_argument("--keep", action="store_true", help="keep the table and its exact top rows (for --reuse)")
+    p.add_argument("--reuse", action="store_true", help="query the table a --keep run left (other probes or candidates)")
     p.add_argument("--out", help="write the entry as JSON here")
     args = p.parse_args(argv)
     ann = AnnConfig(min_rows=1, num_partitions=args.partitions, nprobes=args.nprobes)
     if args.min_candidates:
         ann.min_candidates = args.min_candidates
     t0 = time.perf_counter()
-    entry = run_scale(args.rows, Path(args.workdir), storage=args.storage, queries=args.queries, ann=ann, keep=args.keep)
+    entry = run_scale(args.rows, Path(args.workdir), storage=args.storage, queries=args.queries, ann=ann,
+                      keep=args.keep or args.reuse, reuse=args.reuse)
     entry["wall_s"] = round(time.perf_counter() - t0, 1)
     entry["argv"] = sys.argv
     text = json.dumps(entry, indent=2)

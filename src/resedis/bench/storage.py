@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from resedis import quant
+from resedis.ann_projection import fit_projection, proj_dims
 from resedis.index.columns import vector_columns
 from resedis.search import rank_hits, sigmoid
 
@@ -111,7 +112,7 @@ def regions_table(vectors: np.ndarray, storage: str, regions_per_image: int, see
         "objectness": pa.array(rng.normal(0, 1, n).astype(np.float32)),
         "batch": pa.array((row // (8 * regions_per_image)).astype(np.int64)),
     }
-    projection = quant.fit_projection(vectors, quant.proj_dims(dim)) if quant.is_compact(storage) else None
+    projection = fit_projection(vectors, proj_dims(dim)) if quant.is_compact(storage) else None
     cols.update(vector_columns(vectors, storage, projection))
     return pa.table(cols, schema=regions_schema(dim, storage))
 
@@ -122,7 +123,7 @@ def bytes_per_image(
 ) -> dict:
     """-> ``{format: {"table": B/image, "ann": B/image, "total": B/image}}`` measured on disk
     (Lance files of the regions table; the ANN index when ``ann``: IVF_SQ on ``vector`` for
-    the float formats, today's default, and IVF_SQ/cosine on the 32-d ``proj`` column for compact ones)."""
+    the float formats, today's default, and IVF_SQ/cosine on the 34-d ``proj`` column for compact ones)."""
     import lancedb
 
     from resedis.index.ann import AnnConfig, build_ann_index

@@ -33,12 +33,13 @@ import pyarrow as pa
 
 from resedis.errors import ResedisError
 from resedis import quant
+from resedis.ann_projection import AnnProjection
 from resedis.index.columns import index_projection
 
 log = logging.getLogger(__name__)
 
 VECTOR_COLUMN = "vector"
-PROJ_COLUMN = "proj"  # the ANN column of the compact formats (resedis.quant.project)
+PROJ_COLUMN = "proj"  # the ANN column of the compact formats (resedis.ann_projection)
 INDEX_NAME = "vector_idx"
 INDEX_TYPES = ("IVF_FLAT", "IVF_SQ", "IVF_PQ", "IVF_HNSW_SQ")
 METRICS = ("cosine", "dot", "l2")
@@ -60,9 +61,11 @@ class AnnConfig:
     refine_factor: LanceDB re-reads ``refine_factor × limit`` full vectors when the index
         stores quantised ones (PQ/SQ); None leaves LanceDB's default.
     sample_rate / max_iterations: k-means training sample (rows per partition) and rounds.
-    compact_candidate_share: a compact index's ANN column (a 32-d projection) ranks the
-        members of a tight cluster of regions only roughly, so its candidates grow with the
-        table: at least ``share × rows`` (1M rows: 2,000; measured in docs/benchmarks.md).
+    compact_candidate_share: the ANN column of a compact index written before the logit
+        estimate (:mod:`resedis.ann_projection`, legacy layout: a 32-d direction only) ranks
+        the members of a tight cluster of regions only roughly, so its candidates grow with
+        the table: at least ``share × rows`` (1M rows: 2,000; measured in docs/benchmarks.md).
+        A current compact index takes ``candidates_for(k)`` like a float one.
     """
 
     min_rows: int = DEFAULT_MIN_ROWS
@@ -106,8 +109,11 @@ class AnnConfig:
     def candidates_for(self, k: int) -> int:
         return max(self.min_candidates, self.candidate_factor * k)
 
-    def compact_candidates_for(self, k: int, rows: int) -> int:
-        """Candidates of a top-``k`` query on a compact table of ``rows`` rows."""
+    def compact_candidates_for(self, k: int, rows: int, legacy: bool = False) -> int:
+        """Candidates of a top-``k`` query on a compact table of ``rows`` rows (``legacy``:
+        its ANN column has the direction-only layout, see ``compact_candidate_share``)."""
+        if not legacy:
+            return self.candidates_for(k)
         return max(self.candidates_for(k), int(self.compact_candidate_share * rows))
 
 
@@ -137,7 +143,7 @@ class AnnBuild:
 
 def ann_column(table) -> str:
     """The column the ANN index covers: ``vector`` (float storage) or ``proj`` (the
-    low-dimensional float16 projection of the compact formats, :mod:`resedis.quant`)."""
+    low-dimensional float16 logit-estimate column of the compact formats, :mod:`resedis.ann_projection`)."""
     return VECTOR_COLUMN if VECTOR_COLUMN in table.schema.names else PROJ_COLUMN
 
 
@@ -230,8 +236,8 @@ def build_ann_index(table, config: AnnConfig | None = None) -> AnnBuild:
     partitions = max(1, min(config.partitions_for(rows), rows))
     started = time.perf_counter()
     if compact_storage(table) is not None:
-        # Compact storage: IVF_SQ (cosine) over the float16 projection column; candidates
-        # are re-scored with the codes (resedis.quant). index_type/metric apply to float storage.
+        # Compact storage: IVF_SQ (cosine) over the float16 proj column (resedis.ann_projection);
+        # candidates are re-scored with the codes (resedis.quant). index_type/metric apply to float storage.
         from lancedb.index import IvfSq
 
         index_config = IvfSq(distance_type="cosine", num_partitions=partitions,
@@ -320,7 +326,7 @@ def ann_candidates(
     config: AnnConfig | None = None,
     columns: tuple[str, ...] = ("image_id", "region", "batch", "box"),
     limit: int | None = None,
-    projection: np.ndarray | None = None,
+    projection: AnnProjection | None = None,
 ) -> list[Candidates]:
     """Top candidates of each query from the vector index, re-scored exactly.
 
@@ -352,7 +358,8 @@ def ann_candidates(
     if k < 1:
         raise ResedisError(f"k must be >= 1, got {k}")
     if limit is None:
-        limit = config.candidates_for(k) if storage is None else config.compact_candidates_for(k, table.count_rows())
+        limit = (config.candidates_for(k) if storage is None
+                 else config.compact_candidates_for(k, table.count_rows(), projection.legacy))
     limit = int(limit)
     if limit < 1:
         raise ResedisError(f"limit must be >= 1, got {limit}")
@@ -369,7 +376,7 @@ def ann_candidates(
     select = list(dict.fromkeys([*[c for c in columns if c != VECTOR_COLUMN], *stored, "_distance"]))
     if storage is not None:
         metric = "cosine"
-        projected = quant.project(queries, projection)
+        projected = projection.queries(queries)
     out: list[Candidates] = []
     for j, query in enumerate(queries):
         if storage is None:
@@ -426,7 +433,7 @@ class AnnSearch:
         self._projection: tuple | None = None  # (manifest, its ANN projection)
         self._rows: tuple | None = None  # (corpus, image_id -> row, first region row per image)
 
-    def projection(self) -> np.ndarray | None:
+    def projection(self) -> AnnProjection | None:
         """The index's ANN projection (compact storage; None for float storage), parsed once per manifest."""
         manifest = self.index.manifest
         if self._projection is None or self._projection[0] is not manifest:
@@ -479,8 +486,9 @@ class AnnSearch:
         out = np.full((len(corpus), queries.shape[0]), -np.inf, np.float32)
         table = self.index.regions_table
         total = table.count_rows()
-        need = (self.config.candidates_for(k) if compact_storage(table) is None
-                else self.config.compact_candidates_for(k, total))
+        projection = self.projection()
+        need = (self.config.candidates_for(k) if projection is None
+                else self.config.compact_candidates_for(k, total, projection.legacy))
         if allowed is not None:
             allowed_rows = np.flatnonzero(allowed)
             if len(allowed_rows) <= need:  # a selective filter: score its rows exactly
@@ -488,7 +496,6 @@ class AnnSearch:
                     out[allowed_rows] = corpus.row_logits(allowed_rows, queries)
                 self.queries_answered += queries.shape[0]
                 return out
-        projection = self.projection()
         limit = need
         todo = list(range(queries.shape[0]))
         while todo:

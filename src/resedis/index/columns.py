@@ -7,26 +7,26 @@ import pyarrow as pa
 
 from resedis.errors import ResedisError
 from resedis.index.manifest import MANIFEST_NAME, write_manifest
-from resedis.quant import (
-    FLOAT_FORMATS,
+from resedis.ann_projection import (
     PROJECTION_KEY,
-    check_storage,
-    code_width,
+    AnnProjection,
+    column_width,
     fit_projection,
     proj_dims,
-    project,
     projection_from_json,
     projection_to_json,
-    quantize,
 )
+from resedis.quant import FLOAT_FORMATS, check_storage, code_width, quantize
 
 # The stored columns of a compact format, in schema order (codes, scale, exact bias, ANN column).
 COMPACT_COLUMNS = ("codes", "step", "bias", "proj")
 PROJ_COLUMN = "proj"
 
 
-def vector_fields(dim: int, storage: str) -> list:
-    """The regions-table fields that hold the vector in ``storage`` (see the module doc)."""
+def vector_fields(dim: int, storage: str, proj_width: int | None = None) -> list:
+    """The regions-table fields that hold the vector in ``storage`` (see the module doc).
+    ``proj_width``: the width of a compact index's ANN column (:func:`manifest_proj_width`);
+    None: a new index's (:func:`resedis.ann_projection.column_width`)."""
     check_storage(storage)
     if storage in FLOAT_FORMATS:
         typ = pa.float16() if storage == "float16" else pa.float32()
@@ -36,13 +36,13 @@ def vector_fields(dim: int, storage: str) -> list:
         pa.field("codes", pa.list_(code_type, code_width(storage, dim)), nullable=False),
         pa.field("step", pa.float32(), nullable=False),
         pa.field("bias", pa.float32(), nullable=False),
-        pa.field(PROJ_COLUMN, pa.list_(pa.float16(), proj_dims(dim)), nullable=False),
+        pa.field(PROJ_COLUMN, pa.list_(pa.float16(), proj_width or column_width(dim)), nullable=False),
     ]
 
 
-def vector_columns(vectors: np.ndarray, storage: str, projection: np.ndarray | None = None) -> dict:
+def vector_columns(vectors: np.ndarray, storage: str, projection: AnnProjection | None = None) -> dict:
     """(N, D) float vectors -> ``{field name: Arrow array}`` for :func:`vector_fields`.
-    ``projection`` (D-1, d): the index's ANN projection (:func:`resedis.quant.fit_projection`),
+    ``projection``: the index's ANN projection (:func:`resedis.ann_projection.fit_projection`),
     required for the compact formats."""
     check_storage(storage)
     v = np.asarray(vectors)
@@ -51,17 +51,17 @@ def vector_columns(vectors: np.ndarray, storage: str, projection: np.ndarray | N
         typ = pa.float16() if storage == "float16" else pa.float32()
         flat = v.astype(np.float16 if storage == "float16" else np.float32).ravel()
         return {"vector": pa.FixedSizeListArray.from_arrays(pa.array(flat, typ), dim)}
-    if projection is None or projection.shape != (dim - 1, proj_dims(dim)):
+    if projection is None or projection.basis.shape != (dim - 1, proj_dims(dim)):
         raise ResedisError(f"{storage} storage needs the index's ANN projection of shape {(dim - 1, proj_dims(dim))}, "
-                           f"got {None if projection is None else projection.shape}")
+                           f"got {None if projection is None else projection.basis.shape}")
     codes, step, bias = quantize(v, storage)
     code_type = pa.int8() if storage == "int8" else pa.uint8()
-    proj = project(v, projection).astype(np.float16)
+    proj = projection.regions(v).astype(np.float16)
     return {
         "codes": pa.FixedSizeListArray.from_arrays(pa.array(codes.ravel(), code_type), codes.shape[1] if n else code_width(storage, dim)),
         "step": pa.array(step, pa.float32()),
         "bias": pa.array(bias, pa.float32()),
-        PROJ_COLUMN: pa.FixedSizeListArray.from_arrays(pa.array(proj.ravel(), pa.float16()), proj_dims(dim)),
+        PROJ_COLUMN: pa.FixedSizeListArray.from_arrays(pa.array(proj.ravel(), pa.float16()), projection.width),
     }
 
 
@@ -120,12 +120,23 @@ def finite_vectors(rows: pa.Table) -> np.ndarray:
     return ok
 
 
-def index_projection(index, vectors: list[np.ndarray] | None = None) -> np.ndarray | None:
+def manifest_proj_width(manifest) -> int | None:
+    """The ``proj`` width of a compact index from its manifest's projection record (a
+    legacy record: ``dims``; none yet, or float storage: None, i.e. a new index's)."""
+    record = manifest.extra.get(PROJECTION_KEY)
+    if manifest.vector_dtype in FLOAT_FORMATS or not isinstance(record, dict):
+        return None
+    shape = record.get("shape")
+    dims = shape[1] if isinstance(shape, list) and len(shape) == 2 and isinstance(shape[1], int) else proj_dims(manifest.vector_dim)
+    return dims if record.get("mips_norm") is None else dims + 2
+
+
+def index_projection(index, vectors: list[np.ndarray] | None = None) -> AnnProjection | None:
     """The ANN projection of a compact index (None for float storage, or while it has none).
 
-    Read from the manifest (``resedis.quant.PROJECTION_KEY``). When the manifest has none
+    Read from the manifest (``resedis.ann_projection.PROJECTION_KEY``). When the manifest has none
     yet and ``vectors`` are given — the first batch about to be written — it is fitted on
-    them (:func:`resedis.quant.fit_projection`) and recorded in the manifest before any
+    them (:func:`resedis.ann_projection.fit_projection`) and recorded in the manifest before any
     row that uses it is committed."""
     manifest = index.manifest
     if manifest.vector_dtype in FLOAT_FORMATS:

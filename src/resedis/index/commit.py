@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from resedis.ann_projection import AnnProjection
 from resedis.errors import ResedisError
 from resedis.index.checksum import batch_checksums
 from resedis.index.columns import index_projection, vector_columns
@@ -118,7 +119,7 @@ def repair(index: Index) -> int:
 
 
 def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: int, dtype: str,
-                projection: np.ndarray | None = None) -> pa.Table:
+                projection: AnnProjection | None = None) -> pa.Table:
     counts = [len(r) for r in regions]
     n = sum(counts)
     boxes = np.concatenate([r.boxes for r in regions]).astype(np.float32) if n else np.zeros((0, 4), np.float32)
@@ -136,7 +137,7 @@ def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: in
             **vector_columns(vectors, dtype, projection),  # the storage format's columns (resedis.quant)
             "batch": pa.array(np.full(n, batch, np.int64), pa.int64()),
         },
-        schema=regions_schema(dim, dtype),
+        schema=regions_schema(dim, dtype, None if projection is None else projection.width),
     )
 
 

@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from resedis.version import __version__
 from resedis.errors import ResedisError
-from resedis.index.columns import layout_fits, stored_layout
+from resedis.index.columns import layout_fits, manifest_proj_width, stored_layout
 from resedis.index.commit import Lock, delete_ids
 from resedis.index.fs import Location, as_location
 from resedis.index.manifest import Manifest, read_manifest, write_manifest
@@ -285,7 +285,7 @@ def repair_index(
         for name in sorted(before.damaged_tables):
             if name == REGIONS:
                 m = read_manifest(loc)
-                schemas[REGIONS] = regions_schema(m.vector_dim, m.vector_dtype)
+                schemas[REGIONS] = regions_schema(m.vector_dim, m.vector_dtype, manifest_proj_width(m))
             # a side table (crops, masks) keeps its own schema; the run's backfill refills it
             report.tables_rewritten[name] = _rewrite_table(loc, name, schemas.get(name))
         report.tables_created = sorted(before.lost_tables)

@@ -31,7 +31,7 @@ from resedis.errors import DamagedIndexError, ResedisError
 from resedis.storage_errors import first_line, storage_error
 from resedis.index.ann import AnnBuild, AnnConfig, optimize_ann
 from resedis.index.fs import Location, as_location
-from resedis.index.columns import vector_fields
+from resedis.index.columns import manifest_proj_width, vector_fields
 from resedis.index.manifest import MANIFEST_NAME, VECTOR_DTYPES, Manifest, check_model, read_manifest  # noqa: F401 (re-exported)
 from resedis.types import Skipped
 
@@ -63,15 +63,16 @@ def images_schema() -> pa.Schema:
     )
 
 
-def regions_schema(vector_dim: int, vector_dtype: str) -> pa.Schema:
-    """``vector_dtype``: the storage format (:data:`resedis.quant.STORAGE_FORMATS`)."""
+def regions_schema(vector_dim: int, vector_dtype: str, proj_width: int | None = None) -> pa.Schema:
+    """``vector_dtype``: the storage format (:data:`resedis.quant.STORAGE_FORMATS`);
+    ``proj_width``: a compact index's ANN column width (None: a new index's)."""
     return pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),
             pa.field("region", pa.int32(), nullable=False),  # rank within the image (objectness order)
             pa.field("box", pa.list_(pa.float32(), 4), nullable=False),  # xyxy original pixels
             pa.field("objectness", pa.float32(), nullable=False),
-            *vector_fields(vector_dim, vector_dtype),  # "vector", or codes/step/bias/proj (resedis.quant)
+            *vector_fields(vector_dim, vector_dtype, proj_width),  # "vector", or codes/step/bias/proj (resedis.quant)
             pa.field("batch", pa.int64(), nullable=False),
         ]
     )
@@ -127,7 +128,7 @@ class Index:
         self._db = self.location.connect()
         schemas = {
             IMAGES: images_schema(),
-            REGIONS: regions_schema(manifest.vector_dim, manifest.vector_dtype),
+            REGIONS: regions_schema(manifest.vector_dim, manifest.vector_dtype, manifest_proj_width(manifest)),
             SKIPPED: skipped_schema(),
         }
         self._tables = {}
