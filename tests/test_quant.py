@@ -380,14 +380,20 @@ def test_a_lazy_corpus_reads_only_the_rows_asked(indexes, storage):
 
 
 def test_compact_candidates_grow_with_the_table_only_for_the_legacy_column():
-    """A compact table's candidates: the float rule for the current ANN column (a logit
+    """A compact table's candidates: 200 (or 10 × k) for the current ANN column (a logit
     estimate); for the legacy direction-only column, 0.002 × rows when that is more (1M
     rows: 2,000, the figure measured in docs/benchmarks.md); the share is validated."""
     from resedis.index.ann import AnnConfig
 
     config = AnnConfig()
-    assert config.compact_candidates_for(10, 10_000_000) == config.candidates_for(10) == 500
+    assert config.candidates_for(10) == 500 and config.compact_candidates_for(10, 10_000_000) == 200
     assert config.compact_candidates_for(100, 10_000_000) == 1_000
+    assert AnnConfig(min_candidates=700).compact_candidates_for(10, 10_000_000) == 700  # an explicit value holds
+    # Probes: a fifth of the partitions (at least 8) for float; for a compact index's
+    # estimate column a 32nd (at least 48; 10M rows: 1,581 partitions -> 49 probes).
+    assert [config.nprobes_for(p) for p in (20, 500, 1581)] == [8, 100, 316]
+    assert [config.nprobes_for(p, compact=True) for p in (20, 500, 1581, 4096)] == [20, 48, 49, 128]
+    assert AnnConfig(nprobes=7).nprobes_for(1581, compact=True) == 7
     assert config.compact_candidates_for(10, 100_000, legacy=True) == 500
     assert config.compact_candidates_for(10, 1_000_000, legacy=True) == 2_000
     assert config.compact_candidates_for(10, 10_000_000, legacy=True) == 20_000

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -112,7 +113,7 @@ def ann_job(path: str, queries: np.ndarray, config: AnnConfig, projection: AnnPr
     cols = table.search().select(["image_id", "batch", "box"]).limit(None).to_arrow()
     load_s = time.perf_counter() - t0
     del cols  # a Searcher keeps region_image + boxes (24 B/region); the Arrow copy goes
-    out = {"load_ids_boxes_s": load_s, "times": [], "top10": [], "top100": []}
+    out = {"load_ids_boxes_s": load_s, "times": [], "cpu": [], "top10": [], "top100": []}
 
     def rows_of(cand, k):
         ids = np.array([int(i[4:-4]) for i in cand.columns["image_id"][:k]], np.int64)
@@ -121,9 +122,10 @@ def ann_job(path: str, queries: np.ndarray, config: AnnConfig, projection: AnnPr
 
     ann_candidates(table, queries[:1], 10, config=config, columns=("image_id", "region"), projection=projection)  # warm-up
     for q in queries:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         cand = ann_candidates(table, q[None], 10, config=config, columns=("image_id", "region", "box"), projection=projection)[0]
         out["times"].append(time.perf_counter() - t0)
+        out["cpu"].append(time.process_time() - c0)  # every thread's CPU: what the load cannot inflate
         out["top10"].append(rows_of(cand, 10))
         top100 = ann_candidates(table, q[None], 100, config=config, columns=("image_id", "region"), projection=projection)[0]
         out["top100"].append(rows_of(top100, 100))
@@ -173,6 +175,7 @@ def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int =
             saved.write_text(json.dumps(built), encoding="utf-8")
     result, rss = run_isolated(ann_job, str(path), q, ann, projection)
     times = np.asarray(result["times"]) * 1000
+    cpu = np.asarray(result["cpu"]) * 1000
     entry = {
         "rows": rows,
         "images": rows // REGIONS_PER_IMAGE,
@@ -182,12 +185,16 @@ def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int =
         "write_s": built["write_s"],
         "ann_build_s": built["ann_build_s"],
         "ann_index": built["ann_index"],
-        "nprobes": ann.nprobes_for(built["ann_index"]["num_partitions"]),
+        "nprobes": ann.nprobes_for(built["ann_index"]["num_partitions"], compact=quant.is_compact(storage)),
         "candidates_k10": ann.candidates_for(10) if not quant.is_compact(storage) else ann.compact_candidates_for(10, rows, projection.legacy),
         "bytes_per_image": round(built["total_bytes"] / rows * REGIONS_PER_IMAGE),
         "data_bytes_per_image": round(built["data_bytes"] / rows * REGIONS_PER_IMAGE),
         "p50_ms": round(float(np.percentile(times, 50)), 2),
         "p95_ms": round(float(np.percentile(times, 95)), 2),
+        # CPU seconds per query (all threads): the wall time of an idle machine's single core.
+        "cpu_p50_ms": round(float(np.percentile(cpu, 50)), 2),
+        "cpu_p95_ms": round(float(np.percentile(cpu, 95)), 2),
+        "load_average": round(os.getloadavg()[0], 2),
         "recall_at_10": round(recall_at(truth, np.array(result["top10"]), 10), 4),
         "recall_at_100": round(recall_at(truth, np.array(result["top100"]), 100), 4),
         "exact_streaming_scan_s": built["exact_streaming_scan_s"],

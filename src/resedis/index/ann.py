@@ -55,9 +55,12 @@ class AnnConfig:
     index_type / metric: the LanceDB index (see :data:`INDEX_TYPES`) and its partitioning
         metric. Candidates are always re-scored by the exact inner product.
     num_partitions: IVF partitions; None = about ``sqrt(rows) / 2``.
-    nprobes: partitions searched per query; None = ``max(8, num_partitions // 5)``.
+    nprobes: partitions searched per query; None = ``max(8, num_partitions // 5)``, and
+        for a compact index (its logit-estimate column, :mod:`resedis.ann_projection`)
+        ``max(48, num_partitions // 32)`` (tuned at 1M and 10M rows, docs/benchmarks.md).
     candidate_factor / min_candidates: candidates per query = ``max(min_candidates,
-        candidate_factor * k)`` for a top-``k`` request.
+        candidate_factor * k)`` for a top-``k`` request; min_candidates None = 500, and
+        200 for a compact index.
     refine_factor: LanceDB re-reads ``refine_factor × limit`` full vectors when the index
         stores quantised ones (PQ/SQ); None leaves LanceDB's default.
     sample_rate / max_iterations: k-means training sample (rows per partition) and rounds.
@@ -65,7 +68,7 @@ class AnnConfig:
         estimate (:mod:`resedis.ann_projection`, legacy layout: a 32-d direction only) ranks
         the members of a tight cluster of regions only roughly, so its candidates grow with
         the table: at least ``share × rows`` (1M rows: 2,000; measured in docs/benchmarks.md).
-        A current compact index takes ``candidates_for(k)`` like a float one.
+        A current compact index needs no more than a float one (``min_candidates``).
     """
 
     min_rows: int = DEFAULT_MIN_ROWS
@@ -74,7 +77,7 @@ class AnnConfig:
     num_partitions: int | None = None
     nprobes: int | None = None
     candidate_factor: int = 10
-    min_candidates: int = 500
+    min_candidates: int | None = None
     refine_factor: int | None = None
     sample_rate: int = 256
     max_iterations: int = 50
@@ -88,10 +91,10 @@ class AnnConfig:
             raise ResedisError(f"ANN metric must be one of {METRICS}, got {self.metric!r}")
         if not 0.0 <= self.compact_candidate_share <= 1.0:
             raise ResedisError(f"ANN compact_candidate_share must be in [0, 1], got {self.compact_candidate_share}")
-        for name in ("min_rows", "candidate_factor", "min_candidates", "sample_rate", "max_iterations"):
+        for name in ("min_rows", "candidate_factor", "sample_rate", "max_iterations"):
             if getattr(self, name) < 1:
                 raise ResedisError(f"ANN {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_partitions", "nprobes", "refine_factor", "num_sub_vectors"):
+        for name in ("num_partitions", "nprobes", "min_candidates", "refine_factor", "num_sub_vectors"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ResedisError(f"ANN {name} must be >= 1 or None, got {value}")
@@ -101,19 +104,22 @@ class AnnConfig:
             return self.num_partitions
         return max(1, min(4096, int(round(math.sqrt(max(rows, 1)) / 2))))
 
-    def nprobes_for(self, partitions: int) -> int:
+    def nprobes_for(self, partitions: int, compact: bool = False) -> int:
+        """Partitions probed (``compact``: a compact index with the logit-estimate column)."""
         if self.nprobes is not None:
             return self.nprobes
+        if compact:
+            return max(1, min(partitions, max(48, partitions // 32)))
         return max(1, min(partitions, max(8, partitions // 5)))
 
     def candidates_for(self, k: int) -> int:
-        return max(self.min_candidates, self.candidate_factor * k)
+        return max(500 if self.min_candidates is None else self.min_candidates, self.candidate_factor * k)
 
     def compact_candidates_for(self, k: int, rows: int, legacy: bool = False) -> int:
         """Candidates of a top-``k`` query on a compact table of ``rows`` rows (``legacy``:
         its ANN column has the direction-only layout, see ``compact_candidate_share``)."""
         if not legacy:
-            return self.candidates_for(k)
+            return max(200 if self.min_candidates is None else self.min_candidates, self.candidate_factor * k)
         return max(self.candidates_for(k), int(self.compact_candidate_share * rows))
 
 
@@ -141,14 +147,15 @@ class AnnBuild:
         }
 
 
-def ann_column(table) -> str:
+def ann_column(table, schema: pa.Schema | None = None) -> str:
     """The column the ANN index covers: ``vector`` (float storage) or ``proj`` (the
-    low-dimensional float16 logit-estimate column of the compact formats, :mod:`resedis.ann_projection`)."""
-    return VECTOR_COLUMN if VECTOR_COLUMN in table.schema.names else PROJ_COLUMN
+    low-dimensional float16 logit-estimate column of the compact formats, :mod:`resedis.ann_projection`).
+    ``schema``: the table's, when the caller has it (each read of ``table.schema`` asks LanceDB)."""
+    return VECTOR_COLUMN if VECTOR_COLUMN in (schema or table.schema).names else PROJ_COLUMN
 
 
-def _vector_index(table):
-    column = ann_column(table)
+def _vector_index(table, schema: pa.Schema | None = None):
+    column = ann_column(table, schema)
     for idx in table.list_indices():
         if column in list(idx.columns):
             return idx
@@ -203,15 +210,16 @@ def _default_sub_vectors(dim: int) -> int:
     return min(divisors, key=lambda d: (abs(d - target), d))
 
 
-def compact_storage(table) -> str | None:
+def compact_storage(table, schema: pa.Schema | None = None) -> str | None:
     """``int8``/``int4`` for a regions table in a compact format, None for float vectors."""
-    if VECTOR_COLUMN in table.schema.names:
+    schema = schema or table.schema
+    if VECTOR_COLUMN in schema.names:
         return None
-    return "int8" if pa.types.is_int8(table.schema.field("codes").type.value_type) else "int4"
+    return "int8" if pa.types.is_int8(schema.field("codes").type.value_type) else "int4"
 
 
-def _vector_dim(table) -> int:
-    typ = table.schema.field(VECTOR_COLUMN).type
+def _vector_dim(table, schema: pa.Schema | None = None) -> int:
+    typ = (schema or table.schema).field(VECTOR_COLUMN).type
     if not pa.types.is_fixed_size_list(typ):
         raise ResedisError(f"table {table.name}: column {VECTOR_COLUMN!r} is {typ}, not a fixed-size list")
     return typ.list_size
@@ -343,12 +351,13 @@ def ann_candidates(
     config = config or AnnConfig()
     config.validate()
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    storage = compact_storage(table)
+    schema = table.schema  # once: every read asks LanceDB (about a millisecond)
+    storage = compact_storage(table, schema)
     if storage is None:
-        dim = _vector_dim(table)
+        dim = _vector_dim(table, schema)
     else:
         dim = queries.shape[1]
-        width = table.schema.field("codes").type.list_size
+        width = schema.field("codes").type.list_size
         if quant.code_width(storage, dim) != width:
             raise ResedisError(f"query vectors have dimension {dim}, table {table.name} stores {storage} codes of width {width}")
         if projection is None:
@@ -357,13 +366,14 @@ def ann_candidates(
         raise ResedisError(f"query vectors have dimension {queries.shape[1]}, table {table.name} stores {dim}")
     if k < 1:
         raise ResedisError(f"k must be >= 1, got {k}")
+    rows = table.count_rows()
     if limit is None:
         limit = (config.candidates_for(k) if storage is None
-                 else config.compact_candidates_for(k, table.count_rows(), projection.legacy))
+                 else config.compact_candidates_for(k, rows, projection.legacy))
     limit = int(limit)
     if limit < 1:
         raise ResedisError(f"limit must be >= 1, got {limit}")
-    idx = _vector_index(table)
+    idx = _vector_index(table, schema)
     metric, hnsw = config.metric, False
     if idx is not None:
         stats = table.index_stats(idx.name)
@@ -371,7 +381,7 @@ def ann_candidates(
             metric = stats.distance_type or metric
             hnsw = "HNSW" in str(stats.index_type).upper()
     # The partition count of the index is not exposed; the rule that built it gives it.
-    nprobes = config.nprobes_for(config.partitions_for(table.count_rows()))
+    nprobes = config.nprobes_for(config.partitions_for(rows), compact=storage is not None and not projection.legacy)
     stored = [VECTOR_COLUMN] if storage is None else ["codes", "step", "bias"]
     select = list(dict.fromkeys([*[c for c in columns if c != VECTOR_COLUMN], *stored, "_distance"]))
     if storage is not None:
