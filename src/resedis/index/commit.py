@@ -126,12 +126,12 @@ def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: in
     vectors = np.concatenate([r.vectors for r in regions]) if n else np.zeros((0, dim))
     if vectors.shape[1] != dim:
         raise ResedisError(f"model returned vectors of dimension {vectors.shape[1]}, the index stores {dim}")
-    boxes = np.concatenate([r.boxes for r in regions]) if n else np.zeros((0, 4))
+    boxes = np.concatenate([r.boxes for r in regions]).ravel() if n else np.zeros(0)  # x0 y0 x1 y1 x0 ...
     return pa.table(
         {
             "image_id": [i for i, c in zip(ids, counts) for _ in range(c)],
             "region": [k for c in counts for k in range(c)],
-            "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes.ravel()), 4),
+            "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes), 4),
             "objectness": np.concatenate([r.objectness for r in regions]) if n else np.zeros(0),
             **vector_columns(vectors, dtype, projection),  # the storage format's columns (resedis.quant)
             "batch": [batch] * n,
