@@ -100,6 +100,7 @@ def test_a_first_run_commits_in_batches_and_records_its_cost(folder):
     images = rows(db, IMAGES)
     assert {i: (r["batch"], r["n_regions"]) for i, r in images.items()} == {
         "a.png": (1, 2), "b.png": (1, 0), "sub/c.png": (2, 1)}  # batch_size 2: two commits
+    assert {r["root"] for r in images.values()} == {str(root.resolve())}
     assert open_index(db).count(REGIONS) == 3
     manifest = read_manifest(as_location(db))
     assert manifest.extra["index_timed_images"] == 3
@@ -161,9 +162,10 @@ def test_an_indexed_file_that_no_longer_decodes_is_removed_and_skipped(folder):
     root, db = folder
     run(root, db, IndexConfig())
     (root / "b.png").write_bytes(b"now garbage")
+    (root / "sub" / "c.png").write_bytes(b"also garbage")
     report, _ = run(root, db, IndexConfig())
-    assert counts(report) == (0, 0, 2, 1, 1, 0)
-    assert sorted(rows(db, IMAGES)) == ["a.png", "sub/c.png"] and sorted(rows(db, SKIPPED)) == ["b.png"]
+    assert counts(report) == (0, 0, 1, 2, 2, 0)
+    assert sorted(rows(db, IMAGES)) == ["a.png"] and sorted(rows(db, SKIPPED)) == ["b.png", "sub/c.png"]
     assert "index_timed_images" in read_manifest(as_location(db)).extra
     assert read_manifest(as_location(db)).extra["index_timed_images"] == 3  # nothing encoded: no cost recorded
 
@@ -186,12 +188,22 @@ def test_images_the_model_fails_on_are_counted_as_skips(folder):
     root, db = folder
     run(root, db, IndexConfig())
     draw(root, "b.png", (31, 16), (9, 9, 9))  # changed, and the model fails on it
-    draw(root, "new.png", (31, 17))  # new, and the model fails on it
-    draw(root, "ok.png", (26, 16))
+    draw(root, "sub/c.png", (31, 18), (9, 9, 9))  # changed, and the model fails on it
+    for name, width in (("m1.png", 26), ("n1.png", 31), ("n2.png", 31), ("o1.png", 27), ("p1.png", 31)):
+        draw(root, name, (width, 17))  # new: the model fails on the 31 px wide ones (never 3 in a row)
     report, _ = run(root, db, IndexConfig(batch_size=8), backend=FlakyEncoder({31}))
-    assert counts(report) == (1, 0, 2, 1, 2, 1)
-    assert sorted(rows(db, IMAGES)) == ["a.png", "ok.png", "sub/c.png"]
-    assert sorted(rows(db, SKIPPED)) == ["b.png", "new.png"]
+    assert counts(report) == (2, 0, 1, 2, 5, 2)
+    assert sorted(rows(db, IMAGES)) == ["a.png", "m1.png", "o1.png"]
+    assert sorted(rows(db, SKIPPED)) == ["b.png", "n1.png", "n2.png", "p1.png", "sub/c.png"]
+
+
+def test_two_changed_files_are_two_updates(folder):
+    root, db = folder
+    run(root, db, IndexConfig())
+    draw(root, "a.png", (20, 16), (1, 2, 3))
+    draw(root, "b.png", (21, 16), (4, 5, 6))
+    report, _ = run(root, db, IndexConfig())
+    assert counts(report) == (0, 2, 1, 0, 0, 2)
 
 
 def test_refused_entries_and_drops_are_committed_at_start(tmp_path):
@@ -203,12 +215,15 @@ def test_refused_entries_and_drops_are_committed_at_start(tmp_path):
     report, _ = run(root, tmp_path / "db", IndexConfig())
     assert counts(report) == (1, 0, 0, 0, 1, 1)
     assert sorted(rows(tmp_path / "db", SKIPPED)) == ["link.png"]
+    # the refused entry in a commit of its own (batch 1), before the images (batch 2)
+    assert rows(tmp_path / "db", SKIPPED)["link.png"]["batch"] == 1 and rows(tmp_path / "db", IMAGES)["a.png"]["batch"] == 2
 
 
 def test_compaction_every_compact_every_batches(folder, monkeypatch):
     root, db = folder
     calls = []
-    monkeypatch.setattr(session_module, "compact", lambda index, end_of_run=False: calls.append(end_of_run))
+    monkeypatch.setattr(session_module, "compact",
+                        lambda index, end_of_run=False: calls.append(end_of_run if type(index).__name__ == "Index" else index))
     assert COMPACT_EVERY == 200
     monkeypatch.setattr(session_module, "COMPACT_EVERY", 2)
     run(root, db, IndexConfig(batch_size=1))
@@ -597,10 +612,19 @@ class DevicelessEncoder(FlakyEncoder):
     device = None
 
 
+class UnplacedEncoder:
+    """A region encoder with no ``device`` attribute at all."""
+
+    def encode_images(self, images, max_regions, nms_iou):
+        return [regions_of(1, 0) for _ in images]
+
+
 @pytest.mark.parametrize("backend, device, expected", [
     (FlakyEncoder(()), None, "cpu"),  # the backend's own device
     (DevicelessEncoder(()), "cuda:5", "cuda:5"),  # else the device asked for
     (DevicelessEncoder(()), None, "?"),
+    (UnplacedEncoder(), "cuda:6", "cuda:6"),
+    (UnplacedEncoder(), None, "?"),
 ])
 def test_the_estimate_names_the_device_and_the_model_cost(folder, monkeypatch, backend, device, expected):
     root, db = folder
@@ -818,10 +842,72 @@ def test_refused_entries_replace_forget_and_drop_what_the_index_holds(tmp_path):
     report, _ = run(root, db, IndexConfig(follow_symlinks=True))
     assert counts(report) == (1, 0, 2, 0, 0, 1)
     assert rows(db, SKIPPED) == {} and sorted(rows(db, IMAGES)) == ["a.png", "b.png", "ext/e.png"]
-    # not followed again, and a.png now a link leaving the root: both refused; ext/e.png dropped, a.png replaced
-    (root / "a.png").unlink()
-    (root / "a.png").symlink_to(outside / "pics" / "e.png")
+    # not followed again, and a.png, b.png now links leaving the root: all refused; ext/e.png dropped,
+    # a.png and b.png replaced by skips
+    for name in ("a.png", "b.png"):
+        (root / name).unlink()
+        (root / name).symlink_to(outside / "pics" / "e.png")
     report, _ = run(root, db, IndexConfig())
-    assert counts(report) == (0, 0, 1, 2, 2, 0)
-    assert sorted(rows(db, SKIPPED)) == ["a.png", "ext"] and sorted(rows(db, IMAGES)) == ["b.png"]
-    assert open_index(db).read(REGIONS)["image_id"].to_pylist() == []  # b.png: 21 % 3 = 0 regions
+    assert counts(report) == (0, 0, 0, 3, 3, 0)
+    assert sorted(rows(db, SKIPPED)) == ["a.png", "b.png", "ext"] and rows(db, IMAGES) == {}
+    assert open_index(db).count(REGIONS) == 0
+
+
+def test_rehash_and_retry_skipped_reach_the_plan(folder):
+    root, db = folder
+    (root / "bad.png").write_bytes(b"not an image")
+    run(root, db, IndexConfig())
+    with IndexingSession(root, db, IndexConfig(), progress=False) as session:
+        assert session.tasks == []  # unchanged files, and a skip whose cause is the file itself
+        session.start(None)
+    with IndexingSession(root, db, IndexConfig(rehash=True), progress=False) as session:
+        assert sorted(t.rel for t in session.tasks) == ["a.png", "b.png", "bad.png", "sub/c.png"]
+        session.start(None)
+    with IndexingSession(root, db, IndexConfig(retry_skipped=True), progress=False) as session:
+        assert [t.rel for t in session.tasks] == ["bad.png"]
+        session.start(None)
+
+
+def test_a_touched_identical_file_updates_its_own_mtime_only(folder):
+    root, db = folder
+    run(root, db, IndexConfig())
+    before = rows(db, IMAGES)
+    os.utime(root / "b.png", ns=(10**18, 10**18))
+    report, session = run(root, db, IndexConfig())
+    assert counts(report) == (0, 0, 3, 0, 0, 0) and [t.rel for t in session.tasks] == ["b.png"]
+    after = rows(db, IMAGES)
+    assert after["b.png"]["mtime_ns"] == 10**18
+    assert {i: r["mtime_ns"] for i, r in after.items() if i != "b.png"} == {
+        i: r["mtime_ns"] for i, r in before.items() if i != "b.png"}
+    assert {i: r["batch"] for i, r in after.items()} == {i: r["batch"] for i, r in before.items()}
+
+
+class PreparedEncoder:
+    """A region encoder fed the preprocessed tensors ``add`` was given (``encode_preprocessed``)."""
+
+    device = "cpu"
+
+    def __init__(self):
+        self.calls = []
+
+    def encode_preprocessed(self, pixel_values, sizes):
+        self.calls.append((pixel_values[:, 0, 0, 0].tolist(), list(sizes)))
+        return [regions_of(1, 0) for _ in sizes]
+
+    def encode_images(self, images, max_regions, nms_iou):
+        raise AssertionError("the preprocessed tensors were not used")
+
+
+def test_the_preprocessed_input_of_each_image_reaches_the_encoder(folder):
+    import torch
+
+    root, db = folder
+    backend = PreparedEncoder()
+    with IndexingSession(root, db, IndexConfig(batch_size=8), progress=False) as session:
+        session.start(backend)
+        for k, task in enumerate(session.tasks):
+            loaded = load_image(task.path, None)
+            session.add(task, loaded, prepared=(torch.full((1, 3, 2, 2), float(k)), [(loaded.height, loaded.width)]))
+        session.end_encoding()
+    assert backend.calls == [([0.0, 1.0, 2.0], [(16, 20), (16, 21), (16, 22)])]
+    assert counts(session.report) == (3, 0, 0, 0, 0, 3)
