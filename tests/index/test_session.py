@@ -168,6 +168,12 @@ def test_an_indexed_file_that_no_longer_decodes_is_removed_and_skipped(folder):
     assert sorted(rows(db, IMAGES)) == ["a.png"] and sorted(rows(db, SKIPPED)) == ["b.png", "sub/c.png"]
     assert "index_timed_images" in read_manifest(as_location(db)).extra
     assert read_manifest(as_location(db)).extra["index_timed_images"] == 3  # nothing encoded: no cost recorded
+    draw(root, "z.png", (20, 16))
+    run(root, db, IndexConfig())
+    (root / "a.png").write_bytes(b"garbage too")  # removed as it is read
+    (root / "z.png").unlink()  # removed by the prune, at the end
+    report, _ = run(root, db, IndexConfig(prune=True))
+    assert counts(report) == (0, 0, 0, 2, 1, 0) and rows(db, IMAGES) == {}
 
 
 class FlakyEncoder:
