@@ -221,6 +221,7 @@ def test_refused_entries_and_drops_are_committed_at_start(tmp_path):
     report, _ = run(root, tmp_path / "db", IndexConfig())
     assert counts(report) == (1, 0, 0, 0, 1, 1)
     assert sorted(rows(tmp_path / "db", SKIPPED)) == ["link.png"]
+    assert read_manifest(as_location(tmp_path / "db")).extra["index_timed_images"] == 1  # one image encoded: timed
     # the refused entry in a commit of its own (batch 1), before the images (batch 2)
     assert rows(tmp_path / "db", SKIPPED)["link.png"]["batch"] == 1 and rows(tmp_path / "db", IMAGES)["a.png"]["batch"] == 2
 
