@@ -522,3 +522,80 @@ def test_repair_logs_what_it_removed(corpus, caplog):
     with caplog.at_level(logging.INFO, logger="resedis.index.commit"):
         assert repair(index) == 3
     assert [r.getMessage() for r in caplog.records] == ["removed 3 orphan regions left by an interrupted batch"]
+
+
+# ---- compact storage, preprocessed inputs ------------------------------------------------------
+def test_a_compact_index_fits_its_projection_on_the_first_batch_and_quantizes_with_it(tmp_path):
+    from resedis.index.columns import index_projection
+    from resedis.ann_projection import PROJECTION_KEY, fit_projection, proj_dims, projection_to_json
+
+    root = tmp_path / "images"
+    paths = [draw(root, "a.png", (30, 20)), draw(root, "c.png", (25, 25))]
+    index = new_index(tmp_path, root, dtype="int8")
+    regions = [regions_of(3, 0), regions_of(2, 1)]
+    writer = BatchWriter(index, None, root, 1)
+    for path, r in zip(paths, regions):
+        writer.images.append((task_of(root, path), loaded(path)))
+        writer.prepared.append(None)
+        writer.regions.append(r)
+    assert writer.commit() == []
+    projection = fit_projection(np.concatenate([r.vectors for r in regions]), proj_dims(DIM))
+    assert index.manifest.extra[PROJECTION_KEY] == projection_to_json(projection, 5)
+    recorded = index_projection(index)
+    np.testing.assert_array_equal(recorded.basis, projection.basis)
+    assert recorded.norm == projection.norm and not recorded.legacy
+    expected = region_rows(["a.png", "c.png"], regions, 1, DIM, "int8", projection)
+    stored = index.read(REGIONS)
+    assert stored.column_names == expected.column_names and stored.equals(expected)
+
+
+class PreprocessedEncoder:
+    """A region encoder fed preprocessed tensors (``encode_preprocessed``); it fails on a batch
+    of more than ``max_batch`` images, and never accepts raw images."""
+
+    def __init__(self, max_batch=8):
+        self.max_batch = max_batch
+        self.calls = []
+
+    def encode_preprocessed(self, pixel_values, sizes):
+        self.calls.append((tuple(pixel_values.shape), list(sizes)))
+        if pixel_values.shape[0] > self.max_batch:
+            raise RuntimeError("out of memory")
+        # nine disjoint boxes per image, best first: the index keeps its max_regions (7) of them
+        boxes = np.array([[10.0 * k, 0, 10.0 * k + 5, 5] for k in range(9)], np.float32)
+        return [ImageRegions(boxes, np.linspace(1, 0, 9).astype(np.float32), np.ones((9, DIM), np.float32))
+                for _ in sizes]
+
+    def encode_images(self, images, max_regions, nms_iou):
+        raise AssertionError("the preprocessed tensors were not used")
+
+
+def writer_with_prepared(index, root, backend):
+    import torch
+
+    writer = BatchWriter(index, backend, root, 1)
+    for k, size in enumerate([(10, 10), (11, 10)]):
+        path = draw(root, f"p{k}.png", size)
+        writer.images.append((task_of(root, path), loaded(path)))
+        writer.prepared.append((torch.full((1, 3, 4, 4), float(k)), [size[::-1]]))
+    return writer
+
+
+def test_preprocessed_inputs_are_encoded_in_one_batch(corpus, caplog):
+    root, _, index = corpus
+    backend = PreprocessedEncoder()
+    writer = writer_with_prepared(index, root, backend)
+    with caplog.at_level(logging.WARNING, logger="resedis.index.commit"):
+        assert writer.commit() == []
+    assert caplog.records == []
+    assert backend.calls == [((2, 3, 4, 4), [(10, 10), (10, 11)])]
+    assert {r["image_id"]: r["n_regions"] for r in table(index, IMAGES)} == {"p0.png": 7, "p1.png": 7}
+
+
+def test_preprocessed_inputs_are_retried_image_by_image(corpus):
+    root, _, index = corpus
+    backend = PreprocessedEncoder(max_batch=1)
+    writer = writer_with_prepared(index, root, backend)
+    assert writer.commit() == []
+    assert backend.calls == [((2, 3, 4, 4), [(10, 10), (10, 11)]), ((1, 3, 4, 4), [(10, 10)]), ((1, 3, 4, 4), [(10, 11)])]
+    assert sorted(r["image_id"] for r in table(index, IMAGES)) == ["p0.png", "p1.png"]

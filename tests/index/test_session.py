@@ -6,6 +6,7 @@ known. The session with a real (tiny) model: ``test_index_session.py``, ``test_i
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,7 @@ def test_a_first_run_commits_in_batches_and_records_its_cost(folder):
     images = rows(db, IMAGES)
     assert {i: (r["batch"], r["n_regions"]) for i, r in images.items()} == {
         "a.png": (1, 2), "b.png": (1, 0), "sub/c.png": (2, 1)}  # batch_size 2: two commits
+    assert {r["root"] for r in images.values()} == {str(root.resolve())}
     assert open_index(db).count(REGIONS) == 3
     manifest = read_manifest(as_location(db))
     assert manifest.extra["index_timed_images"] == 3
@@ -160,11 +162,18 @@ def test_an_indexed_file_that_no_longer_decodes_is_removed_and_skipped(folder):
     root, db = folder
     run(root, db, IndexConfig())
     (root / "b.png").write_bytes(b"now garbage")
+    (root / "sub" / "c.png").write_bytes(b"also garbage")
     report, _ = run(root, db, IndexConfig())
-    assert counts(report) == (0, 0, 2, 1, 1, 0)
-    assert sorted(rows(db, IMAGES)) == ["a.png", "sub/c.png"] and sorted(rows(db, SKIPPED)) == ["b.png"]
+    assert counts(report) == (0, 0, 1, 2, 2, 0)
+    assert sorted(rows(db, IMAGES)) == ["a.png"] and sorted(rows(db, SKIPPED)) == ["b.png", "sub/c.png"]
     assert "index_timed_images" in read_manifest(as_location(db)).extra
     assert read_manifest(as_location(db)).extra["index_timed_images"] == 3  # nothing encoded: no cost recorded
+    draw(root, "z.png", (20, 16))
+    run(root, db, IndexConfig())
+    (root / "a.png").write_bytes(b"garbage too")  # removed as it is read
+    (root / "z.png").unlink()  # removed by the prune, at the end
+    report, _ = run(root, db, IndexConfig(prune=True))
+    assert counts(report) == (0, 0, 0, 2, 1, 0) and rows(db, IMAGES) == {}
 
 
 class FlakyEncoder:
@@ -185,12 +194,22 @@ def test_images_the_model_fails_on_are_counted_as_skips(folder):
     root, db = folder
     run(root, db, IndexConfig())
     draw(root, "b.png", (31, 16), (9, 9, 9))  # changed, and the model fails on it
-    draw(root, "new.png", (31, 17))  # new, and the model fails on it
-    draw(root, "ok.png", (26, 16))
+    draw(root, "sub/c.png", (31, 18), (9, 9, 9))  # changed, and the model fails on it
+    for name, width in (("m1.png", 26), ("n1.png", 31), ("n2.png", 31), ("o1.png", 27), ("p1.png", 31)):
+        draw(root, name, (width, 17))  # new: the model fails on the 31 px wide ones (never 3 in a row)
     report, _ = run(root, db, IndexConfig(batch_size=8), backend=FlakyEncoder({31}))
-    assert counts(report) == (1, 0, 2, 1, 2, 1)
-    assert sorted(rows(db, IMAGES)) == ["a.png", "ok.png", "sub/c.png"]
-    assert sorted(rows(db, SKIPPED)) == ["b.png", "new.png"]
+    assert counts(report) == (2, 0, 1, 2, 5, 2)
+    assert sorted(rows(db, IMAGES)) == ["a.png", "m1.png", "o1.png"]
+    assert sorted(rows(db, SKIPPED)) == ["b.png", "n1.png", "n2.png", "p1.png", "sub/c.png"]
+
+
+def test_two_changed_files_are_two_updates(folder):
+    root, db = folder
+    run(root, db, IndexConfig())
+    draw(root, "a.png", (20, 16), (1, 2, 3))
+    draw(root, "b.png", (21, 16), (4, 5, 6))
+    report, _ = run(root, db, IndexConfig())
+    assert counts(report) == (0, 2, 1, 0, 0, 2)
 
 
 def test_refused_entries_and_drops_are_committed_at_start(tmp_path):
@@ -202,12 +221,16 @@ def test_refused_entries_and_drops_are_committed_at_start(tmp_path):
     report, _ = run(root, tmp_path / "db", IndexConfig())
     assert counts(report) == (1, 0, 0, 0, 1, 1)
     assert sorted(rows(tmp_path / "db", SKIPPED)) == ["link.png"]
+    assert read_manifest(as_location(tmp_path / "db")).extra["index_timed_images"] == 1  # one image encoded: timed
+    # the refused entry in a commit of its own (batch 1), before the images (batch 2)
+    assert rows(tmp_path / "db", SKIPPED)["link.png"]["batch"] == 1 and rows(tmp_path / "db", IMAGES)["a.png"]["batch"] == 2
 
 
 def test_compaction_every_compact_every_batches(folder, monkeypatch):
     root, db = folder
     calls = []
-    monkeypatch.setattr(session_module, "compact", lambda index, end_of_run=False: calls.append(end_of_run))
+    monkeypatch.setattr(session_module, "compact",
+                        lambda index, end_of_run=False: calls.append(end_of_run if type(index).__name__ == "Index" else index))
     assert COMPACT_EVERY == 200
     monkeypatch.setattr(session_module, "COMPACT_EVERY", 2)
     run(root, db, IndexConfig(batch_size=1))
@@ -418,3 +441,480 @@ def test_a_new_index_refuses_a_model_other_than_the_encoder_given(tmp_path):
         IndexingSession(root, tmp_path / "db", IndexConfig(model="owlv2:/asked"),
                         encoder=SpecEncoder("owlv2:/given", {}), progress=False).__enter__()
     assert str(err.value) == "config.model 'owlv2:/asked' differs from the given encoder's spec 'owlv2:/given'"
+
+
+# --- constructor, lock, object-store options --------------------------------------------------------
+
+
+def test_locate_passes_storage_options_to_an_object_store_and_refuses_them_for_a_folder(tmp_path):
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    with pytest.raises(ResedisError) as err:
+        locate(root, tmp_path / "db", {"aws_region": "eu-west-1"})
+    assert str(err.value) == (f"{tmp_path / 'db'}: storage options apply to object-store URIs (s3://, gs://, az://), "
+                              "not a local path")
+    found_root, loc, walk = locate(root, "s3://bucket/prefix", {"aws_region": "eu-west-1"})
+    assert (str(loc), loc.is_local, loc.options["aws_region"]) == ("s3://bucket/prefix", False, "eu-west-1")
+    assert found_root == root.resolve() and [p.name for p in walk.files] == ["a.png"]  # nothing excluded
+
+
+def test_a_new_session_holds_its_settings_and_nothing_else_yet(folder):
+    root, db = folder
+    config = IndexConfig(batch_size=3)
+    session = IndexingSession(root, db, config)
+    assert session.config is config and session.progress is True
+    assert (session.root, session.location, [p.name for p in session.walk.files]) == (
+        root.resolve(), as_location(db), ["a.png", "b.png", "c.png"])
+    assert (session.writer, session.encode_seconds) == (None, 0.0)
+    assert IndexingSession(root, db, config, progress=False).progress is False
+
+
+def test_a_session_holds_the_writer_lock_until_it_is_left(folder):
+    root, db = folder
+    with IndexingSession(root, db, IndexConfig(), progress=False) as session:
+        with pytest.raises(ResedisError) as err:
+            Lock(as_location(db)).__enter__()
+        assert str(err.value) == f"{as_location(db)}: another process is writing this index; wait for it to finish"
+        session.start(None)
+        for task in session.tasks:
+            session.add(task, load_image(task.path, None), regions=regions_of(1, 0))
+    with Lock(as_location(db)):
+        pass
+
+
+def test_a_session_storage_options_reach_the_location(folder):
+    root, db = folder
+    with pytest.raises(ResedisError) as err:
+        IndexingSession(root, db, IndexConfig(), storage_options={"aws_region": "eu-west-1"})
+    assert str(err.value).endswith("storage options apply to object-store URIs (s3://, gs://, az://), not a local path")
+
+
+def test_leaving_the_block_without_end_encoding_commits_the_last_batch(folder):
+    root, db = folder
+    with IndexingSession(root, db, IndexConfig(batch_size=8), progress=False) as session:
+        session.start(None)
+        for task in session.tasks:
+            session.add(task, load_image(task.path, None), regions=regions_of(1, 0))
+        assert session.writer.pending() == 3  # nothing committed yet
+    assert sorted(rows(db, IMAGES)) == ["a.png", "b.png", "sub/c.png"]
+    assert counts(session.report) == (3, 0, 0, 0, 0, 3)
+
+
+def test_an_index_that_lost_a_table_is_rebuilt_by_the_next_run(folder):
+    root, db = folder
+    run(root, db, IndexConfig())
+    shutil.rmtree(db / f"{REGIONS}.lance")  # the index is damaged: a reader refuses it
+    report, _ = run(root, db, IndexConfig())
+    # a.png and sub/c.png lost their regions and are encoded again; b.png has none to lose
+    assert counts(report) == (2, 0, 1, 0, 0, 2)
+    assert open_index(db).count(REGIONS) == 3 and sorted(rows(db, IMAGES)) == ["a.png", "b.png", "sub/c.png"]
+
+
+# --- the clock, the estimate, the finish ------------------------------------------------------------
+
+
+class Clock:
+    """``time`` for the session module: perf_counter() reads ``now``, set by the test."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class RecordingSideTable:
+    """A side table that records the writer's calls (and claims ``seconds`` of work)."""
+
+    name = "recorded"
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds = seconds
+        self.calls: list[tuple] = []
+
+    def repair(self) -> int:
+        self.calls.append(("repair",))
+        return 0
+
+    def add(self, ids, images, regions, batch) -> int:
+        self.calls.append(("add", list(ids), [im.size for im in images], [len(r) for r in regions], batch))
+        return len(ids)
+
+    def delete(self, ids) -> None:
+        self.calls.append(("delete", list(ids)))
+
+    def backfill(self, *, progress: bool = True) -> int:
+        self.calls.append(("backfill", progress))
+        return 0
+
+    def save_stats(self) -> None:
+        self.calls.append(("save_stats",))
+
+
+def test_the_region_index_cost_excludes_side_tables_and_the_report_times_the_run(folder, monkeypatch, caplog):
+    root, db = folder
+    clock = Clock(100.0)
+    monkeypatch.setattr(session_module, "time", clock)
+    side = RecordingSideTable(seconds=4.0)
+    caplog.set_level("DEBUG", logger="resedis.index.session")
+    session = IndexingSession(root, db, IndexConfig(batch_size=8), progress=False)
+    with session:
+        clock.now = 110.0
+        session.start(None, [side])
+        for task in session.tasks:
+            session.add(task, load_image(task.path, None), regions=regions_of(2, 0))
+        clock.now = 125.0
+        session.end_encoding()
+        clock.now = 130.0
+    assert session.encode_seconds == 125.0 - 110.0 - 4.0
+    assert session.report.seconds == 130.0 - 100.0
+    extra = read_manifest(as_location(db)).extra
+    assert (extra["index_timed_images"], extra["index_seconds_per_image"]) == (3, pytest.approx(11.0 / 3))
+    assert [r.getMessage() for r in caplog.records if r.levelname == "DEBUG"
+            and r.name == "resedis.index.session"] == ["encoded 3 images in 11.0 s"]
+
+
+def test_side_tables_are_repaired_fed_each_batch_then_backfilled(folder):
+    root, db = folder
+    run(root, db, IndexConfig())
+    draw(root, "a.png", (24, 16), (1, 2, 3))  # changed
+    (root / "sub" / "c.png").unlink()  # gone, pruned
+    draw(root, "e.png", (25, 16))
+    side = RecordingSideTable()
+    with IndexingSession(root, db, IndexConfig(batch_size=8, prune=True), progress=True) as session:
+        session.start(None, [side])
+        assert side.calls == [("repair",)]
+        for task in session.tasks:
+            session.add(task, load_image(task.path, None), regions=regions_of(2, 0))
+        session.end_encoding()
+    assert side.calls == [
+        ("repair",),
+        ("delete", ["a.png"]),  # replaced
+        ("add", ["a.png", "e.png"], [(24, 16), (25, 16)], [2, 2], 2),
+        ("backfill", True),
+        ("save_stats",),
+        ("delete", ["sub/c.png"]),  # pruned
+    ]
+    assert session.writer.side_tables == [side]
+
+
+def test_the_estimate_knows_the_run_and_is_logged_once(folder, monkeypatch, caplog):
+    root, db = folder
+    caplog.set_level("INFO", logger="resedis.index.session")
+    with IndexingSession(root, db, IndexConfig(batch_size=1, device="cuda:5"), progress=False) as session:
+        session.start(None)
+        estimate = session.estimate
+        assert (estimate.total, estimate.spec, estimate.device, estimate.gflops, estimate.warmup_images) == (
+            3, MODEL, "ray workers", None, 1)
+        assert estimate.started is not None
+        for task in session.tasks:
+            session.add(task, load_image(task.path, None), regions=regions_of(1, 0))
+        session.end_encoding()
+    lines = [r.getMessage() for r in caplog.records if r.name == "resedis.index.session"]
+    assert len(lines) == 1 and lines[0].startswith(f"estimate: 3 images with {MODEL} on ray workers: ≈ ")
+    assert lines[0].endswith("measured on the first 1 images, warm-up included)")
+
+
+class DevicelessEncoder(FlakyEncoder):
+    device = None
+
+
+class UnplacedEncoder:
+    """A region encoder with no ``device`` attribute at all."""
+
+    def encode_images(self, images, max_regions, nms_iou):
+        return [regions_of(1, 0) for _ in images]
+
+
+@pytest.mark.parametrize("backend, device, expected", [
+    (FlakyEncoder(()), None, "cpu"),  # the backend's own device
+    (DevicelessEncoder(()), "cuda:5", "cuda:5"),  # else the device asked for
+    (DevicelessEncoder(()), None, "?"),
+    (UnplacedEncoder(), "cuda:6", "cuda:6"),
+    (UnplacedEncoder(), None, "?"),
+])
+def test_the_estimate_names_the_device_and_the_model_cost(folder, monkeypatch, backend, device, expected):
+    root, db = folder
+    asked = []
+    monkeypatch.setattr(session_module, "backend_gflops", lambda b: asked.append(b) or 12.5)
+    with IndexingSession(root, db, IndexConfig(batch_size=16, device=device), progress=False) as session:
+        session.start(backend)
+        assert (session.estimate.device, session.estimate.gflops, session.estimate.warmup_images) == (expected, 12.5, 4)
+        assert asked == [backend]
+        session.end_encoding()
+
+
+def test_the_estimate_of_a_run_with_nothing_to_encode_has_no_cost(folder, monkeypatch):
+    root, db = folder
+    run(root, db, IndexConfig())
+    monkeypatch.setattr(session_module, "backend_gflops", lambda b: pytest.fail("no cost is asked for"))
+    with IndexingSession(root, db, IndexConfig(), progress=False) as session:
+        session.start(FlakyEncoder(()))
+        assert (session.estimate.total, session.estimate.gflops) == (0, None)
+
+
+def test_the_finish_folds_in_the_ann_index_and_keeps_others_manifest_keys(folder, monkeypatch):
+    root, db = folder
+    calls = []
+    monkeypatch.setattr(session_module, "optimize_ann",
+                        lambda table, config, fold_new_rows=True: calls.append((table.name, config.min_rows, fold_new_rows)))
+    with IndexingSession(root, db, IndexConfig(ann_min_rows=5), progress=False) as session:
+        session.start(None)
+        for task in session.tasks:
+            session.add(task, load_image(task.path, None), regions=regions_of(1, 0))
+        session.end_encoding()
+        manifest = read_manifest(as_location(db))
+        manifest.calibration = {"threshold": 0.25}  # written meanwhile by calibration
+        write_manifest(as_location(db), manifest)
+    assert calls == [(REGIONS, 5, False)]
+    stored = read_manifest(as_location(db))
+    assert stored.calibration == {"threshold": 0.25} and stored.updated != LONG_AGO
+    assert session.index.manifest.updated == stored.updated
+    assert session.index.manifest.extra["index_timed_images"] == 3
+
+
+# --- the region encoder the session loads -----------------------------------------------------------
+
+
+class LoadedEncoder(SpecEncoder):
+    kind = "region+text"
+
+
+def test_the_index_model_is_loaded_on_the_device_asked_and_checked(folder, monkeypatch):
+    root, db = folder
+    calls = []
+    loaded = LoadedEncoder(MODEL, {})
+    monkeypatch.setattr(session_module, "load_model", lambda spec, device: calls.append((spec, device)) or loaded)
+    with IndexingSession(root, db, IndexConfig(device="cuda:2"), progress=False) as session:
+        assert session.region_encoder() is loaded and session.region_encoder() is loaded
+        assert calls == [(MODEL, "cuda:2")]  # once
+        session.start(None)
+        session.end_encoding()
+
+
+def test_the_index_model_loaded_with_another_dimension_or_preprocessing_is_refused(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    db = tmp_path / "db"
+    make_db(db, root, preprocessing={"input_size": [192, 192]})
+    wide = LoadedEncoder(MODEL, {"input_size": [192, 192]})
+    wide.vector_dim = 8
+    monkeypatch.setattr(session_module, "load_model", lambda spec, device: wide)
+    with IndexingSession(root, db, IndexConfig(), progress=False) as session:
+        with pytest.raises(IndexMismatchError) as err:
+            session.region_encoder()
+        session.start(None)
+    assert str(err.value) == f"{as_location(db)}: index vectors have dimension {DIM}, model {MODEL} gives 8"
+    other = LoadedEncoder(MODEL, {"input_size": [224, 224]})
+    monkeypatch.setattr(session_module, "load_model", lambda spec, device: other)
+    with IndexingSession(root, db, IndexConfig(), progress=False) as session:
+        with pytest.raises(IndexMismatchError) as err:
+            session.region_encoder()
+        session.start(None)
+    assert str(err.value).startswith(f"{as_location(db)}: the index was built with model '{MODEL}' preprocessing")
+    assert "input_size: index [192, 192], model now [224, 224]" in str(err.value)
+
+
+def weights_dir(path: Path, payload: bytes) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(payload)
+    return path
+
+
+def test_the_encoder_given_must_have_the_weights_the_index_was_built_with(tmp_path):
+    from resedis.models.fingerprint import weights_fingerprint
+
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    built = weights_dir(tmp_path / "built", b"0123")
+    db = tmp_path / "db"
+    make_db(db, root, weights_fingerprint=weights_fingerprint(built))
+    same = SpecEncoder(MODEL, {}, built)
+    with IndexingSession(root, db, IndexConfig(), encoder=same, progress=False) as session:
+        assert session.region_encoder() is same
+        session.start(None)
+        session.end_encoding()
+    retrained = SpecEncoder(MODEL, {}, weights_dir(tmp_path / "retrained", b"4567"))
+    with pytest.raises(IndexMismatchError) as err:
+        with IndexingSession(root, db, IndexConfig(), encoder=retrained, progress=False) as session:
+            session.region_encoder()
+    assert str(err.value).startswith(f"{as_location(db)}: the index was built with model '{MODEL}' weights ")
+
+
+def test_a_new_index_loads_its_model_on_the_device_asked(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    draw(root, "a.png")
+    calls = []
+
+    def fake_load(spec, device):
+        calls.append((spec, device))
+        raise ResedisError("no weights here")
+
+    monkeypatch.setattr(session_module, "load_model", fake_load)
+    with pytest.raises(ResedisError, match="no weights here"):
+        IndexingSession(root, tmp_path / "db", IndexConfig(model="owlv2:/w", device="cuda:3"), progress=False).__enter__()
+    with pytest.raises(ResedisError, match="no weights here"):
+        IndexingSession(root, tmp_path / "db2", IndexConfig(), progress=False).__enter__()
+    assert calls == [("owlv2:/w", "cuda:3"), ("owlv2:google/owlv2-base-patch16-ensemble", None)]
+
+
+# --- crop side tables (a fake CLIP encoder) ---------------------------------------------------------
+
+
+class FakeCropEncoder:
+    """An image-text encoder whose crop vectors are the boxes themselves."""
+
+    kind = "image-text"
+    embed_dim = 4
+
+    def __init__(self, spec: str, weights: Path):
+        self.spec = spec
+        self.model = type("Model", (), {"name_or_path": str(weights)})()
+
+    def encode_crops(self, image, boxes):
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        return boxes / np.linalg.norm(boxes, axis=1, keepdims=True)
+
+
+@pytest.fixture()
+def crop_model(tmp_path, monkeypatch):
+    """-> (spec, calls): load_model of the crops module returns a FakeCropEncoder, recording (spec, device)."""
+    from resedis.index import crops as crops_module
+
+    weights = weights_dir(tmp_path / "clip", b"clip")
+    spec = f"clip:{weights}"
+    calls = []
+    monkeypatch.setattr(crops_module, "load_model",
+                        lambda s, device=None: calls.append((s, device)) or FakeCropEncoder(s, weights))
+    return spec, calls
+
+
+def test_open_side_tables_opens_the_crops_asked_for_then_those_the_index_has(folder, crop_model):
+    from resedis.index.crops import CropConfig, CropWriter
+    from resedis.index.session import open_side_tables
+
+    root, db = folder
+    spec, calls = crop_model
+    run(root, db, IndexConfig())
+    index = open_index(db)
+    assert open_side_tables(index, IndexConfig()) == [] and stored_side_tables(index) == []
+    asked = CropConfig(model=spec, max_crops=3)
+    [writer] = open_side_tables(index, IndexConfig(crops=asked), device="cuda:4")
+    assert isinstance(writer, CropWriter) and writer.index is index and writer.config is asked
+    assert calls == [(spec, "cuda:4")]
+    reopened = open_index(db)
+    assert stored_side_tables(reopened) == ["crops"]
+    [writer] = open_side_tables(reopened, IndexConfig())  # kept in step without being asked
+    assert (writer.config.model, writer.config.proposals, writer.config.max_crops) == (spec, "owl", 3)
+    assert calls == [(spec, "cuda:4"), (spec, None)]
+
+
+def test_a_run_with_crops_writes_them_with_each_batch_and_backfills_older_images(folder, crop_model):
+    from resedis.index.crops import CROPS, CropConfig
+    from resedis.index.session import open_side_tables
+
+    root, db = folder
+    spec, _ = crop_model
+    run(root, db, IndexConfig())  # a.png, b.png, sub/c.png indexed before the crops existed
+    draw(root, "e.png", (25, 16))
+    config = IndexConfig(crops=CropConfig(model=spec, max_crops=3))
+    with IndexingSession(root, db, config, progress=False) as session:
+        session.start(None, open_side_tables(session.index, config))
+        for task in session.tasks:
+            session.add(task, load_image(task.path, None), regions=regions_of(2, 0))
+        session.end_encoding()
+    crops = open_index(db).table(CROPS).to_arrow()
+    per_image = {}
+    for image_id, batch in zip(crops["image_id"].to_pylist(), crops["batch"].to_pylist()):
+        per_image[image_id] = (per_image.get(image_id, (0, batch))[0] + 1, batch)
+    # regions per image: width % 3 in the first run's batch (a: 2, b: 0, c: 1), 2 for e.png (batch 2)
+    assert per_image == {"a.png": (2, 1), "sub/c.png": (1, 1), "e.png": (2, 2)}
+    entry = read_manifest(as_location(db)).extra["crops"]
+    # timed: e.png in its batch, a.png and sub/c.png backfilled (b.png has no region to crop)
+    assert (entry["model"], entry["max_crops"], entry["timed_images"]) == (spec, 3, 3)
+
+
+def test_refused_entries_replace_forget_and_drop_what_the_index_holds(tmp_path):
+    root, outside = tmp_path / "images", tmp_path / "outside"
+    draw(root, "a.png", (20, 16))
+    draw(root, "b.png", (21, 16))
+    draw(outside / "pics", "e.png", (22, 16))
+    (root / "ext").symlink_to(outside / "pics", target_is_directory=True)  # a folder leaving the root
+    db = tmp_path / "db"
+    make_db(db, root)
+    report, _ = run(root, db, IndexConfig())
+    assert counts(report) == (2, 0, 0, 0, 1, 2) and sorted(rows(db, SKIPPED)) == ["ext"]
+    # followed: the folder's skip record is forgotten, its image indexed
+    report, _ = run(root, db, IndexConfig(follow_symlinks=True))
+    assert counts(report) == (1, 0, 2, 0, 0, 1)
+    assert rows(db, SKIPPED) == {} and sorted(rows(db, IMAGES)) == ["a.png", "b.png", "ext/e.png"]
+    # not followed again, and a.png, b.png now links leaving the root: all refused; ext/e.png dropped,
+    # a.png and b.png replaced by skips
+    for name in ("a.png", "b.png"):
+        (root / name).unlink()
+        (root / name).symlink_to(outside / "pics" / "e.png")
+    report, _ = run(root, db, IndexConfig())
+    assert counts(report) == (0, 0, 0, 3, 3, 0)
+    assert sorted(rows(db, SKIPPED)) == ["a.png", "b.png", "ext"] and rows(db, IMAGES) == {}
+    assert open_index(db).count(REGIONS) == 0
+
+
+def test_rehash_and_retry_skipped_reach_the_plan(folder):
+    root, db = folder
+    (root / "bad.png").write_bytes(b"not an image")
+    run(root, db, IndexConfig())
+    with IndexingSession(root, db, IndexConfig(), progress=False) as session:
+        assert session.tasks == []  # unchanged files, and a skip whose cause is the file itself
+        session.start(None)
+    with IndexingSession(root, db, IndexConfig(rehash=True), progress=False) as session:
+        assert sorted(t.rel for t in session.tasks) == ["a.png", "b.png", "bad.png", "sub/c.png"]
+        session.start(None)
+    with IndexingSession(root, db, IndexConfig(retry_skipped=True), progress=False) as session:
+        assert [t.rel for t in session.tasks] == ["bad.png"]
+        session.start(None)
+
+
+def test_a_touched_identical_file_updates_its_own_mtime_only(folder):
+    root, db = folder
+    run(root, db, IndexConfig())
+    before = rows(db, IMAGES)
+    os.utime(root / "b.png", ns=(10**18, 10**18))
+    report, session = run(root, db, IndexConfig())
+    assert counts(report) == (0, 0, 3, 0, 0, 0) and [t.rel for t in session.tasks] == ["b.png"]
+    after = rows(db, IMAGES)
+    assert after["b.png"]["mtime_ns"] == 10**18
+    assert {i: r["mtime_ns"] for i, r in after.items() if i != "b.png"} == {
+        i: r["mtime_ns"] for i, r in before.items() if i != "b.png"}
+    assert {i: r["batch"] for i, r in after.items()} == {i: r["batch"] for i, r in before.items()}
+
+
+class PreparedEncoder:
+    """A region encoder fed the preprocessed tensors ``add`` was given (``encode_preprocessed``)."""
+
+    device = "cpu"
+
+    def __init__(self):
+        self.calls = []
+
+    def encode_preprocessed(self, pixel_values, sizes):
+        self.calls.append((pixel_values[:, 0, 0, 0].tolist(), list(sizes)))
+        return [regions_of(1, 0) for _ in sizes]
+
+    def encode_images(self, images, max_regions, nms_iou):
+        raise AssertionError("the preprocessed tensors were not used")
+
+
+def test_the_preprocessed_input_of_each_image_reaches_the_encoder(folder):
+    import torch
+
+    root, db = folder
+    backend = PreparedEncoder()
+    with IndexingSession(root, db, IndexConfig(batch_size=8), progress=False) as session:
+        session.start(backend)
+        for k, task in enumerate(session.tasks):
+            loaded = load_image(task.path, None)
+            session.add(task, loaded, prepared=(torch.full((1, 3, 2, 2), float(k)), [(loaded.height, loaded.width)]))
+        session.end_encoding()
+    assert backend.calls == [([0.0, 1.0, 2.0], [(16, 20), (16, 21), (16, 22)])]
+    assert counts(session.report) == (3, 0, 0, 0, 0, 3)

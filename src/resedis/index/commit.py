@@ -120,22 +120,22 @@ def repair(index: Index) -> int:
 
 def region_rows(ids: list[str], regions: list[ImageRegions], batch: int, dim: int, dtype: str,
                 projection: AnnProjection | None = None) -> pa.Table:
+    """The ``regions`` rows of one batch; every column takes its type from :func:`regions_schema`
+    (``vector_columns`` rounds the vectors to the storage format)."""
     counts = [len(r) for r in regions]
     n = sum(counts)
-    boxes = np.concatenate([r.boxes for r in regions]).astype(np.float32) if n else np.zeros((0, 4), np.float32)
     vectors = np.concatenate([r.vectors for r in regions]) if n else np.zeros((0, dim))
     if vectors.shape[1] != dim:
         raise ResedisError(f"model returned vectors of dimension {vectors.shape[1]}, the index stores {dim}")
-    vectors = vectors.astype(np.float16 if dtype == "float16" else np.float32)
-    objectness = np.concatenate([r.objectness for r in regions]).astype(np.float32) if n else np.zeros(0, np.float32)
+    boxes = np.concatenate([r.boxes for r in regions]).ravel() if n else np.zeros(0)  # x0 y0 x1 y1 x0 ...
     return pa.table(
         {
-            "image_id": pa.array([i for i, c in zip(ids, counts) for _ in range(c)], pa.string()),
-            "region": pa.array(np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if n else [], pa.int32()),
-            "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes.ravel(), pa.float32()), 4),
-            "objectness": pa.array(objectness, pa.float32()),
+            "image_id": [i for i, c in zip(ids, counts) for _ in range(c)],
+            "region": [k for c in counts for k in range(c)],
+            "box": pa.FixedSizeListArray.from_arrays(pa.array(boxes), 4),
+            "objectness": np.concatenate([r.objectness for r in regions]) if n else np.zeros(0),
             **vector_columns(vectors, dtype, projection),  # the storage format's columns (resedis.quant)
-            "batch": pa.array(np.full(n, batch, np.int64), pa.int64()),
+            "batch": [batch] * n,
         },
         schema=regions_schema(dim, dtype, None if projection is None else projection.width),
     )
@@ -230,11 +230,11 @@ class BatchWriter:
                         "image_id": [task.rel for task, _ in self.skips],
                         "path": [str(task.path) for task, _ in self.skips],
                         "reason": [s.reason for _, s in self.skips],
-                        "size_bytes": pa.array([task.size for task, _ in self.skips], pa.int64()),
-                        "mtime_ns": pa.array([task.mtime_ns for task, _ in self.skips], pa.int64()),
-                        "batch": pa.array([self.batch] * len(self.skips), pa.int64()),
+                        "size_bytes": [task.size for task, _ in self.skips],
+                        "mtime_ns": [task.mtime_ns for task, _ in self.skips],
+                        "batch": [self.batch] * len(self.skips),
                     },
-                    schema=skipped_schema(),
+                    schema=skipped_schema(),  # the columns' types
                 )
             )
         if ids:
@@ -248,9 +248,6 @@ class BatchWriter:
             )
             for table in self.side_tables:  # same decoded images, before the commit point
                 table.add(ids, [li.image for _, li in self.images], regions, self.batch)
-            image_vectors = [
-                None if r.image_vector is None else np.asarray(r.image_vector, np.float32).tolist() for r in regions
-            ]
             idx.images_table.add(
                 pa.table(
                     {
@@ -258,16 +255,16 @@ class BatchWriter:
                         "root": [str(self.root)] * len(ids),
                         "path": [str(task.path.resolve()) for task, _ in self.images],
                         "sha256": [li.sha256 for _, li in self.images],
-                        "width": pa.array([li.width for _, li in self.images], pa.int32()),
-                        "height": pa.array([li.height for _, li in self.images], pa.int32()),
-                        "mtime_ns": pa.array([li.mtime_ns for _, li in self.images], pa.int64()),
-                        "size_bytes": pa.array([li.size_bytes for _, li in self.images], pa.int64()),
-                        "n_regions": pa.array([len(r) for r in regions], pa.int32()),
-                        "batch": pa.array([self.batch] * len(ids), pa.int64()),
-                        "image_vector": pa.array(image_vectors, pa.list_(pa.float32())),
-                        CHECKSUM: pa.array(checksums, pa.string()),
+                        "width": [li.width for _, li in self.images],
+                        "height": [li.height for _, li in self.images],
+                        "mtime_ns": [li.mtime_ns for _, li in self.images],
+                        "size_bytes": [li.size_bytes for _, li in self.images],
+                        "n_regions": [len(r) for r in regions],
+                        "batch": [self.batch] * len(ids),
+                        "image_vector": [None if r.image_vector is None else np.asarray(r.image_vector) for r in regions],
+                        CHECKSUM: checksums,
                     },
-                    schema=images_schema(),
+                    schema=images_schema(),  # the columns' types
                 )
             )
         self.batch += 1
