@@ -116,6 +116,23 @@ FULL = {
     "elephant not the biggest": (
         "elephant not the biggest", plain("elephant", "elephant"), (), (("largest", "not biggest", False, True),), (), (),
         False),
+    # a negated superlative followed by a pronoun keeps its cue, negated (the superlative was
+    # dropped and "one" excluded: the opposite query, issue 16) ...
+    "cat not the largest one": (
+        "cat not the largest one", plain("cat", "cat"), (), (("largest", "not largest", False, True),), (), (), False),
+    "the man that is not the tallest ones, on the left": (
+        "the man that is not the tallest ones on the left", plain("the man", "man", det="the"),
+        (("left", "on the left", False),), (("tallest", "that is not tallest", False, True),), (), (), False),
+    # ... and so does one before the phrase's own words (was a fallback excluding "cat")
+    "not the largest cat": (
+        "not the largest cat", plain("cat", "cat"), (), (("largest", "not largest", False, True),), (), (), False),
+    "not on the left dog": (
+        "not on the left dog", DOG, (("left", "not on the left", True),), (), (), (), False),
+    "not the largest one": (  # only a pronoun: no subject, the cue kept
+        "not the largest one", plain("not the largest one", "one", ("not", "the", "largest")), (),
+        (("largest", "not largest", False, True),), (), (), True),
+    "dog without the largest hat": (  # words after the cue when the phrase has its own: excluded
+        "dog without the largest hat", DOG, (), (), (), (("without", plain("hat", "hat")),), False),
     "zebra not the leftmost": (
         "zebra not the leftmost", plain("zebra", "zebra"), (("left", "not leftmost", True),), (), (), (), False),
     "the second dog from the left": (  # an ordinal is dropped with a position ...
