@@ -97,6 +97,10 @@ FULL = {
         (("next_to", "next to", False,
           (anchor("the dog and the box", plain("the dog and the box", "dog", det="the", modifier="and the box")),)),),
         (), False),
+    "cat next to the dog, the box": (  # a comma before no cue is dropped, not a word of the anchor's text
+        "cat next to the dog the box", plain("cat", "cat"), (), (),
+        (("next_to", "next to", False,
+          (anchor("the dog the box", plain("the dog the box", "box", ("dog", "the"), "the")),)),), (), False),
     "dog between the cat and the box on the left": (
         "dog between the cat and the box on the left", DOG, (), (),
         (("between", "between", False, (THE_CAT, anchor("the box", plain("the box", "box", det="the"),
@@ -205,6 +209,7 @@ NORMALIZED = {
     "hand-side, right-hand": ["hand", "side", ",", "right", "hand"],
     "dog's": ["dog's"],
     "cat:dog": ["cat", ",", "dog"],
+    "don`t": ["do", "not"],  # a backtick is an apostrophe
 }
 
 
