@@ -152,6 +152,10 @@ FULL = {
     "dog without": ("dog without", plain("dog without", "without", ("dog",)), (), (), (), (), True),
     "dog between the cat": (
         "dog between the cat", plain("dog between the cat", "cat", ("dog", "between", "the")), (), (), (), (), True),
+    "the man with a hat left of": (  # the fallback phrase keeps its determiner and modifier
+        "the man with a hat left of", plain("the man with a hat left of", "man", det="the", modifier="with a hat left"),
+        (), (), (), (), True),
+    "those": ("those", plain("those", "those"), (), (), (), (), False),  # a determiner alone is the head
     "dog not left of": ("dog not left of", plain("dog not left of", "left", ("dog", "not")), (), (), (), (), True),
     # "of the picture" after a position phrase is consumed with it, not with another noun
     "dog in the middle of the picture": (
