@@ -38,6 +38,12 @@ def generate(file: str, work: Path) -> Path:
     (work / "pyproject.toml").write_text(re.sub(r"^only_mutate = .*$", f'only_mutate = ["{file}"]', text, flags=re.M))
     code = "import mutmut.__main__ as m; m.create_mutants(1)"
     subprocess.run([sys.executable, "-c", code], cwd=work, check=True, stdout=subprocess.DEVNULL)
+    # mutmut copies the Python files only: add the package data (the bundled demo model)
+    for path in (work / "src").rglob("*"):
+        target = work / "mutants" / "src" / path.relative_to(work / "src")
+        if path.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
     return work / "mutants" / "src"
 
 
