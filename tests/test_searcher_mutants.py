@@ -291,7 +291,9 @@ def test_a_filter_on_an_empty_index(tmp_path, demo):
 def test_a_changed_index_or_manifest_is_read_again(tmp_path, demo):
     index = hand_index(tmp_path, demo)
     searcher = Searcher(tmp_path / "db", encoder=demo)  # a path: opened here
+    read = searcher.index.manifest
     corpus = searcher.corpus()
+    assert searcher.index.manifest is read  # not read again while unchanged
     meta = searcher.image_meta()
     assert searcher.corpus() is corpus and searcher.image_meta() is meta
     # a calibrated threshold written into the manifest is the new default
@@ -362,27 +364,64 @@ def test_the_model_is_loaded_from_the_manifest_and_checked(tmp_path, demo):
     assert str(err.value).startswith("unknown device 'nowhere'")
     with pytest.raises(IndexMismatchError) as err:
         Searcher(index, model="owlv2:google/owlv2-base-patch16-ensemble", encoder=demo)
-    assert "the index was built with model 'demo', but 'owlv2:google/owlv2-base-patch16-ensemble' was asked for" in str(err.value)
+    assert str(err.value).startswith(
+        f"{index.path}: the index was built with model 'demo', but 'owlv2:google/owlv2-base-patch16-ensemble' was asked for")
 
 
 def test_an_encoder_of_another_model_weights_or_preprocessing_is_refused(tmp_path, demo):
     other = hand_index(tmp_path / "other", demo, model="owlv2:google/owlv2-base-patch16-ensemble")
     with pytest.raises(IndexMismatchError) as err:
         Searcher(other, encoder=demo)
-    assert "but 'demo' was asked for" in str(err.value)
+    assert str(err.value).startswith(
+        f"{other.path}: the index was built with model 'owlv2:google/owlv2-base-patch16-ensemble', but 'demo' was asked for")
     retrained = hand_index(tmp_path / "retrained", demo, weights_fingerprint="sha256:" + "0" * 64)
     with pytest.raises(IndexMismatchError) as err:
         Searcher(retrained, encoder=demo)
+    assert str(err.value).startswith(f"{retrained.path}: the index was built with model 'demo' weights ")
     assert "they were retrained or replaced since the index was built" in str(err.value)
     resized = hand_index(tmp_path / "resized", demo, preprocessing={**demo.preprocessing(), "input_size": [96, 96]})
     with pytest.raises(IndexMismatchError) as err:
         Searcher(resized, encoder=demo)
-    assert "input_size: index [96, 96], model now [192, 192]" in str(err.value)
+    assert str(err.value).startswith(
+        f"{resized.path}: the index was built with model 'demo' preprocessing other than the loaded model's "
+        "(input_size: index [96, 96], model now [192, 192])")
     narrow = hand_index(tmp_path / "narrow", demo, vector_dim=demo.vector_dim - 1)
     with pytest.raises(ResedisError) as err:
         Searcher(narrow, encoder=demo)
     assert str(err.value) == (f"demo: not a text encoder for this index (region+text backend, vector dim "
                               f"{demo.vector_dim} vs the index's {demo.vector_dim - 1})")
+
+
+class Weights:
+    """A loaded model's ``model`` attribute: where its weights came from."""
+
+    def __init__(self, name_or_path: str):
+        self.name_or_path = name_or_path
+
+
+class ElsewhereStub:
+    """A region+text backend under the index's spec whose weights came from another directory."""
+
+    kind, vector_dim = "region+text", 65
+
+    def __init__(self, spec: str, weights_dir):
+        self.spec, self.model = spec, Weights(str(weights_dir))
+
+    def preprocessing(self) -> dict:
+        return {}
+
+
+def test_the_weights_checked_are_the_given_encoders_own(tmp_path, demo):
+    """An encoder under the index's spec (``demo``) whose weights came from elsewhere is
+    refused by its own weights' fingerprint, not the spec's (which still matches)."""
+    index = hand_index(tmp_path, demo, preprocessing={})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.json").write_text("{}")
+    with pytest.raises(IndexMismatchError) as err:
+        Searcher(index, encoder=ElsewhereStub("demo", elsewhere))
+    assert str(err.value).startswith(f"{index.path}: the index was built with model 'demo' weights ")
+    assert f"but the weights at {elsewhere} are now " in str(err.value)
 
 
 class ImageTextStub:
