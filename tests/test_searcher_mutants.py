@@ -305,6 +305,9 @@ def test_a_changed_index_or_manifest_is_read_again(tmp_path, demo):
     assert [h.present for h in result.hits] == [h.score >= 0.6 for h in result.hits]
     assert any(h.score < 0.6 for h in result.hits) and any(h.score >= 0.6 for h in result.hits)
     assert searcher.corpus() is corpus  # the manifest changed, the tables did not
+    calibrated = searcher.index.manifest
+    assert calibrated.calibration["threshold"] == 0.6 and searcher.corpus() is corpus
+    assert searcher.index.manifest is calibrated  # read once per change
     # new rows: a new corpus and image meta, the new image among the hits
     IMAGES["new.jpg"] = (40, 40, 4000)
     try:
@@ -313,6 +316,7 @@ def test_a_changed_index_or_manifest_is_read_again(tmp_path, demo):
         fresh = searcher.corpus()
         assert fresh is not corpus and fresh.image_ids == [*list(IMAGES)] and len(fresh) == len(corpus) + 1
         assert searcher.image_meta() is not meta and searcher.image_meta().image_ids == list(IMAGES)
+        assert searcher.image_meta(corpus).image_ids == ["a.jpg", "b.jpg", "sub/c.jpg"]  # the corpus given
         top = searcher.search(BLUE, top_k=1).hits[0]
         assert (top.image_id, top.box, top.path) == ("new.jpg", (0.0, 0.0, 40.0, 40.0), f"{tmp_path}/photos/new.jpg")
     finally:
@@ -339,6 +343,7 @@ def test_matrix_dtype_and_threads(tmp_path, demo, monkeypatch):
     stored = Searcher(index, encoder=demo, matrix_dtype="stored", use_ann=False)
     default = Searcher(index, encoder=demo, use_ann=False)
     assert (stored.matrix_dtype, default.matrix_dtype) == ("stored", "float32")
+    assert (stored.corpus().matrix_dtype, default.corpus().matrix_dtype) == ("stored", "float32")
     assert got(stored.search(RED, top_k=5)) == got(default.search(RED, top_k=5))
     with pytest.raises(ResedisError) as err:
         Searcher(index, encoder=demo, matrix_dtype="float16")
