@@ -17,7 +17,7 @@ import pytest
 
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.filters import Filters
-from resedis.index.ann import AnnConfig, AnnSearch
+from resedis.index.ann import AnnConfig, AnnSearch, build_ann_index
 from resedis.index.manifest import Manifest, read_manifest, write_manifest
 from resedis.index.store import Index, images_schema, open_index, regions_schema
 from resedis.models import load_model
@@ -34,7 +34,8 @@ BOXES = [  # (image, box): 0/1 and 6/7 overlap (IoU > 0.5), 3 is 0's box in anot
     ("sub/c.jpg", (5, 5, 45, 45)), ("sub/c.jpg", (6, 6, 44, 44)), ("sub/c.jpg", (0, 0, 10, 10)),
 ]
 HIDDEN = 5
-OVERFLOW = 9  # b.jpg, a vector whose float32 product with RED overflows to +inf
+OVERFLOW = 9  # sub/c.jpg (after its other rows): every term of its product with RED > 0, the sum +inf in float32
+OVERFLOW_BOX = ("sub/c.jpg", (30, 0, 50, 20))
 RED, BLUE = "red circle", "a blue square"
 TEXTS = [RED, BLUE, "the green triangle on the left"]
 
@@ -81,13 +82,15 @@ def add_images(index: Index, root, ids, batch: int) -> None:
 
 
 def add_regions(index: Index, rows: list[tuple[str, tuple, np.ndarray]], batch: int) -> None:
+    """Rows ``(image_id, box, vector)``, each image's contiguous, ``region`` its rank there."""
+    rank = [sum(r[0] == row[0] for r in rows[:i]) for i, row in enumerate(rows)]
     index.regions_table.add(table(regions_schema(index.manifest.vector_dim, "float32"), {
-        "image_id": [r[0] for r in rows], "region": list(range(len(rows))), "box": [list(r[1]) for r in rows],
+        "image_id": [r[0] for r in rows], "region": rank, "box": [list(r[1]) for r in rows],
         "objectness": [0.0] * len(rows), "vector": [r[2].tolist() for r in rows], "batch": [batch] * len(rows)}))
 
 
-def hand_index(path, demo, *, overflow: bool = True, **manifest) -> Index:
-    """The index of IMAGES and BOXES (+ the overflow row), float32 vectors, ``demo``'s
+def hand_index(path, demo, *, overflow: bool = False, **manifest) -> Index:
+    """The index of IMAGES and BOXES (``overflow``: + the overflow row), float32 vectors, ``demo``'s
     model, preprocessing and weights fingerprint unless ``manifest`` says otherwise."""
     fields = dict(model="demo", vector_dim=demo.vector_dim, vector_dtype="float32", preprocessing=demo.preprocessing(),
                   root=str(path / "photos"), max_regions=10, nms_iou=0.5, weights_fingerprint=encoder_fingerprint(demo))
@@ -97,7 +100,7 @@ def hand_index(path, demo, *, overflow: bool = True, **manifest) -> Index:
     add_images(index, path / "photos", list(IMAGES), 0)
     vectors = region_vectors(demo)[:, :fields["vector_dim"]]
     rows = [(img, box, vectors[i]) for i, (img, box) in enumerate(BOXES)]
-    add_regions(index, rows + ([("b.jpg", (40, 0, 60, 20), vectors[OVERFLOW])] if overflow else []), 0)
+    add_regions(index, rows + ([(*OVERFLOW_BOX, vectors[OVERFLOW])] if overflow else []), 0)
     return index
 
 
@@ -111,8 +114,8 @@ def iou(a, b) -> float:
 
 def expected(demo, root, text, *, threshold, top_k=DEFAULT_TOP_K, nms_iou=HIT_NMS_IOU, images=None, ids=None):
     """[(image_id, box, score, present, mask, path)] by hand: the float64 product of the rows
-    written with the encoder's vector of ``text``, visible rows of ``images`` only, greedy NMS
-    per image, sorted by score. ``ids`` maps index image ids to the hits' ids."""
+    of BOXES with the encoder's vector of ``text``, visible rows of ``images`` only, greedy
+    NMS per image, sorted by score. ``ids`` maps index image ids to the hits' ids."""
     q = text_vector(demo, text).astype(np.float64)
     logits = region_vectors(demo)[:len(BOXES)].astype(np.float64) @ q
     order = [i for i in np.argsort(-logits, kind="stable") if i != HIDDEN and (images is None or BOXES[i][0] in images)]
@@ -154,8 +157,10 @@ def test_hits_are_the_exact_product_ranked_per_image_nms(tmp_path, demo):
         assert sorted(result.timings) == ["encode_ms", "search_ms"]
     # the hand-made rows matter: NMS removes a hit of RED, the hidden row would be its best
     assert len(expected(demo, tmp_path, RED, threshold=0, nms_iou=1.0)) == len(expected(demo, tmp_path, RED, threshold=0)) + 2
-    # the overflowing row (+inf) and the hidden row are never hits
-    assert [h.box for h in searcher.search(RED, top_k=50).hits if h.box in ((40.0, 0.0, 60.0, 20.0), (30.0, 60.0, 60.0, 60.0))] == []
+    # the hidden row is never a hit, nor is a row whose float32 logit overflowed (+inf)
+    overflowing = hand_index(tmp_path / "overflow", demo, overflow=True)
+    assert got(Searcher(overflowing, encoder=demo).search(RED, top_k=50)) == expected(
+        demo, tmp_path / "overflow", RED, top_k=50, threshold=threshold)
     # whitespace: the vector of the normalised text, the query id normalised, the expression as given
     messy = searcher.search("  red \n circle ", top_k=3)
     assert (messy.query_id, messy.expression) == ("red circle", "  red \n circle ")
@@ -215,7 +220,7 @@ def test_search_many_batches_ids_and_validation(tmp_path, demo):
 
 
 def test_encode_and_ranking_logits(tmp_path, demo):
-    index = hand_index(tmp_path, demo, overflow=False)
+    index = hand_index(tmp_path, demo)
     searcher = Searcher(index, encoder=demo)
     queries = searcher.encode([" red  circle", BLUE])
     assert queries.dtype == np.float32 and np.array_equal(queries, demo.encode_texts([RED, BLUE]))
@@ -258,7 +263,7 @@ def test_filters_pick_images_before_the_top_k_cut(tmp_path, demo):
     index = hand_index(tmp_path, demo)
     searcher = Searcher(index, encoder=demo)
     corpus = searcher.corpus()
-    region_images = [b[0] for b in BOXES] + ["b.jpg"]
+    region_images = [b[0] for b in BOXES]
     assert searcher.region_filter(None) is None and searcher.region_filter(Filters()) is None
     assert searcher.region_filter(Filters(folder="sub")).tolist() == [i == "sub/c.jpg" for i in region_images]
     assert searcher.region_filter(Filters(min_width=70), corpus).tolist() == [i == "a.jpg" for i in region_images]
@@ -323,6 +328,23 @@ def test_a_changed_index_or_manifest_is_read_again(tmp_path, demo):
         del IMAGES["new.jpg"]
 
 
+def test_a_filter_on_the_corpus_given_after_rows_moved(tmp_path, demo):
+    """a.jpg re-indexed: its rows move to the end of the new corpus; a filter asked for the
+    corpus read before is computed on that corpus's own rows."""
+    index = hand_index(tmp_path, demo)
+    searcher = Searcher(index, encoder=demo)
+    before = searcher.corpus()
+    index.images_table.delete("image_id = 'a.jpg'")
+    index.regions_table.delete("image_id = 'a.jpg'")
+    add_images(index, tmp_path / "photos", ["a.jpg"], 1)
+    vectors = region_vectors(demo)
+    add_regions(index, [(img, box, vectors[i]) for i, (img, box) in enumerate(BOXES) if img == "a.jpg"], 1)
+    wide = Filters(min_width=70)  # a.jpg only
+    assert searcher.region_filter(wide, before).tolist() == [b[0] == "a.jpg" for b in BOXES]
+    assert searcher.corpus().image_ids == ["b.jpg", "sub/c.jpg", "a.jpg"]
+    assert searcher.region_filter(wide).tolist() == [False] * 6 + [True] * 3
+
+
 def test_ann_config_and_the_lazy_matrix(tmp_path, demo):
     index = hand_index(tmp_path, demo)
     config = AnnConfig()
@@ -334,6 +356,47 @@ def test_ann_config_and_the_lazy_matrix(tmp_path, demo):
     # no vector index on this table: both answer exactly
     assert got(with_ann.search(BLUE, top_k=4)) == got(plain.search(BLUE, top_k=4)) == expected(
         demo, tmp_path, BLUE, top_k=4, threshold=plain.threshold)
+
+
+def cosine_top(demo, text: str, n: int, rows) -> set[int]:
+    """The ``n`` rows among ``rows`` nearest ``text`` by cosine (what a one-partition
+    IVF_FLAT index probed whole returns as candidates)."""
+    q = text_vector(demo, text).astype(np.float64)
+    v = region_vectors(demo)[:len(BOXES)].astype(np.float64)
+    cos = v @ q / np.linalg.norm(v, axis=1) / np.linalg.norm(q)
+    return set(sorted(rows, key=lambda i: -cos[i])[:n])
+
+
+def test_an_ann_index_gives_candidates_scored_exactly(tmp_path, demo):
+    index = hand_index(tmp_path, demo)
+    every = AnnConfig(min_rows=1, index_type="IVF_FLAT", num_partitions=1, nprobes=1)  # 500 candidates: every row
+    build_ann_index(index.regions_table, every)
+    searcher = Searcher(index, encoder=demo, ann=every)
+    for text in TEXTS:
+        assert got(searcher.search(text, top_k=4)) == expected(demo, tmp_path, text, top_k=4, threshold=searcher.threshold)
+    assert searcher.ann.queries_answered == len(TEXTS) and not searcher.corpus().vectors_loaded  # never read
+    # two candidates per query for top 1 (three for top 3): exact logits there, -inf elsewhere
+    narrow = Searcher(index, encoder=demo, ann=AnnConfig(min_rows=1, index_type="IVF_FLAT", num_partitions=1, nprobes=1,
+                                                         min_candidates=2, candidate_factor=1))
+    corpus = narrow.corpus()
+    q = narrow.encode([RED])
+    exact = region_vectors(demo)[:len(BOXES)].astype(np.float64) @ q[0].astype(np.float64)
+    for k, n in ((1, 2), (3, 3)):
+        logits = narrow.ranking_logits(corpus, q, k)[:, 0]
+        finite = set(np.flatnonzero(np.isfinite(logits)).tolist())
+        assert finite == cosine_top(demo, RED, n, range(len(BOXES))), k
+        assert np.allclose(logits[sorted(finite)], exact[sorted(finite)], rtol=1e-5)
+    # a filter: as many allowed candidates (widened), or every allowed row when there are fewer
+    allowed = np.array([i in (0, 1, 2) for i in range(len(BOXES))])
+    logits = narrow.ranking_logits(corpus, q, 1, allowed)[:, 0]
+    assert set(np.flatnonzero(np.isfinite(logits)).tolist()) == cosine_top(demo, RED, 2, [0, 1, 2])
+    few = np.array([i in (0, 4) for i in range(len(BOXES))])
+    logits = narrow.ranking_logits(corpus, q, 1, few)[:, 0]
+    assert np.flatnonzero(np.isfinite(logits)).tolist() == [0, 4] and np.allclose(logits[[0, 4]], exact[[0, 4]], rtol=1e-5)
+    assert narrow.ann.queries_answered == 4
+    top = narrow.search(RED, top_k=1, filters=Filters(folder="sub")).hits
+    assert got(narrow.search(RED, top_k=1, filters=Filters(folder="sub"))) == expected(
+        demo, tmp_path, RED, top_k=1, images={"sub/c.jpg"}, threshold=narrow.threshold) and len(top) == 1
 
 
 def test_matrix_dtype_and_threads(tmp_path, demo, monkeypatch):
@@ -427,6 +490,27 @@ def test_the_weights_checked_are_the_given_encoders_own(tmp_path, demo):
         Searcher(index, encoder=ElsewhereStub("demo", elsewhere))
     assert str(err.value).startswith(f"{index.path}: the index was built with model 'demo' weights ")
     assert f"but the weights at {elsewhere} are now " in str(err.value)
+
+
+class Float64Stub(ElsewhereStub):
+    """A text encoder under the index's spec whose vectors come back as float64."""
+
+    def __init__(self, demo):
+        super().__init__("demo", demo.model.name_or_path)
+        self.demo = demo
+
+    def encode_texts(self, texts):
+        return self.demo.encode_texts(texts).astype(np.float64)
+
+
+def test_query_vectors_are_float32_whatever_the_encoder_returns(tmp_path, demo):
+    index = hand_index(tmp_path, demo, weights_fingerprint=None, preprocessing={})
+    searcher = Searcher(index, encoder=Float64Stub(demo))
+    queries = searcher.encode([RED, BLUE])
+    assert queries.dtype == np.float32 and np.array_equal(queries, demo.encode_texts([RED, BLUE]))
+    logits = searcher.ranking_logits(searcher.corpus(), queries.astype(np.float64), 3)
+    assert logits.dtype == np.float32 and logits.shape == (len(BOXES), 2)
+    assert got(searcher.search(BLUE, top_k=3)) == expected(demo, tmp_path, BLUE, top_k=3, threshold=searcher.threshold)
 
 
 class ImageTextStub:
