@@ -513,6 +513,54 @@ def test_query_vectors_are_float32_whatever_the_encoder_returns(tmp_path, demo):
     assert got(searcher.search(BLUE, top_k=3)) == expected(demo, tmp_path, BLUE, top_k=3, threshold=searcher.threshold)
 
 
+class BatchRecorder(Float64Stub):
+    """... that records the size of every batch of texts it encodes."""
+
+    def __init__(self, demo):
+        super().__init__(demo)
+        self.batches: list[int] = []
+
+    def encode_texts(self, texts):
+        self.batches.append(len(texts))
+        return super().encode_texts(texts)
+
+
+def test_texts_are_encoded_in_batches_of_32_by_default(tmp_path, demo):
+    index = hand_index(tmp_path, demo, weights_fingerprint=None, preprocessing={})
+    recorder = BatchRecorder(demo)
+    searcher = Searcher(index, encoder=recorder)
+    texts = [f"{colour} circle" for colour in ("red", "blue", "green", "yellow", "small", "large")] * 7
+    results = searcher.search_many(texts, top_k=2)
+    assert recorder.batches == [32, 10] and [r.query_id for r in results] == texts
+    assert [got(r) for r in results[:2]] == [near(got(searcher.search(t, top_k=2))) for t in texts[:2]]
+    recorder.batches.clear()
+    searcher.search_many(texts[:5], top_k=2, batch_size=2)
+    assert recorder.batches == [2, 2, 1]
+
+
+def test_one_request_reads_the_corpus_once(tmp_path, demo):
+    """A request (text, vectors, a filter) works on one snapshot of the index: the corpus is
+    read once, so a write landing mid-request cannot give the filter and the ranking two versions."""
+    index = hand_index(tmp_path, demo)
+    searcher = Searcher(index, encoder=demo)
+    reads = []
+    read = searcher.corpus
+
+    def counted():
+        reads.append(1)
+        return read()
+
+    searcher.corpus = counted
+    vectors = np.stack([text_vector(demo, RED)])
+    for call in (lambda: searcher.search(RED, top_k=2, filters=Filters(folder="sub")),
+                 lambda: searcher.search_many([RED, BLUE], top_k=2, filters=Filters(min_width=10)),
+                 lambda: searcher.search_vectors(vectors, ["v"], top_k=2, filters=Filters(folder="sub")),
+                 lambda: search_dataset(searcher, dataset(tmp_path, {1: "a.jpg"}), top_k=2)):
+        reads.clear()
+        call()
+        assert reads == [1]
+
+
 class ImageTextStub:
     """An image+text backend under the index's spec (the kind check comes after the spec's)."""
 
