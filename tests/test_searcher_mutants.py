@@ -154,7 +154,7 @@ def test_hits_are_the_exact_product_ranked_per_image_nms(tmp_path, demo):
         result = searcher.search(text)
         assert got(result) == expected(demo, tmp_path, text, threshold=threshold), text
         assert (result.query_id, result.expression) == (text, text)
-        assert sorted(result.timings) == ["encode_ms", "search_ms"]
+        assert sorted(result.timings) == ["encode_ms", "search_ms"] and min(result.timings.values()) >= 0
     # the hand-made rows matter: NMS removes a hit of RED, the hidden row would be its best
     assert len(expected(demo, tmp_path, RED, threshold=0, nms_iou=1.0)) == len(expected(demo, tmp_path, RED, threshold=0)) + 2
     # the hidden row is never a hit, nor is a row whose float32 logit overflowed (+inf)
@@ -393,6 +393,13 @@ def test_an_ann_index_gives_candidates_scored_exactly(tmp_path, demo):
     few = np.array([i in (0, 4) for i in range(len(BOXES))])
     logits = narrow.ranking_logits(corpus, q, 1, few)[:, 0]
     assert np.flatnonzero(np.isfinite(logits)).tolist() == [0, 4] and np.allclose(logits[[0, 4]], exact[[0, 4]], rtol=1e-5)
+    assert narrow.ann.queries_answered == 4
+    # search_dataset scores every region of the dataset's images exactly, not the ANN
+    # candidates (for RED: rows of a.jpg and the hidden row, none of sub/c.jpg)
+    assert not cosine_top(demo, RED, 2, range(len(BOXES))) & {6, 7, 8}
+    results = search_dataset(narrow, dataset(tmp_path, {30: "c.jpg"}), top_k=2, threshold=0.5)
+    assert got(results[0]) == expected(demo, tmp_path, RED, top_k=2, threshold=0.5, images={"sub/c.jpg"},
+                                       ids={"sub/c.jpg": 30})
     assert narrow.ann.queries_answered == 4
     top = narrow.search(RED, top_k=1, filters=Filters(folder="sub")).hits
     assert got(narrow.search(RED, top_k=1, filters=Filters(folder="sub"))) == expected(
