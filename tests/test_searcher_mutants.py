@@ -543,6 +543,10 @@ def test_texts_are_encoded_in_batches_of_32_by_default(tmp_path, demo):
     recorder.batches.clear()
     searcher.search_many(texts[:5], top_k=2, batch_size=2)
     assert recorder.batches == [2, 2, 1]
+    recorder.batches.clear()
+    queries = [Query(f"q{i}", text) for i, text in enumerate(texts)]
+    search_dataset(searcher, Dataset("hand", None, {1: ImageInfo(1, "a.jpg", 1, 1)}, queries), top_k=2)
+    assert recorder.batches == [32, 10]
 
 
 def test_one_request_reads_the_corpus_once(tmp_path, demo):
