@@ -547,6 +547,9 @@ def test_texts_are_encoded_in_batches_of_32_by_default(tmp_path, demo):
     queries = [Query(f"q{i}", text) for i, text in enumerate(texts)]
     search_dataset(searcher, Dataset("hand", None, {1: ImageInfo(1, "a.jpg", 1, 1)}, queries), top_k=2)
     assert recorder.batches == [32, 10]
+    recorder.batches.clear()
+    search_dataset(searcher, Dataset("hand", None, {1: ImageInfo(1, "a.jpg", 1, 1)}, queries[:7]), batch_size=3)
+    assert recorder.batches == [3, 3, 1]
 
 
 def test_one_request_reads_the_corpus_once(tmp_path, demo):
@@ -631,6 +634,16 @@ def test_search_dataset_answers_in_dataset_ids_on_its_images(tmp_path, demo, cap
     with pytest.raises(ResedisError) as err:
         search_dataset(tmp_path / "db", ds, device="nowhere")
     assert str(err.value).startswith("unknown device 'nowhere'")
+
+
+def test_search_dataset_on_images_without_regions_finds_nothing(tmp_path, demo):
+    manifest = Manifest(model="demo", vector_dim=demo.vector_dim, vector_dtype="float32", preprocessing=demo.preprocessing(),
+                        root=str(tmp_path / "photos"), max_regions=10, nms_iou=0.5,
+                        weights_fingerprint=encoder_fingerprint(demo))
+    index = Index(tmp_path / "db", manifest, create=True)
+    add_images(index, tmp_path / "photos", ["a.jpg", "b.jpg"], 0)  # no region rows (nothing detected)
+    results = search_dataset(Searcher(index, encoder=demo), dataset(tmp_path, {1: "a.jpg"}), top_k=2)
+    assert [(r.query_id, r.hits) for r in results] == [("q-red", []), ("q-blue", []), ("q-green", [])]
 
 
 def test_search_dataset_refuses_a_dataset_with_no_image_of_the_index(tmp_path, demo):
