@@ -67,6 +67,9 @@ FULL = {
         (("right_of", "right of", False, (anchor("the car", plain("the car", "car", det="the")),)),), (), False),
     "dog just left of the cat": (  # an intensifier before a relation is dropped
         "dog just left of the cat", DOG, (), (), (("left_of", "left of", False, (THE_CAT,)),), (), False),
+    "dog just to the left of the cat": (  # ... but not when the table has the phrase with it
+        "dog just to the left of the cat", DOG, (), (), (("left_of", "just to the left of", False, (THE_CAT,)),), (),
+        False),
     "dog right on the left": (  # ... and before a prepositional position phrase
         "dog right on the left", DOG, (("left", "on the left", False),), (), (), (), False),
     "the dog right": (  # a position word as the last word
