@@ -67,6 +67,9 @@ FULL = {
         (("right_of", "right of", False, (anchor("the car", plain("the car", "car", det="the")),)),), (), False),
     "dog just left of the cat": (  # an intensifier before a relation is dropped
         "dog just left of the cat", DOG, (), (), (("left_of", "left of", False, (THE_CAT,)),), (), False),
+    "dog just to the left of the cat": (  # ... but not when the table has the phrase with it
+        "dog just to the left of the cat", DOG, (), (), (("left_of", "just to the left of", False, (THE_CAT,)),), (),
+        False),
     "dog right on the left": (  # ... and before a prepositional position phrase
         "dog right on the left", DOG, (("left", "on the left", False),), (), (), (), False),
     "the dog right": (  # a position word as the last word
@@ -97,6 +100,10 @@ FULL = {
         (("next_to", "next to", False,
           (anchor("the dog and the box", plain("the dog and the box", "dog", det="the", modifier="and the box")),)),),
         (), False),
+    "cat next to the dog, the box": (  # a comma before no cue is dropped, not a word of the anchor's text
+        "cat next to the dog the box", plain("cat", "cat"), (), (),
+        (("next_to", "next to", False,
+          (anchor("the dog the box", plain("the dog the box", "box", ("dog", "the"), "the")),)),), (), False),
     "dog between the cat and the box on the left": (
         "dog between the cat and the box on the left", DOG, (), (),
         (("between", "between", False, (THE_CAT, anchor("the box", plain("the box", "box", det="the"),
@@ -116,6 +123,23 @@ FULL = {
     "elephant not the biggest": (
         "elephant not the biggest", plain("elephant", "elephant"), (), (("largest", "not biggest", False, True),), (), (),
         False),
+    # a negated superlative followed by a pronoun keeps its cue, negated (the superlative was
+    # dropped and "one" excluded: the opposite query, issue 16) ...
+    "cat not the largest one": (
+        "cat not the largest one", plain("cat", "cat"), (), (("largest", "not largest", False, True),), (), (), False),
+    "the man that is not the tallest ones, on the left": (
+        "the man that is not the tallest ones on the left", plain("the man", "man", det="the"),
+        (("left", "on the left", False),), (("tallest", "that is not tallest", False, True),), (), (), False),
+    # ... and so does one before the phrase's own words (was a fallback excluding "cat")
+    "not the largest cat": (
+        "not the largest cat", plain("cat", "cat"), (), (("largest", "not largest", False, True),), (), (), False),
+    "not on the left dog": (
+        "not on the left dog", DOG, (("left", "not on the left", True),), (), (), (), False),
+    "not the largest one": (  # only a pronoun: no subject, the cue kept
+        "not the largest one", plain("not the largest one", "one", ("not", "the", "largest")), (),
+        (("largest", "not largest", False, True),), (), (), True),
+    "dog without the largest hat": (  # words after the cue when the phrase has its own: excluded
+        "dog without the largest hat", DOG, (), (), (), (("without", plain("hat", "hat")),), False),
     "zebra not the leftmost": (
         "zebra not the leftmost", plain("zebra", "zebra"), (("left", "not leftmost", True),), (), (), (), False),
     "the second dog from the left": (  # an ordinal is dropped with a position ...
@@ -131,6 +155,10 @@ FULL = {
     "dog without": ("dog without", plain("dog without", "without", ("dog",)), (), (), (), (), True),
     "dog between the cat": (
         "dog between the cat", plain("dog between the cat", "cat", ("dog", "between", "the")), (), (), (), (), True),
+    "the man with a hat left of": (  # the fallback phrase keeps its determiner and modifier
+        "the man with a hat left of", plain("the man with a hat left of", "man", det="the", modifier="with a hat left"),
+        (), (), (), (), True),
+    "those": ("those", plain("those", "those"), (), (), (), (), False),  # a determiner alone is the head
     "dog not left of": ("dog not left of", plain("dog not left of", "left", ("dog", "not")), (), (), (), (), True),
     # "of the picture" after a position phrase is consumed with it, not with another noun
     "dog in the middle of the picture": (
@@ -188,6 +216,7 @@ NORMALIZED = {
     "hand-side, right-hand": ["hand", "side", ",", "right", "hand"],
     "dog's": ["dog's"],
     "cat:dog": ["cat", ",", "dog"],
+    "don`t": ["do", "not"],  # a backtick is an apostrophe
 }
 
 

@@ -211,3 +211,6 @@ CONJUNCTIONS: frozenset[str] = frozenset({"and", "but", "also", "while"})
 #: Ordinals that rank along a position ("second guy from left"); dropped from a phrase
 #: that has a position cue (the rank itself is not scored).
 ORDINAL_WORDS: frozenset[str] = frozenset({"first", "1st", "second", "2nd", "third", "3rd", "fourth", "4th"})
+#: Words that stand for the subject's noun after a negated cue ("the cat that is not the
+#: largest one"): dropped, the cue stays negated.
+PRONOUN_WORDS: frozenset[str] = frozenset({"one", "ones"})

@@ -19,7 +19,10 @@ each word the LONGEST phrase of any table that starts there wins:
   words after it, up to the next cue, name what is excluded (the cue after them belongs
   to the outer phrase: "the man with no glasses next to the woman"). When they hold only a
   position, superlative or relation, that cue is negated (``not on the left``; a
-  determiner before the cue is skipped: ``not the biggest``); when they are only
+  determiner before the cue is skipped: ``not the biggest``); so is a cue followed by a
+  pronoun (``cat not the largest one``: the pronoun is dropped) or, when no word of the
+  phrase came before the marker, by the phrase's own words (``not the largest cat``:
+  subject ``cat``); when they are only
   colour/size words, the excluded phrase is those words + the subject's head noun
   (``the circle that is not red`` excludes ``red circle``). Cues inside an excluded
   phrase are dropped;
@@ -67,6 +70,7 @@ from resedis.expressions.grammar import (
     ORDINAL_WORDS,
     POSITION_PHRASES,
     POSTMODIFIER_WORDS,
+    PRONOUN_WORDS,
     RELATION_PHRASES,
     SIZE_WORDS,
     SPLIT_HYPHEN_PARTS,
@@ -264,6 +268,13 @@ def _negation(tokens: list[str], i: int, cue_words: str, draft: _Draft) -> int:
     if k > i and k < len(tokens) and _match(tokens, k) is not None:
         i = k  # "not the biggest": the determiner belongs to the negated cue, not an excluded phrase
     inner, j = _segment(tokens, i, nested=True, stop_at_cue=True)
+    # a cue first, then words (the segment stops at a cue after words): "not the largest one"
+    # (a pronoun for the subject) or, before any word of the phrase, "not the largest cat"
+    # (the subject itself) negate the cue; the words are the phrase's, pronouns dropped
+    rest = [w for w in inner.words if w not in PRONOUN_WORDS]
+    if inner.words and (inner.positions or inner.relations or inner.superlatives) and not (rest and draft.words):
+        draft.words += rest
+        inner.words = []
     if inner.words:
         draft.negations.append((inner.words, cue_words))
     elif inner.positions or inner.relations or inner.superlatives:
