@@ -184,3 +184,37 @@ def test_an_index_written_with_the_legacy_column_is_searched_and_appended(synth_
         assert [(h.image_id, h.box) for h in got.hits] == [(h.image_id, h.box) for h in want.hits]
         np.testing.assert_allclose([h.score for h in got.hits], [h.score for h in want.hits], rtol=1e-5)
     assert searcher.ann.queries_answered == len(TEXTS)
+
+
+def test_fit_projection_centres_the_rows_and_records_the_largest_norm():
+    """Far from the origin, the principal directions are those of the spread, not of the
+    mean; M is the largest row norm (below 1 too); zero rows fit M = 1 and project to a
+    finite column; bad shapes are refused by name."""
+    from resedis.ann_projection import projection_from_json, projection_to_json
+    from resedis.errors import ResedisError
+
+    rng = np.random.default_rng(11)
+    spread = np.zeros((400, 6))
+    spread[:, 2] = rng.normal(0, 3, 400)  # the one direction of spread
+    spread[:, :5] += rng.normal(0, 0.01, (400, 5))
+    a = spread + np.array([50.0, 0, 0, 0, 0, 0])  # a large mean along axis 0
+    v = np.concatenate([a[:, :5], rng.normal(0, 1, (400, 1))], axis=1).astype(np.float32) * 0.001
+    p = fit_projection(v, 1)
+    assert abs(p.basis[2, 0]) > 0.99  # the spread axis, not the mean's
+    assert p.norm == pytest.approx(float(np.linalg.norm(v.astype(np.float64), axis=1).max()), rel=1e-9) and p.norm < 1
+    zero = fit_projection(np.zeros((3, 4), np.float32), 2)
+    assert zero.norm == 1.0
+    col = zero.regions(np.array([[0, 0, 0, 0.5]], np.float32))
+    np.testing.assert_allclose(col, [[0, 0, 0.5, np.sqrt(1 - 0.25)]], atol=1e-6)  # no direction: s·û = 0
+    np.testing.assert_array_equal(zero.queries(np.array([[0, 0, 0, 1.0]], np.float32)), [[0, 0, 1, 0]])
+    assert fit_projection(np.ones((1, 2), np.float32), 4).basis.shape == (1, 1)  # N = 1 and D = 2 are enough
+    for bad in (np.zeros(5), np.zeros((4, 1)), np.zeros((0, 5))):
+        with pytest.raises(ResedisError) as err:
+            fit_projection(bad)
+        assert str(err.value) == f"fit_projection: vectors must be (N, D) with N >= 1 and D >= 2, got shape {bad.shape}"
+    record = projection_to_json(p, 400)
+    assert sorted(record) == ["fitted_rows", "float32_le_base64", "mips_norm", "shape"]
+    assert record["shape"] == [5, 1] and record["fitted_rows"] == 400 and record["mips_norm"] == p.norm
+    legacy = projection_to_json(AnnProjection(p.basis), 7)
+    assert sorted(legacy) == ["fitted_rows", "float32_le_base64", "shape"]
+    assert projection_from_json(legacy, 6).legacy
