@@ -5,6 +5,7 @@ does not; an index written with the legacy column is still searched and appended
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import shutil
@@ -13,7 +14,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from resedis.ann_projection import PROJECTION_KEY, AnnProjection, column_width, fit_projection, proj_dims
+from resedis.ann_projection import (
+    PROJECTION_KEY,
+    AnnProjection,
+    column_width,
+    fit_projection,
+    proj_dims,
+    projection_from_json,
+    projection_to_json,
+)
+from resedis.errors import ResedisError
 from resedis.bench.synthetic import SyntheticSpec, exact_top_k, query_vectors, recall_at, region_vectors
 
 TEXTS = ["a red circle", "the large blue square at the top", "a small green triangle", "two yellow stars"]
@@ -218,3 +228,45 @@ def test_fit_projection_centres_the_rows_and_records_the_largest_norm():
     legacy = projection_to_json(AnnProjection(p.basis), 7)
     assert sorted(legacy) == ["fitted_rows", "float32_le_base64", "shape"]
     assert projection_from_json(legacy, 6).legacy
+
+
+def test_projection_is_the_leading_principal_subspace_and_round_trips():
+    """fit_projection spans the top principal directions (checked against numpy's SVD), its
+    manifest record round-trips exactly, and a damaged record is refused by name."""
+    rng = np.random.default_rng(3)
+    basis = np.linalg.qr(rng.standard_normal((20, 20)))[0]
+    a = (rng.standard_normal((500, 20)) * np.linspace(5, 0.1, 20)) @ basis.T  # known spectrum
+    v = np.concatenate([a, rng.normal(size=(500, 1))], axis=1).astype(np.float32)
+    p = fit_projection(v, 4)
+    _, _, vt = np.linalg.svd(a - a.mean(0), full_matrices=False)
+    top = vt[:4].T  # reference: the 4 leading right singular vectors
+    np.testing.assert_allclose(np.abs(np.linalg.svd(top.T @ p.basis)[1]), 1.0, atol=1e-4)  # same subspace
+    assert p.norm == pytest.approx(np.linalg.norm(v.astype(np.float64), axis=1).max(), rel=1e-6)
+    record = projection_to_json(p, 500)
+    back = projection_from_json(json.loads(json.dumps(record)), 21)
+    np.testing.assert_array_equal(back.basis, p.basis)
+    assert back.norm == p.norm and back.width == 6
+    with pytest.raises(ResedisError, match="ANN projection .'ann_projection'. is damaged"):
+        projection_from_json({**record, "shape": [19, 4]}, 21)
+    with pytest.raises(ResedisError, match="is damaged .mips_norm -1.0."):
+        projection_from_json({**record, "mips_norm": -1.0}, 21)
+    base = ("manifest: the ANN projection ('ann_projection') is damaged ({}); the ANN index of this compact "
+            "index cannot be searched. Fix: rebuild the index (or search with use_ann=False)")
+    for change, reason in (
+        ({"mips_norm": 0}, "mips_norm 0"),
+        ({"mips_norm": float("nan")}, "mips_norm nan"),
+        ({"mips_norm": "12"}, "mips_norm '12'"),
+        ({"shape": [20]}, "shape (20,) for 21-d vectors"),
+        ({"shape": [20, 5]}, "shape (20, 5) for 21-d vectors"),
+        ({"float32_le_base64": base64.b64encode(np.full(80, np.inf, "<f4").tobytes()).decode()}, "shape (20, 4) for 21-d vectors"),
+    ):
+        with pytest.raises(ResedisError) as err:
+            projection_from_json({**record, **change}, 21)
+        assert str(err.value) == base.format(reason)
+    for missing in ("shape", "float32_le_base64"):
+        with pytest.raises(ResedisError, match=f"is damaged \\('{missing}'\\)"):
+            projection_from_json({k: v for k, v in record.items() if k != missing}, 21, "db/resedis.json")
+    with pytest.raises(ResedisError, match="^db/resedis.json: the ANN projection"):
+        projection_from_json({**record, "shape": None}, 21, "db/resedis.json")
+    back = projection_from_json({**record, "mips_norm": 3}, 21)
+    assert back.norm == 3.0 and isinstance(back.norm, float) and back.basis.dtype == np.float32

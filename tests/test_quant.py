@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from resedis import quant
-from resedis.ann_projection import PROJECTION_KEY, fit_projection, proj_dims, projection_from_json, projection_to_json
+from resedis.ann_projection import PROJECTION_KEY, proj_dims, projection_from_json
 from resedis.errors import IndexMismatchError, ResedisError
 
 TEXTS = ["a red circle", "the large blue square at the top", "a small green triangle", "two yellow stars"]
@@ -336,28 +336,6 @@ def test_one_off_search_of_a_compact_index_reads_its_codes_from_the_sidecar(inde
         assert info.path == "fast" and info.regions == source
         assert [(h.image_id, h.box, h.present) for h in got] == [(h.image_id, h.box, h.present) for h in want]
         np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-5)
-
-
-def test_projection_is_the_leading_principal_subspace_and_round_trips():
-    """fit_projection spans the top principal directions (checked against numpy's SVD), its
-    manifest record round-trips exactly, and a damaged record is refused by name."""
-    rng = np.random.default_rng(3)
-    basis = np.linalg.qr(rng.standard_normal((20, 20)))[0]
-    a = (rng.standard_normal((500, 20)) * np.linspace(5, 0.1, 20)) @ basis.T  # known spectrum
-    v = np.concatenate([a, rng.normal(size=(500, 1))], axis=1).astype(np.float32)
-    p = fit_projection(v, 4)
-    _, _, vt = np.linalg.svd(a - a.mean(0), full_matrices=False)
-    top = vt[:4].T  # reference: the 4 leading right singular vectors
-    np.testing.assert_allclose(np.abs(np.linalg.svd(top.T @ p.basis)[1]), 1.0, atol=1e-4)  # same subspace
-    assert p.norm == pytest.approx(np.linalg.norm(v.astype(np.float64), axis=1).max(), rel=1e-6)
-    record = projection_to_json(p, 500)
-    back = projection_from_json(json.loads(json.dumps(record)), 21)
-    np.testing.assert_array_equal(back.basis, p.basis)
-    assert back.norm == p.norm and back.width == 6
-    with pytest.raises(ResedisError, match="ANN projection .'ann_projection'. is damaged"):
-        projection_from_json({**record, "shape": [19, 4]}, 21)
-    with pytest.raises(ResedisError, match="is damaged .mips_norm -1.0."):
-        projection_from_json({**record, "mips_norm": -1.0}, 21)
 
 
 @pytest.mark.parametrize("storage", quant.STORAGE_FORMATS)
