@@ -270,3 +270,4 @@ def test_projection_is_the_leading_principal_subspace_and_round_trips():
         projection_from_json({**record, "shape": None}, 21, "db/resedis.json")
     back = projection_from_json({**record, "mips_norm": 3}, 21)
     assert back.norm == 3.0 and isinstance(back.norm, float) and back.basis.dtype == np.float32
+    assert projection_from_json({**record, "mips_norm": 0.5}, 21).norm == 0.5  # any positive norm
