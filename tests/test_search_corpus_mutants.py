@@ -168,3 +168,93 @@ def test_matrix_dtype_check():
         assert str(err.value) == (
             "matrix_dtype must be one of float32, stored (float32: fast exact search, 4 bytes x rows x dim; "
             f"stored: the index's own dtype, converted per query), got {bad!r}")
+
+
+def any_index(path, rows: list[tuple[str, int, tuple, list]], dtype: str) -> Index:
+    """``hand_index`` in any storage format: the region rows' vector columns come from
+    ``vector_columns`` (codes, step, bias and the ANN column for int8/int4)."""
+    from resedis.ann_projection import fit_projection
+    from resedis.index.columns import vector_columns
+
+    index = hand_index(path, [], dtype, images=())
+    vectors = np.array([r[3] for r in rows], np.float32)
+    projection = fit_projection(vectors, DIM - 1) if dtype in ("int8", "int4") else None
+    cols = vector_columns(vectors, dtype, projection)
+    base = table(regions_schema(DIM, dtype, None if projection is None else projection.width), {
+        "image_id": [r[0] for r in rows], "region": list(range(len(rows))), "box": [list(r[2]) for r in rows],
+        "objectness": [0.0] * len(rows), "batch": [r[1] for r in rows]})
+    for name, column in cols.items():
+        base = base.set_column(base.schema.get_field_index(name), name, column)
+    index.regions_table.add(base)
+    index.images_table.add(table(images_schema(), {
+        "image_id": ["a.jpg", "b.jpg"], "root": [str(path)] * 2, "path": ["/photos/a.jpg", "/photos/b.jpg"],
+        "sha256": ["0" * 64] * 2, "width": [100, 60], "height": [80, 120], "mtime_ns": [0] * 2, "size_bytes": [1] * 2,
+        "n_regions": [sum(r[0] == i for r in rows) for i in ("a.jpg", "b.jpg")], "batch": [0] * 2}))
+    return index
+
+
+def _decoded(rows, dtype: str) -> np.ndarray:
+    """The float32 vectors a search scores for ``rows`` stored as ``dtype`` (reference)."""
+    from resedis import quant
+
+    v = np.array([r[3] for r in rows], np.float32)
+    if dtype in ("int8", "int4"):
+        return quant.dequantize(*quant.quantize(v, dtype), dtype, DIM)
+    return v.astype(np.float16).astype(np.float32) if dtype == "float16" else v
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8", "int4"])
+@pytest.mark.parametrize("matrix_dtype", ["float32", "stored"])
+def test_a_lazy_corpus_reads_rows_by_offset_in_every_format(tmp_path, caplog, dtype, matrix_dtype):
+    """Row reads of a lazy corpus (an orphan row in the table, so corpus rows are not table
+    offsets) give the rows asked, in that order, repeated or none, with the full product's
+    numbers; the matrix stays unread until the first full product, which then converts
+    (``float32``: compact codes decoded once, said with the storage's name) or keeps the
+    stored values (``stored``)."""
+    rng = np.random.default_rng(8)
+    rows = [(("a.jpg", "b.jpg")[i % 2], 7 if i == 2 else 0, (1, 1, 20, 20), rng.normal(size=DIM).tolist()) for i in range(8)]
+    kept = [i for i in range(8) if i != 2]  # region 2: batch 7 has no images row (an orphan)
+    index = any_index(tmp_path / "db", rows, dtype)
+    want = _decoded(rows, dtype)[kept]
+    queries = rng.normal(size=(3, DIM)).astype(np.float32)
+    reference = want.astype(np.float64) @ queries.astype(np.float64).T
+    corpus = load_corpus(index, matrix_dtype, lazy=True)
+    assert len(corpus) == 7 and not corpus.vectors_loaded and corpus.storage == dtype
+    ask = np.array([6, 0, 3, 3, 5])
+    np.testing.assert_allclose(corpus.row_vectors(ask), want[ask], rtol=1e-6, atol=1e-6)
+    got = corpus.row_logits(ask, queries)
+    assert got.shape == (5, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, reference[ask], rtol=1e-5, atol=1e-5)
+    assert corpus.row_logits(np.zeros(0, np.int64), queries).shape == (0, 3)
+    assert corpus.row_vectors([]).shape[0] == 0
+    assert not corpus.vectors_loaded  # row reads never load the matrix
+    with caplog.at_level(logging.INFO, logger="resedis.search_corpus"):
+        full = corpus.logits(queries)
+    assert corpus.vectors_loaded
+    np.testing.assert_allclose(full, reference, rtol=1e-5, atol=1e-5)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("region matrix")]
+    if matrix_dtype == "float32" and dtype != "float32":
+        assert said == [f"region matrix (7, {DIM}) {dtype} -> float32 (0.00 GB), once per loaded index"]
+        assert corpus.vectors.dtype == np.float32 and corpus.vectors.shape == (7, DIM)
+        # decoded codes are float32 vectors from now on; float16 stays named float16
+        assert corpus.storage == ("float32" if dtype in ("int8", "int4") else dtype)
+        assert corpus.step is None and corpus.bias is None
+    else:
+        assert said == []
+        assert corpus.storage == dtype
+        stored = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "int4": np.uint8}[dtype]
+        assert corpus.vectors.dtype == stored
+    # once loaded, the rows come from the matrix: the same numbers
+    np.testing.assert_allclose(corpus.row_logits(ask, queries), got, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(corpus.row_vectors(ask), want[ask], rtol=1e-6, atol=1e-6)
+
+
+def test_a_lazy_corpus_scores_a_non_finite_row_minus_infinity(tmp_path):
+    rows = [("a.jpg", 0, (1, 1, 20, 20), vec(1.0)), ("b.jpg", 0, (1, 1, 20, 20), [float("inf")] * DIM)]
+    index = any_index(tmp_path / "db", rows, "float32")
+    lazy = load_corpus(index, lazy=True)
+    got = lazy.row_logits([1, 0], np.ones((2, DIM), np.float32))
+    assert got[0].tolist() == [-np.inf, -np.inf] and np.allclose(got[1], sum(vec(1.0)))
+    assert not lazy.hidden[1]  # not known until the matrix is read ...
+    lazy.load()
+    assert lazy.hidden.tolist() == [False, True]  # ... which hides it
