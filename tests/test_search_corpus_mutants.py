@@ -258,3 +258,29 @@ def test_a_lazy_corpus_scores_a_non_finite_row_minus_infinity(tmp_path):
     assert not lazy.hidden[1]  # not known until the matrix is read ...
     lazy.load()
     assert lazy.hidden.tolist() == [False, True]  # ... which hides it
+
+
+def test_corpus_needs_its_vectors_or_a_loader_and_knows_its_dimension():
+    base = dict(version=(1, 1), image_ids=["a"], paths=["/a"], region_image=np.zeros(3, np.int64),
+                boxes=np.zeros((3, 4), np.float32))
+    assert Corpus(**base, vectors=np.ones((3, DIM), np.float32)).dim == DIM  # from the vectors
+    assert Corpus(**base, vectors=np.ones((3, DIM), np.float32), dim=9).dim == 9  # as given
+    assert Corpus(**base, vectors=None, loader=lambda: None, dim=0).dim == 0  # unknown until loaded
+    with pytest.raises(ResedisError) as err:
+        Corpus(**base, vectors=None)
+    assert str(err.value) == "Corpus needs vectors or a loader"
+    with pytest.raises(ResedisError) as err:
+        Corpus(**base, vectors=np.zeros((3, 3), np.uint8), storage="int4")
+    assert str(err.value) == "Corpus of int4 codes needs the vector dimension (dim)"
+    codes = Corpus(**base, vectors=np.zeros((3, 3), np.uint8), storage="int4", dim=DIM)
+    assert codes.dim == DIM  # the codes' width is not the dimension
+
+
+def test_loading_hides_only_the_rows_reported_damaged():
+    base = dict(version=(1, 1), image_ids=["a"], paths=["/a"], region_image=np.zeros(3, np.int64),
+                boxes=np.zeros((3, 4), np.float32), hidden=np.array([False, True, False]), storage="float32")
+    vectors = np.ones((3, DIM), np.float32)
+    for damaged, hidden in ((None, [False, True, False]), (np.array([True, False, False]), [True, True, False])):
+        corpus = Corpus(**base, vectors=None, loader=lambda d=damaged: (vectors, None, None, d))
+        corpus.load()
+        assert corpus.hidden.tolist() == hidden and corpus.vectors is vectors
