@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from resedis import quant
-from resedis.ann_projection import AnnProjection, fit_projection, proj_dims
+from resedis.ann_projection import AnnProjection, fit_projection, proj_dims, projection_from_json, projection_to_json
 from resedis.bench.synthetic import SyntheticSpec, query_vectors, recall_at, region_vectors
 from resedis.index.ann import AnnConfig, ann_candidates, build_ann_index
 from resedis.index.columns import vector_columns
@@ -139,8 +139,8 @@ def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int =
     recall@10/@100 against a streaming exact scan, and the query process's peak RSS.
 
     ``reuse``: query a table kept by an earlier ``keep=True`` run of the same rows, storage,
-    spec and chunk (its build figures and exact top rows are read from ``build.json``
-    beside it), to sweep probes and candidates without rebuilding."""
+    spec and chunk (its build figures, ANN projection and exact top rows are read from
+    ``build.json`` beside it), to sweep probes and candidates without rebuilding."""
     from resedis.bench.machine import run_isolated
 
     ann = ann or AnnConfig(min_rows=1)
@@ -152,11 +152,11 @@ def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int =
         if not saved.is_file():
             raise SystemExit(f"--reuse: no kept table at {path} (run once with --keep)")
         built = json.loads(saved.read_text())
+        if "projection" not in built:  # kept before build.json recorded it
+            raise SystemExit(f"--reuse: {saved} has no ANN projection record; rebuild with --keep")
         if built["chunk"] != chunk or built["spec"] != repr(spec) or len(built["truth"]) < queries:
             raise SystemExit(f"--reuse: {path} was built with another chunk, spec or fewer queries")
-        projection = None
-        if quant.is_compact(storage):  # refit on the first chunk exactly as the write did
-            projection = fit_projection(next(iter(region_vectors(rows, spec, chunk=chunk, dtype=np.float32))), proj_dims(spec.dim))
+        projection = None if built["projection"] is None else projection_from_json(built["projection"], spec.dim, str(saved))
         truth = np.asarray(built["truth"][:queries], np.int64)
     else:
         shutil.rmtree(path, ignore_errors=True)
@@ -170,7 +170,8 @@ def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int =
         truth = streaming_exact_top(rows, storage, spec, q, chunk=chunk)
         built = {"chunk": chunk, "spec": repr(spec), "write_s": round(write_s, 1), "ann_build_s": round(build.seconds, 1),
                  "ann_index": build.to_json(), "total_bytes": total_bytes, "data_bytes": data_bytes,
-                 "exact_streaming_scan_s": round(time.perf_counter() - t0, 1), "truth": truth.tolist()}
+                 "exact_streaming_scan_s": round(time.perf_counter() - t0, 1), "truth": truth.tolist(),
+                 "projection": None if projection is None else projection_to_json(projection, chunk)}
         if keep:
             saved.write_text(json.dumps(built), encoding="utf-8")
     result, rss = run_isolated(ann_job, str(path), q, ann, projection)

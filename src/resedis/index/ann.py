@@ -113,13 +113,17 @@ class AnnConfig:
         return max(1, min(partitions, max(8, partitions // 5)))
 
     def candidates_for(self, k: int) -> int:
-        return max(500 if self.min_candidates is None else self.min_candidates, self.candidate_factor * k)
+        return self._candidates(k, 500)
+
+    def _candidates(self, k: int, default_min: int) -> int:
+        """``max(min_candidates, candidate_factor * k)``, ``default_min`` when min_candidates is None."""
+        return max(default_min if self.min_candidates is None else self.min_candidates, self.candidate_factor * k)
 
     def compact_candidates_for(self, k: int, rows: int, legacy: bool = False) -> int:
         """Candidates of a top-``k`` query on a compact table of ``rows`` rows (``legacy``:
         its ANN column has the direction-only layout, see ``compact_candidate_share``)."""
         if not legacy:
-            return max(200 if self.min_candidates is None else self.min_candidates, self.candidate_factor * k)
+            return self._candidates(k, 200)
         return max(self.candidates_for(k), int(self.compact_candidate_share * rows))
 
 
