@@ -151,6 +151,57 @@ def test_rank_hits_widens_the_window_when_nms_suppresses_it(seed, top_k):
     assert sum(region_image[i] == 0 for i in got) == 1
 
 
+def test_rank_hits_stops_at_the_first_minus_infinity(monkeypatch):
+    """Fewer finite logits than ``top_k``: the first window holds them all, so no wider
+    window (a partition of the whole vector each) is needed."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    logits = np.full(n, -np.inf, np.float32)
+    few = rng.choice(n, 12, replace=False)
+    logits[few] = rng.normal(size=12).astype(np.float32)
+    region_image = rng.integers(0, 100, n)
+    xy = rng.uniform(0, 100, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (n, 2))], axis=1).astype(np.float32)
+    partitions = []
+    real = np.argpartition
+    monkeypatch.setattr(np, "argpartition", lambda *a, **kw: partitions.append(1) or real(*a, **kw))
+    got = [i for i, _ in rank_hits(logits, region_image, boxes, 20, 0.5)]
+    monkeypatch.undo()
+    assert got == slow_rank(logits, region_image, boxes, 20, 0.5)
+    assert 0 < len(got) <= 12 and len(partitions) == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_rows_equals_ranking_the_dense_vector(seed):
+    """The Searcher's sparse ranking of ANN candidates (``rank_rows``) against the dense
+    path: the candidates' logits in an (N,) vector of ``-inf``, hidden rows and non-finite
+    logits masked, ranked by ``rank_hits`` — and against the plain-Python reference."""
+    from resedis.search import rank_rows
+    from resedis.search_corpus import Corpus
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    region_image = np.sort(rng.integers(0, 60, n))
+    xy = rng.uniform(0, 100, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 60, (n, 2))], axis=1).astype(np.float32)
+    hidden = rng.random(n) < 0.05
+    corpus = Corpus(version=(0, 0), image_ids=[f"i{j}" for j in range(60)], paths=[f"i{j}.jpg" for j in range(60)],
+                    region_image=region_image, boxes=boxes, vectors=np.zeros((n, 2), np.float32), hidden=hidden)
+    rows = np.sort(rng.choice(n, 400, replace=False))
+    logits = rng.normal(size=400).astype(np.float32).round(1)  # ties
+    logits[rng.choice(400, 10, replace=False)] = [np.nan, np.inf, -np.inf, np.nan, 3e38, np.nan, np.inf, 1, 1, 1]
+    dense = np.full(n, -np.inf, np.float32)
+    dense[rows] = logits
+    dense[hidden] = -np.inf
+    dense[~np.isfinite(dense)] = -np.inf
+    for top_k in (1, 7, 50, 1000):
+        want = rank_hits(dense, region_image, boxes, top_k, 0.5)
+        got = rank_rows(rows, logits, corpus, top_k, 0.5)
+        assert got == want
+        assert [i for i, _ in got] == slow_rank(dense, region_image, boxes, top_k, 0.5)
+    assert not any(hidden[i] for i, _ in rank_rows(rows, logits, corpus, 1000, 0.5))
+
+
 def test_rank_hits_keeps_a_box_whose_iou_equals_nms_iou():
     boxes = np.array([A, HALF, (0, 0, 10, 6)], np.float32)  # IoU with A: 1, 0.5, 0.6
     logits = np.array([3.0, 2.0, 1.0], np.float32)

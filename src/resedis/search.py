@@ -83,8 +83,8 @@ def rank_hits(
         kept_boxes: dict[int, list[int]] = {}
         for i in order:
             value = float(logits[i])
-            if value == -np.inf:
-                break
+            if value == -np.inf:  # the window holds every finite logit: no more hits anywhere
+                return kept
             img = int(region_image[i])
             prev = kept_boxes.get(img)
             if prev and nms_iou < 1.0 and float(box_iou(boxes[i], boxes[prev], same_box_is_one=True).max()) > nms_iou:
@@ -96,6 +96,19 @@ def rank_hits(
         if k == n:
             return kept
         k = min(n, 2 * k)
+
+
+def rank_rows(rows: np.ndarray, logits: np.ndarray, corpus: Corpus, top_k: int,
+              nms_iou: float) -> list[tuple[int, float]]:
+    """:func:`rank_hits` over some rows of ``corpus`` only (``rows`` ascending, distinct;
+    every other row counts as ``-inf``) -> [(corpus row, logit)]: the hits of ranking the
+    whole (N,) vector, in time that grows with ``len(rows)`` rather than N. As on the
+    dense path, hidden rows and non-finite logits are never answers."""
+    rows = np.asarray(rows, np.int64)
+    logits = np.asarray(logits, np.float32)
+    logits = np.where(np.isfinite(logits) & ~corpus.hidden[rows], logits, np.float32(-np.inf))
+    ranked = rank_hits(logits, corpus.region_image[rows], corpus.boxes[rows], top_k, nms_iou)
+    return [(int(rows[i]), value) for i, value in ranked]
 
 
 class Searcher:
@@ -171,6 +184,14 @@ class Searcher:
             self._corpus = load_corpus(self.index, self.matrix_dtype, lazy=self.ann is not None)
         return self._corpus
 
+    def warm_up(self) -> None:
+        """Read now what the first query would otherwise read: the corpus (ids and boxes;
+        the region matrix too when there is no ANN path) and, with a vector index, the
+        index itself into LanceDB's cache (:attr:`resedis.index.ann.AnnConfig.prewarm_max_bytes`)."""
+        corpus = self.corpus()
+        if self.ann is None or not self.ann.available():
+            corpus.load()
+
     def image_meta(self, corpus: Corpus | None = None) -> ImageMeta:
         """Id, size and mtime of every image row of ``corpus`` (read once per corpus)."""
         corpus = corpus if corpus is not None else self.corpus()
@@ -221,6 +242,16 @@ class Searcher:
             if prefilter is not None:
                 logits[~prefilter] = -np.inf
         return logits
+
+    def ranking_candidates(self, corpus: Corpus, queries: np.ndarray, k: int,
+                           prefilter: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """With a vector index, what :meth:`ranking_logits` holds as finite values, sparse: per
+        query its candidate rows (ascending) and their exact logits (``prefilter`` rows
+        only; :meth:`resedis.index.ann.AnnSearch.candidates`); None without one (rank every
+        region: :meth:`ranking_logits`)."""
+        if self.ann is None:
+            return None
+        return self.ann.candidates(corpus, np.atleast_2d(np.asarray(queries, dtype=np.float32)), k, prefilter)
 
     def search(self, text: str, *, top_k: int = DEFAULT_TOP_K, threshold: float | None = None,
                filters: Filters | None = None) -> QueryResult:
@@ -283,18 +314,24 @@ class Searcher:
             t0 = time.perf_counter()
             queries = self.encode(chunk) if vectors is None else vectors[start : start + batch_size]
             t1 = time.perf_counter()
-            logits = self.ranking_logits(corpus, queries, top_k, prefilter) if allowed is None else corpus.logits(queries)
-            if allowed is not None:
-                logits[~allowed] = -np.inf
-            if prefilter is not None:  # a metadata filter, before the top-k is cut
-                logits[~prefilter] = -np.inf
-            if corpus.hidden.any():  # no visible area (indexes from before the encoder dropped them), or damaged
-                logits[corpus.hidden] = -np.inf
-            logits[~np.isfinite(logits)] = -np.inf  # a NaN/inf score is never an answer (float32 overflow)
+            # with a vector index: each query's candidate rows only (nothing of size N per query)
+            found = self.ranking_candidates(corpus, queries, top_k, prefilter) if allowed is None else None
+            if found is None:
+                logits = self.ranking_logits(corpus, queries, top_k, prefilter) if allowed is None else corpus.logits(queries)
+                if allowed is not None:
+                    logits[~allowed] = -np.inf
+                if prefilter is not None:  # a metadata filter, before the top-k is cut
+                    logits[~prefilter] = -np.inf
+                if corpus.hidden.any():  # no visible area (indexes from before the encoder dropped them), or damaged
+                    logits[corpus.hidden] = -np.inf
+                logits[~np.isfinite(logits)] = -np.inf  # a NaN/inf score is never an answer (float32 overflow)
             t2 = time.perf_counter()
             for j, text in enumerate(chunk):
                 t3 = time.perf_counter()
-                ranked = rank_hits(logits[:, j], corpus.region_image, corpus.boxes, top_k, self.nms_iou)
+                if found is None:
+                    ranked = rank_hits(logits[:, j], corpus.region_image, corpus.boxes, top_k, self.nms_iou)
+                else:  # the prefilter was applied by the candidate search
+                    ranked = rank_rows(*found[j], corpus, top_k, self.nms_iou)
                 hits = []
                 for region, logit in ranked:
                     img = int(corpus.region_image[region])

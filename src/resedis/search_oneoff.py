@@ -51,7 +51,7 @@ from resedis.expressions import parse
 from resedis.pipelines.compose import ComposePipeline
 from resedis.pipelines.owl import OwlPipeline
 from resedis.query import QueryAnswer, QueryEngine, QueryRequest, pipeline_name
-from resedis.search import normalize_text, rank_hits, sigmoid
+from resedis.search import normalize_text, rank_hits, rank_rows, sigmoid
 from resedis.search_cache import CachedTextEncoder, QueryCache, cache_key
 from resedis.search_corpus import Corpus, load_corpus
 from resedis.thresholds import ThresholdChoice, choose_threshold
@@ -75,15 +75,19 @@ class OneOffInfo:
     sidecar_written: bool = False
 
 
-def rank_corpus(corpus: Corpus, logits: np.ndarray, query_ids: list[str], texts: list[str], *, top_k: int,
+def rank_corpus(corpus: Corpus, logits: np.ndarray | list, query_ids: list[str], texts: list[str], *, top_k: int,
                 threshold: float, nms_iou: float) -> list[QueryResult]:
-    """(N, Q) ``logits`` over ``corpus`` -> one QueryResult per query: per-image NMS and the
-    ranking of :meth:`resedis.search.Searcher.search_many`, then the ``owl`` pipeline's
-    finalisation (:func:`resedis.pipelines.base.finalize_hits`: top ``top_k`` by score,
-    ``present = score >= threshold``)."""
+    """(N, Q) ``logits`` over ``corpus`` (or, per query, the ``(rows, logits)`` of its ANN
+    candidates: :meth:`resedis.index.ann.AnnSearch.candidates`) -> one QueryResult per
+    query: per-image NMS and the ranking of :meth:`resedis.search.Searcher.search_many`,
+    then the ``owl`` pipeline's finalisation (:func:`resedis.pipelines.base.finalize_hits`:
+    top ``top_k`` by score, ``present = score >= threshold``)."""
     results = []
     for j, text in enumerate(texts):
-        ranked = rank_hits(logits[:, j], corpus.region_image, corpus.boxes, top_k, nms_iou)
+        if isinstance(logits, list):
+            ranked = rank_rows(*logits[j], corpus, top_k, nms_iou)
+        else:
+            ranked = rank_hits(logits[:, j], corpus.region_image, corpus.boxes, top_k, nms_iou)
         scored = []
         for region, logit in ranked:
             img = int(corpus.region_image[region])
@@ -271,12 +275,12 @@ def _answer_fast(root: Path, manifest: Manifest, request: QueryRequest, config: 
     t1 = time.perf_counter()
     queries = encoder.encode_texts([normalize_text(request.text)])
     t2 = time.perf_counter()
-    logits = ann.logits(corpus, queries, top_k) if ann is not None else None
+    logits = ann.candidates(corpus, queries, top_k) if ann is not None else None  # ranked as the Searcher does
     if logits is None:
         logits = corpus.logits(queries)
-    if corpus.hidden.any():  # as the Searcher: boxes with no visible area are never returned
-        logits[corpus.hidden] = -np.inf
-    logits[~np.isfinite(logits)] = -np.inf  # as the Searcher: a NaN/inf score is never an answer
+        if corpus.hidden.any():  # as the Searcher: boxes with no visible area are never returned
+            logits[corpus.hidden] = -np.inf
+        logits[~np.isfinite(logits)] = -np.inf  # as the Searcher: a NaN/inf score is never an answer
     result = rank_corpus(corpus, logits, [query_id], [request.text], top_k=top_k, threshold=choice.value,
                          nms_iou=config.nms_iou)[0]
     result.timings = {"encode_ms": 1000 * (t2 - t1), "search_ms": 1000 * (time.perf_counter() - t2 + t1 - t0)}

@@ -10,11 +10,13 @@ from resedis.bench.synthetic import SyntheticSpec, exact_top_k, query_vectors, r
 from resedis.errors import ResedisError
 from resedis.index.ann import (
     AnnConfig,
+    AnnSearch,
     ann_candidates,
     ann_status,
     build_ann_index,
     has_ann_index,
     optimize_ann,
+    prewarm_ann_index,
     should_build,
 )
 from resedis.index.manifest import VECTOR_DTYPES
@@ -144,6 +146,44 @@ def test_threshold_rule(tmp_path):
     assert built is not None and has_ann_index(table) and built.rows == 600
 
 
+def test_prewarm_loads_an_index_within_the_byte_budget_only(corpus, tmp_path):
+    import lancedb
+
+    table, _, _ = corpus
+    size = table.list_indices()[0].size_bytes
+    assert size > 0
+    assert prewarm_ann_index(table, size) == size
+    assert prewarm_ann_index(table, size - 1) == 0  # too large for the budget: not loaded
+    assert prewarm_ann_index(table, 0) == 0
+    bare = lancedb.connect(str(tmp_path / "db")).create_table("regions", _rows_table(np.ones((4, SPEC.dim), np.float16)))
+    assert prewarm_ann_index(bare, 1 << 40) == 0  # no vector index
+
+
+def test_the_searcher_path_prewarms_each_new_index_once(tmp_path, monkeypatch):
+    import lancedb
+    from types import SimpleNamespace
+
+    import resedis.index.ann as ann_module
+
+    calls = []
+    real = ann_module.prewarm_ann_index
+    monkeypatch.setattr(ann_module, "prewarm_ann_index", lambda table, budget: calls.append(budget) or real(table, budget))
+    vectors = np.concatenate(list(region_vectors(600, SPEC, dtype=np.float16)))
+    table = lancedb.connect(str(tmp_path / "db")).create_table("regions", _rows_table(vectors[:500]))
+    search = AnnSearch(SimpleNamespace(regions_table=table), AnnConfig(prewarm_max_bytes=1 << 30))
+    assert not search.available() and calls == [] and search.prewarmed is None  # no index: nothing to load
+    small = AnnConfig(min_rows=1, num_partitions=2, nprobes=2)
+    build_ann_index(table, small)
+    assert search.available() and search.available()
+    first = table.list_indices()[0]
+    assert calls == [1 << 30] and search.prewarmed == (first.index_uuid, first.size_bytes)
+    table.add(_rows_table(vectors[500:], first_row=500))  # a new table version, the same index
+    assert search.available() and calls == [1 << 30]
+    build_ann_index(table, small)  # retrained: a new index, loaded again
+    assert search.available() and len(calls) == 2
+    assert search.prewarmed == (table.list_indices()[0].index_uuid, table.list_indices()[0].size_bytes) != (first.index_uuid, first.size_bytes)
+
+
 def test_bad_input_is_refused(corpus):
     table, _, _ = corpus
     with pytest.raises(ResedisError, match="dimension"):
@@ -163,7 +203,7 @@ def _hits(result):
     return [(h.image_id, tuple(round(v, 3) for v in h.box), h.score) for h in result.hits]
 
 
-def test_searcher_uses_the_ann_index_and_rescores_exactly(synth_small, tiny_models, tmp_path):
+def test_searcher_uses_the_ann_index_and_rescores_exactly(synth_small, tiny_models, tmp_path, monkeypatch):
     from resedis.index import IndexConfig, build_index, open_index
     from resedis.search import Searcher
 
@@ -179,11 +219,32 @@ def test_searcher_uses_the_ann_index_and_rescores_exactly(synth_small, tiny_mode
     everything = AnnConfig(min_rows=1, num_partitions=4, nprobes=4, min_candidates=100_000)
     build_ann_index(index.regions_table, everything)
     searcher = Searcher(db, ann=everything, encoder=exact.encoder)
+    searcher.warm_up()  # what `resedis serve` does at start: ids and boxes, the vector index into LanceDB's cache
+    assert searcher.ann.prewarmed is not None and searcher.ann.prewarmed[1] > 0
+    assert searcher._corpus is not None and not searcher._corpus.vectors_loaded  # the ANN path never needs the matrix
+    cold = Searcher(db, use_ann=False, encoder=exact.encoder)
+    cold.warm_up()
+    assert cold._corpus is not None and cold._corpus.vectors_loaded  # the exact path needs it at the first query
     for text, want in zip(texts, expected):
         got = _hits(searcher.search(text, top_k=10))
         assert [g[:2] for g in got] == [w[:2] for w in want]
         np.testing.assert_allclose([g[2] for g in got], [w[2] for w in want], rtol=1e-6)
     assert searcher.ann.queries_answered == len(texts)
+    # The index was prewarmed when the Searcher found it, once (not per query).
+    assert searcher.ann.prewarmed == (index.regions_table.list_indices()[0].index_uuid,
+                                      index.regions_table.list_indices()[0].size_bytes)
+    # The Searcher ranks each query's candidate rows only: the dense (N, Q) logits are not built.
+    def dense(*args, **kwargs):
+        raise AssertionError("the dense ANN logits were built for a plain search")
+
+    monkeypatch.setattr(AnnSearch, "logits", dense)
+    for text, want in zip(texts, expected):
+        assert [g[:2] for g in _hits(searcher.search(text, top_k=10))] == [w[:2] for w in want]
+    monkeypatch.undo()
+    found = searcher.ann.candidates(searcher.corpus(), exact.encode(texts), 10)
+    for (rows, logits), dense in zip(found, searcher.ann.logits(searcher.corpus(), exact.encode(texts), 10).T):
+        assert len(rows) == len(searcher.corpus()) and np.all(np.diff(rows) > 0)  # every row, ascending (rank_rows' ties)
+        np.testing.assert_array_equal(dense[rows], logits)
     # A narrow candidate set still returns exact scores, for a subset of the regions.
     narrow = Searcher(db, ann=AnnConfig(num_partitions=4, nprobes=1, min_candidates=5, candidate_factor=1), encoder=exact.encoder)
     from resedis.search import sigmoid

@@ -64,6 +64,11 @@ class AnnConfig:
     refine_factor: LanceDB re-reads ``refine_factor × limit`` full vectors when the index
         stores quantised ones (PQ/SQ); None leaves LanceDB's default.
     sample_rate / max_iterations: k-means training sample (rows per partition) and rounds.
+    prewarm_max_bytes: the Searcher asks LanceDB to load a vector index of at most this many
+        bytes into its index cache when it first finds it (:func:`prewarm_ann_index`);
+        otherwise each IVF partition is read from disk the first time a query probes it,
+        and the first queries of a fresh process are 2–3× slower (10M compact regions: a
+        385 MB index, loaded in 0.7 s; docs/benchmarks.md). 0: never.
     compact_candidate_share: the ANN column of a compact index written before the logit
         estimate (:mod:`resedis.ann_projection`, legacy layout: a 32-d direction only) ranks
         the members of a tight cluster of regions only roughly, so its candidates grow with
@@ -83,6 +88,7 @@ class AnnConfig:
     max_iterations: int = 50
     num_sub_vectors: int | None = None
     compact_candidate_share: float = 0.002
+    prewarm_max_bytes: int = 2 << 30
 
     def validate(self) -> None:
         if self.index_type not in INDEX_TYPES:
@@ -91,6 +97,8 @@ class AnnConfig:
             raise ResedisError(f"ANN metric must be one of {METRICS}, got {self.metric!r}")
         if not 0.0 <= self.compact_candidate_share <= 1.0:
             raise ResedisError(f"ANN compact_candidate_share must be in [0, 1], got {self.compact_candidate_share}")
+        if self.prewarm_max_bytes < 0:
+            raise ResedisError(f"ANN prewarm_max_bytes must be >= 0, got {self.prewarm_max_bytes}")
         for name in ("min_rows", "candidate_factor", "sample_rate", "max_iterations"):
             if getattr(self, name) < 1:
                 raise ResedisError(f"ANN {name} must be >= 1, got {getattr(self, name)}")
@@ -169,6 +177,19 @@ def _vector_index(table, schema: pa.Schema | None = None):
 def has_ann_index(table) -> bool:
     """True when the table has a vector index on ``vector``."""
     return _vector_index(table) is not None
+
+
+def prewarm_ann_index(table, max_bytes: int) -> int:
+    """Load the vector index of ``table`` into LanceDB's index cache now, when it is at
+    most ``max_bytes`` (LanceDB otherwise reads each IVF partition at the first query
+    that probes it) -> the index's bytes loaded, 0 when none was (no index, too large,
+    or its size unknown)."""
+    idx = _vector_index(table)
+    size = getattr(idx, "size_bytes", None) if idx is not None else None
+    if size is None or size > max_bytes:
+        return 0
+    table.prewarm_index(idx.name)
+    return int(size)
 
 
 def ann_status(table) -> dict | None:
@@ -444,6 +465,7 @@ class AnnSearch:
         self.config.validate()
         self.queries_answered = 0
         self._state: tuple | None = None  # (table version, has index)
+        self.prewarmed: tuple[str, int] | None = None  # (index uuid, bytes) last loaded into LanceDB's cache
         self._projection: tuple | None = None  # (manifest, its ANN projection)
         self._rows: tuple | None = None  # (corpus, image_id -> row, first region row per image)
 
@@ -455,9 +477,15 @@ class AnnSearch:
         return self._projection[1]
 
     def available(self) -> bool:
-        version = self.index.regions_table.version
+        """True when the regions table has a vector index (checked once per table version;
+        a new index is prewarmed then, see :attr:`AnnConfig.prewarm_max_bytes`)."""
+        table = self.index.regions_table
+        version = table.version
         if self._state is None or self._state[0] != version:
-            self._state = (version, has_ann_index(self.index.regions_table))
+            idx = _vector_index(table)
+            self._state = (version, idx is not None)
+            if idx is not None and (self.prewarmed is None or self.prewarmed[0] != idx.index_uuid):
+                self.prewarmed = (idx.index_uuid, prewarm_ann_index(table, self.config.prewarm_max_bytes))
         return self._state[1]
 
     def _lookup(self, corpus):
@@ -479,11 +507,25 @@ class AnnSearch:
         return rows_ok[same], cand.logits[ok][same]  # uncommitted (orphan) or moved rows are dropped
 
     def logits(self, corpus, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray | None:
-        """(Q, D) queries -> (N, Q) float32: exact logits on each query's candidate rows,
-        ``-inf`` elsewhere; None when there is no vector index.
+        """(Q, D) queries -> (N, Q) float32: exact logits on each query's candidate rows
+        (:meth:`candidates`), ``-inf`` elsewhere; None when there is no vector index."""
+        found = self.candidates(corpus, queries, k, allowed)
+        if found is None:
+            return None
+        out = np.full((len(corpus), len(found)), -np.inf, np.float32)
+        for j, (rows, logits) in enumerate(found):
+            out[rows, j] = logits
+        return out
 
-        ``allowed`` (N,) bool, a filter (:mod:`resedis.filters`): only allowed rows get a
-        logit, and a query gets as many allowed candidates as an unfiltered one gets
+    def candidates(self, corpus, queries: np.ndarray, k: int,
+                   allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """(Q, D) queries -> per query ``(rows, logits)``: its candidate rows of ``corpus``
+        (ascending, distinct) and their exact float32 logits; None when there is no vector
+        index (or the corpus is empty). Work per query grows with the candidates, not with
+        the corpus: nothing of size N is allocated (the Searcher ranks these rows only).
+
+        ``allowed`` (N,) bool, a filter (:mod:`resedis.filters`): only allowed rows are
+        candidates, and a query gets as many allowed candidates as an unfiltered one gets
         candidates (``config.candidates_for(k)``). When at most that many rows are allowed,
         they are all scored exactly (no index needed); otherwise the candidate limit is
         widened (doubled) until enough allowed candidates come back or the probed
@@ -497,7 +539,7 @@ class AnnSearch:
         if len(corpus) == 0 or not self.available():
             return None
         queries = np.asarray(queries, np.float32)
-        out = np.full((len(corpus), queries.shape[0]), -np.inf, np.float32)
+        found: list = [None] * queries.shape[0]
         table = self.index.regions_table
         total = table.count_rows()
         projection = self.projection()
@@ -506,17 +548,17 @@ class AnnSearch:
         if allowed is not None:
             allowed_rows = np.flatnonzero(allowed)
             if len(allowed_rows) <= need:  # a selective filter: score its rows exactly
-                if len(allowed_rows):
-                    out[allowed_rows] = corpus.row_logits(allowed_rows, queries)
+                exact = corpus.row_logits(allowed_rows, queries) if len(allowed_rows) else None
                 self.queries_answered += queries.shape[0]
-                return out
+                return [(allowed_rows, exact[:, j] if exact is not None else np.zeros(0, np.float32))
+                        for j in range(queries.shape[0])]
         limit = need
         todo = list(range(queries.shape[0]))
         while todo:
-            found = ann_candidates(table, queries[todo], k, config=self.config, columns=("image_id", "region", "box"),
-                                   limit=limit, projection=projection)
+            answers = ann_candidates(table, queries[todo], k, config=self.config, columns=("image_id", "region", "box"),
+                                     limit=limit, projection=projection)
             short = []
-            for j, cand in zip(todo, found):
+            for j, cand in zip(todo, answers):
                 rows, logits = self._candidate_rows(corpus, cand)
                 if allowed is not None:
                     keep = allowed[rows]
@@ -526,7 +568,8 @@ class AnnSearch:
                         continue
                     if len(rows) < need:  # the probed partitions hold no more: score the filter exactly
                         rows, logits = allowed_rows, corpus.row_logits(allowed_rows, queries[j : j + 1])[:, 0]
-                out[rows, j] = logits
+                order = np.argsort(rows, kind="stable")
+                found[j] = (rows[order], np.asarray(logits, np.float32)[order])
             todo, limit = short, min(total, 2 * limit)
         self.queries_answered += queries.shape[0]
-        return out
+        return found

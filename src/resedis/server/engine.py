@@ -107,7 +107,8 @@ class SearchService:
                 self.engine = None
                 return
             engine = QueryEngine(open_index(self.db), self.config, self.models)
-            engine.pipeline("owl").searcher()  # load the text encoder now, not on the first query
+            # the text encoder, the corpus and the vector index now, not on the first query
+            engine.pipeline("owl").searcher().warm_up()
             self.engine = engine
             self._cache.clear()
             self._catalog_version = None
