@@ -228,6 +228,12 @@ def test_with_a_vector_index_images_come_from_its_candidates_and_scores_stay_exa
         return real(self, queries)
 
     monkeypatch.setattr(search_corpus.Corpus, "logits", spy)
+    from resedis.index.ann import AnnSearch
+
+    def dense(*args, **kwargs):
+        raise AssertionError("an (N, Q) logits array was built: compose must rank the candidate rows only")
+
+    monkeypatch.setattr(AnnSearch, "logits", dense)
     ann = QueryEngine(ann_db, config, pipekit.models(env))
     searcher = ann.pipeline("owl+compose").searcher()
     assert searcher.ann is not None and searcher.ann.available()
@@ -240,3 +246,22 @@ def test_with_a_vector_index_images_come_from_its_candidates_and_scores_stay_exa
     assert full_scans == []  # never a product over every region
     assert not searcher.corpus().vectors_loaded  # nor the region matrix read whole
     assert searcher.ann.queries_answered - before == len(CUED)
+
+
+def test_a_dataset_run_composes_only_the_datasets_images(env):
+    """A dataset holding some of the index's images: the images to compose come from those
+    only, however high another image's subject score is (every hit is a dataset image)."""
+    from resedis.pipelines.base import QueryText
+
+    engine = QueryEngine(env.db, PipelineConfig(device="cpu", top_k=50, nms_iou=1.0, compose_images=3),
+                         pipekit.models(env))
+    pipe = engine.pipeline("owl+compose")
+    queries = [QueryText(f"q{i}", t) for i, t in enumerate(CUED)]
+    everywhere = {h.image_id for r in pipe.run(queries, env.dataset) for h in r.hits}
+    keep = sorted(set(env.dataset.images) - everywhere)  # drop the images that do answer the queries
+    subset = replace(env.dataset, images={i: env.dataset.images[i] for i in keep})
+    results = pipe.run(queries, subset)
+    hits = [h for r in results for h in r.hits]
+    assert hits and {h.image_id for h in hits} <= set(keep)
+    # and no compose slot went to an image outside the dataset: each query composes 3 of them
+    assert len(keep) >= 3 and all(len({h.image_id for h in r.hits}) == 3 for r in results)

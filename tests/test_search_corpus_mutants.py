@@ -284,3 +284,14 @@ def test_loading_hides_only_the_rows_reported_damaged():
         corpus = Corpus(**base, vectors=None, loader=lambda d=damaged: (vectors, None, None, d))
         corpus.load()
         assert corpus.hidden.tolist() == hidden and corpus.vectors is vectors
+
+
+def test_image_rows_are_the_rows_of_those_images_in_any_layout():
+    """``Corpus.image_rows`` against the O(N) definition, for regions stored in any order."""
+    rng = np.random.default_rng(5)
+    region_image = rng.integers(0, 30, 500)  # not contiguous, not sorted; images 0..39, some without regions
+    corpus = Corpus(version=(0, 0), image_ids=[f"i{j}" for j in range(40)], paths=[""] * 40,
+                    region_image=region_image, boxes=np.zeros((500, 4), np.float32), vectors=np.zeros((500, 2), np.float32))
+    for images in ([], [3], [0, 39], [35, 36], sorted(rng.choice(40, 12, replace=False).tolist()), list(range(40))):
+        want = np.flatnonzero(np.isin(region_image, images))
+        np.testing.assert_array_equal(corpus.image_rows(np.array(images, np.int64)), want)

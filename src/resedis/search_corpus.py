@@ -87,6 +87,7 @@ class Corpus:
     loader: Callable[[], tuple] | None = field(default=None, repr=False, compare=False)
     row_loader: Callable[[np.ndarray], tuple] | None = field(default=None, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _by_image: tuple | None = field(default=None, init=False, repr=False, compare=False)  # (rows by image, starts)
 
     def __post_init__(self) -> None:
         check_matrix_dtype(self.matrix_dtype)
@@ -171,6 +172,19 @@ class Corpus:
         if lazy:
             out[~np.isfinite(out)] = -np.inf
         return out
+
+    def image_rows(self, images) -> np.ndarray:
+        """Image rows -> the rows of their regions, ascending (an index of the rows by image
+        is built once per corpus; then the cost follows the images' regions, not N)."""
+        if self._by_image is None:
+            order = np.argsort(self.region_image, kind="stable")
+            starts = np.searchsorted(self.region_image[order], np.arange(len(self.image_ids) + 1))
+            self._by_image = (order, starts)
+        order, starts = self._by_image
+        images = np.asarray(images, np.int64)
+        if not len(images):
+            return np.zeros(0, np.int64)
+        return np.sort(np.concatenate([order[starts[i]:starts[i + 1]] for i in images]))
 
     def logits(self, queries: np.ndarray) -> np.ndarray:
         """(Q, D) query vectors -> (N, Q) float32 logits, computed in float32 chunks."""

@@ -173,24 +173,29 @@ class ComposePipeline(OwlPipeline):
         subject_col = {term: j for j, term in enumerate(subjects)}
         sub_vectors = vectors[[texts[term] for term in subjects]]
         k = self.config.compose_images
-        if dataset is None:
-            subject_logits = searcher.ranking_logits(corpus, sub_vectors, k, allowed)
-        else:  # a dataset run scores exactly what the dataset holds (as owl does)
-            subject_logits = corpus.logits(sub_vectors)
+        # With a vector index: each subject's candidate rows only (nothing of size N per query).
+        found = searcher.ranking_candidates(corpus, sub_vectors, k, allowed) if dataset is None else None
+        if found is None:  # exactly; a dataset run scores what the dataset holds (as owl does)
+            subject_logits = searcher.ranking_logits(corpus, sub_vectors, k, allowed) if dataset is None \
+                else corpus.logits(sub_vectors)
         n_images = len(corpus.image_ids)
         region_image = corpus.region_image
         for i in todo:
             p, term = terms[i]
-            s = np.where(valid, subject_logits[:, subject_col[term]], -np.inf)
+            if found is not None:
+                rows, s = found[subject_col[term]]
+            else:
+                rows, s = np.arange(len(corpus)), subject_logits[:, subject_col[term]]
+            keep = valid[rows] & np.isfinite(s)
             best = np.full(n_images, -np.inf)
-            scored = np.flatnonzero(np.isfinite(s))  # with a vector index: the candidates only
-            np.maximum.at(best, region_image[scored], s[scored])
+            np.maximum.at(best, region_image[rows[keep]], s[keep])
             finite = np.flatnonzero(np.isfinite(best))
             chosen = finite if len(finite) <= k else finite[np.argpartition(-best[finite], k - 1)[:k]]
             chosen = np.sort(chosen)
             local = np.full(n_images, -1, dtype=np.int64)
             local[chosen] = np.arange(len(chosen))
-            regions = np.flatnonzero(valid & (local[region_image] >= 0))
+            regions = corpus.image_rows(chosen)
+            regions = regions[valid[regions]]
             phrases = list(p.phrases())
             block = corpus.row_logits(regions, vectors[[texts[t] for t in phrases]])
             phrase_logits = {t: block[:, j].astype(np.float64) for j, t in enumerate(phrases)}
