@@ -38,6 +38,7 @@ def test_run_scale_reports_every_figure(tmp_path):
     assert 0 < entry["p50_ms"] <= entry["p95_ms"]
     assert entry["bytes_per_image"] > entry["data_bytes_per_image"] >= 100 * quant.bytes_per_region("int8", SPEC.dim)
     assert entry["searcher_peak_rss_mb"] > 0
+    assert entry["ranking_sparse_ms"] > 0 and entry["ranking_dense_ms"] > 0  # the two agreed (else the job raises)
     assert entry["prewarm_bytes"] > 0  # the small index fits the default budget: loaded as the Searcher loads it
     assert not (tmp_path / "scale_3000_int8").exists()  # removed unless keep=True
     cold = run_scale(3000, tmp_path, storage="int8", queries=2, ann=replace(ann, prewarm_max_bytes=0), spec=SPEC, chunk=1000)

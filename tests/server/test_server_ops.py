@@ -179,3 +179,17 @@ def test_cli_serve_warns_when_exposed_without_a_key(corpus, monkeypatch, capsys)
     err = capsys.readouterr().err
     assert "WARNING" not in err and "X-API-Key" in err
     assert started[-1][0].state.config.api_key == KEY
+
+
+def test_the_service_reads_the_index_at_start_not_at_the_first_query(corpus):
+    """Opening the service warms its Searcher: the corpus is read (and, on this small index
+    without a vector index, the region matrix), so the first query pays no load."""
+    from resedis.server.engine import SearchService
+
+    svc = SearchService(corpus["db"])
+    try:
+        searcher = svc.searcher
+        assert searcher._corpus is not None and searcher._corpus.vectors_loaded
+        assert searcher.ann is not None and not searcher.ann.available()  # no vector index here: exact path
+    finally:
+        svc.close()

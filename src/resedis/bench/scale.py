@@ -31,7 +31,7 @@ from resedis.bench.synthetic import SyntheticSpec, query_vectors, recall_at, reg
 from resedis.index.ann import AnnConfig, ann_candidates, build_ann_index, prewarm_ann_index
 from resedis.index.columns import vector_columns
 from resedis.index.store import column_matrix, disk_bytes, regions_schema
-from resedis.search import HIT_NMS_IOU, rank_rows
+from resedis.search import HIT_NMS_IOU, rank_hits, rank_rows
 from resedis.search_corpus import Corpus
 
 CHUNK = 100_000
@@ -126,7 +126,8 @@ def ann_job(path: str, queries: np.ndarray, config: AnnConfig, projection: AnnPr
     t0 = time.perf_counter()
     warmed = prewarm_ann_index(table, config.prewarm_max_bytes)  # as the Searcher does on finding the index
     out = {"load_ids_boxes_s": load_s, "prewarm_s": time.perf_counter() - t0, "prewarm_bytes": warmed,
-           "times": [], "cpu": [], "top10": [], "times100": [], "top100": []}
+           "times": [], "cpu": [], "top10": [], "times100": [], "top100": [],
+           "rank_sparse": [], "rank_dense": []}
 
     def rows_of(cand, k):
         ids = np.array([int(i[4:-4]) for i in cand.columns["image_id"][:k]], np.int64)
@@ -148,6 +149,21 @@ def ann_job(path: str, queries: np.ndarray, config: AnnConfig, projection: AnnPr
         out["times"].append(time.perf_counter() - t0)
         out["cpu"].append(time.process_time() - c0)  # every thread's CPU: what the load cannot inflate
         out["top10"].append(rows_of(cand, 10))  # recall: the candidates' order, before NMS
+    for q in queries[:10]:  # the ranking step alone: candidate rows only, against an (N,) vector as before
+        cand = ann_candidates(table, q[None], 10, config=config, columns=("image_id", "region"), projection=projection)[0]
+        rows = np.asarray(rows_of(cand, len(cand)), np.int64)
+        t0 = time.perf_counter()
+        order = np.argsort(rows, kind="stable")
+        sparse = rank_rows(rows[order], cand.logits[order], corpus, 10, HIT_NMS_IOU)
+        t1 = time.perf_counter()
+        dense = np.full(len(corpus), -np.inf, np.float32)
+        dense[rows] = cand.logits
+        dense[corpus.hidden] = -np.inf
+        dense[~np.isfinite(dense)] = -np.inf
+        if rank_hits(dense, corpus.region_image, corpus.boxes, 10, HIT_NMS_IOU) != sparse:
+            raise AssertionError("sparse and dense ranking disagree")
+        out["rank_sparse"].append(t1 - t0)
+        out["rank_dense"].append(time.perf_counter() - t1)
     for q in queries:  # top-100 queries in a pass of their own (1,000 candidates each slow the next query)
         t0 = time.perf_counter()
         out["top100"].append(rows_of(answer(q, 100), 100))
@@ -220,6 +236,9 @@ def run_scale(rows: int, workdir: Path, *, storage: str = "int4", queries: int =
         "cpu_p95_ms": round(float(np.percentile(cpu, 95)), 2),
         "top100_p50_ms": round(float(np.percentile(np.asarray(result["times100"]) * 1000, 50)), 2),
         "top100_p95_ms": round(float(np.percentile(np.asarray(result["times100"]) * 1000, 95)), 2),
+        # ranking a query's candidates (NMS, top 10) over its rows only vs an (N,) vector of -inf
+        "ranking_sparse_ms": round(float(np.median(result["rank_sparse"])) * 1000, 2),
+        "ranking_dense_ms": round(float(np.median(result["rank_dense"])) * 1000, 2),
         "load_average": round(os.getloadavg()[0], 2),
         "recall_at_10": round(recall_at(truth, np.array(result["top10"]), 10), 4),
         "recall_at_100": round(recall_at(truth, np.array(result["top100"]), 100), 4),

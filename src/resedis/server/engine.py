@@ -14,6 +14,7 @@ limit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +33,8 @@ from resedis.query import QueryEngine, QueryRequest, group_by_image
 from resedis.server.images import ImageCatalog, ImageRecord
 from resedis.server.security import RequestRefused
 from resedis.storage_errors import StorageError
+
+log = logging.getLogger(__name__)
 
 PIPELINE_ALIAS = "default"
 
@@ -107,8 +110,11 @@ class SearchService:
                 self.engine = None
                 return
             engine = QueryEngine(open_index(self.db), self.config, self.models)
-            # the text encoder, the corpus and the vector index now, not on the first query
-            engine.pipeline("owl").searcher().warm_up()
+            searcher = engine.pipeline("owl").searcher()  # load the text encoder now, not on the first query
+            try:  # and what the first query reads: the corpus, the vector index into LanceDB's cache
+                searcher.warm_up()
+            except (ResedisError, OSError, RuntimeError) as exc:  # a damaged index: each search says so (503)
+                log.warning("%s: not warmed up at start: %s", self.db, exc)
             self.engine = engine
             self._cache.clear()
             self._catalog_version = None
