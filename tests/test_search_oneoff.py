@@ -287,3 +287,24 @@ def test_bench_startup_only_reports_ratios_and_leaves_the_index_alone(base_index
     assert sorted(p.name for p in base_index.iterdir()) == before  # searched a copy
     work_db = tmp_path / "work" / "startup.db"
     assert (work_db / SIDECAR_NAME).is_file() and (work_db / CACHE_NAME).is_file()
+
+
+def test_an_index_with_ann_is_ranked_from_its_candidates_as_the_engine_ranks(db, monkeypatch):
+    """A real vector index (two partitions, all probed, every region a candidate): the
+    one-off search reads LanceDB, ranks each query's candidate rows only (never an (N,)
+    logits vector), and answers exactly as the exact path did before the index existed."""
+    from resedis.index import open_index
+    from resedis.index.ann import AnnConfig, AnnSearch, build_ann_index
+
+    expected = {text: reference(db, text, top_k=10) for text in QUERIES}
+    build_ann_index(open_index(db).regions_table, AnnConfig(min_rows=1, num_partitions=2))
+    calls = []
+    real = AnnSearch.candidates
+    monkeypatch.setattr(AnnSearch, "candidates", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    monkeypatch.setattr(AnnSearch, "logits", lambda *a, **kw: pytest.fail("a dense (N, Q) logits array was built"))
+    for text in QUERIES:
+        info = OneOffInfo()
+        got = oneoff_search(db, text, top_k=10, info=info, use_cache=False)
+        assert info.path == "fast" and info.regions == "lance" and not info.sidecar_written
+        assert_same_hits(got, expected[text])
+    assert len(calls) == len(QUERIES)

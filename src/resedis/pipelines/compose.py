@@ -10,7 +10,7 @@ scores. Otherwise:
    phrases) are encoded with the index's text encoder in one batch. The subject term
    (rule 2) picks the images to compose (below) from every stored region: by the exact
    inner product (:meth:`Corpus.logits`), or, when the regions table has a vector index,
-   by its candidates re-scored exactly (:meth:`resedis.search.Searcher.ranking_logits`,
+   by its candidate rows re-scored exactly (:meth:`resedis.search.Searcher.ranking_candidates`,
    as ``owl`` ranks: a library too large for a full scan). Every phrase is then scored
    exactly on the chosen images' regions (:meth:`Corpus.row_logits`): each phrase's
    value at a region is the detector's own logit for that phrase and box;
