@@ -316,8 +316,8 @@ class Searcher:
             t1 = time.perf_counter()
             # with a vector index: each query's candidate rows only (nothing of size N per query)
             found = self.ranking_candidates(corpus, queries, top_k, prefilter) if allowed is None else None
-            if found is None:
-                logits = self.ranking_logits(corpus, queries, top_k, prefilter) if allowed is None else corpus.logits(queries)
+            if found is None:  # no vector index (or a dataset run): every region, exactly
+                logits = corpus.logits(queries)
                 if allowed is not None:
                     logits[~allowed] = -np.inf
                 if prefilter is not None:  # a metadata filter, before the top-k is cut
