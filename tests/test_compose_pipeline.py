@@ -228,7 +228,7 @@ def test_with_a_vector_index_images_come_from_its_candidates_and_scores_stay_exa
         return real(self, queries)
 
     monkeypatch.setattr(search_corpus.Corpus, "logits", spy)
-    from resedis.index.ann import AnnSearch
+    from resedis.index.ann_search import AnnSearch
 
     def dense(*args, **kwargs):
         raise AssertionError("an (N, Q) logits array was built: compose must rank the candidate rows only")

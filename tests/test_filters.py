@@ -123,7 +123,7 @@ def test_filtered_ann_results_are_the_ranking_restricted_to_the_filter(db, image
     config = AnnConfig(min_rows=1, index_type="IVF_FLAT", metric="dot", num_partitions=2, nprobes=2,
                        min_candidates=3, candidate_factor=1)
     build_ann_index(open_index(ann_db).regions_table, config)
-    import resedis.index.ann as ann
+    import resedis.index.ann_search as ann  # the Searcher's ANN path calls ann_candidates from there
 
     limits = []
     real = ann.ann_candidates

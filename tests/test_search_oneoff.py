@@ -294,7 +294,8 @@ def test_an_index_with_ann_is_ranked_from_its_candidates_as_the_engine_ranks(db,
     one-off search reads LanceDB, ranks each query's candidate rows only (never an (N,)
     logits vector), and answers exactly as the exact path did before the index existed."""
     from resedis.index import open_index
-    from resedis.index.ann import AnnConfig, AnnSearch, build_ann_index
+    from resedis.index.ann import AnnConfig, build_ann_index
+    from resedis.index.ann_search import AnnSearch
 
     expected = {text: reference(db, text, top_k=10) for text in QUERIES}
     build_ann_index(open_index(db).regions_table, AnnConfig(min_rows=1, num_partitions=2))

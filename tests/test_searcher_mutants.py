@@ -17,7 +17,8 @@ import pytest
 
 from resedis.errors import IndexMismatchError, ResedisError
 from resedis.filters import Filters
-from resedis.index.ann import AnnConfig, AnnSearch, build_ann_index
+from resedis.index.ann import AnnConfig, build_ann_index
+from resedis.index.ann_search import AnnSearch
 from resedis.index.manifest import Manifest, read_manifest, write_manifest
 from resedis.index.store import Index, images_schema, open_index, regions_schema
 from resedis.models import load_model

@@ -31,7 +31,7 @@ import numpy as np
 from resedis.boxes import box_iou
 from resedis.errors import ResedisError
 from resedis.filters import Filters, ImageMeta, image_meta
-from resedis.index.ann import AnnSearch
+from resedis.index.ann_search import AnnSearch
 from resedis.index.manifest import check_model, check_preprocessing, check_weights, read_manifest
 from resedis.index.store import IMAGES, Index, open_index
 from resedis.models import load_model
@@ -233,7 +233,7 @@ class Searcher:
                        prefilter: np.ndarray | None = None) -> np.ndarray:
         """(Q, D) query vectors -> (N, Q) float32 logits for finding the top ``k`` regions:
         with a vector index, exact logits on each query's ANN candidates and ``-inf``
-        elsewhere (:class:`resedis.index.ann.AnnSearch`; ``prefilter`` rows only); without
+        elsewhere (:class:`resedis.index.ann_search.AnnSearch`; ``prefilter`` rows only); without
         one, every region's exact logit (rows outside ``prefilter`` at ``-inf``)."""
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         logits = self.ann.logits(corpus, queries, k, prefilter) if self.ann is not None else None
@@ -247,7 +247,7 @@ class Searcher:
                            prefilter: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]] | None:
         """With a vector index, what :meth:`ranking_logits` holds as finite values, sparse: per
         query its candidate rows (ascending) and their exact logits (``prefilter`` rows
-        only; :meth:`resedis.index.ann.AnnSearch.candidates`); None without one (rank every
+        only; :meth:`resedis.index.ann_search.AnnSearch.candidates`); None without one (rank every
         region: :meth:`ranking_logits`)."""
         if self.ann is None:
             return None

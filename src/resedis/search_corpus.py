@@ -22,7 +22,7 @@ codes (with ``step`` and ``bias``); ``"float32"`` decodes them once into a float
 float32 round-off; both lie within the storage's logit error bound.
 
 ``load_corpus(..., lazy=True)`` reads the matrix only at the first exact product: a
-Searcher with an ANN index (:class:`resedis.index.ann.AnnSearch`) re-scores candidates
+Searcher with an ANN index (:class:`resedis.index.ann_search.AnnSearch`) re-scores candidates
 from the rows LanceDB returns and never loads it (``vectors_loaded`` tells).
 """
 

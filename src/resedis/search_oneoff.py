@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from resedis.errors import ResedisError
-from resedis.index.ann import AnnSearch
+from resedis.index.ann_search import AnnSearch
 from resedis.index.manifest import Manifest, check_model, check_weights, read_manifest
 from resedis.index.store import open_index
 from resedis.index.sidecar import read_sidecar, remove_sidecar, sidecar_allowed, tables_stamp, write_sidecar
@@ -78,7 +78,7 @@ class OneOffInfo:
 def rank_corpus(corpus: Corpus, logits: np.ndarray | list, query_ids: list[str], texts: list[str], *, top_k: int,
                 threshold: float, nms_iou: float) -> list[QueryResult]:
     """(N, Q) ``logits`` over ``corpus`` (or, per query, the ``(rows, logits)`` of its ANN
-    candidates: :meth:`resedis.index.ann.AnnSearch.candidates`) -> one QueryResult per
+    candidates: :meth:`resedis.index.ann_search.AnnSearch.candidates`) -> one QueryResult per
     query: per-image NMS and the ranking of :meth:`resedis.search.Searcher.search_many`,
     then the ``owl`` pipeline's finalisation (:func:`resedis.pipelines.base.finalize_hits`:
     top ``top_k`` by score, ``present = score >= threshold``)."""

@@ -10,7 +10,6 @@ from resedis.bench.synthetic import SyntheticSpec, exact_top_k, query_vectors, r
 from resedis.errors import ResedisError
 from resedis.index.ann import (
     AnnConfig,
-    AnnSearch,
     ann_candidates,
     ann_status,
     build_ann_index,
@@ -19,6 +18,7 @@ from resedis.index.ann import (
     prewarm_ann_index,
     should_build,
 )
+from resedis.index.ann_search import AnnSearch
 from resedis.index.manifest import VECTOR_DTYPES
 from resedis.index.store import regions_schema
 
@@ -163,7 +163,7 @@ def test_the_searcher_path_prewarms_each_new_index_once(tmp_path, monkeypatch):
     import lancedb
     from types import SimpleNamespace
 
-    import resedis.index.ann as ann_module
+    import resedis.index.ann_search as ann_module
 
     calls = []
     real = ann_module.prewarm_ann_index
