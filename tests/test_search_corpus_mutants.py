@@ -295,3 +295,6 @@ def test_image_rows_are_the_rows_of_those_images_in_any_layout():
     for images in ([], [3], [0, 39], [35, 36], sorted(rng.choice(40, 12, replace=False).tolist()), list(range(40))):
         want = np.flatnonzero(np.isin(region_image, images))
         np.testing.assert_array_equal(corpus.image_rows(np.array(images, np.int64)), want)
+    # the first region row of each image: the first occurrence, -1 without regions
+    want_first = [int(np.flatnonzero(region_image == i)[0]) if (region_image == i).any() else -1 for i in range(40)]
+    assert corpus.first_rows().tolist() == want_first

@@ -18,7 +18,7 @@ Filters act on the region matrix *before* ranking (the regions of other images g
 logit ``-inf``), so the top-k of a filtered query are the best matching regions among
 the allowed images, never a cut of an unfiltered top-k: filtered results equal the
 unfiltered ranking restricted to the filter. The ANN path honours them too
-(:meth:`resedis.index.ann_search.AnnSearch.logits`).
+(:meth:`resedis.index.ann_search.AnnSearch.candidates`).
 """
 
 from __future__ import annotations

@@ -173,14 +173,27 @@ class Corpus:
             out[~np.isfinite(out)] = -np.inf
         return out
 
-    def image_rows(self, images) -> np.ndarray:
-        """Image rows -> the rows of their regions, ascending (an index of the rows by image
-        is built once per corpus; then the cost follows the images' regions, not N)."""
+    def _image_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows sorted by image, stable; where each image row's regions start in it, plus
+        the end): built once per corpus."""
         if self._by_image is None:
             order = np.argsort(self.region_image, kind="stable")
             starts = np.searchsorted(self.region_image[order], np.arange(len(self.image_ids) + 1))
             self._by_image = (order, starts)
-        order, starts = self._by_image
+        return self._by_image
+
+    def first_rows(self) -> np.ndarray:
+        """(I,) int64: the first region row of each image row, -1 for an image without regions."""
+        order, starts = self._image_index()
+        first = np.full(len(self.image_ids), -1, np.int64)
+        has = starts[1:] > starts[:-1]
+        first[has] = order[starts[:-1][has]]
+        return first
+
+    def image_rows(self, images) -> np.ndarray:
+        """Image rows -> the rows of their regions, ascending (an index of the rows by image
+        is built once per corpus; then the cost follows the images' regions, not N)."""
+        order, starts = self._image_index()
         images = np.asarray(images, np.int64)
         if not len(images):
             return np.zeros(0, np.int64)

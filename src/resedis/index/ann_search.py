@@ -15,8 +15,8 @@ class AnnSearch:
     """The Searcher's ANN path: exact logits for each query's ANN candidates, placed at
     their rows of the Searcher's corpus (``resedis.search_corpus.Corpus``).
 
-    :meth:`logits` returns None when the regions table has no vector index (the caller
-    then runs exact search). Candidates are matched to corpus rows by ``(image_id,
+    :meth:`candidates` (and its dense form :meth:`logits`) returns None when the regions
+    table has no vector index (the caller then runs exact search). Candidates are matched to corpus rows by ``(image_id,
     region)`` — an image's regions are stored contiguously in rank order — and checked
     by their box; their logits are computed from the rows LanceDB returned (the exact
     path's arithmetic on the same stored values, up to float round-off), so the corpus's
@@ -55,10 +55,7 @@ class AnnSearch:
 
     def _lookup(self, corpus):
         if self._rows is None or self._rows[0] is not corpus:
-            first = np.full(len(corpus.image_ids), -1, np.int64)
-            images, starts = np.unique(corpus.region_image, return_index=True)
-            first[images] = starts
-            self._rows = (corpus, {image_id: i for i, image_id in enumerate(corpus.image_ids)}, first)
+            self._rows = (corpus, {image_id: i for i, image_id in enumerate(corpus.image_ids)}, corpus.first_rows())
         return self._rows[1], self._rows[2]
 
     def _candidate_rows(self, corpus, cand) -> tuple[np.ndarray, np.ndarray]:
