@@ -111,6 +111,20 @@ def rank_rows(rows: np.ndarray, logits: np.ndarray, corpus: Corpus, top_k: int,
     return [(int(rows[i]), value) for i, value in ranked]
 
 
+def exact_logits(corpus: Corpus, queries: np.ndarray, *keep: np.ndarray | None) -> np.ndarray:
+    """(N, Q) float32 exact logits of every region of ``corpus``, ``-inf`` where a row is
+    outside any ``keep`` mask (None: no mask), hidden, or not finite (a NaN/inf score is
+    never an answer): what :func:`rank_hits` ranks on the exact path."""
+    logits = corpus.logits(queries)
+    for mask in keep:
+        if mask is not None:  # a filter, before the top-k is cut
+            logits[~mask] = -np.inf
+    if corpus.hidden.any():  # no visible area (indexes from before the encoder dropped them), or damaged
+        logits[corpus.hidden] = -np.inf
+    logits[~np.isfinite(logits)] = -np.inf  # float32 overflow
+    return logits
+
+
 class Searcher:
     """Holds an index's text encoder and its region matrix; answers text queries.
 
@@ -317,14 +331,7 @@ class Searcher:
             # with a vector index: each query's candidate rows only (nothing of size N per query)
             found = self.ranking_candidates(corpus, queries, top_k, prefilter) if allowed is None else None
             if found is None:  # no vector index (or a dataset run): every region, exactly
-                logits = corpus.logits(queries)
-                if allowed is not None:
-                    logits[~allowed] = -np.inf
-                if prefilter is not None:  # a metadata filter, before the top-k is cut
-                    logits[~prefilter] = -np.inf
-                if corpus.hidden.any():  # no visible area (indexes from before the encoder dropped them), or damaged
-                    logits[corpus.hidden] = -np.inf
-                logits[~np.isfinite(logits)] = -np.inf  # a NaN/inf score is never an answer (float32 overflow)
+                logits = exact_logits(corpus, queries, allowed, prefilter)
             t2 = time.perf_counter()
             for j, text in enumerate(chunk):
                 t3 = time.perf_counter()

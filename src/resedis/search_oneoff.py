@@ -51,7 +51,7 @@ from resedis.expressions import parse
 from resedis.pipelines.compose import ComposePipeline
 from resedis.pipelines.owl import OwlPipeline
 from resedis.query import QueryAnswer, QueryEngine, QueryRequest, pipeline_name
-from resedis.search import normalize_text, rank_hits, rank_rows, sigmoid
+from resedis.search import exact_logits, normalize_text, rank_hits, rank_rows, sigmoid
 from resedis.search_cache import CachedTextEncoder, QueryCache, cache_key
 from resedis.search_corpus import Corpus, load_corpus
 from resedis.thresholds import ThresholdChoice, choose_threshold
@@ -277,10 +277,7 @@ def _answer_fast(root: Path, manifest: Manifest, request: QueryRequest, config: 
     t2 = time.perf_counter()
     logits = ann.candidates(corpus, queries, top_k) if ann is not None else None  # ranked as the Searcher does
     if logits is None:
-        logits = corpus.logits(queries)
-        if corpus.hidden.any():  # as the Searcher: boxes with no visible area are never returned
-            logits[corpus.hidden] = -np.inf
-        logits[~np.isfinite(logits)] = -np.inf  # as the Searcher: a NaN/inf score is never an answer
+        logits = exact_logits(corpus, queries)  # as the Searcher: hidden and non-finite rows never answer
     result = rank_corpus(corpus, logits, [query_id], [request.text], top_k=top_k, threshold=choice.value,
                          nms_iou=config.nms_iou)[0]
     result.timings = {"encode_ms": 1000 * (t2 - t1), "search_ms": 1000 * (time.perf_counter() - t2 + t1 - t0)}
